@@ -1,0 +1,47 @@
+"""cffi build script (API mode): compiles csrc/ against the system liburing.
+
+Run by setuptools through ``cffi_modules`` in setup.py.  The cdef is csrc/lsio.h itself,
+with preprocessor lines dropped and each ``#define NAME value`` turned into
+``#define NAME ...`` so the compiler supplies the value (negative codes included).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from cffi import FFI
+
+ROOT = Path(__file__).resolve().parent.parent
+CSRC = ROOT / "csrc"
+
+
+def _cdef_text() -> str:
+    out = []
+    text = re.sub(r"/\*.*?\*/", "", (CSRC / "lsio.h").read_text(), flags=re.S)
+    for line in text.splitlines():
+        m = re.match(r"#define\s+(LSIO_\w+)\s+\S+", line)
+        if m:
+            out.append(f"#define {m.group(1)} ...")
+        elif line.startswith("#"):
+            continue
+        else:
+            out.append(line)
+    return "\n".join(out)
+
+
+ffibuilder = FFI()
+ffibuilder.cdef(_cdef_text())
+ffibuilder.set_source(
+    "lsio_ray._lsio",
+    '#include "lsio.h"',
+    # setuptools wants paths relative to setup.py (the build runs from there)
+    sources=[os.path.relpath(CSRC / n) for n in ("engine.c", "pool.c")],
+    include_dirs=[os.path.relpath(CSRC)],
+    libraries=["uring", "pthread"],
+    extra_compile_args=["-O2", "-std=gnu11"],
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)

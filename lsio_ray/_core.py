@@ -1,0 +1,225 @@
+"""The batch-level binding of the C core: arrays in, arrays out.
+
+``RawEngine`` is what the hot paths use (the benchmark, the Zarr planner, the Ray actors):
+requests go in as numpy structured arrays, completions come back as one numpy structured
+array per call, buffers go back with one ``release_many`` call per batch.  No Python
+object is made per chunk here.  Every C call releases the GIL (cffi does so for all
+API-mode calls), so a thread blocked in ``reap`` never holds up the rest of Python.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+import numpy as np
+
+from lsio_ray import config
+from lsio_ray._lsio import ffi, lib
+
+__all__ = [
+    "BACKENDS",
+    "COMPLETION_DTYPE",
+    "FILE_DTYPE",
+    "RANGE_DTYPE",
+    "RawEngine",
+    "check",
+]
+
+BACKENDS = {"auto": lib.LSIO_BACKEND_AUTO, "uring": lib.LSIO_BACKEND_URING,
+            "pread": lib.LSIO_BACKEND_PREAD}
+BACKEND_NAMES = {v: k for k, v in BACKENDS.items()}
+
+FEATURES = {
+    "fixed_files": lib.LSIO_FEAT_FIXED_FILES,
+    "linked_open": lib.LSIO_FEAT_LINKED_OPEN,
+    "registered_buffers": lib.LSIO_FEAT_REG_BUFFERS,
+    "statx": lib.LSIO_FEAT_STATX,
+    "rename": lib.LSIO_FEAT_RENAME,
+}
+
+FILE_DTYPE = np.dtype(
+    [("group", "<u8"), ("path_off", "<u4"), ("kind", "<u4"), ("flags", "<u4"),
+     ("nranges", "<u4")]
+)
+RANGE_DTYPE = np.dtype([("offset", "<i8"), ("length", "<i8"), ("tag", "<u8"), ("data", "<u8")])
+COMPLETION_DTYPE = np.dtype(
+    [("tag", "<u8"), ("group", "<u8"), ("buf_id", "<u8"), ("data", "<u8"), ("offset", "<i8"),
+     ("length", "<i8"), ("file_size", "<i8"), ("error", "<i4"), ("flags", "<u4")]
+)
+
+
+def _check_layout() -> None:
+    for dt, name in ((FILE_DTYPE, "lsio_file"), (RANGE_DTYPE, "lsio_range"),
+                     (COMPLETION_DTYPE, "lsio_completion")):
+        if dt.itemsize != ffi.sizeof(name):
+            raise ImportError(f"{name}: numpy dtype {dt.itemsize} B != C {ffi.sizeof(name)} B")
+        for field in dt.names:
+            if dt.fields[field][1] != ffi.offsetof(name, field):
+                raise ImportError(f"{name}.{field}: offset mismatch between numpy and C")
+
+
+_check_layout()
+
+
+def check(rc: int, what: str, path: str | None = None) -> int:
+    """Turn a negative ``-errno`` return into ``OSError(errno, strerror, path)``."""
+    if rc < 0:
+        raise OSError(-rc, f"{os.strerror(-rc)} ({what})", path)
+    return rc
+
+
+class RawEngine:
+    """One C engine: a ring (or pread threads) and a bounded buffer pool.
+
+    Not a user-facing API: see :class:`lsio_ray.Engine`.  ``reap`` may be called by one
+    thread at a time; ``submit``, ``release_many``, ``cancel_group`` and ``wake`` from any.
+    """
+
+    def __init__(
+        self,
+        *,
+        backend: str | None = None,
+        depth: int | None = None,
+        pool_bytes: int | str | None = None,
+        threads: int | None = None,
+        max_open: int | None = None,
+        register_buffers: bool | None = None,
+        fixed_files: bool | None = None,
+        link_open: bool | None = None,
+    ) -> None:
+        def pick(name: str, value: Any) -> Any:
+            return config.get(name) if value is None else value
+
+        backend = pick("backend", backend)
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {sorted(BACKENDS)}, not {backend!r}")
+        cfg = ffi.new("lsio_config *")
+        lib.lsio_config_default(cfg)
+        cfg.backend = BACKENDS[backend]
+        cfg.depth = _positive("depth", pick("depth", depth))
+        cfg.threads = _positive("threads", pick("threads", threads))
+        cfg.max_open = _positive("max_open", pick("max_open", max_open))
+        cfg.pool_bytes = _positive("pool_bytes", config.parse_size(pick("pool_bytes", pool_bytes)))
+        cfg.register_buffers = int(bool(pick("register_buffers", register_buffers)))
+        cfg.fixed_files = int(bool(pick("fixed_files", fixed_files)))
+        cfg.link_open = int(bool(pick("link_open", link_open)))
+        err = ffi.new("int *")
+        ptr = lib.lsio_engine_new(cfg, err)
+        if ptr == ffi.NULL:
+            raise OSError(-err[0], f"cannot start the {backend} backend: {os.strerror(-err[0])}")
+        self._ptr = ptr
+        self._lock = threading.Lock()
+        self.backend: str = BACKEND_NAMES[lib.lsio_engine_backend(ptr)]
+        bits = lib.lsio_engine_features(ptr)
+        self.features: frozenset[str] = frozenset(k for k, v in FEATURES.items() if bits & v)
+        self._out_cap = 0
+        self._out: Any = None
+        st = self.stats()
+        self.pool_bytes: int = st["pool_bytes"]
+        self.depth: int = cfg.depth
+
+    # -- lifetime ------------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` has run."""
+        return self._ptr is None
+
+    def close(self) -> None:
+        """Cancel everything, wait for the kernel, free the engine (idempotent).
+
+        Buffers already handed out stay valid; their release after close is allowed.
+        """
+        with self._lock:
+            ptr, self._ptr = self._ptr, None
+        if ptr is not None:
+            lib.lsio_engine_free(ptr)
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+    def _p(self) -> Any:
+        ptr = self._ptr
+        if ptr is None:
+            raise ValueError("the engine is closed")
+        return ptr
+
+    @property
+    def handle(self) -> Any:
+        """The C engine pointer (for buffer release after close)."""
+        return self._p()
+
+    # -- batch API -----------------------------------------------------------------------
+    def submit(self, files: np.ndarray, ranges: np.ndarray, paths: bytes) -> None:
+        """Queue a batch. ``files``/``ranges`` use FILE_DTYPE/RANGE_DTYPE; ``paths`` holds
+        NUL-terminated paths that ``files['path_off']`` index.  WRITE data pointers in
+        ``ranges['data']`` must stay valid until their completions are reaped."""
+        files = np.ascontiguousarray(files, dtype=FILE_DTYPE)
+        ranges = np.ascontiguousarray(ranges, dtype=RANGE_DTYPE)
+        rc = lib.lsio_submit(
+            self._p(),
+            ffi.cast("lsio_file *", ffi.from_buffer(files)),
+            len(files),
+            ffi.cast("lsio_range *", ffi.from_buffer(ranges)),
+            len(ranges),
+            ffi.from_buffer(paths),
+            len(paths),
+        )
+        check(rc, "submit")
+
+    def reap(self, max_n: int = 4096, min_n: int = 1, timeout_ms: int = -1) -> np.ndarray:
+        """Drive IO until ``min_n`` completions are ready (or nothing is pending, or the
+        timeout passes) and return up to ``max_n`` of them as a COMPLETION_DTYPE array."""
+        if max_n > self._out_cap:
+            self._out = ffi.new("lsio_completion[]", max_n)
+            self._out_cap = max_n
+        n = lib.lsio_reap(self._p(), self._out, max_n, min_n, timeout_ms)
+        check(n, "reap")
+        if n == 0:
+            return np.empty(0, COMPLETION_DTYPE)
+        buf = ffi.buffer(self._out, n * COMPLETION_DTYPE.itemsize)
+        return np.frombuffer(buf, dtype=COMPLETION_DTYPE).copy()
+
+    def release_many(self, buf_ids: np.ndarray) -> None:
+        """Give pool buffers back (zeros are skipped)."""
+        ids = np.ascontiguousarray(buf_ids, dtype=np.uint64)
+        if ids.size == 0:
+            return
+        ptr = self._ptr if self._ptr is not None else None
+        if ptr is None:
+            raise ValueError("the engine is closed; release through Chunk objects")
+        check(lib.lsio_release_many(ptr, ffi.cast("uint64_t *", ffi.from_buffer(ids)), ids.size),
+              "release: unknown buffer id")
+
+    def cancel_group(self, group: int) -> int:
+        """Drop a group's queued ranges; returns how many were dropped."""
+        return int(lib.lsio_cancel_group(self._p(), group))
+
+    def wake(self) -> None:
+        """Make a thread blocked in ``reap`` return."""
+        if self._ptr is not None:
+            lib.lsio_wake(self._ptr)
+
+    def stats(self) -> dict[str, int]:
+        """Counters: pool use and peak, buffers out, ops and submit calls, pending work."""
+        st = ffi.new("lsio_stats *")
+        lib.lsio_engine_stats(self._p(), st)
+        return {name: int(getattr(st, name)) for name, _ in ffi.typeof("lsio_stats").fields}
+
+
+def view(ptr: int, length: int) -> np.ndarray:
+    """A uint8 numpy view of ``length`` bytes at address ``ptr`` (no copy, no ownership)."""
+    if length == 0:
+        return np.empty(0, np.uint8)
+    return np.frombuffer(ffi.buffer(ffi.cast("char *", ptr), length), dtype=np.uint8)
+
+
+def _positive(name: str, value: int) -> int:
+    value = int(value)
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, not {value}")
+    return value

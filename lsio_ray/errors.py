@@ -1,0 +1,82 @@
+"""The public error family.
+
+Every error names what failed where: the path, the byte range and, when it matters, the
+file length.  OS errors are raised as the matching built-in ``OSError`` subclass
+(``FileNotFoundError``, ``PermissionError``, ...) with ``filename`` set to the path and the
+byte range in the message, so ``except FileNotFoundError`` works as users expect.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+
+from lsio_ray._lsio import lib
+
+__all__ = [
+    "BufferPoolTooSmallError",
+    "GroupCancelledError",
+    "LsioError",
+    "RangePastEOFError",
+    "make_error",
+]
+
+
+class LsioError(Exception):
+    """Base class of errors raised by lsio_ray itself (not by the OS)."""
+
+
+class RangePastEOFError(LsioError, EOFError):
+    """A byte range reaches past the end of its file.  Only that range fails."""
+
+    def __init__(self, path: str, start: int, end: int, file_size: int | None) -> None:
+        self.path, self.start, self.end, self.file_size = path, start, end, file_size
+        size = "unknown" if file_size is None else f"{file_size} bytes"
+        super().__init__(
+            f"{path}: byte range {start}..{end} reaches past the end of the file "
+            f"(file length {size})"
+        )
+
+
+class BufferPoolTooSmallError(LsioError, ValueError):
+    """A single range is larger than the whole buffer pool."""
+
+    def __init__(self, path: str, start: int, end: int, pool_bytes: int) -> None:
+        self.path, self.start, self.end = path, start, end
+        super().__init__(
+            f"{path}: byte range {start}..{end} ({end - start} bytes) is larger than the "
+            f"buffer pool ({pool_bytes} bytes); raise pool_bytes"
+        )
+
+
+class GroupCancelledError(LsioError):
+    """The group was cancelled (or its engine closed) before this result arrived."""
+
+
+def make_error(
+    err: int,
+    path: str,
+    start: int,
+    length: int,
+    file_size: int,
+    *,
+    op: str = "read",
+    pool_bytes: int = 0,
+) -> BaseException:
+    """Turn a completion's error code into the exception the user sees."""
+    end = start + length if length >= 0 else -1
+    size = None if file_size < 0 else file_size
+    if err == lib.LSIO_E_PAST_EOF:
+        if start < 0 and size is not None:
+            start, end = size + start, size
+        return RangePastEOFError(path, start, end, size)
+    if err == lib.LSIO_E_TOO_BIG:
+        return BufferPoolTooSmallError(path, start, end, pool_bytes)
+    if err == lib.LSIO_E_CANCELED:
+        return GroupCancelledError(f"{path}: {op} of bytes {start}..{end} cancelled")
+    code = -err
+    where = "whole file" if length < 0 and start == 0 else f"bytes {start}..{end}"
+    msg = f"{os.strerror(code)} ({op} {where})"
+    if code in (_errno.ENOENT,):
+        msg = f"{os.strerror(code)} ({op})"
+    return OSError(code, msg, path)
