@@ -3,9 +3,10 @@
  *
  * The arena is one anonymous mapping of `bytes` (a power of two, >= 4 KiB), reserved
  * with MAP_NORESERVE and touched lazily, so an idle pool costs no memory.  Blocks are
- * 4 KiB << order and aligned to their own size (so always to 4 KiB: enough for
- * O_DIRECT on every Linux file system we know).  A block's id is its 4 KiB index + 1, so
- * 0 means "no buffer".
+ * 4 KiB << order and aligned to their own size *relative to the arena start*; the arena
+ * itself is only page-aligned (mmap), so a block's address is aligned to 4 KiB, not to
+ * its size.  4 KiB is enough for O_DIRECT on every Linux file system we know.  A block's
+ * id is its 4 KiB index + 1, so 0 means "no buffer".
  *
  * Not thread-safe: the engine calls it under its mutex.
  * Ownership: the pool owns the arena; pool_destroy unmaps it, so the engine calls it
