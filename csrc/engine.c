@@ -149,6 +149,7 @@ struct lsio_engine {
     int efd;
     uint64_t efd_buf;
     int wake_armed;
+    int wake_req;                 /* lsio_wake was called: the (next) reap returns at once */
     /* pread */
     pthread_t *workers;
     uint32_t nworkers;
@@ -889,7 +890,9 @@ static void uring_drive(lsio_engine *e, uint32_t min_complete, int timeout_ms) {
             uring_prep(e, &s);
         }
         uring_arm_wake(e);
-        int done = e->cq.len >= min_complete || e->files_pending == 0 ||
+        /* wake_req: lsio_wake asked the reaper to return.  (The eventfd alone only
+         * breaks the kernel wait; without this the loop went back to sleep.) */
+        int done = e->cq.len >= min_complete || e->files_pending == 0 || e->wake_req ||
                    (deadline >= 0 && now_ms() >= deadline);
         pthread_mutex_unlock(&e->mu);
         int rc;
@@ -1098,6 +1101,7 @@ static void wake_all(lsio_engine *e) {
 
 void lsio_wake(lsio_engine *e) {
     pthread_mutex_lock(&e->mu);
+    e->wake_req = 1; /* consumed by the reap it wakes, or by the next one */
     wake_all(e);
     pthread_mutex_unlock(&e->mu);
 }
@@ -1206,11 +1210,12 @@ int lsio_reap(lsio_engine *e, lsio_completion *out, uint32_t max, uint32_t min_c
                 dl.tv_nsec -= 1000000000;
             }
         }
-        while (e->cq.len < min_complete && e->files_pending > 0) {
+        while (e->cq.len < min_complete && e->files_pending > 0 && !e->wake_req) {
             if (timeout_ms < 0) pthread_cond_wait(&e->cq_cond, &e->mu);
             else if (timeout_ms == 0 || pthread_cond_timedwait(&e->cq_cond, &e->mu, &dl) == ETIMEDOUT) break;
         }
     }
+    e->wake_req = 0;
     uint32_t n = copy_out(e, out, max);
     pthread_mutex_unlock(&e->mu);
     pthread_mutex_unlock(&e->reap_mu);
@@ -1285,6 +1290,7 @@ void lsio_engine_free(lsio_engine *e) {
     if (!e) return;
     pthread_mutex_lock(&e->reap_mu);
     pthread_mutex_lock(&e->mu);
+    e->wake_req = 0; /* a pending lsio_wake must not turn the drain below into a spin */
     for (file_op *f = e->q_head; f; f = f->next) cancel_file(e, f);
     for (file_op *f = e->a_head; f; f = f->next) cancel_file(e, f);
     if (e->backend == LSIO_BACKEND_URING) {

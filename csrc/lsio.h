@@ -153,7 +153,9 @@ int lsio_release_many(lsio_engine *e, const uint64_t *buf_ids, uint64_t n);
  * ranges dropped. Thread-safe. */
 int64_t lsio_cancel_group(lsio_engine *e, uint64_t group);
 
-/* Wake a thread blocked in lsio_reap (it returns what it has).  Thread-safe. */
+/* Wake a thread blocked in lsio_reap (it returns what it has, possibly nothing).  If no
+ * thread is in lsio_reap, the next call returns at once instead (so a wake-up is never
+ * lost).  Thread-safe. */
 void lsio_wake(lsio_engine *e);
 
 const char *lsio_strerror(int err);
