@@ -1,0 +1,43 @@
+"""Zarr v2 and v3 arrays (sharded or not) read and written through the lsio engine.
+
+>>> import lsio_ray.zarr as lz
+>>> a = lz.open("data.zarr")
+>>> a.shape, a.dtype, a.chunks, a.shards
+>>> crop = a[0:8, 100:356, 5:261]                      # numpy.ndarray
+>>> for crop in a.random_crops((8, 256, 256), 1000, seed=0, prefetch=16): ...
+>>> for t0, block in a.time_series((slice(None), slice(0, 256), slice(0, 256))): ...
+
+zarr-python parses the metadata and numcodecs decodes; lsio_ray plans the IO (chunk
+keys, shard indexes, inner-chunk ranges, coalescing), issues it in batches through one
+engine, and decodes on threads that release the GIL, straight into the output.
+"""
+
+from __future__ import annotations
+
+from lsio_ray.zarr.array import Array, open_array
+from lsio_ray.zarr.errors import (
+    ArrayMetadataError,
+    ChunkCorruptError,
+    ShardIndexError,
+    UnsupportedError,
+    ZarrError,
+)
+from lsio_ray.zarr.loader import Loader, default_loader
+from lsio_ray.zarr.write import create, save
+
+open = open_array  # the package's entry point: lsio_ray.zarr.open(path)
+
+__all__ = [
+    "Array",
+    "ArrayMetadataError",
+    "ChunkCorruptError",
+    "Loader",
+    "ShardIndexError",
+    "UnsupportedError",
+    "ZarrError",
+    "create",
+    "default_loader",
+    "open",
+    "open_array",
+    "save",
+]

@@ -1,0 +1,273 @@
+"""The user-facing array: metadata, numpy-style reads, crops, time series, writes."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+
+from lsio_ray.zarr import stream
+from lsio_ray.zarr.layout import ArrayLayout, load_layout
+from lsio_ray.zarr.loader import Loader, default_loader
+from lsio_ray.zarr.plan import Region, normalize, region_of_box
+from lsio_ray.zarr.read import ReadTask
+from lsio_ray.zarr.shards import ShardIndexCache
+
+__all__ = ["Array", "open_array"]
+
+_ENV_GAP = "LSIO_ZARR_COALESCE_GAP"
+
+
+class Array:
+    """A Zarr array (v2 or v3, sharded or not) read and written through lsio_ray.
+
+    Indexing (``a[0:8, 100:356, 5:261]``, integers, steps, ``...``) returns a new
+    ``numpy.ndarray``.  Slices reaching past the array raise ``IndexError``.
+    """
+
+    def __init__(
+        self,
+        layout: ArrayLayout,
+        loader: Loader | None = None,
+        *,
+        index_cache_bytes: int | None = None,
+        coalesce_gap: int | None = None,
+        max_coalesce: int = 4 << 20,
+    ) -> None:
+        self.layout = layout
+        self._loader = loader
+        self._own_loader = False
+        self.index_cache = ShardIndexCache(index_cache_bytes)
+        if coalesce_gap is None:
+            raw = os.environ.get(_ENV_GAP, "").strip()
+            coalesce_gap = int(raw) if raw else 0
+        self.coalesce_gap = coalesce_gap if coalesce_gap >= 0 else -(1 << 62)
+        self.max_coalesce = max_coalesce
+
+    # -- metadata ------------------------------------------------------------------------
+    @property
+    def loader(self) -> Loader:
+        """The loader (engine, IO thread, decode pool) this array reads through."""
+        if self._loader is None or self._loader.closed:
+            self._loader = default_loader()
+        return self._loader
+
+    @property
+    def path(self) -> str:
+        """The array's directory."""
+        return self.layout.path
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The array's shape."""
+        return self.layout.shape
+
+    @property
+    def ndim(self) -> int:
+        """Number of dimensions."""
+        return self.layout.ndim
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The dtype of the arrays reads return."""
+        return self.layout.dtype
+
+    @property
+    def chunks(self) -> tuple[int, ...]:
+        """The chunk shape (the inner chunk of a sharded array)."""
+        return self.layout.chunks
+
+    @property
+    def shards(self) -> tuple[int, ...] | None:
+        """The shard shape, or None for an unsharded array."""
+        return self.layout.shards
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """The array's user attributes."""
+        return self.layout.attrs
+
+    @property
+    def fill_value(self) -> Any:
+        """The value of elements never written."""
+        return self.layout.fill_value[()]
+
+    @property
+    def zarr_format(self) -> int:
+        """2 or 3."""
+        return self.layout.zarr_format
+
+    @property
+    def size(self) -> int:
+        """Number of elements."""
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def nbytes(self) -> int:
+        """Decoded size in bytes."""
+        return self.size * self.dtype.itemsize
+
+    def __len__(self) -> int:
+        if not self.shape:
+            raise TypeError("len() of a 0-d array")
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        shards = f", shards={self.shards}" if self.shards else ""
+        return (
+            f"<lsio_ray.zarr.Array {self.path!r} v{self.zarr_format} shape={self.shape} "
+            f"dtype={self.dtype} chunks={self.chunks}{shards}>"
+        )
+
+    # -- reading -------------------------------------------------------------------------
+    def start_read(self, lo: Any, hi: Any, out: np.ndarray | None = None) -> ReadTask:
+        """Start reading the box ``[lo, hi)``; returns the task (``task.wait()``, then
+        ``task.out`` holds the box).  ``out`` must have the box's shape and dtype."""
+        lo = tuple(int(x) for x in lo)
+        hi = tuple(int(x) for x in hi)
+        self._check_box(lo, hi)
+        shape = tuple(h - lo_ for lo_, h in zip(lo, hi, strict=True))
+        if out is None:
+            out = np.empty(shape, dtype=self.dtype)
+        elif out.shape != shape or out.dtype != self.dtype:
+            raise ValueError(
+                f"out has shape {out.shape} and dtype {out.dtype}, "
+                f"expected {shape} and {self.dtype}"
+            )
+        loader = self.loader
+        task = ReadTask(self, loader, out, lo, hi)
+        return loader.start(task)  # type: ignore[return-value]
+
+    def _check_box(self, lo: tuple[int, ...], hi: tuple[int, ...]) -> None:
+        if len(lo) != self.ndim or len(hi) != self.ndim:
+            raise ValueError(f"a box of {len(lo)} dimensions for a {self.ndim}-d array")
+        for axis, (a, b, n) in enumerate(zip(lo, hi, self.shape, strict=True)):
+            if not 0 <= a <= b <= n:
+                raise IndexError(f"box {a}:{b} is out of bounds for axis {axis} with size {n}")
+
+    def _start_region(self, region: Region) -> ReadTask:
+        return self.start_read(region.lo, region.hi)
+
+    @staticmethod
+    def _finish_region(region: Region, box: np.ndarray) -> np.ndarray:
+        if region.post is None and not region.drop:
+            return box
+        post = region.post or (slice(None),) * box.ndim
+        idx = tuple(0 if ax in region.drop else post[ax] for ax in range(box.ndim))
+        out = box[(*idx, Ellipsis)]
+        return np.ascontiguousarray(out) if region.post is not None else out
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return self.read(key)
+
+    def read(self, region: Any = ..., out: np.ndarray | None = None) -> np.ndarray:
+        """Read a region (any numpy-style key) and return it, or fill ``out`` with it.
+
+        ``out`` must have the result's shape and the array's dtype; it is returned."""
+        reg = normalize(region, self.shape)
+        if out is None:
+            task = self._start_region(reg)
+            task.wait()
+            return self._finish_region(reg, task.out)
+        if out.shape != reg.shape or out.dtype != self.dtype:
+            raise ValueError(
+                f"out has shape {out.shape} and dtype {out.dtype}, "
+                f"expected {reg.shape} and {self.dtype}"
+            )
+        if reg.post is None:
+            box = np.expand_dims(out, reg.drop) if reg.drop else out
+            self.start_read(reg.lo, reg.hi, box).wait()
+            return out
+        task = self._start_region(reg)
+        task.wait()
+        out[...] = self._finish_region(reg, task.out)
+        return out
+
+    def crops(self, regions: Iterable[Any], prefetch: int = 8) -> Iterator[np.ndarray]:
+        """Yield ``self[region]`` for each region, in order, with ``prefetch`` in flight."""
+        regs = (normalize(r, self.shape) for r in regions)
+        return stream.ordered(self, regs, prefetch)
+
+    def random_crops(
+        self, shape: Iterable[int], count: int, *, seed: int | None = None, prefetch: int = 8
+    ) -> Iterator[np.ndarray]:
+        """Yield ``count`` crops of ``shape`` at uniformly random offsets (``seed`` makes
+        them reproducible), in order, with ``prefetch`` in flight."""
+        boxes = stream.random_boxes(self.shape, tuple(shape), count, seed)
+        return stream.ordered(self, (region_of_box(lo, hi) for lo, hi in boxes), prefetch)
+
+    def time_series(
+        self, region: Any = ..., *, axis: int = 0, rows: int = 1, prefetch: int = 8
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(start, block)`` along ``axis`` in order: each block is ``rows`` rows of
+        chunks of the region (cut at chunk boundaries); decoding runs ahead, out of
+        order, ``prefetch`` blocks deep."""
+        reg = normalize(region, self.shape)
+        if reg.post is not None or reg.drop:
+            raise ValueError("time_series takes a region of plain slices (no steps, no ints)")
+        return stream.time_series(self, reg, axis, rows, prefetch)
+
+    # -- writing -------------------------------------------------------------------------
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.write(key, value)
+
+    def write(self, region: Any, value: Any) -> None:
+        """Write ``value`` (broadcast to the region) into a region of plain slices or
+        integers.  Each chunk (or shard) is replaced atomically."""
+        from lsio_ray.zarr.write import write_region
+
+        reg = normalize(region, self.shape)
+        if reg.post is not None:
+            raise ValueError("cannot write through a slice with a step")
+        data = np.asarray(value)
+        try:
+            data = np.broadcast_to(data, reg.shape)
+        except ValueError:
+            raise ValueError(
+                f"cannot broadcast a value of shape {data.shape} to the region's shape {reg.shape}"
+            ) from None
+        if reg.drop:
+            data = np.expand_dims(data, reg.drop)
+        write_region(self, reg.lo, reg.hi, data)
+
+    def close(self) -> None:
+        """Close the loader this array made for itself (``open(..., backend=...)``)."""
+        if self._own_loader and self._loader is not None:
+            self._loader.close()
+
+    def __enter__(self) -> Array:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def info(self) -> dict[str, Any]:
+        """A JSON-able summary: format, shape, dtype, grids, codecs, stored size."""
+        from lsio_ray.zarr.info import array_info
+
+        return array_info(self)
+
+
+def open_array(
+    path: str | os.PathLike[str],
+    *,
+    loader: Loader | None = None,
+    backend: str | None = None,
+    **options: Any,
+) -> Array:
+    """Open the Zarr array at ``path`` (a directory holding ``zarr.json`` or ``.zarray``).
+
+    ``loader`` shares an engine and decode pool between arrays (default: the
+    process-wide one); ``backend="uring"`` or ``"pread"`` gives this array a loader of
+    its own with that engine backend.  Other options: ``index_cache_bytes``,
+    ``coalesce_gap`` (bytes between inner chunks read as one range; -1 never merges),
+    ``max_coalesce``."""
+    layout = load_layout(path)
+    own = loader is None and backend is not None
+    if own:
+        loader = Loader(backend=backend)
+    arr = Array(layout, loader, **options)
+    arr._own_loader = own
+    return arr

@@ -1,0 +1,61 @@
+"""The errors of the Zarr layer.
+
+Each names the array and, where one is involved, the chunk (or shard) key and what was
+wrong with it.  Metadata problems are ``ValueError`` subclasses; a corrupt or truncated
+chunk or shard index is an ``OSError`` (``EIO``) subclass, like the IO errors the engine
+reports; regions out of bounds raise plain ``IndexError``.
+"""
+
+from __future__ import annotations
+
+import errno
+
+from lsio_ray.errors import LsioError
+
+__all__ = [
+    "ArrayMetadataError",
+    "ChunkCorruptError",
+    "ShardIndexError",
+    "UnsupportedError",
+    "ZarrError",
+]
+
+
+class ZarrError(LsioError):
+    """Base class of the Zarr layer's own errors."""
+
+
+class ArrayMetadataError(ZarrError, ValueError):
+    """An array's metadata is missing a document, unparseable or invalid."""
+
+    def __init__(self, array: str, reason: str) -> None:
+        self.array, self.reason = array, reason
+        super().__init__(f"{array}: {reason}")
+
+
+class UnsupportedError(ArrayMetadataError):
+    """Valid metadata lsio_ray cannot read: a codec, data type or layout it lacks."""
+
+    def __init__(self, array: str, what: str) -> None:
+        super().__init__(array, f"unsupported: {what}")
+
+
+class ChunkCorruptError(ZarrError, OSError):
+    """A chunk's stored bytes do not decode to the chunk they should hold."""
+
+    def __init__(self, array: str, key: str, reason: str) -> None:
+        self.array, self.key, self.reason = array, key, reason
+        OSError.__init__(self, errno.EIO, f"{array}: chunk {key}: {reason}")
+
+    def __str__(self) -> str:
+        return f"{self.array}: chunk {self.key}: {self.reason}"
+
+    def __reduce__(self) -> tuple[type, tuple[str, str, str]]:
+        return (type(self), (self.array, self.key, self.reason))
+
+
+class ShardIndexError(ChunkCorruptError):
+    """A shard's index is corrupt (bad checksum, entries outside the file)."""
+
+    def __str__(self) -> str:
+        return f"{self.array}: shard {self.key}: corrupt index: {self.reason}"

@@ -1,0 +1,183 @@
+"""An array's layout on disk: chunk and shard grids, file keys, codecs.
+
+:class:`ArrayLayout` is what the planner and the writer work from.  It is built from
+the metadata zarr-python parsed and holds only plain numbers, numpy dtypes and the
+chunk/shard-index codecs.  File paths of many chunks at once are built without a Python
+object per chunk: :meth:`ArrayLayout.paths_blob` returns fixed-width NUL-padded records
+(numpy ``S`` arrays), which is exactly the paths blob the engine's batch submit takes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+from lsio_ray.zarr import _zarr_compat
+from lsio_ray.zarr.codecs import ChunkCodec, ShardIndexCodec, build_chunk_codec
+from lsio_ray.zarr.errors import ArrayMetadataError, UnsupportedError
+
+__all__ = ["ArrayLayout", "load_layout"]
+
+
+class ArrayLayout:
+    """The on-disk layout of one Zarr array (v2 or v3, sharded or not).
+
+    Grids: ``file_shape`` is the shape of one stored object (the shard when sharded,
+    else the chunk) and ``file_grid`` how many of them there are per dimension;
+    ``chunks`` is the decode unit (the inner chunk when sharded) and ``chunk_grid`` the
+    number of such chunks per dimension.
+    """
+
+    def __init__(self, path: str, meta: _zarr_compat.ZarrMetadata) -> None:
+        self.path = path
+        self.meta = meta
+        self.zarr_format = meta.zarr_format
+        self.shape: tuple[int, ...] = meta.shape
+        self.ndim = len(meta.shape)
+        self.dtype: np.dtype = meta.dtype
+        self.fill_value: np.ndarray = meta.fill_value
+        self.attrs: dict[str, Any] = meta.attributes
+        if len(meta.grid_chunks) != self.ndim:
+            raise ArrayMetadataError(path, "chunk shape and array shape differ in rank")
+        if any(c <= 0 for c in meta.grid_chunks):
+            raise ArrayMetadataError(path, f"chunk shape {meta.grid_chunks} has a zero")
+        self.file_shape: tuple[int, ...] = meta.grid_chunks
+        self.shards: tuple[int, ...] | None = None
+        self.index: ShardIndexCodec | None = None
+        codecs = list(meta.codecs)
+        if any(c["name"] == "sharding_indexed" for c in codecs):
+            if len(codecs) != 1:
+                raise UnsupportedError(path, "sharding_indexed combined with other codecs")
+            cfg = codecs[0]["configuration"]
+            inner = tuple(int(c) for c in cfg["chunk_shape"])
+            if len(inner) != self.ndim or any(
+                i <= 0 or s % i for s, i in zip(self.file_shape, inner, strict=True)
+            ):
+                raise ArrayMetadataError(
+                    path, f"inner chunks {inner} do not tile the shard {self.file_shape}"
+                )
+            inner_specs = list(cfg.get("codecs") or [{"name": "bytes"}])
+            if any(c["name"] == "sharding_indexed" for c in inner_specs):
+                raise UnsupportedError(path, "nested sharding")
+            inner_objs = list(getattr(meta.codec_objects[0], "codecs", ()))
+            if len(inner_objs) != len(inner_specs):
+                inner_objs = [None] * len(inner_specs)
+            self.shards = self.file_shape
+            self.chunks: tuple[int, ...] = inner
+            self.chunks_per_shard = tuple(s // i for s, i in zip(self.shards, inner, strict=True))
+            self.codec: ChunkCodec = build_chunk_codec(path, meta, inner_specs, inner_objs, inner)
+            self.index = ShardIndexCodec(
+                path,
+                list(cfg.get("index_codecs") or [{"name": "bytes"}, {"name": "crc32c"}]),
+                self.chunks_per_shard,
+                str(cfg.get("index_location", "end")),
+            )
+        else:
+            self.chunks = self.file_shape
+            self.chunks_per_shard = tuple(1 for _ in self.shape)
+            self.codec = build_chunk_codec(path, meta)
+        self.file_grid: tuple[int, ...] = _ceil_div(self.shape, self.file_shape)
+        self.chunk_grid: tuple[int, ...] = _ceil_div(self.shape, self.chunks)
+        if meta.key_encoding == "default":
+            self._prefix, self._zero = "c" + meta.separator, "c"
+        elif meta.key_encoding == "v2":
+            self._prefix, self._zero = "", "0"
+        else:
+            raise UnsupportedError(path, f"chunk key encoding {meta.key_encoding!r}")
+        self._sep = meta.separator
+        root = os.fsencode(path.rstrip("/") or "/")
+        self._root = root + b"/"
+
+    # keys ------------------------------------------------------------------------------
+    def key(self, coords: Any) -> str:
+        """The store key of the file (chunk or shard) at grid coordinates ``coords``."""
+        parts = [str(int(c)) for c in coords]
+        if not parts:
+            return self._zero
+        return self._prefix + self._sep.join(parts)
+
+    def file_path(self, coords: Any) -> str:
+        """The absolute path of the file at grid coordinates ``coords``."""
+        return os.path.join(self.path, self.key(coords))
+
+    def paths_blob(self, coords: np.ndarray) -> tuple[bytes, int]:
+        """The absolute paths of many files as one blob of fixed-width NUL-padded records.
+
+        ``coords`` is an (n, ndim) integer array; returns ``(blob, width)``: the path of
+        row ``i`` starts at byte ``i * width``.  No Python object is made per file."""
+        n = int(coords.shape[0])
+        if self.ndim == 0:
+            zero = self._root + self._zero.encode()
+            keys = np.full(n, zero, dtype=f"S{len(zero)}")
+        else:
+            head = self._root + self._prefix.encode()
+            keys = np.full(n, head, dtype=f"S{max(len(head), 1)}")
+            sep = self._sep.encode()
+            for d in range(self.ndim):
+                if d:
+                    keys = np.char.add(keys, sep)
+                keys = np.char.add(keys, coords[:, d].astype("S20"))
+        width = keys.dtype.itemsize + 1
+        return keys.astype(f"S{width}").tobytes(), width
+
+    # sizes -----------------------------------------------------------------------------
+    @property
+    def chunk_nbytes(self) -> int:
+        """Decoded bytes of one (inner) chunk."""
+        return self.codec.nbytes
+
+    def describe_codecs(self) -> list[dict[str, Any]]:
+        """The codec chain as JSON (v3 specs, or v2's filters and compressor)."""
+        if self.zarr_format == 3:
+            return [dict(c) for c in self.meta.codecs]
+        out: list[dict[str, Any]] = []
+        for f in self.meta.filters:
+            out.append({"filter": f.get_config()})
+        if self.meta.compressor is not None:
+            out.append({"compressor": self.meta.compressor.get_config()})
+        out.append({"order": self.meta.order})
+        return out
+
+
+def _ceil_div(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(-(-x // y) for x, y in zip(a, b, strict=True))
+
+
+def _read_json(path: str, name: str) -> Any:
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArrayMetadataError(
+            name, f"{os.path.basename(path)} is not valid JSON: {exc}"
+        ) from None
+
+
+def load_layout(path: str | os.PathLike[str]) -> ArrayLayout:
+    """Read an array's metadata from the directory ``path`` and build its layout.
+
+    Raises ``FileNotFoundError`` when there is no array there, ``ArrayMetadataError``
+    (a ``ValueError``) when the metadata is invalid or names a group, and
+    ``UnsupportedError`` when lsio_ray cannot read it.
+    """
+    root = os.path.abspath(os.fspath(path))
+    docs: dict[str, Any] = {}
+    v3 = os.path.join(root, "zarr.json")
+    v2 = os.path.join(root, ".zarray")
+    if os.path.exists(v3):
+        docs["zarr.json"] = _read_json(v3, root)
+    elif os.path.exists(v2):
+        docs[".zarray"] = _read_json(v2, root)
+        attrs = os.path.join(root, ".zattrs")
+        if os.path.exists(attrs):
+            docs[".zattrs"] = _read_json(attrs, root)
+    else:
+        if os.path.exists(os.path.join(root, ".zgroup")):
+            raise ArrayMetadataError(root, "is a Zarr v2 group, not an array")
+        raise FileNotFoundError(2, "no Zarr array here (no zarr.json or .zarray)", root)
+    meta = _zarr_compat.parse_metadata(root, docs)
+    return ArrayLayout(root, meta)

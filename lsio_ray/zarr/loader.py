@@ -1,0 +1,379 @@
+"""The Zarr layer's IO driver: one engine, one IO thread, one pool of decode threads.
+
+A :class:`Loader` owns a :class:`~lsio_ray._core.RawEngine`.  Work arrives as
+:class:`Task` objects (a region to read, files to write).  One IO thread owns every
+engine call that needs ordering -- submit, reap, cancel -- and all the IO bookkeeping,
+so none of it needs a lock:
+
+* it submits the tasks' file ops in batches (a few numpy arrays per batch, never a
+  Python object per chunk), oldest task first, keeping at most ``max_inflight`` ranges
+  queued in the engine;
+* it reaps completions in batches and hands each batch to its task, which queues the
+  decoding on the decode pool (a ``ThreadPoolExecutor`` sized to the cores; numcodecs
+  releases the GIL while it decompresses).  A decode thread gives its pool buffer back
+  to the engine the moment the chunk is decoded.
+
+Memory is bounded twice: the engine stops issuing reads when its buffer pool
+(``pool_bytes``) is exhausted, and at most ``max_inflight`` ranges wait in its queue.
+"""
+
+from __future__ import annotations
+
+import atexit
+import heapq
+import itertools
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from lsio_ray._core import RawEngine
+from lsio_ray.errors import GroupCancelledError
+
+__all__ = ["Loader", "Task", "default_loader", "set_default_loader"]
+
+_ENV_THREADS = "LSIO_ZARR_THREADS"
+_ENV_INFLIGHT = "LSIO_ZARR_MAX_INFLIGHT"
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "")
+    if not raw.strip():
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not an integer") from None
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, not {value}")
+    return value
+
+
+class Task:
+    """A unit of IO work with its own engine group, run by a :class:`Loader`.
+
+    Subclasses provide file-op batches (:meth:`next_batch`) and consume completions
+    (:meth:`on_completions`), both on the IO thread.  Work queued on the decode pool is
+    counted with :meth:`hold` / :meth:`release_hold`; the task is done when its IO is
+    retired and no such work is left.  The first error wins and cancels the rest.
+    """
+
+    def __init__(self, loader: Loader) -> None:
+        self.loader = loader
+        self.group = loader.new_group()
+        self.error: BaseException | None = None
+        self.io_pending = 0  # ranges submitted and not completed (IO thread only)
+        self._lock = threading.Lock()
+        self._holds = 1  # the IO hold, dropped when the IO is retired
+        self._io_retired = False
+        self._done = threading.Event()
+
+    # -- IO-thread interface -------------------------------------------------------------
+    def next_batch(self, budget: int) -> tuple[np.ndarray, np.ndarray, bytes] | None:
+        """The next (files, ranges, paths) batch of at most about ``budget`` ranges."""
+        return None
+
+    def has_batches(self) -> bool:
+        """True while the task has file ops not yet submitted."""
+        return False
+
+    def on_completions(self, comps: np.ndarray) -> int:
+        """Consume this task's completions; returns how many ranges they resolve."""
+        return 0
+
+    def io_finished(self) -> bool:
+        """True when no IO is queued, in flight or still to be planned."""
+        return self.io_pending == 0 and not self.has_batches()
+
+    def retire_io(self) -> None:
+        """Called once by the IO thread when the task's IO is over (or cancelled)."""
+        if not self._io_retired:
+            self._io_retired = True
+            self.release_hold()
+
+    # -- holds and completion ------------------------------------------------------------
+    def hold(self, n: int = 1) -> None:
+        """Count ``n`` pieces of work queued on the decode pool."""
+        with self._lock:
+            self._holds += n
+
+    def release_hold(self) -> None:
+        """One piece of queued work finished."""
+        with self._lock:
+            self._holds -= 1
+            done = self._holds == 0
+        if done:
+            self._finish()
+
+    def _finish(self) -> None:
+        self._done.set()
+
+    def fail(self, exc: BaseException) -> None:
+        """Record the first error and cancel the task's remaining IO."""
+        with self._lock:
+            if self.error is not None:
+                return
+            self.error = exc
+        self.loader.cancel(self)
+
+    def cancel(self) -> None:
+        """Abandon the task: its queued IO is dropped and its result discarded."""
+        self.fail(GroupCancelledError(f"task {self.group} cancelled"))
+
+    @property
+    def done(self) -> bool:
+        """True once the task finished (successfully or not)."""
+        return self._done.is_set()
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until done; raise the task's error if it failed."""
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"task {self.group} not done after {timeout} s")
+        if self.error is not None:
+            raise self.error
+
+
+class Loader:
+    """An engine, its IO thread and a decode pool, shared by any number of arrays.
+
+    ``backend``, ``pool_bytes`` and ``depth`` go to the engine (defaults from
+    :mod:`lsio_ray.config`); ``threads`` is the number of decode threads (default: the
+    cores, env ``LSIO_ZARR_THREADS``); ``max_inflight`` bounds the ranges queued in the
+    engine (default 4096, env ``LSIO_ZARR_MAX_INFLIGHT``).
+    """
+
+    def __init__(
+        self,
+        *,
+        backend: str | None = None,
+        pool_bytes: int | str | None = None,
+        depth: int | None = None,
+        threads: int | None = None,
+        max_inflight: int | None = None,
+        engine: RawEngine | None = None,
+    ) -> None:
+        self.engine = (
+            engine
+            if engine is not None
+            else RawEngine(backend=backend, pool_bytes=pool_bytes, depth=depth)
+        )
+        self.backend = self.engine.backend
+        self.threads = threads or _env_int(_ENV_THREADS, os.cpu_count() or 1)
+        self.max_inflight = max_inflight or _env_int(_ENV_INFLIGHT, 4096)
+        self.executor = ThreadPoolExecutor(self.threads, thread_name_prefix="lsio-zarr-decode")
+        self._groups = itertools.count(1)
+        self._cv = threading.Condition()
+        self._new: list[Task] = []
+        self._cancels: list[Task] = []
+        self._closing = False
+        self._closed = False
+        self._tasks: dict[int, Task] = {}
+        self._queue: list[tuple[int, Task]] = []  # tasks with batches to submit, by group
+        self._queued: set[int] = set()
+        self._inflight = 0
+        self._local = threading.local()
+        self._thread = threading.Thread(target=self._run, name="lsio-zarr-io", daemon=True)
+        self._thread.start()
+
+    # -- public --------------------------------------------------------------------------
+    def new_group(self) -> int:
+        """A fresh engine group id."""
+        return next(self._groups)
+
+    def start(self, task: Task) -> Task:
+        """Hand a task to the IO thread (returns it)."""
+        with self._cv:
+            if self._closing:
+                raise ValueError("the loader is closed")
+            self._new.append(task)
+            self._cv.notify()
+        self.engine.wake()
+        return task
+
+    def cancel(self, task: Task) -> None:
+        """Ask the IO thread to drop a task's queued IO."""
+        with self._cv:
+            if self._closing:
+                return
+            self._cancels.append(task)
+            self._cv.notify()
+        self.engine.wake()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Queue ``fn(*args)`` on the decode pool."""
+        self.executor.submit(fn, *args)
+
+    def release(self, buf_id: int) -> None:
+        """Give one pool buffer back to the engine."""
+        self.engine.release_many(np.array([buf_id], dtype=np.uint64))
+
+    def scratch(self, nbytes: int) -> np.ndarray:
+        """A per-thread scratch buffer of at least ``nbytes`` bytes (reused)."""
+        buf = getattr(self._local, "buf", None)
+        if buf is None or buf.nbytes < nbytes:
+            buf = np.empty(max(nbytes, 1), dtype=np.uint8)
+            self._local.buf = buf
+        return buf
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` ran."""
+        return self._closed
+
+    def close(self) -> None:
+        """Cancel all tasks, stop the threads and free the engine (idempotent)."""
+        with self._cv:
+            if self._closed:
+                return
+            self._closing = True
+            self._cv.notify()
+        self.engine.wake()
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
+        self.executor.shutdown(wait=True)
+        self.engine.close()
+        self._closed = True
+
+    def __enter__(self) -> Loader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the IO thread -------------------------------------------------------------------
+    def _run(self) -> None:
+        eng = self.engine
+        empty_reaps = 0
+        while True:
+            with self._cv:
+                while (
+                    not self._new
+                    and not self._cancels
+                    and not self._closing
+                    and self._inflight == 0
+                    and not self._queue
+                ):
+                    self._cv.wait()
+                new, self._new = self._new, []
+                cancels, self._cancels = self._cancels, []
+                closing = self._closing
+            for task in new:
+                self._tasks[task.group] = task
+                self._after(task)
+            for task in cancels:
+                self._cancel_now(task)
+            if closing:
+                for task in list(self._tasks.values()):
+                    task.fail(GroupCancelledError("the loader was closed"))
+                    self._cancel_now(task)
+                return
+            self._top_up()
+            if self._inflight == 0:
+                continue
+            comps = eng.reap(1024, 1, 20)
+            if comps.size == 0:
+                empty_reaps += 1
+                if empty_reaps >= 50 and eng.stats()["ranges_pending"] == 0:
+                    self._lost_completions()
+                continue
+            empty_reaps = 0
+            self._dispatch(comps)
+
+    def _after(self, task: Task) -> None:
+        """Queue a task with batches to submit; retire one whose IO is over."""
+        if task.has_batches():
+            if task.group not in self._queued:
+                self._queued.add(task.group)
+                heapq.heappush(self._queue, (task.group, task))
+        elif task.io_finished() and task.group in self._tasks:
+            del self._tasks[task.group]
+            task.retire_io()
+
+    def _top_up(self) -> None:
+        while self._queue and self._inflight < self.max_inflight:
+            group, task = self._queue[0]
+            batch = None
+            if group in self._tasks and task.error is None:
+                try:
+                    batch = task.next_batch(self.max_inflight - self._inflight)
+                except Exception as exc:  # a planning bug must not kill the IO thread
+                    task.fail(exc)
+            if batch is None:
+                heapq.heappop(self._queue)
+                self._queued.discard(group)
+                if group in self._tasks:
+                    self._after(task)
+                continue
+            files, ranges, paths = batch
+            try:
+                self.engine.submit(files, ranges, paths)
+            except Exception as exc:
+                task.fail(exc)
+                continue
+            task.io_pending += len(ranges)
+            self._inflight += len(ranges)
+
+    def _dispatch(self, comps: np.ndarray) -> None:
+        groups = comps["group"]
+        if groups.size and (groups == groups[0]).all():
+            parts: list[tuple[int, np.ndarray]] = [(int(groups[0]), comps)]
+        else:
+            parts = [(int(g), comps[groups == g]) for g in np.unique(groups)]
+        for group, part in parts:
+            task = self._tasks.get(group)
+            if task is None:  # a cancelled task's stragglers: just give the buffers back
+                self.engine.release_many(part["buf_id"])
+                continue
+            try:
+                resolved = task.on_completions(part)
+            except Exception as exc:  # a bug in a task: fail it, keep the loader alive
+                task.fail(exc)
+                resolved = task.io_pending
+            task.io_pending -= resolved
+            self._inflight -= resolved
+            self._after(task)
+
+    def _cancel_now(self, task: Task) -> None:
+        if self._tasks.pop(task.group, None) is None:
+            return
+        self.engine.cancel_group(task.group)
+        self._inflight -= task.io_pending
+        task.io_pending = 0
+        task.retire_io()
+
+    def _lost_completions(self) -> None:
+        """The engine has nothing pending but tasks wait for ranges: fail them."""
+        for task in list(self._tasks.values()):
+            if task.io_pending:
+                task.fail(
+                    RuntimeError(
+                        f"lsio engine lost {task.io_pending} completions of group {task.group}"
+                    )
+                )
+                self._cancel_now(task)
+        self._inflight = sum(t.io_pending for t in self._tasks.values())
+
+
+_default: Loader | None = None
+_default_lock = threading.Lock()
+
+
+def default_loader() -> Loader:
+    """The process-wide loader (made on first use, closed at exit)."""
+    global _default
+    with _default_lock:
+        if _default is None or _default.closed:
+            _default = Loader()
+            atexit.register(_default.close)
+        return _default
+
+
+def set_default_loader(loader: Loader | None) -> Loader | None:
+    """Replace the process-wide loader; returns the previous one (not closed)."""
+    global _default
+    with _default_lock:
+        old, _default = _default, loader
+        return old

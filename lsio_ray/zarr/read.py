@@ -1,0 +1,399 @@
+"""Reading a box of an array: plan, one batch of IO, decode as chunks land.
+
+A :class:`ReadTask` plans the chunks a box touches (vectorised, see :mod:`.plan`) and
+turns them into file ops for the engine:
+
+* unsharded: one file op per chunk, reading the whole file;
+* sharded: first the index of every shard not in the cache (one small range each),
+  then one file op per shard with a range per needed inner chunk, adjacent ranges
+  coalesced.
+
+Completions reach the task on the loader's IO thread in batches.  Each chunk is then
+decoded on a decode thread, from the zero-copy view of its pool buffer, straight into
+the output when the chunk lies wholly inside the box and the destination is contiguous
+(else into a per-thread scratch buffer and copied), and the buffer goes back to the
+engine as soon as the chunk is decoded.  Missing chunks (and missing shards, and empty
+inner chunks) are filled with the fill value.
+"""
+
+from __future__ import annotations
+
+import errno
+import threading
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from lsio_ray._core import view
+from lsio_ray._lsio import lib
+from lsio_ray.errors import make_error
+from lsio_ray.zarr.batches import INDEX_TAG, FilePlan, file_plan
+from lsio_ray.zarr.errors import ChunkCorruptError, ShardIndexError
+from lsio_ray.zarr.loader import Loader, Task
+from lsio_ray.zarr.plan import coalesce, select_chunks
+from lsio_ray.zarr.shards import EMPTY, check_index
+
+if TYPE_CHECKING:
+    from lsio_ray.zarr.array import Array
+
+__all__ = ["ReadTask"]
+
+_MISSING = object()  # a shard whose file does not exist
+_PAST_EOF = int(lib.LSIO_E_PAST_EOF)
+
+
+class ReadTask(Task):
+    """Read the box ``[lo, hi)`` of ``array`` into ``out`` (an array of the box's shape)."""
+
+    def __init__(self, array: Array, loader: Loader, out: np.ndarray, lo: Any, hi: Any) -> None:
+        super().__init__(loader)
+        self.array = array
+        self.layout = array.layout
+        self.codec = array.layout.codec
+        self.out = out
+        self.sel = select_chunks(lo, hi, self.layout.chunks)
+        self.remaining = len(self.sel)
+        self._rlock = threading.Lock()
+        self.plan: FilePlan | None = None
+        self._phase = "data"
+        self._direct_ok = self.codec.direct
+        self._identity = True
+        if self.remaining == 0:
+            return
+        if self.layout.shards is None:
+            self._plan_chunks()
+        else:
+            self._plan_index()
+
+    # -- planning ------------------------------------------------------------------------
+    def _plan_chunks(self) -> None:
+        n = len(self.sel)
+        blob, width = self.layout.paths_blob(self.sel.coords)
+        self.plan = file_plan(
+            self.group,
+            blob,
+            width,
+            np.ones(n, np.int64),
+            np.zeros(n, np.int64),
+            np.full(n, -1, np.int64),
+        )
+
+    def _plan_index(self) -> None:
+        lay = self.layout
+        cps = np.asarray(lay.chunks_per_shard, dtype=np.int64)
+        coords = self.sel.coords
+        shard_c = coords // cps
+        local = coords - shard_c * cps
+        if lay.ndim:
+            shard_lin = np.ravel_multi_index(tuple(shard_c.T), lay.file_grid)
+            self.local_lin = np.ravel_multi_index(tuple(local.T), lay.chunks_per_shard)
+        else:
+            shard_lin = np.zeros(len(coords), np.int64)
+            self.local_lin = np.zeros(len(coords), np.int64)
+        self.shard_keys, self.chunk_shard = np.unique(shard_lin, return_inverse=True)
+        self.chunk_shard = self.chunk_shard.reshape(-1)
+        self.tables: list[Any] = self.array.index_cache.get_many(self.shard_keys)
+        missing = np.array([j for j, t in enumerate(self.tables) if t is None], dtype=np.int64)
+        if missing.size == 0:
+            self._plan_inner()
+            return
+        self._phase = "index"
+        self.index_j = missing
+        self._index_left = len(missing)
+        idx = lay.index
+        assert idx is not None
+        coords_s = self._shard_coords(self.shard_keys[missing])
+        blob, width = lay.paths_blob(coords_s)
+        n = len(missing)
+        off = np.full(n, -idx.nbytes if idx.location == "end" else 0, np.int64)
+        self.plan = file_plan(
+            self.group,
+            blob,
+            width,
+            np.ones(n, np.int64),
+            off,
+            np.full(n, idx.nbytes, np.int64),
+            INDEX_TAG,
+        )
+
+    def _shard_coords(self, keys: np.ndarray) -> np.ndarray:
+        lay = self.layout
+        if lay.ndim == 0:
+            return np.zeros((len(keys), 0), np.int64)
+        return np.stack(np.unravel_index(keys, lay.file_grid), axis=1).astype(np.int64)
+
+    def _plan_inner(self) -> None:
+        self._phase = "data"
+        n = len(self.sel)
+        off = np.zeros(n, np.uint64)
+        nb = np.zeros(n, np.uint64)
+        absent = np.zeros(n, bool)
+        by_shard = np.argsort(self.chunk_shard, kind="stable")
+        bounds = np.searchsorted(self.chunk_shard[by_shard], np.arange(len(self.tables) + 1))
+        for j, table in enumerate(self.tables):
+            idx = by_shard[bounds[j] : bounds[j + 1]]
+            if table is _MISSING:
+                absent[idx] = True
+            else:
+                entries = table[self.local_lin[idx]]
+                off[idx] = entries[:, 0]
+                nb[idx] = entries[:, 1]
+        empty = absent | (off == EMPTY)
+        fill_idx = np.flatnonzero(empty)
+        read_idx = np.flatnonzero(~empty)
+        if fill_idx.size:
+            self._fill(fill_idx)
+        if read_idx.size == 0:
+            self.plan = None
+            return
+        order, range_of, r_start, r_end = coalesce(
+            self.chunk_shard[read_idx],
+            off[read_idx],
+            nb[read_idx],
+            max_gap=self.array.coalesce_gap,
+            max_bytes=self.array.max_coalesce,
+        )
+        chunks = read_idx[order]
+        nr = len(r_start)
+        first = np.flatnonzero(np.r_[True, range_of[1:] != range_of[:-1]])
+        self.rchunks = chunks
+        self.rchunk0 = first
+        self.rnchunk = np.diff(np.r_[first, len(chunks)])
+        self._identity = False
+        self.c_off = np.zeros(n, np.int64)
+        self.c_off[chunks] = off[chunks].astype(np.int64) - r_start[range_of]
+        self.c_len = nb.astype(np.int64)
+        range_shard = self.chunk_shard[chunks[first]]
+        file_first = np.flatnonzero(np.r_[True, range_shard[1:] != range_shard[:-1]])
+        file_nr = np.diff(np.r_[file_first, nr])
+        self.file_shard = range_shard[file_first]
+        blob, width = self.layout.paths_blob(self._shard_coords(self.shard_keys[self.file_shard]))
+        self.plan = file_plan(self.group, blob, width, file_nr, r_start, r_end - r_start)
+
+    # -- IO-thread interface -------------------------------------------------------------
+    def has_batches(self) -> bool:
+        return self.plan is not None and self.plan.has_batches()
+
+    def next_batch(self, budget: int) -> tuple[np.ndarray, np.ndarray, bytes] | None:
+        if self.plan is None:
+            return None
+        return self.plan.next_batch(budget)
+
+    def io_finished(self) -> bool:
+        return self.io_pending == 0 and not self.has_batches()
+
+    def on_completions(self, comps: np.ndarray) -> int:
+        plan = self.plan
+        assert plan is not None
+        ok, resolved, failures = plan.resolve(comps)
+        if self._phase == "index":
+            self._on_index(plan, comps, ok, failures)
+        else:
+            self._on_data(plan, comps, ok, failures)
+        return resolved
+
+    def _on_index(
+        self,
+        plan: FilePlan,
+        comps: np.ndarray,
+        ok: np.ndarray,
+        failures: list[tuple[np.ndarray, int]],
+    ) -> None:
+        idx = self.layout.index
+        assert idx is not None
+        done = 0
+        sel = comps[ok]
+        try:
+            for tag, ptr, n, size in zip(
+                (sel["tag"] & np.uint64(INDEX_TAG - 1)).tolist(),
+                sel["data"].tolist(),
+                sel["length"].tolist(),
+                sel["file_size"].tolist(),
+                strict=True,
+            ):
+                done += 1
+                j = int(self.index_j[tag])
+                key = self.layout.key(self._shard_coords(self.shard_keys[j : j + 1])[0])
+                try:
+                    table = idx.decode(view(ptr, n))
+                except ValueError as exc:
+                    self.fail(ShardIndexError(self.layout.path, key, str(exc)))
+                    continue
+                why = check_index(table, idx, size)
+                if why is not None:
+                    self.fail(ShardIndexError(self.layout.path, key, why))
+                    continue
+                self.array.index_cache.put(int(self.shard_keys[j]), table)
+                self.tables[j] = table
+        finally:
+            self.loader.engine.release_many(sel["buf_id"])
+        for rs, k in failures:
+            done += len(rs)
+            err = int(comps["error"][k])
+            j = int(self.index_j[rs[0]])
+            if err == -errno.ENOENT:
+                self.tables[j] = _MISSING
+                continue
+            key = self.layout.key(self._shard_coords(self.shard_keys[j : j + 1])[0])
+            if err == _PAST_EOF:
+                size = int(comps["file_size"][k])
+                self.fail(
+                    ShardIndexError(
+                        self.layout.path,
+                        key,
+                        f"the file ({size} bytes) is shorter than its {idx.nbytes}-byte index",
+                    )
+                )
+            else:
+                self.fail(self._os_error(plan, comps[k], key))
+        self._index_left -= done
+        if self._index_left == 0 and self.error is None:
+            self._plan_inner()
+
+    def _on_data(
+        self,
+        plan: FilePlan,
+        comps: np.ndarray,
+        ok: np.ndarray,
+        failures: list[tuple[np.ndarray, int]],
+    ) -> None:
+        sel = comps[ok]
+        if self.error is not None:
+            self.loader.engine.release_many(sel["buf_id"])
+        elif len(sel):
+            tags = sel["tag"].tolist()
+            if self._identity:
+                self.hold(len(tags))
+                for r, ptr, n, b in zip(
+                    tags,
+                    sel["data"].tolist(),
+                    sel["length"].tolist(),
+                    sel["buf_id"].tolist(),
+                    strict=True,
+                ):
+                    self.loader.submit(self._decode, r, ptr, n, b, None)
+            else:
+                counts = self.rnchunk[tags]
+                self.hold(int(counts.sum()))
+                for r, ptr, b, k in zip(
+                    tags, sel["data"].tolist(), sel["buf_id"].tolist(), counts.tolist(), strict=True
+                ):
+                    c0 = int(self.rchunk0[r])
+                    shared = [k, threading.Lock()] if k > 1 else None
+                    for i in self.rchunks[c0 : c0 + k].tolist():
+                        self.loader.submit(
+                            self._decode, i, ptr + int(self.c_off[i]), int(self.c_len[i]), b, shared
+                        )
+        for rs, k in failures:
+            chunks = self._chunks_of(rs)
+            err = int(comps["error"][k])
+            if err == -errno.ENOENT:
+                self._fill(chunks)
+            elif self.error is None:
+                self.fail(self._io_error(plan, comps[k], chunks, err))
+
+    def _chunks_of(self, rs: np.ndarray) -> np.ndarray:
+        if self._identity:
+            return rs
+        parts = [self.rchunks[self.rchunk0[r] : self.rchunk0[r] + self.rnchunk[r]] for r in rs]
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+    # -- errors --------------------------------------------------------------------------
+    def _chunk_key(self, i: int) -> str:
+        lay = self.layout
+        coords = self.sel.coords[i]
+        if lay.shards is None:
+            return lay.key(coords)
+        cps = np.asarray(lay.chunks_per_shard)
+        shard = coords // cps
+        inner = tuple(int(c) for c in coords - shard * cps)
+        return f"{lay.key(shard)} (inner chunk {inner})"
+
+    def _os_error(self, plan: FilePlan, row: Any, key: str) -> BaseException:
+        r = int(row["tag"]) & (INDEX_TAG - 1)
+        path = plan.path(int(plan.range_file[r]))
+        exc = make_error(
+            int(row["error"]),
+            path,
+            int(row["offset"]),
+            int(row["length"]),
+            int(row["file_size"]),
+            pool_bytes=self.loader.engine.pool_bytes,
+        )
+        if type(exc) is OSError or (isinstance(exc, OSError) and exc.errno):
+            return OSError(exc.errno, f"{self.layout.path}: chunk {key}: {exc.strerror}", path)
+        return exc
+
+    def _io_error(self, plan: FilePlan, row: Any, chunks: np.ndarray, err: int) -> BaseException:
+        key = self._chunk_key(int(chunks[0])) if len(chunks) else "?"
+        if err == _PAST_EOF:
+            off, n, size = int(row["offset"]), int(row["length"]), int(row["file_size"])
+            shown = "unknown" if size < 0 else f"{size} bytes"
+            return ChunkCorruptError(
+                self.layout.path,
+                key,
+                f"truncated file: bytes {off}..{off + n} reach past its end (length {shown})",
+            )
+        return self._os_error(plan, row, key)
+
+    # -- decode-thread work --------------------------------------------------------------
+    def _boxes(self, i: int) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+        s = self.sel
+        dst = tuple(map(slice, s.dst_lo[i].tolist(), s.dst_hi[i].tolist()))
+        src = tuple(map(slice, s.src_lo[i].tolist(), s.src_hi[i].tolist()))
+        return dst, src
+
+    def _decode(self, i: int, ptr: int, n: int, buf_id: int, shared: list[Any] | None) -> None:
+        try:
+            if self.error is None:
+                dst_idx, src_idx = self._boxes(i)
+                dst = self.out[dst_idx] if dst_idx else self.out
+                src = view(ptr, n)
+                if self._direct_ok and self.sel.full[i] and dst.flags.c_contiguous:
+                    self.codec.decode_into(src, dst)
+                else:
+                    chunk = self.codec.decode(src, self.loader.scratch(self.codec.nbytes))
+                    dst[...] = chunk[src_idx] if src_idx else chunk
+        except Exception as exc:
+            self.fail(
+                ChunkCorruptError(self.layout.path, self._chunk_key(i), f"cannot decode: {exc}")
+            )
+        finally:
+            last = True
+            if shared is not None:
+                with shared[1]:
+                    shared[0] -= 1
+                    last = shared[0] == 0
+            if last and buf_id:
+                self.loader.release(buf_id)
+            self._chunks_done(1)
+
+    def _fill(self, chunks: np.ndarray) -> None:
+        self.hold(1)
+        self.loader.submit(self._fill_run, chunks)
+
+    def _fill_run(self, chunks: np.ndarray) -> None:
+        try:
+            if self.error is None:
+                fill = self.layout.fill_value
+                for i in chunks.tolist():
+                    dst_idx, _ = self._boxes(i)
+                    dst = self.out[dst_idx] if dst_idx else self.out
+                    dst[...] = fill
+        except Exception as exc:
+            self.fail(exc)
+        finally:
+            self._chunks_done(len(chunks))
+
+    def _chunks_done(self, k: int) -> None:
+        with self._rlock:
+            self.remaining -= k
+        self.release_hold()
+
+    def _finish(self) -> None:
+        if self.error is None and self.remaining != 0:
+            self.error = RuntimeError(
+                f"{self.layout.path}: read finished with {self.remaining} chunks unaccounted"
+            )
+        self.out_ready = self.error is None
+        super()._finish()

@@ -1,0 +1,116 @@
+"""Shard indexes: a bounded cache and the checks an index must pass.
+
+A shard's index is read once (one small range at its start or end) and kept in an LRU
+cache bounded in bytes, so reading inner chunks of a shard costs only the chunk reads.
+The cache belongs to one opened array: writes through that array drop the entries of
+the shards they replace; an array rewritten by another process needs re-opening.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+
+import numpy as np
+
+from lsio_ray.zarr.codecs import ShardIndexCodec
+
+__all__ = ["EMPTY", "ShardIndexCache", "check_index"]
+
+EMPTY = np.uint64(2**64 - 1)
+_ENV_CACHE = "LSIO_ZARR_INDEX_CACHE"
+
+
+def _default_cache_bytes() -> int:
+    from lsio_ray.config import parse_size
+
+    raw = os.environ.get(_ENV_CACHE, "")
+    return parse_size(raw) if raw.strip() else 64 << 20
+
+
+class ShardIndexCache:
+    """Decoded shard indexes keyed by shard number, least recently used evicted first.
+
+    Thread-safe.  ``max_bytes`` defaults to 64 MiB (env ``LSIO_ZARR_INDEX_CACHE``).
+    """
+
+    def __init__(self, max_bytes: int | None = None) -> None:
+        self.max_bytes = _default_cache_bytes() if max_bytes is None else int(max_bytes)
+        self._lock = threading.Lock()
+        self._items: OrderedDict[int, np.ndarray] = OrderedDict()
+        self.nbytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    def get_many(self, keys: np.ndarray) -> list[np.ndarray | None]:
+        """The cached tables of ``keys`` (None where not cached)."""
+        out: list[np.ndarray | None] = []
+        with self._lock:
+            for k in keys.tolist():
+                table = self._items.get(k)
+                if table is None:
+                    self.misses += 1
+                else:
+                    self.hits += 1
+                    self._items.move_to_end(k)
+                out.append(table)
+        return out
+
+    def put(self, key: int, table: np.ndarray) -> None:
+        """Cache one table (dropped at once if larger than the whole cache)."""
+        if table.nbytes > self.max_bytes:
+            return
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self.nbytes -= old.nbytes
+            self._items[key] = table
+            self.nbytes += table.nbytes
+            while self.nbytes > self.max_bytes:
+                _, dropped = self._items.popitem(last=False)
+                self.nbytes -= dropped.nbytes
+
+    def invalidate(self, keys: np.ndarray | list[int]) -> None:
+        """Forget the tables of ``keys`` (shards that were rewritten)."""
+        with self._lock:
+            for k in np.asarray(keys, dtype=np.int64).reshape(-1).tolist():
+                old = self._items.pop(k, None)
+                if old is not None:
+                    self.nbytes -= old.nbytes
+
+    def clear(self) -> None:
+        """Forget everything."""
+        with self._lock:
+            self._items.clear()
+            self.nbytes = 0
+
+
+def check_index(table: np.ndarray, codec: ShardIndexCodec, file_size: int) -> str | None:
+    """Why an index table cannot be right for a shard of ``file_size`` bytes (-1 if not
+    known), or None if it is plausible."""
+    off, nb = table[:, 0], table[:, 1]
+    used = off != EMPTY
+    if not used.any():
+        return None
+    off, nb = off[used], nb[used]
+    if (
+        np.any(nb == EMPTY)
+        or np.any(off > (np.uint64(1) << np.uint64(62)))
+        or np.any(nb > (np.uint64(1) << np.uint64(62)))
+    ):
+        return "an entry has an impossible offset or length"
+    end = off + nb
+    if codec.location == "start":
+        if np.any(off < np.uint64(codec.nbytes)):
+            return "an entry points into the index"
+        limit = file_size
+    else:
+        limit = file_size - codec.nbytes if file_size >= 0 else -1
+    if limit >= 0 and np.any(end > np.uint64(limit)):
+        bad = int(np.flatnonzero(end > np.uint64(limit))[0])
+        return (
+            f"an entry ends at byte {int(end[bad])}, past the data region "
+            f"({limit} bytes of a {file_size}-byte file)"
+        )
+    return None

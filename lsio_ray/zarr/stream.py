@@ -1,0 +1,98 @@
+"""Streams of reads delivered in order with a bounded number in flight.
+
+:func:`ordered` keeps ``prefetch`` reads started ahead of the consumer and yields their
+results in the order asked; underneath, the chunks of all of them are read and decoded
+in whatever order they land.  Crops, random crops and time series are built on it.
+Closing the generator early cancels the reads still in flight.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from lsio_ray.zarr.plan import Region, region_of_box
+from lsio_ray.zarr.read import ReadTask
+
+if TYPE_CHECKING:
+    from lsio_ray.zarr.array import Array
+
+__all__ = ["ordered", "random_boxes", "time_series"]
+
+
+def _pairs(
+    array: Array, regions: Iterator[Region], prefetch: int
+) -> Iterator[tuple[Region, np.ndarray]]:
+    if int(prefetch) < 1:
+        raise ValueError(f"prefetch must be at least 1, not {prefetch}")
+    window: deque[tuple[Region, ReadTask]] = deque()
+
+    def push() -> None:
+        reg = next(regions, None)
+        if reg is not None:
+            window.append((reg, array._start_region(reg)))
+
+    try:
+        for _ in range(int(prefetch)):
+            push()
+        while window:
+            reg, task = window.popleft()
+            task.wait()
+            push()
+            yield reg, array._finish_region(reg, task.out)
+    finally:
+        for _, task in window:
+            task.cancel()
+
+
+def ordered(array: Array, regions: Iterator[Region], prefetch: int) -> Iterator[np.ndarray]:
+    """Yield ``array[region]`` for each region in order, ``prefetch`` reads in flight."""
+    for _, data in _pairs(array, regions, prefetch):
+        yield data
+
+
+def random_boxes(
+    shape: tuple[int, ...], crop: tuple[int, ...], count: int, seed: int | None
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``count`` boxes of shape ``crop`` at uniform random offsets inside ``shape``."""
+    if len(crop) != len(shape):
+        raise ValueError(f"crop shape {crop} has {len(crop)} dimensions, the array {len(shape)}")
+    if any(c <= 0 or c > s for c, s in zip(crop, shape, strict=True)):
+        raise ValueError(f"crop shape {crop} does not fit in the array's shape {shape}")
+    if count < 0:
+        raise ValueError(f"count must not be negative, not {count}")
+    rng = np.random.default_rng(seed)
+    size = np.asarray(crop, dtype=np.int64)
+    span = np.asarray(shape, dtype=np.int64) - size + 1
+    for _ in range(count):
+        lo = rng.integers(0, span)
+        yield lo, lo + size
+
+
+def time_series(
+    array: Array, region: Region, axis: int, rows: int, prefetch: int
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Blocks of ``region`` along ``axis`` cut at every ``rows``-th chunk boundary,
+    yielded in order as ``(start, block)``."""
+    if not -array.ndim <= axis < array.ndim:
+        raise ValueError(f"axis {axis} out of range for a {array.ndim}-d array")
+    axis %= array.ndim
+    if rows < 1:
+        raise ValueError(f"rows must be at least 1, not {rows}")
+    step = array.chunks[axis] * rows
+    lo, hi = region.lo[axis], region.hi[axis]
+    edges = [lo, *range((lo // step + 1) * step, hi, step), hi] if hi > lo else []
+
+    def boxes() -> Iterator[Region]:
+        for a, b in itertools.pairwise(edges):
+            blo = list(region.lo)
+            bhi = list(region.hi)
+            blo[axis], bhi[axis] = a, b
+            yield region_of_box(blo, bhi)
+
+    for reg, data in _pairs(array, boxes(), prefetch):
+        yield reg.lo[axis], data
