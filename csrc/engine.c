@@ -24,8 +24,9 @@
  * Buffer ownership: a read's pool block is taken in next_step (before the kernel sees
  * it) and belongs to the kernel until its CQE is processed.  On success it passes to
  * the caller inside the completion; on error or cancellation step_done frees it.  A
- * caller's block comes back through lsio_release.  lsio_engine_free cancels in-flight
- * SQEs and reaps until `inflight == 0` before it frees anything, so no block is ever
+ * caller's block comes back through lsio_release.  lsio_engine_free cancels every file
+ * op (ops already in the kernel are not cancelled there: it waits for them) and reaps
+ * until `inflight == 0` before it frees anything, so no block is ever
  * freed while the kernel may still write into it; the arena itself lives until the
  * last caller block is released.
  */

@@ -14,13 +14,15 @@
  *    may be freed as soon as it returns.  WRITE data is NOT copied: the memory named by
  *    lsio_range.data must stay valid until that range's completion has been reaped (or
  *    the engine has been freed, which waits for the kernel).
- *  - Every successful READ completion owns one pool buffer (buf_id != 0).  The caller
- *    must give it back with lsio_release / lsio_release_many exactly once; until then
+ *  - Every successful READ completion owns one pool buffer (buf_id != 0) -- except that
+ *    an empty range (length 0) may come without one (buf_id == 0; it may also have one,
+ *    e.g. with O_DIRECT), so callers release the non-zero ids.  The caller must give
+ *    each buffer back with lsio_release / lsio_release_many exactly once; until then
  *    the bytes at `data` are the caller's to read.  The engine never frees a buffer the
- *    kernel may still be writing into: lsio_engine_free first cancels and waits for every
- *    in-flight operation, and the pool arena is unmapped only when every buffer has been
- *    released (lsio_engine_free may therefore leave the arena alive; the last release
- *    unmaps it).
+ *    kernel may still be writing into: lsio_engine_free first cancels every file op and
+ *    waits until no operation is in flight, and the pool arena is unmapped only when
+ *    every buffer has been released (lsio_engine_free may therefore leave the arena
+ *    alive; the last release unmaps it).
  *  - Error completions and write completions own no buffer (buf_id == 0).
  */
 #ifndef LSIO_H
@@ -148,9 +150,13 @@ int lsio_reap(lsio_engine *e, lsio_completion *out, uint32_t max,
 int lsio_release(lsio_engine *e, uint64_t buf_id);
 int lsio_release_many(lsio_engine *e, const uint64_t *buf_ids, uint64_t n);
 
-/* Cancel a group: its queued ranges are dropped without completions; ranges already in
- * flight complete normally (the caller releases their buffers).  Returns the number of
- * ranges dropped. Thread-safe. */
+/* Cancel a group: every range of it without a completion yet -- queued or already in
+ * flight -- is dropped without a completion (the engine frees the buffers of in-flight
+ * reads when the kernel is done with them), and the group's completions that are ready
+ * but not reaped are discarded, their buffers going back to the pool.  Completions
+ * already reaped are untouched: the caller still releases those.  Returns the number of
+ * ranges dropped that had no completion yet (discarded ready completions are not
+ * counted).  Thread-safe. */
 int64_t lsio_cancel_group(lsio_engine *e, uint64_t group);
 
 /* Wake a thread blocked in lsio_reap (it returns what it has, possibly nothing).  If no
