@@ -208,11 +208,18 @@ const t_variant t_variants_basic[] = {
 const int t_nvariants_basic = sizeof t_variants_basic / sizeof t_variants_basic[0];
 
 lsio_engine *t_engine(const t_variant *v, uint64_t pool_bytes, uint32_t depth, int *skip) {
+    return t_engine_ex(v, pool_bytes, depth, 0, 0, skip);
+}
+
+lsio_engine *t_engine_ex(const t_variant *v, uint64_t pool_bytes, uint32_t depth,
+                         uint32_t max_open, uint32_t threads, int *skip) {
     lsio_config cfg;
     lsio_config_default(&cfg);
     cfg.backend = v->backend;
     if (pool_bytes) cfg.pool_bytes = pool_bytes;
     if (depth) cfg.depth = depth;
+    if (max_open) cfg.max_open = max_open;
+    if (threads) cfg.threads = threads;
     cfg.fixed_files = v->fixed_files;
     cfg.link_open = v->link_open;
     cfg.register_buffers = v->register_buffers;

@@ -93,6 +93,9 @@ extern const int t_nvariants_basic;
 /* New engine for variant v (depth 0 = default).  Returns NULL with *skip = 1 when the
  * backend is not available here (io_uring refused), NULL with *skip = 0 on a real error. */
 lsio_engine *t_engine(const t_variant *v, uint64_t pool_bytes, uint32_t depth, int *skip);
+/* The same with max_open and (pread) threads too (0 = default). */
+lsio_engine *t_engine_ex(const t_variant *v, uint64_t pool_bytes, uint32_t depth,
+                         uint32_t max_open, uint32_t threads, int *skip);
 
 /* Once every completion was reaped and every buffer released: one more lsio_reap
  * (min 1) must return 0 as soon as the files are closed (nothing pending), and then the

@@ -10,6 +10,9 @@
  * when the engine had to learn it (negative offset, length -1, O_DIRECT), and each tag
  * exactly once.  With O_DIRECT the engine reads an aligned superset; the completion must
  * still point at exactly the bytes asked for.  At the end: nothing pending, no buffer out.
+ * Also: 300 files in 30 batches queued before the first reap, through max_open = 5 and
+ * depth 8 (descriptors or direct slots recycled, never more than 5 open, none left), and
+ * each variant really has the features it asks for.
  */
 #include "helpers.h"
 
@@ -150,6 +153,77 @@ static int run(const t_variant *v, uint32_t flags, uint32_t depth) {
     return T_EXIT_PASS;
 }
 
+/* 300 small files in 30 batches submitted before any reap, through max_open = 5 slots
+ * and depth 8: descriptors / direct slots are recycled, batches freed as they finish. */
+#define NSMALL 300
+static int run_many_files(const t_variant *v) {
+    int skip;
+    lsio_engine *e = t_engine_ex(v, 256 << 10, 8, 5, 2, &skip);
+    if (!e) return skip ? T_EXIT_SKIP : T_EXIT_FAIL;
+    uint32_t feat = lsio_engine_features(e);
+    fprintf(stderr, "[%s] features %#x\n", v->name, feat);
+    if (v->register_buffers == 1)
+        T_CHECK(feat & LSIO_FEAT_REG_BUFFERS, "registered buffers asked for, not enabled");
+    if (v->fixed_files == 0) T_CHECK(!(feat & LSIO_FEAT_FIXED_FILES), "fixed files not off");
+    if (v->link_open == 0) T_CHECK(!(feat & LSIO_FEAT_LINKED_OPEN), "linked open not off");
+    static uint8_t *data[NSMALL];
+    static char p[NSMALL][256];
+    static uint64_t size[NSMALL];
+    if (!data[0])
+        for (int i = 0; i < NSMALL; i++) {
+            size[i] = 1 + (uint64_t)i * 67 % 20000;
+            t_path(p[i], sizeof p[i], "small-%d", i);
+            data[i] = t_make_file(p[i], size[i], (uint32_t)(1000 + i));
+            T_CHECK(data[i], "make file");
+        }
+    int fds0 = t_count_fds();
+    t_batch b;
+    tb_init(&b);
+    for (int k = 0; k < NSMALL / 10; k++) {
+        tb_reset(&b);
+        for (int i = k * 10; i < k * 10 + 10; i++) {
+            tb_file(&b, p[i], LSIO_OP_READ, 0, (uint64_t)i);
+            tb_range(&b, 0, -1, (uint64_t)i * 3, NULL);
+            tb_range(&b, 0, 1, (uint64_t)i * 3 + 1, NULL);
+            tb_range(&b, -1, -1, (uint64_t)i * 3 + 2, NULL);
+        }
+        T_CHECK(tb_submit(e, &b) == 0, "submit");
+    }
+    tb_free(&b);
+    static uint8_t seen[NSMALL * 3];
+    memset(seen, 0, sizeof seen);
+    int got = 0;
+    lsio_completion out[32];
+    while (got < NSMALL * 3) {
+        int n = t_reap(e, out, 32, 1, 10000);
+        T_CHECK(n > 0, "reap returned %d after %d", n, got);
+        lsio_stats st;
+        lsio_engine_stats(e, &st);
+        T_CHECK(st.open_files <= 5, "open_files %llu > max_open", (unsigned long long)st.open_files);
+        if (v->backend == LSIO_BACKEND_PREAD || !(lsio_engine_features(e) & LSIO_FEAT_FIXED_FILES))
+            T_CHECK(t_count_fds() <= fds0 + 5, "%d descriptors open with max_open 5",
+                    t_count_fds() - fds0);
+        for (int k = 0; k < n; k++) {
+            lsio_completion *c = &out[k];
+            int i = (int)(c->tag / 3), which = (int)(c->tag % 3);
+            T_CHECK(c->tag < NSMALL * 3 && !seen[c->tag], "tag %llu", (unsigned long long)c->tag);
+            seen[c->tag] = 1;
+            T_CHECK(c->error == 0 && c->group == (uint64_t)i, "tag %llu: error %d",
+                    (unsigned long long)c->tag, c->error);
+            int64_t off = which == 2 ? (int64_t)size[i] - 1 : 0;
+            int64_t len = which == 0 ? (int64_t)size[i] : 1;
+            T_CHECK(c->offset == off && c->length == len, "file %d range %d", i, which);
+            T_CHECK(memcmp(c->data, data[i] + off, (size_t)len) == 0, "file %d bytes", i);
+            T_CHECK(lsio_release(e, c->buf_id) == 0, "release");
+        }
+        got += n;
+    }
+    if (t_check_idle(e)) return T_EXIT_FAIL;
+    T_CHECK(t_count_fds() == fds0, "descriptors: %d before, %d after", fds0, t_count_fds());
+    lsio_engine_free(e);
+    return T_EXIT_PASS;
+}
+
 int main(void) {
     for (int i = 0; i < NFILES; i++) {
         t_path(paths[i], sizeof paths[i], "file-%d-%llu", i, (unsigned long long)sizes[i]);
@@ -174,6 +248,14 @@ int main(void) {
                 else ran++;
             }
         }
+    }
+    for (int v = 0; v < t_nvariants_all; v++) {
+        snprintf(ctx, sizeof ctx, "%s many files", t_variants_all[v].name);
+        t_ctx = ctx;
+        int rc = run_many_files(&t_variants_all[v]);
+        if (rc == T_EXIT_SKIP) skipped++;
+        else if (rc != T_EXIT_PASS) return T_EXIT_FAIL;
+        else ran++;
     }
     for (int i = 0; i < NFILES; i++) free(content[i]);
     free(exp_tab);

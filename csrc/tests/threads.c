@@ -9,7 +9,10 @@
  *  2. lsio_wake from a second thread makes a reap blocked on a starved pool return 0
  *     early.
  *  3. while one thread is in lsio_reap, a second thread's lsio_reap gets -EBUSY, and
- *     lsio_submit / lsio_engine_stats / lsio_cancel_group from it do not block.
+ *     lsio_engine_stats / lsio_cancel_group from it do not block.
+ *  4. stress: 20,000 reads through a 64 KiB pool, the reaping thread hands every buffer
+ *     to two other threads that release them (lsio_release / lsio_release_many): no
+ *     lost wake-up or deadlock, every byte right, the engine idle at the end.
  */
 #include "helpers.h"
 
@@ -119,6 +122,89 @@ static int run(const t_variant *v) {
     return T_EXIT_PASS;
 }
 
+/* 4: two threads release what the reaping thread hands them (20,000 reads, 64 KiB
+ * pool): no lost wake-up, no deadlock, every byte right, idle at the end. */
+#define SNR 20000
+typedef struct {
+    lsio_engine *e;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    uint64_t q[SNR];
+    uint64_t head, tail;
+    int done, bad;
+} relq;
+
+static void *releaser(void *p) {
+    relq *r = p;
+    uint64_t ids[8];
+    for (;;) {
+        pthread_mutex_lock(&r->mu);
+        while (r->head == r->tail && !r->done) pthread_cond_wait(&r->cv, &r->mu);
+        int n = 0;
+        while (n < 8 && r->head < r->tail) ids[n++] = r->q[r->head++];
+        int fin = r->done && r->head == r->tail;
+        pthread_mutex_unlock(&r->mu);
+        int rc = n == 1 ? lsio_release(r->e, ids[0]) : lsio_release_many(r->e, ids, (uint64_t)n);
+        if (n && rc) r->bad = 1;
+        if (fin && !n) return NULL;
+    }
+}
+
+static int run_stress(const t_variant *v) {
+    int skip;
+    lsio_engine *e = t_engine(v, 64 << 10, 0, &skip);
+    if (!e) return skip ? T_EXIT_SKIP : T_EXIT_FAIL;
+    t_batch b;
+    tb_init(&b);
+    tb_file(&b, path, LSIO_OP_READ, 0, 1);
+    for (int i = 0; i < SNR; i++) {
+        int64_t len = 1 + (int64_t)i * 131 % 4096;
+        int64_t off = (int64_t)i * 977 % (NR * RSZ - len);
+        tb_range(&b, off, len, (uint64_t)i, NULL);
+    }
+    T_CHECK(tb_submit(e, &b) == 0, "submit");
+    relq *r = calloc(1, sizeof *r);
+    r->e = e;
+    pthread_mutex_init(&r->mu, NULL);
+    pthread_cond_init(&r->cv, NULL);
+    pthread_t th[2];
+    for (int i = 0; i < 2; i++) T_CHECK(pthread_create(&th[i], NULL, releaser, r) == 0, "thread");
+    int got = 0;
+    lsio_completion out[64];
+    while (got < SNR) {
+        int n = t_reap(e, out, 64, 1, 10000);
+        T_CHECK(n > 0, "reap returned %d after %d of %d", n, got, SNR);
+        for (int i = 0; i < n; i++) {
+            lsio_range *q = &b.ranges[out[i].tag];
+            T_CHECK(out[i].error == 0 && out[i].offset == q->offset && out[i].length == q->length,
+                    "tag %llu", (unsigned long long)out[i].tag);
+            T_CHECK(memcmp(out[i].data, content + q->offset, (size_t)q->length) == 0, "bytes");
+        }
+        pthread_mutex_lock(&r->mu);
+        for (int i = 0; i < n; i++) r->q[r->tail++] = out[i].buf_id;
+        pthread_cond_broadcast(&r->cv);
+        pthread_mutex_unlock(&r->mu);
+        got += n;
+    }
+    pthread_mutex_lock(&r->mu);
+    r->done = 1;
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+    for (int i = 0; i < 2; i++) pthread_join(th[i], NULL);
+    T_CHECK(!r->bad, "a release from a helper thread failed");
+    if (t_check_idle(e)) return T_EXIT_FAIL;
+    lsio_stats st;
+    lsio_engine_stats(e, &st);
+    fprintf(stderr, "[%s stress] %d reads, starved %llu times, peak %llu KiB\n", v->name, got,
+            (unsigned long long)st.starved, (unsigned long long)st.pool_peak >> 10);
+    pthread_mutex_destroy(&r->mu);
+    pthread_cond_destroy(&r->cv);
+    free(r);
+    tb_free(&b);
+    lsio_engine_free(e);
+    return T_EXIT_PASS;
+}
+
 int main(void) {
     t_path(path, sizeof path, "data");
     content = t_make_file(path, NR * RSZ, 9);
@@ -127,7 +213,8 @@ int main(void) {
     for (int v = 0; v < t_nvariants_basic; v++, nv++) {
         t_ctx = t_variants_basic[v].name;
         T_RUN(run(&t_variants_basic[v]), skipped);
+        T_RUN(run_stress(&t_variants_basic[v]), skipped);
     }
     free(content);
-    return skipped == nv ? T_EXIT_SKIP : T_EXIT_PASS;
+    return skipped == 2 * nv ? T_EXIT_SKIP : T_EXIT_PASS;
 }
