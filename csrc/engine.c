@@ -88,6 +88,7 @@ typedef struct file_op {
     struct file_op *rnext;       /* ready list (may have a step to issue) */
     int in_ready;
     int tmp_created;
+    int final_rename;            /* the S_FINAL issued renames (1) or unlinks (0) the temp */
     int state;
     int fd;                      /* fd, or direct slot when `fixed` */
     int fixed;
@@ -102,6 +103,7 @@ typedef struct file_op {
     int canceled;
     int fsynced, closed, renamed, unlinked;
     int chained;                 /* open was linked with the first read */
+    struct range_st *err_range;  /* writes: the range whose FILE_ERROR is emitted at the end */
     char *tmp_path;
     struct statx stx;
 } file_op;
@@ -237,7 +239,13 @@ static void file_fail(lsio_engine *e, file_op *f, int err) {
         if (!first) first = r;
         if (!r->inflight) range_free_buf(e, r);
     }
-    if (first && !f->canceled) emit(e, first, err, LSIO_C_FILE_ERROR);
+    /* A read's error goes out now.  A write's waits until the file is in its final state
+     * (closed, temp file unlinked): the caller must never see the error and then a
+     * leftover temp file. */
+    if (first && !f->canceled) {
+        if (f->kind == LSIO_OP_READ) emit(e, first, err, LSIO_C_FILE_ERROR);
+        else f->err_range = first;
+    }
     for (uint32_t i = 0; i < f->nranges; i++) range_finish(e, &f->ranges[i]);
     f->next_range = f->nranges;
 }
@@ -515,11 +523,15 @@ static int file_step(lsio_engine *e, file_op *f, step *s) {
             return 1;
         }
         if (f->kind == LSIO_OP_WRITE_FILE && f->tmp_created) {
+            /* Decided here, under mu, and remembered: a cancel may arrive while the
+             * S_FINAL is in flight, and step_done must know which one ran. */
             if (ok && !f->renamed) {
+                f->final_rename = 1;
                 s->kind = S_FINAL;
                 return 1;
             }
             if (!ok && !f->unlinked) {
+                f->final_rename = 0;
                 s->kind = S_FINAL;
                 return 1;
             }
@@ -533,6 +545,7 @@ static int file_step(lsio_engine *e, file_op *f, step *s) {
                 }
             }
         }
+        if (f->err_range && !f->canceled) emit(e, f->err_range, f->error, LSIO_C_FILE_ERROR);
         for (uint32_t i = 0; i < f->nranges; i++) range_finish(e, &f->ranges[i]);
         if (f->fixed && f->fd >= 0) free_slot(e, f->fd);
         f->fd = -1;
@@ -701,9 +714,12 @@ static void step_done(lsio_engine *e, int kind, file_op *f, range_st *r, int64_t
         if (res < 0 && f->kind != LSIO_OP_READ) file_fail(e, f, (int)res);
         break;
     case S_FINAL:
-        if (!f->error && !f->canceled) {
+        /* Judge by what was issued, not by the flags now: a rename cancelled while in
+         * flight used to count as an unlink, so when it failed the temp file stayed. */
+        if (f->final_rename) {
             f->renamed = 1;
-            if (res < 0) file_fail(e, f, (int)res);
+            if (res < 0) file_fail(e, f, (int)res); /* the temp file is unlinked next */
+            else f->unlinked = 1;                   /* no temp file left to unlink */
         } else {
             f->unlinked = 1;
         }
@@ -752,7 +768,7 @@ static int64_t run_sync(lsio_engine *e, const step *s) {
     case S_CLOSE:
         return close(f->fd) < 0 ? -errno : 0;
     case S_FINAL:
-        if (!f->error && !f->canceled) res = rename(f->tmp_path, f->path);
+        if (f->final_rename) res = rename(f->tmp_path, f->path);
         else res = unlink(f->tmp_path);
         return res < 0 ? -errno : 0;
     }
@@ -842,7 +858,7 @@ static void uring_prep(lsio_engine *e, const step *s) {
         io_uring_sqe_set_data(sqe, step_ptr(S_CLOSE, f));
         break;
     case S_FINAL:
-        if (!f->error && !f->canceled) io_uring_prep_renameat(sqe, AT_FDCWD, f->tmp_path, AT_FDCWD, f->path, 0);
+        if (f->final_rename) io_uring_prep_renameat(sqe, AT_FDCWD, f->tmp_path, AT_FDCWD, f->path, 0);
         else io_uring_prep_unlinkat(sqe, AT_FDCWD, f->tmp_path, 0);
         io_uring_sqe_set_data(sqe, step_ptr(S_FINAL, f));
         break;

@@ -1,0 +1,45 @@
+"""lsio_ray: light-speed IO on Ray.
+
+Reads and writes millions of chunks of files as fast as each node's disks and CPUs allow:
+a C core on io_uring (with a pread thread fallback) does the IO in batches, a bounded pool
+of aligned buffers carries the bytes, and results come back per group, in order when
+asked, as zero-copy numpy views.
+
+The local engine needs no Ray::
+
+    from lsio_ray import Engine, OpGroup, get_ranges
+    with Engine() as eng:
+        for chunk in eng.submit(OpGroup([get_ranges("data/0.0"), get_ranges("data/0.1")])):
+            with chunk:
+                use(chunk.data)
+"""
+
+from lsio_ray import config
+from lsio_ray.engine import Chunk, Engine, GroupResult
+from lsio_ray.errors import (
+    BufferPoolTooSmallError,
+    GroupCancelledError,
+    LsioError,
+    RangePastEOFError,
+)
+from lsio_ray.ops import ByteRange, OpGroup, Operation, get_ranges, put_file, put_ranges
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BufferPoolTooSmallError",
+    "ByteRange",
+    "Chunk",
+    "Engine",
+    "GroupCancelledError",
+    "GroupResult",
+    "LsioError",
+    "OpGroup",
+    "Operation",
+    "RangePastEOFError",
+    "__version__",
+    "config",
+    "get_ranges",
+    "put_file",
+    "put_ranges",
+]

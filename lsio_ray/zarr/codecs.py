@@ -118,17 +118,18 @@ def _declared_size(kind: str, src: np.ndarray) -> int | None:
 
 def _zstd_content_size(src: np.ndarray) -> int | None:
     """Frame_Content_Size of the first zstd frame (RFC 8878 3.1.1.1), or None if absent."""
-    if src.nbytes < 6 or bytes(src[:4]) != b"\x28\xb5\x2f\xfd":
+    head = src[:18].tobytes()
+    if len(head) < 6 or head[:4] != b"\x28\xb5\x2f\xfd":
         raise CorruptData("zstd: not a zstd frame (bad magic number)")
-    fhd = int(src[4])
+    fhd = head[4]
     fcs_flag, single = fhd >> 6, (fhd >> 5) & 1
     pos = 5 + (0 if single else 1) + (0, 1, 2, 4)[fhd & 3]
     size = (1 if single else 0, 2, 4, 8)[fcs_flag]
     if size == 0:
         return None
-    if src.nbytes < pos + size:
+    if len(head) < pos + size:
         raise CorruptData("zstd: truncated frame header")
-    value = int.from_bytes(bytes(src[pos : pos + size]), "little")
+    value = int.from_bytes(head[pos : pos + size], "little")
     return value + 256 if size == 2 else value
 
 

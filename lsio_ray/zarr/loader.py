@@ -9,9 +9,10 @@ so none of it needs a lock:
   Python object per chunk), oldest task first, keeping at most ``max_inflight`` ranges
   queued in the engine;
 * it reaps completions in batches and hands each batch to its task, which queues the
-  decoding on the decode pool (a ``ThreadPoolExecutor`` sized to the cores; numcodecs
-  releases the GIL while it decompresses).  A decode thread gives its pool buffer back
-  to the engine the moment the chunk is decoded.
+  decoding on the decode pool: ``threads`` worker loops (run by a ``ThreadPoolExecutor``
+  sized to the cores) taking plain tuples from one ``SimpleQueue`` -- no future per
+  chunk; numcodecs releases the GIL while it decompresses.  A decode thread gives its
+  pool buffer back to the engine the moment the chunk is decoded.
 
 Memory is bounded twice: the engine stops issuing reads when its buffer pool
 (``pool_bytes``) is exhausted, and at most ``max_inflight`` ranges wait in its queue.
@@ -23,8 +24,9 @@ import atexit
 import heapq
 import itertools
 import os
+import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -65,6 +67,7 @@ class Task:
         self.loader = loader
         self.group = loader.new_group()
         self.error: BaseException | None = None
+        self.remaining = 0  # units of work (chunks) not finished yet
         self.io_pending = 0  # ranges submitted and not completed (IO thread only)
         self._lock = threading.Lock()
         self._holds = 1  # the IO hold, dropped when the IO is retired
@@ -100,9 +103,10 @@ class Task:
         with self._lock:
             self._holds += n
 
-    def release_hold(self) -> None:
-        """One piece of queued work finished."""
+    def release_hold(self, finished: int = 0) -> None:
+        """One piece of queued work ended, finishing ``finished`` units of the task."""
         with self._lock:
+            self.remaining -= finished
             self._holds -= 1
             done = self._holds == 0
         if done:
@@ -164,6 +168,9 @@ class Loader:
         self.threads = threads or _env_int(_ENV_THREADS, os.cpu_count() or 1)
         self.max_inflight = max_inflight or _env_int(_ENV_INFLIGHT, 4096)
         self.executor = ThreadPoolExecutor(self.threads, thread_name_prefix="lsio-zarr-decode")
+        self._work: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        for _ in range(self.threads):
+            self.executor.submit(self._worker)
         self._groups = itertools.count(1)
         self._cv = threading.Condition()
         self._new: list[Task] = []
@@ -203,12 +210,57 @@ class Loader:
         self.engine.wake()
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Queue ``fn(*args)`` on the decode pool."""
-        self.executor.submit(fn, *args)
+        """Queue ``fn(*args)`` on the decode pool (``fn`` handles its own errors)."""
+        self._work.put((fn, args))
+
+    def map(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
+        """``[fn(x) for x in items]`` computed on the decode pool; re-raises the first
+        error.  Must not be called from a decode thread."""
+        items = list(items)
+        results: list[Any] = [None] * len(items)
+        errors: list[BaseException] = []
+        left = [len(items)]
+        lock = threading.Lock()
+        done = threading.Event()
+        if not items:
+            return results
+
+        def run(i: int) -> None:
+            try:
+                results[i] = fn(items[i])
+            except BaseException as exc:  # handed to the caller
+                errors.append(exc)
+            finally:
+                with lock:
+                    left[0] -= 1
+                    if left[0] == 0:
+                        done.set()
+
+        for i in range(len(items)):
+            self._work.put((run, (i,)))
+        done.wait()
+        if errors:
+            raise errors[0]
+        return results
 
     def release(self, buf_id: int) -> None:
         """Give one pool buffer back to the engine."""
-        self.engine.release_many(np.array([buf_id], dtype=np.uint64))
+        ids = getattr(self._local, "ids", None)
+        if ids is None:
+            ids = self._local.ids = np.zeros(1, dtype=np.uint64)
+        ids[0] = buf_id
+        self.engine.release_many(ids)
+
+    def _worker(self) -> None:
+        get = self._work.get
+        while True:
+            item = get()
+            if item is None:
+                return
+            try:
+                item[0](*item[1])
+            except BaseException:  # work items report their own errors
+                continue
 
     def scratch(self, nbytes: int) -> np.ndarray:
         """A per-thread scratch buffer of at least ``nbytes`` bytes (reused)."""
@@ -233,6 +285,8 @@ class Loader:
         self.engine.wake()
         if threading.current_thread() is not self._thread:
             self._thread.join()
+        for _ in range(self.threads):
+            self._work.put(None)
         self.executor.shutdown(wait=True)
         self.engine.close()
         self._closed = True

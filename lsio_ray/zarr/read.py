@@ -53,7 +53,10 @@ class ReadTask(Task):
         self.out = out
         self.sel = select_chunks(lo, hi, self.layout.chunks)
         self.remaining = len(self.sel)
-        self._rlock = threading.Lock()
+        sel = self.sel
+        self._dlo, self._dhi = sel.dst_lo.tolist(), sel.dst_hi.tolist()
+        self._slo, self._shi = sel.src_lo.tolist(), sel.src_hi.tolist()
+        self._full = sel.full.tolist()
         self.plan: FilePlan | None = None
         self._phase = "data"
         self._direct_ok = self.codec.direct
@@ -338,9 +341,8 @@ class ReadTask(Task):
 
     # -- decode-thread work --------------------------------------------------------------
     def _boxes(self, i: int) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
-        s = self.sel
-        dst = tuple(map(slice, s.dst_lo[i].tolist(), s.dst_hi[i].tolist()))
-        src = tuple(map(slice, s.src_lo[i].tolist(), s.src_hi[i].tolist()))
+        dst = tuple(map(slice, self._dlo[i], self._dhi[i]))
+        src = tuple(map(slice, self._slo[i], self._shi[i]))
         return dst, src
 
     def _decode(self, i: int, ptr: int, n: int, buf_id: int, shared: list[Any] | None) -> None:
@@ -349,7 +351,7 @@ class ReadTask(Task):
                 dst_idx, src_idx = self._boxes(i)
                 dst = self.out[dst_idx] if dst_idx else self.out
                 src = view(ptr, n)
-                if self._direct_ok and self.sel.full[i] and dst.flags.c_contiguous:
+                if self._direct_ok and self._full[i] and dst.flags.c_contiguous:
                     self.codec.decode_into(src, dst)
                 else:
                     chunk = self.codec.decode(src, self.loader.scratch(self.codec.nbytes))
@@ -366,7 +368,7 @@ class ReadTask(Task):
                     last = shared[0] == 0
             if last and buf_id:
                 self.loader.release(buf_id)
-            self._chunks_done(1)
+            self.release_hold(1)
 
     def _fill(self, chunks: np.ndarray) -> None:
         self.hold(1)
@@ -383,12 +385,7 @@ class ReadTask(Task):
         except Exception as exc:
             self.fail(exc)
         finally:
-            self._chunks_done(len(chunks))
-
-    def _chunks_done(self, k: int) -> None:
-        with self._rlock:
-            self.remaining -= k
-        self.release_hold()
+            self.release_hold(len(chunks))
 
     def _finish(self) -> None:
         if self.error is None and self.remaining != 0:

@@ -121,7 +121,7 @@ def _encode_shard(
         return layout.codec.encode(shard[box])
 
     todo = np.flatnonzero(inside).tolist()
-    encoded = list(loader.executor.map(enc, todo))
+    encoded = loader.map(enc, todo)
     table = np.full((n, 2), 2**64 - 1, dtype=np.uint64)
     sizes = np.array([e.nbytes for e in encoded], dtype=np.uint64)
     base = idx_codec.nbytes if idx_codec.location == "start" else 0
@@ -210,7 +210,7 @@ def write_region(
             return _encode_shard(layout, loader, full, starts[i])
 
         if layout.shards is None:
-            datas = list(loader.executor.map(encode, idx.tolist()))
+            datas = loader.map(encode, idx.tolist())
         else:
             datas = [encode(i) for i in idx.tolist()]
         paths = [layout.file_path(c) for c in sel.coords[idx].tolist()]

@@ -1,0 +1,305 @@
+"""The ``lsio-ray`` command line.
+
+Layout: one ``add_*`` function per command group registers its subparsers, and each
+subcommand is one ``cmd_*`` function taking the parsed ``argparse.Namespace`` and
+returning the exit status.  To add a command, write ``cmd_x`` and register it in an
+``add_*`` function listed in :data:`COMMAND_GROUPS` (or, for a new ``bench`` mode, in
+:func:`add_bench_commands`).
+
+    lsio-ray bench make-files --dir /data/bench --count 64 --size 64M
+    lsio-ray bench read --dir /data/bench --block-size 4K --pattern random --direct \\
+        --depth 64 --threads 1 --backend uring --duration 10s --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+__all__ = ["COMMAND_GROUPS", "add_bench_commands", "build_parser", "main"]
+
+Subparsers = Any  # argparse's _SubParsersAction is private
+
+
+# ---------------------------------------------------------------------------------------
+# argument types
+
+
+def _size(text: str) -> int:
+    from lsio_ray.config import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _duration(text: str) -> float:
+    from lsio_ray.bench import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+def _show_progress(args: argparse.Namespace) -> bool:
+    if getattr(args, "json", False) or getattr(args, "no_progress", False):
+        return False
+    return sys.stderr.isatty()
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+# ---------------------------------------------------------------------------------------
+# bench
+
+
+def cmd_bench_make_files(args: argparse.Namespace) -> int:
+    """``lsio-ray bench make-files``: write the benchmark's random data files."""
+    from lsio_ray.bench import make_files
+
+    res = make_files(
+        args.dir,
+        args.count,
+        args.size,
+        seed=args.seed,
+        progress=_show_progress(args),
+        fsync=args.fsync,
+    )
+    if args.json:
+        print(json.dumps(res.to_dict()))
+    else:
+        rate = res.bytes_written / (1 << 20) / res.wall_s if res.wall_s > 0 else 0.0
+        print(
+            f"{res.dir}: {res.count} files of {_fmt_bytes(res.size)}: "
+            f"{res.written} written ({_fmt_bytes(res.bytes_written)}, {rate:.0f} MiB/s), "
+            f"{res.skipped} already there"
+        )
+    return 0
+
+
+def cmd_bench_read(args: argparse.Namespace) -> int:
+    """``lsio-ray bench read``: the fio-like read benchmark."""
+    from lsio_ray.bench import ReadSpec, run_read
+
+    spec = ReadSpec(
+        dir=args.dir,
+        pattern=args.pattern,
+        block_size=args.block_size,
+        direct=args.direct,
+        depth=args.depth,
+        threads=args.threads,
+        backend=args.backend,
+        duration_s=args.duration,
+        passes=args.passes,
+        pool_bytes=args.pool_bytes,
+        io_threads=args.io_threads,
+        batch=args.batch,
+        run=args.ranges_per_file,
+        known_size=args.known_size,
+        max_files=args.files,
+        seed=args.seed,
+    )
+    res = run_read(spec, progress=_show_progress(args))
+    if args.json:
+        print(json.dumps(res.to_dict()))
+        return 0
+    cpu = res.cpu_user_s + res.cpu_sys_s
+    bs = "whole files" if res.pattern == "whole-file" else _fmt_bytes(res.block_size)
+    workers = f", {res.io_threads} pread workers each" if res.io_threads else ""
+    print(
+        f"{res.pattern} reads of {bs}{' O_DIRECT' if res.direct else ''} from "
+        f"{res.nfiles} files ({_fmt_bytes(res.dataset_bytes)}), backend {res.backend}, "
+        f"depth {res.depth}, {res.threads} thread(s){workers}"
+    )
+    print(f"  features  {', '.join(res.features) or '-'}")
+    print(
+        f"  ops       {res.ops} in {res.wall_s:.2f} s: {res.ops_per_s:,.0f} ops/s, "
+        f"{res.mib_per_s:,.1f} MiB/s, {res.files_per_s:,.0f} files/s "
+        f"({res.files} file ops)"
+    )
+    print(
+        f"  cpu       user {res.cpu_user_s:.2f} s, sys {res.cpu_sys_s:.2f} s "
+        f"({cpu / res.wall_s if res.wall_s else 0:.2f} cores, "
+        f"{1e6 * cpu / res.ops if res.ops else 0:.2f} us/op)"
+    )
+    st = res.engine
+    if st.get("submit_calls"):
+        print(
+            f"  engine    {st['ops_submitted']} kernel ops in {st['submit_calls']} "
+            f"io_uring_enter calls, pool peak {_fmt_bytes(st['pool_peak'])}"
+        )
+    return 0
+
+
+def add_bench_commands(sub: Subparsers) -> argparse.ArgumentParser:
+    """Register ``bench`` and its subcommands; returns the ``bench`` parser.
+
+    New modes hang off ``bench._lsio_sub`` (the bench subparsers object).
+    """
+    bench = sub.add_parser(
+        "bench", help="fio-like benchmarks", description="fio-like benchmarks of the lsio engine."
+    )
+    bsub = bench.add_subparsers(dest="bench_command", metavar="MODE")
+    bench.set_defaults(func=_usage(bench))
+    bench._lsio_sub = bsub  # type: ignore[attr-defined]
+
+    mk = bsub.add_parser(
+        "make-files",
+        help="write random data files for the read benchmark",
+        description="Write COUNT files of SIZE random bytes as DIR/f000000, DIR/f000001, "
+        "... (files already of the right size are kept).",
+    )
+    mk.add_argument("--dir", required=True, help="directory for the files")
+    mk.add_argument("--count", type=_positive, default=64, help="number of files (64)")
+    mk.add_argument("--size", type=_size, default=_size("64M"), help="bytes per file (64M)")
+    mk.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    mk.add_argument("--fsync", action="store_true", help="fsync every file")
+    mk.add_argument("--json", action="store_true", help="print one JSON object")
+    mk.add_argument("--no-progress", action="store_true", help="no progress bar")
+    mk.set_defaults(func=cmd_bench_make_files)
+
+    rd = bsub.add_parser(
+        "read",
+        help="read benchmark (throughput, CPU time)",
+        description="Read the files of DIR (made by make-files) with N threads, each with "
+        "its own engine, and report MiB/s, ops/s, files/s and CPU time "
+        "(getrusage of the whole process: Python threads, pread workers and "
+        "io_uring io-wq workers; interrupt time is not included).",
+    )
+    rd.add_argument("--dir", required=True, help="directory holding f000000, f000001, ...")
+    rd.add_argument(
+        "--pattern",
+        choices=("random", "sequential", "whole-file"),
+        default="random",
+        help="access pattern (random)",
+    )
+    rd.add_argument(
+        "--block-size",
+        "--bs",
+        type=_size,
+        default=4096,
+        help="bytes per read for random/sequential (4K)",
+    )
+    rd.add_argument("--direct", action="store_true", help="O_DIRECT reads")
+    rd.add_argument("--depth", type=_positive, default=64, help="ops in flight per engine (64)")
+    rd.add_argument(
+        "--threads", type=_positive, default=1, help="Python threads, each with its own engine (1)"
+    )
+    rd.add_argument(
+        "--backend",
+        choices=("auto", "uring", "pread"),
+        default="auto",
+        help="engine backend (auto)",
+    )
+    rd.add_argument(
+        "--io-threads",
+        type=_positive,
+        default=None,
+        help="pread backend worker threads per engine (LSIO_THREADS, 4)",
+    )
+    rd.add_argument(
+        "--duration",
+        type=_duration,
+        default=10.0,
+        help="run time, e.g. 10s, 500ms, 1m; 0 = no limit (10s)",
+    )
+    rd.add_argument(
+        "--passes",
+        type=int,
+        default=0,
+        help="stop after this many passes over the data, e.g. 1 to read every "
+        "file once (0 = time only)",
+    )
+    rd.add_argument(
+        "--pool-bytes",
+        type=_size,
+        default=None,
+        help="buffer pool per engine (default: from depth, batch and block size)",
+    )
+    rd.add_argument(
+        "--batch",
+        type=_positive,
+        default=None,
+        help="ranges per submit (default: 16 MiB worth, at most 4096)",
+    )
+    rd.add_argument(
+        "--ranges-per-file",
+        type=_positive,
+        default=None,
+        help="random: reads per file op (open, reads, close); each batch spreads over "
+        "batch/N files drawn at random (default: 4 x depth; 1 = every file in every batch)",
+    )
+    rd.add_argument(
+        "--known-size",
+        action="store_true",
+        help="whole-file: read (0, listed size) instead of (0, -1 = to the end): the engine "
+        "then needs no statx and links the open to the read",
+    )
+    rd.add_argument("--files", type=_positive, default=None, help="use only the first N files")
+    rd.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
+    rd.add_argument("--json", action="store_true", help="print one JSON object")
+    rd.add_argument("--no-progress", action="store_true", help="no progress bar")
+    rd.set_defaults(func=cmd_bench_read)
+    return bench
+
+
+COMMAND_GROUPS: list[Callable[[Subparsers], argparse.ArgumentParser]] = [add_bench_commands]
+"""Functions registering top-level commands, in ``--help`` order."""
+
+
+def _usage(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    def show(args: argparse.Namespace) -> int:
+        parser.print_help(sys.stderr)
+        return 2
+
+    return show
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``lsio-ray`` parser."""
+    parser = argparse.ArgumentParser(
+        prog="lsio-ray", description="Light-speed IO on Ray: tools and benchmarks."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in COMMAND_GROUPS:
+        add(sub)
+    parser.set_defaults(func=_usage(parser))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``lsio-ray`` script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (OSError, ValueError) as exc:
+        print(f"lsio-ray: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
