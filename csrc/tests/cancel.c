@@ -266,6 +266,62 @@ static int test_free(const t_variant *v, uint32_t rflags, int hold) {
     return T_EXIT_PASS;
 }
 
+/* 4: cancel while a WRITE_FILE's rename is in flight and the rename fails (the target is
+ * a non-empty directory): the temp file must still be removed.  io_uring: drive with
+ * non-blocking reaps until the rename has been issued, then cancel.  pread: cancel after
+ * varying delays. */
+static int test_cancel_rename(const t_variant *v) {
+    char target[300], inside[400];
+    snprintf(target, sizeof target, "%s/rename-target-dir", t_tmpdir());
+    snprintf(inside, sizeof inside, "%s/x", target);
+    if (!t_path_exists(target)) T_CHECK(mkdir(target, 0755) == 0 && t_write_file(inside, "x", 1) == 0, "setup");
+    int skip;
+    lsio_engine *e = t_engine(v, 1 << 20, 0, &skip);
+    if (!e) return skip ? T_EXIT_SKIP : T_EXIT_FAIL;
+    lsio_completion out[8];
+    int rounds = v->backend == LSIO_BACKEND_URING ? 300 : 80;
+    for (int round = 0; round < rounds; round++) {
+        t_batch b;
+        tb_init(&b);
+        tb_file(&b, target, LSIO_OP_WRITE_FILE, 0, 77);
+        tb_range(&b, 0, 4096, 1, cbig[0]);
+        lsio_stats st0, st;
+        lsio_engine_stats(e, &st0);
+        T_CHECK(tb_submit(e, &b) == 0, "submit");
+        if (v->backend == LSIO_BACKEND_URING) {
+            /* open, write, close, rename: stop as soon as the rename is issued */
+            for (int i = 0; i < 100000; i++) {
+                lsio_engine_stats(e, &st);
+                if (st.ops_submitted - st0.ops_submitted >= 4 || st.files_pending == 0) break;
+                int n = t_reap(e, out, 8, 0, 0);
+                T_CHECK(n >= 0, "reap");
+                for (int k = 0; k < n; k++)
+                    T_CHECK(out[k].flags == LSIO_C_FILE_ERROR && out[k].error == -EISDIR,
+                            "error %d", out[k].error);
+            }
+        } else {
+            usleep((useconds_t)(round % 40 * 25));
+        }
+        lsio_cancel_group(e, 77);
+        for (;;) {
+            int n = t_reap(e, out, 8, 1, 10000);
+            T_CHECK(n >= 0, "reap");
+            if (n == 0) break;
+            for (int k = 0; k < n; k++)
+                T_CHECK(out[k].flags == LSIO_C_FILE_ERROR && out[k].error == -EISDIR,
+                        "error %d", out[k].error);
+        }
+        int tmp = t_count_entries(t_tmpdir(), ".lsio-tmp.");
+        T_CHECK(tmp == 0, "round %d: %d temp files left after a cancelled, failed rename",
+                round, tmp);
+        T_CHECK(t_count_entries(target, NULL) == 1, "the target directory changed");
+        if (t_check_idle(e)) return T_EXIT_FAIL;
+        tb_free(&b);
+    }
+    lsio_engine_free(e);
+    return T_EXIT_PASS;
+}
+
 static int direct_supported(void) {
     int fd = open(big[0], O_RDONLY | O_DIRECT);
     if (fd < 0) return 0;
@@ -294,6 +350,8 @@ int main(void) {
         const t_variant *v = &t_variants_basic[i];
         snprintf(ctx, sizeof ctx, "%s starved", v->name), t_ctx = ctx;
         T_RUN(test_starved(v), skipped);
+        snprintf(ctx, sizeof ctx, "%s cancel during rename", v->name), t_ctx = ctx;
+        T_RUN(test_cancel_rename(v), skipped);
         for (int d = 0; d <= have_direct; d++) {
             uint32_t fl = d ? LSIO_F_DIRECT : 0;
             snprintf(ctx, sizeof ctx, "%s in-flight%s", v->name, d ? " O_DIRECT" : ""), t_ctx = ctx;
@@ -308,5 +366,5 @@ int main(void) {
     free(ca);
     free(cb);
     for (int i = 0; i < 3; i++) free(cbig[i]);
-    return skipped == nv * (1 + 3 * (1 + have_direct)) ? T_EXIT_SKIP : T_EXIT_PASS;
+    return skipped == nv * (2 + 3 * (1 + have_direct)) ? T_EXIT_SKIP : T_EXIT_PASS;
 }
