@@ -318,6 +318,10 @@ static int range_resolve(file_op *f, range_st *r) {
         len = f->size - off;
         if (len < 0) return LSIO_E_PAST_EOF;
     }
+    /* off + len is computed below and later: for a range whose end does not fit in int64
+     * that was signed overflow (UB; a wrapped sum can slip past the EOF check).  Such an
+     * end is past any EOF (reads); the kernel refuses such writes (-EINVAL, as pwrite). */
+    if (len > INT64_MAX - off) return f->kind == LSIO_OP_READ ? LSIO_E_PAST_EOF : -EINVAL;
     r->off = off;
     r->len = len;
     if (f->kind == LSIO_OP_READ && f->size >= 0 && off + len > f->size) return LSIO_E_PAST_EOF;
