@@ -19,8 +19,10 @@
  *          a chmod 000 file (ONE FILE_ERROR, -EACCES) and writes a file into a 0555
  *          directory (ONE FILE_ERROR, -EACCES, nothing created).
  *  - A range larger than the whole pool fails alone with LSIO_E_TOO_BIG.
+ *  - Ranges at the int64 edges (offset or end near INT64_MAX/MIN): each fails alone
+ *    (PAST_EOF, TOO_BIG or -EINVAL), without arithmetic overflow (UBSan).
  *  - Malformed batches are refused with -EINVAL (or -ENOENT for an empty path) and queue
- *    nothing.
+ *    nothing; bad configurations are refused by lsio_engine_new without leaks.
  */
 #include "helpers.h"
 
@@ -446,6 +448,39 @@ static int test_bad_input(const t_variant *v) {
     return T_EXIT_PASS;
 }
 
+/* lsio_engine_new refuses bad configurations without leaking memory or descriptors. */
+static int test_bad_config(void) {
+    t_ctx = "bad config";
+    int fds0 = t_count_fds(), err = 0;
+    lsio_config cfg;
+    lsio_config_default(&cfg);
+    cfg.backend = 7;
+    T_CHECK(lsio_engine_new(&cfg, &err) == NULL && err == -EINVAL, "backend 7: err %d", err);
+    for (int b = LSIO_BACKEND_AUTO; b <= LSIO_BACKEND_PREAD; b++) {
+        lsio_config_default(&cfg);
+        cfg.backend = b;
+        cfg.pool_bytes = (uint64_t)1 << 62; /* more 4 KiB blocks than the pool can index */
+        err = 0;
+        T_CHECK(lsio_engine_new(&cfg, &err) == NULL && err < 0, "backend %d, 4 EiB pool: err %d",
+                b, err);
+    }
+    /* defaults (cfg NULL) and zeros are fixed up */
+    lsio_engine *e = lsio_engine_new(NULL, &err);
+    T_CHECK(e && err == 0, "default engine: %d", err);
+    lsio_engine_free(e);
+    memset(&cfg, 0, sizeof cfg);
+    cfg.backend = LSIO_BACKEND_PREAD;
+    e = lsio_engine_new(&cfg, &err);
+    T_CHECK(e && err == 0, "all-zero config: %d", err);
+    lsio_stats st;
+    lsio_engine_stats(e, &st);
+    T_CHECK(st.pool_bytes == 4096, "pool_bytes %llu for 0", (unsigned long long)st.pool_bytes);
+    lsio_engine_free(e);
+    lsio_engine_free(NULL);
+    T_CHECK(t_count_fds() == fds0, "descriptors leaked: %d -> %d", fds0, t_count_fds());
+    return T_EXIT_PASS;
+}
+
 int main(void) {
     t_path(good_path, sizeof good_path, "good");
     t_path(small_path, sizeof small_path, "small");
@@ -457,6 +492,7 @@ int main(void) {
     if (!good || !small || mkdir(dir_path, 0755)) return T_EXIT_FAIL;
     int skipped = 0;
     char ctx[128];
+    if (test_bad_config()) return T_EXIT_FAIL;
     for (int i = 0; i < t_nvariants_all; i++) {
         const t_variant *v = &t_variants_all[i];
         snprintf(ctx, sizeof ctx, "%s missing", v->name), t_ctx = ctx;

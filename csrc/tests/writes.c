@@ -246,6 +246,21 @@ static int test_write_ranges(lsio_engine *e, uint32_t flags) {
     if (file_equals(p, want, 8292)) return T_EXIT_FAIL;
     free(want);
 
+    /* a range whose end passes INT64_MAX fails alone (-EINVAL), the others are written */
+    snprintf(p, sizeof p, "%s/wr-huge-%u", dir, flags);
+    tb_reset(&b);
+    tb_file(&b, p, LSIO_OP_WRITE_RANGES, flags | LSIO_F_CREATE, 4);
+    tb_range(&b, 0, 10, 80, patch);
+    tb_range(&b, INT64_MAX - 5, 10, 81, patch);
+    k = run_batch(e, &b, all, 64);
+    T_CHECK(k == 2, "%d completions", k);
+    for (int i = 0; i < k; i++) {
+        if (all[i].tag == 80) T_CHECK(all[i].error == 0, "normal range: %d", all[i].error);
+        else T_CHECK(all[i].error == -EINVAL && !(all[i].flags & LSIO_C_FILE_ERROR),
+                     "huge range: error %d flags %u", all[i].error, all[i].flags);
+    }
+    if (file_equals(p, patch, 10)) return T_EXIT_FAIL;
+
     /* without LSIO_F_CREATE into a missing file */
     snprintf(p, sizeof p, "%s/wr-missing-%u", dir, flags);
     tb_reset(&b);
