@@ -153,6 +153,9 @@ struct lsio_engine {
     uint64_t efd_buf;
     int wake_armed;
     int wake_req;                 /* lsio_wake was called: the (next) reap returns at once */
+    /* io_uring ring thread (cfg.ring_thread) */
+    pthread_t ring_tid;
+    int ring_thread_running;
     /* pread */
     pthread_t *workers;
     uint32_t nworkers;
@@ -902,7 +905,7 @@ static int64_t now_ms(void) {
 
 /* Drive the ring until at least min_complete completions are ready, nothing is pending,
  * or the deadline passes.  Called with mu and reap_mu held; drops mu while waiting. */
-static void uring_drive(lsio_engine *e, uint32_t min_complete, int timeout_ms) {
+static void uring_drive(lsio_engine *e, uint32_t min_complete, int timeout_ms, int forever) {
     int64_t deadline = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
     for (;;) {
         step s;
@@ -913,8 +916,9 @@ static void uring_drive(lsio_engine *e, uint32_t min_complete, int timeout_ms) {
         uring_arm_wake(e);
         /* wake_req: lsio_wake asked the reaper to return.  (The eventfd alone only
          * breaks the kernel wait; without this the loop went back to sleep.) */
-        int done = e->cq.len >= min_complete || e->files_pending == 0 || e->wake_req ||
-                   (deadline >= 0 && now_ms() >= deadline);
+        int done = forever ? e->shutting_down
+                           : (e->cq.len >= min_complete || e->files_pending == 0 || e->wake_req ||
+                              (deadline >= 0 && now_ms() >= deadline));
         pthread_mutex_unlock(&e->mu);
         int rc;
         if (done) {
@@ -934,9 +938,21 @@ static void uring_drive(lsio_engine *e, uint32_t min_complete, int timeout_ms) {
         pthread_mutex_lock(&e->mu);
         e->submit_calls++;
         (void)rc; /* -ETIME / -EINTR: loop and look again */
-        uring_process(e);
+        if (uring_process(e)) pthread_cond_broadcast(&e->cq_cond);
         if (done) return;
     }
+}
+
+/* cfg.ring_thread: this thread owns the ring (reap_mu) for the engine's whole life.
+ * The eventfd read armed in uring_drive wakes it for submits, releases and shutdown. */
+static void *ring_thread_main(void *arg) {
+    lsio_engine *e = arg;
+    pthread_mutex_lock(&e->reap_mu);
+    pthread_mutex_lock(&e->mu);
+    uring_drive(e, 0, -1, 1);
+    pthread_mutex_unlock(&e->mu);
+    pthread_mutex_unlock(&e->reap_mu);
+    return NULL;
 }
 
 /* ------------------------------------------------------------------ public API */
@@ -951,6 +967,7 @@ void lsio_config_default(lsio_config *cfg) {
     cfg->register_buffers = -1;
     cfg->fixed_files = -1;
     cfg->link_open = -1;
+    cfg->ring_thread = 0;
 }
 
 static int uring_setup(lsio_engine *e) {
@@ -1052,7 +1069,14 @@ lsio_engine *lsio_engine_new(const lsio_config *cfg_in, int *err) {
         rc = uring_setup(e);
         if (rc == 0) {
             e->backend = LSIO_BACKEND_URING;
+            if (cfg.ring_thread == 1) {
+                rc = -pthread_create(&e->ring_tid, NULL, ring_thread_main, e);
+                if (rc) goto fail_ring;
+                e->ring_thread_running = 1;
+            }
         } else {
+        fail_ring:
+            e->backend = 0;
             if (e->ring_ok) io_uring_queue_exit(&e->ring);
             e->ring_ok = 0;
             if (e->efd >= 0) close(e->efd);
@@ -1216,10 +1240,11 @@ static uint32_t copy_out(lsio_engine *e, lsio_completion *out, uint32_t max) {
 
 int lsio_reap(lsio_engine *e, lsio_completion *out, uint32_t max, uint32_t min_complete, int timeout_ms) {
     if (min_complete > max) min_complete = max;
-    if (pthread_mutex_trylock(&e->reap_mu) != 0) return -EBUSY;
+    int own_ring = e->backend == LSIO_BACKEND_URING && !e->ring_thread_running;
+    if (own_ring && pthread_mutex_trylock(&e->reap_mu) != 0) return -EBUSY;
     pthread_mutex_lock(&e->mu);
-    if (e->backend == LSIO_BACKEND_URING) {
-        uring_drive(e, min_complete ? min_complete : 0, min_complete ? timeout_ms : 0);
+    if (own_ring) {
+        uring_drive(e, min_complete ? min_complete : 0, min_complete ? timeout_ms : 0, 0);
     } else {
         struct timespec dl;
         clock_gettime(CLOCK_REALTIME, &dl);
@@ -1239,7 +1264,7 @@ int lsio_reap(lsio_engine *e, lsio_completion *out, uint32_t max, uint32_t min_c
     e->wake_req = 0;
     uint32_t n = copy_out(e, out, max);
     pthread_mutex_unlock(&e->mu);
-    pthread_mutex_unlock(&e->reap_mu);
+    if (own_ring) pthread_mutex_unlock(&e->reap_mu);
     return (int)n;
 }
 
@@ -1309,6 +1334,20 @@ int64_t lsio_cancel_group(lsio_engine *e, uint64_t group) {
 
 void lsio_engine_free(lsio_engine *e) {
     if (!e) return;
+    if (e->ring_thread_running) {
+        /* let the ring thread drain the cancelled work, then stop it and take the ring */
+        pthread_mutex_lock(&e->mu);
+        for (file_op *f = e->q_head; f; f = f->next) cancel_file(e, f);
+        for (file_op *f = e->a_head; f; f = f->next) cancel_file(e, f);
+        wake_all(e);
+        while (e->files_pending > 0 || e->inflight > 0) pthread_cond_wait(&e->cq_cond, &e->mu);
+        e->shutting_down = 1;
+        wake_all(e);
+        pthread_mutex_unlock(&e->mu);
+        pthread_join(e->ring_tid, NULL);
+        e->ring_thread_running = 0;
+        e->shutting_down = 0;
+    }
     pthread_mutex_lock(&e->reap_mu);
     pthread_mutex_lock(&e->mu);
     e->wake_req = 0; /* a pending lsio_wake must not turn the drain below into a spin */
@@ -1318,7 +1357,7 @@ void lsio_engine_free(lsio_engine *e) {
         /* Drive until every file is closed (and temp files unlinked) and the kernel
          * holds nothing of ours; then complete the eventfd read so it cannot touch
          * efd_buf after the ring is gone. */
-        while (e->files_pending > 0 || e->inflight > 0) uring_drive(e, UINT32_MAX, 100);
+        while (e->files_pending > 0 || e->inflight > 0) uring_drive(e, UINT32_MAX, 100, 0);
         while (e->wake_armed) {
             uint64_t one = 1;
             ssize_t w = write(e->efd, &one, sizeof one);

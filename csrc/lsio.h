@@ -73,7 +73,10 @@ typedef struct {
     int32_t register_buffers; /* -1 auto (off), 0 off, 1 on */
     int32_t fixed_files;      /* -1 auto (on if probed), 0 off, 1 on */
     int32_t link_open;        /* -1 auto (on if fixed files), 0 off, 1 on */
-    int32_t reserved;
+    int32_t ring_thread;      /* io_uring: 1 = a C thread of the engine keeps the ring full
+                                 and lsio_reap only collects; 0 = the lsio_reap caller drives
+                                 the ring (fewest context switches, but IO stops while the
+                                 caller is away, e.g. waiting for the Python GIL) */
 } lsio_config;
 
 typedef struct {

@@ -75,6 +75,11 @@ class RawEngine:
 
     Not a user-facing API: see :class:`lsio_ray.Engine`.  ``reap`` may be called by one
     thread at a time; ``submit``, ``release_many``, ``cancel_group`` and ``wake`` from any.
+
+    ``ring_thread=False`` (io_uring): the thread inside ``reap`` drives the ring -- the
+    fewest context switches, for loops that reap continuously.  ``ring_thread=True``: a C
+    thread keeps the ring full and ``reap`` only collects, so IO goes on while the caller
+    is busy in Python (the local :class:`~lsio_ray.Engine` uses this).
     """
 
     def __init__(
@@ -88,6 +93,7 @@ class RawEngine:
         register_buffers: bool | None = None,
         fixed_files: bool | None = None,
         link_open: bool | None = None,
+        ring_thread: bool = False,
     ) -> None:
         def pick(name: str, value: Any) -> Any:
             return config.get(name) if value is None else value
@@ -105,6 +111,7 @@ class RawEngine:
         cfg.register_buffers = int(bool(pick("register_buffers", register_buffers)))
         cfg.fixed_files = int(bool(pick("fixed_files", fixed_files)))
         cfg.link_open = int(bool(pick("link_open", link_open)))
+        cfg.ring_thread = int(bool(ring_thread))
         err = ffi.new("int *")
         ptr = lib.lsio_engine_new(cfg, err)
         if ptr == ffi.NULL:

@@ -380,6 +380,9 @@ class Engine:
     """
 
     def __init__(self, **settings: Any) -> None:
+        # A C ring thread keeps io_uring busy while this process's Python threads hold the
+        # GIL (without it, a busy consumer starved the ring: 6.6k vs 90k IOPS measured).
+        settings.setdefault("ring_thread", True)
         self._raw = RawEngine(**settings)
         self._raw_ptr = self._raw.handle
         self._states: dict[int, _GroupState] = {}
