@@ -1241,7 +1241,10 @@ static uint32_t copy_out(lsio_engine *e, lsio_completion *out, uint32_t max) {
 int lsio_reap(lsio_engine *e, lsio_completion *out, uint32_t max, uint32_t min_complete, int timeout_ms) {
     if (min_complete > max) min_complete = max;
     int own_ring = e->backend == LSIO_BACKEND_URING && !e->ring_thread_running;
-    if (own_ring && pthread_mutex_trylock(&e->reap_mu) != 0) return -EBUSY;
+    /* One reaper at a time (-EBUSY for the others), and lsio_engine_free waits for it on
+     * reap_mu: pread reapers take it too.  (Only a ring thread keeps it for good.) */
+    int exclusive = own_ring || e->backend == LSIO_BACKEND_PREAD;
+    if (exclusive && pthread_mutex_trylock(&e->reap_mu) != 0) return -EBUSY;
     pthread_mutex_lock(&e->mu);
     if (own_ring) {
         uring_drive(e, min_complete ? min_complete : 0, min_complete ? timeout_ms : 0, 0);
@@ -1264,7 +1267,7 @@ int lsio_reap(lsio_engine *e, lsio_completion *out, uint32_t max, uint32_t min_c
     e->wake_req = 0;
     uint32_t n = copy_out(e, out, max);
     pthread_mutex_unlock(&e->mu);
-    if (own_ring) pthread_mutex_unlock(&e->reap_mu);
+    if (exclusive) pthread_mutex_unlock(&e->reap_mu);
     return (int)n;
 }
 
