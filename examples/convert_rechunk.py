@@ -66,12 +66,16 @@ def main() -> None:
         return chunk.metadata, arr
 
     t0 = time.perf_counter()
-    with Engine(backend=args.backend, pool_bytes=args.pool) as eng, \
-            cf.ThreadPoolExecutor(os.cpu_count()) as pool:
+    with (
+        Engine(backend=args.backend, pool_bytes=args.pool) as eng,
+        cf.ThreadPoolExecutor(os.cpu_count()) as pool,
+    ):
         # One OpGroup per output chunk; group metadata names the output file.
         groups = (
-            OpGroup([get_ranges(p, metadata=[i]) for i, p in enumerate(paths)],
-                    metadata=os.path.join(root, "out", f"{g}"))
+            OpGroup(
+                [get_ranges(p, metadata=[i]) for i, p in enumerate(paths)],
+                metadata=os.path.join(root, "out", f"{g}"),
+            )
             for g, paths in enumerate(inputs)
         )
         writes = []
@@ -93,8 +97,10 @@ def main() -> None:
         out = out.reshape(args.per_group, *CHUNK)
         assert all(out[i, 0, 0] == g * 1000 + i for i in range(args.per_group)), g
     n = args.groups * args.per_group
-    print(f"converted {n} chunks into {args.groups} in {dt:.2f} s ({n / dt:,.0f} chunks/s); "
-          f"outputs verified in {root}/out")
+    print(
+        f"converted {n} chunks into {args.groups} in {dt:.2f} s ({n / dt:,.0f} chunks/s); "
+        f"outputs verified in {root}/out"
+    )
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ def main() -> None:
     batch = 65536
     checked = 0
     for i in range(0, args.ranges, batch):
-        s = starts[i:i + batch]
+        s = starts[i : i + batch]
         files = np.zeros(1, FILE_DTYPE)
         files["nranges"] = len(s)
         ranges = np.zeros(len(s), RANGE_DTYPE)
@@ -51,16 +51,18 @@ def main() -> None:
                 raise OSError(-int(out["error"][out["error"] != 0][0]), path)
             row = out[0]  # spot-check one chunk of each reaped batch against the file
             off = int(starts[row["tag"]])
-            assert np.array_equal(view(int(row["data"]), 4096), data[off:off + 4096])
+            assert np.array_equal(view(int(row["data"]), 4096), data[off : off + 4096])
             checked += 1
             eng.release_many(out["buf_id"])
             left -= len(out)
     dt = time.perf_counter() - t0
     st = eng.stats()
     eng.close()
-    print(f"{args.ranges:,} x 4 KiB reads ({eng.backend}) in {dt:.2f} s: "
-          f"{args.ranges / dt:,.0f} reads/s, {st['submit_calls']:,} submit calls, "
-          f"pool peak {st['pool_peak'] >> 20} MiB; {checked} batches spot-checked")
+    print(
+        f"{args.ranges:,} x 4 KiB reads ({eng.backend}) in {dt:.2f} s: "
+        f"{args.ranges / dt:,.0f} reads/s, {st['submit_calls']:,} submit calls, "
+        f"pool peak {st['pool_peak'] >> 20} MiB; {checked} batches spot-checked"
+    )
 
 
 if __name__ == "__main__":

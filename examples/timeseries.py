@@ -40,11 +40,17 @@ def decode(chunk: Chunk) -> np.ndarray:
         return np.frombuffer(CODEC.decode(chunk.data), np.float64).copy()
 
 
-def rows_in_order(eng: Engine, pool: cf.Executor, root: str, rows: int,
-                  cols: int) -> Iterator[tuple[int, Iterator[np.ndarray]]]:
+def rows_in_order(
+    eng: Engine, pool: cf.Executor, root: str, rows: int, cols: int
+) -> Iterator[tuple[int, Iterator[np.ndarray]]]:
     """Yield (row, iterator of decoded chunks in column order) for each row, in order."""
-    groups = (OpGroup([get_ranges(os.path.join(root, f"{r}.{c}"), metadata=[c])
-                       for c in range(cols)], metadata=r) for r in range(rows))
+    groups = (
+        OpGroup(
+            [get_ranges(os.path.join(root, f"{r}.{c}"), metadata=[c]) for c in range(cols)],
+            metadata=r,
+        )
+        for r in range(rows)
+    )
     for group in eng.stream(groups, window=3, order="completion"):
 
         def ordered(group=group) -> Iterator[np.ndarray]:

@@ -22,7 +22,7 @@ from lsio_ray.errors import (
     LsioError,
     RangePastEOFError,
 )
-from lsio_ray.ops import ByteRange, OpGroup, Operation, get_ranges, put_file, put_ranges
+from lsio_ray.ops import ByteRange, Operation, OpGroup, get_ranges, put_file, put_ranges
 
 __version__ = "0.1.0"
 

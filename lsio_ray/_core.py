@@ -27,8 +27,11 @@ __all__ = [
     "check",
 ]
 
-BACKENDS = {"auto": lib.LSIO_BACKEND_AUTO, "uring": lib.LSIO_BACKEND_URING,
-            "pread": lib.LSIO_BACKEND_PREAD}
+BACKENDS = {
+    "auto": lib.LSIO_BACKEND_AUTO,
+    "uring": lib.LSIO_BACKEND_URING,
+    "pread": lib.LSIO_BACKEND_PREAD,
+}
 BACKEND_NAMES = {v: k for k, v in BACKENDS.items()}
 
 FEATURES = {
@@ -40,19 +43,30 @@ FEATURES = {
 }
 
 FILE_DTYPE = np.dtype(
-    [("group", "<u8"), ("path_off", "<u4"), ("kind", "<u4"), ("flags", "<u4"),
-     ("nranges", "<u4")]
+    [("group", "<u8"), ("path_off", "<u4"), ("kind", "<u4"), ("flags", "<u4"), ("nranges", "<u4")]
 )
 RANGE_DTYPE = np.dtype([("offset", "<i8"), ("length", "<i8"), ("tag", "<u8"), ("data", "<u8")])
 COMPLETION_DTYPE = np.dtype(
-    [("tag", "<u8"), ("group", "<u8"), ("buf_id", "<u8"), ("data", "<u8"), ("offset", "<i8"),
-     ("length", "<i8"), ("file_size", "<i8"), ("error", "<i4"), ("flags", "<u4")]
+    [
+        ("tag", "<u8"),
+        ("group", "<u8"),
+        ("buf_id", "<u8"),
+        ("data", "<u8"),
+        ("offset", "<i8"),
+        ("length", "<i8"),
+        ("file_size", "<i8"),
+        ("error", "<i4"),
+        ("flags", "<u4"),
+    ]
 )
 
 
 def _check_layout() -> None:
-    for dt, name in ((FILE_DTYPE, "lsio_file"), (RANGE_DTYPE, "lsio_range"),
-                     (COMPLETION_DTYPE, "lsio_completion")):
+    for dt, name in (
+        (FILE_DTYPE, "lsio_file"),
+        (RANGE_DTYPE, "lsio_range"),
+        (COMPLETION_DTYPE, "lsio_completion"),
+    ):
         if dt.itemsize != ffi.sizeof(name):
             raise ImportError(f"{name}: numpy dtype {dt.itemsize} B != C {ffi.sizeof(name)} B")
         for field in dt.names:
@@ -146,7 +160,7 @@ class RawEngine:
     def __del__(self) -> None:
         try:
             self.close()
-        except Exception:  # noqa: BLE001 - interpreter shutdown
+        except Exception:
             pass
 
     def _p(self) -> Any:
@@ -199,8 +213,10 @@ class RawEngine:
         ptr = self._ptr if self._ptr is not None else None
         if ptr is None:
             raise ValueError("the engine is closed; release through Chunk objects")
-        check(lib.lsio_release_many(ptr, ffi.cast("uint64_t *", ffi.from_buffer(ids)), ids.size),
-              "release: unknown buffer id")
+        check(
+            lib.lsio_release_many(ptr, ffi.cast("uint64_t *", ffi.from_buffer(ids)), ids.size),
+            "release: unknown buffer id",
+        )
 
     def cancel_group(self, group: int) -> int:
         """Drop a group's queued ranges; returns how many were dropped."""

@@ -101,7 +101,7 @@ def get(name: str) -> Any:
 
 
 @contextlib.contextmanager
-def set(**values: Any) -> Iterator[None]:  # noqa: A001 - kvikio-style name
+def set(**values: Any) -> Iterator[None]:
     """Override settings for engines created inside the ``with`` block (this thread)."""
     layer = {}
     for k, v in values.items():

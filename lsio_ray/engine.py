@@ -35,15 +35,18 @@ import numpy as np
 from lsio_ray._core import FILE_DTYPE, RANGE_DTYPE, RawEngine
 from lsio_ray._lsio import ffi, lib
 from lsio_ray.errors import GroupCancelledError, make_error
-from lsio_ray.ops import ByteRange, OpGroup, Operation, get_ranges, put_file
+from lsio_ray.ops import ByteRange, Operation, OpGroup, get_ranges, put_file
 
 __all__ = ["Chunk", "Engine", "GroupResult"]
 
 Order = Literal["operation", "completion"]
 Errors = Literal["raise", "return"]
 
-_KIND = {"get": lib.LSIO_OP_READ, "put_file": lib.LSIO_OP_WRITE_FILE,
-         "put_ranges": lib.LSIO_OP_WRITE_RANGES}
+_KIND = {
+    "get": lib.LSIO_OP_READ,
+    "put_file": lib.LSIO_OP_WRITE_FILE,
+    "put_ranges": lib.LSIO_OP_WRITE_RANGES,
+}
 _OPNAME = {"get": "read", "put_file": "write", "put_ranges": "write"}
 _FILE_ERROR = lib.LSIO_C_FILE_ERROR
 
@@ -57,13 +60,34 @@ class Chunk:
     goes back when the chunk and every array viewing it are garbage-collected.
     """
 
-    __slots__ = ("__weakref__", "_array", "_cdata", "error", "file_size", "group_metadata",
-                 "index", "kind", "length", "metadata", "offset", "path")
+    __slots__ = (
+        "__weakref__",
+        "_array",
+        "_cdata",
+        "error",
+        "file_size",
+        "group_metadata",
+        "index",
+        "kind",
+        "length",
+        "metadata",
+        "offset",
+        "path",
+    )
 
-    def __init__(self, op: Operation, index: int, metadata: Any, group_metadata: Any,
-                 offset: int, length: int, file_size: int,
-                 error: BaseException | None = None, array: np.ndarray | None = None,
-                 cdata: Any = None) -> None:
+    def __init__(
+        self,
+        op: Operation,
+        index: int,
+        metadata: Any,
+        group_metadata: Any,
+        offset: int,
+        length: int,
+        file_size: int,
+        error: BaseException | None = None,
+        array: np.ndarray | None = None,
+        cdata: Any = None,
+    ) -> None:
         self.path: str = op.path
         self.kind: str = op.kind
         self.index: int = index
@@ -128,8 +152,15 @@ _Row = tuple
 class _GroupState:
     """Everything about one submitted group; shared by the driver and the consumer."""
 
-    def __init__(self, engine: Engine, gid: int, group: OpGroup, order: Order,
-                 errors: Errors, pins: list[Any]) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        gid: int,
+        group: OpGroup,
+        order: Order,
+        errors: Errors,
+        pins: list[Any],
+    ) -> None:
         self.engine = engine
         self.gid = gid
         self.ops = group.operations
@@ -166,7 +197,7 @@ class _GroupState:
                 tag = row[0]
                 if row[8] & _FILE_ERROR:
                     end = int(self.op_first[self.range_op[tag] + 1])
-                    self.skip[tag + 1:end] = True
+                    self.skip[tag + 1 : end] = True
                     self.received += end - tag
                 else:
                     self.received += 1
@@ -253,15 +284,24 @@ class _GroupState:
         i = tag - int(self.op_first[self.range_op[tag]])
         meta = op.range_metadata(i)
         if err:
-            exc = make_error(err, op.path, offset, length, file_size, op=_OPNAME[op.kind],
-                             pool_bytes=self.engine.pool_bytes)
+            exc = make_error(
+                err,
+                op.path,
+                offset,
+                length,
+                file_size,
+                op=_OPNAME[op.kind],
+                pool_bytes=self.engine.pool_bytes,
+            )
             return Chunk(op, i, meta, self.metadata, offset, length, file_size, error=exc)
         if buf_id:
-            cdata = ffi.gc(ffi.cast("char *", data),
-                           _Releaser(self.engine._raw_ptr, buf_id), size=length)
+            cdata = ffi.gc(
+                ffi.cast("char *", data), _Releaser(self.engine._raw_ptr, buf_id), size=length
+            )
             arr = np.frombuffer(ffi.buffer(cdata, length), dtype=np.uint8)
-            return Chunk(op, i, meta, self.metadata, offset, length, file_size, array=arr,
-                         cdata=cdata)
+            return Chunk(
+                op, i, meta, self.metadata, offset, length, file_size, array=arr, cdata=cdata
+            )
         arr = self.spilled.pop(tag, None)
         if arr is None and op.kind == "get":
             arr = np.empty(0, np.uint8)
@@ -360,13 +400,15 @@ class GroupResult:
         try:
             if not self.done:
                 self.cancel()
-        except Exception:  # noqa: BLE001 - interpreter shutdown
+        except Exception:
             pass
 
     def __repr__(self) -> str:
         s = self._s
-        return (f"<GroupResult metadata={s.metadata!r} ranges={s.total} landed={s.received} "
-                f"handed_out={s.yielded}{' cancelled' if s.cancelled else ''}>")
+        return (
+            f"<GroupResult metadata={s.metadata!r} ranges={s.total} landed={s.received} "
+            f"handed_out={s.yielded}{' cancelled' if s.cancelled else ''}>"
+        )
 
 
 class Engine:
@@ -398,7 +440,7 @@ class Engine:
     # -- properties ------------------------------------------------------------------
     @property
     def backend(self) -> str:
-        """"uring" or "pread"."""
+        """ "uring" or "pread"."""
         return self._raw.backend
 
     @property
@@ -424,8 +466,14 @@ class Engine:
         return st
 
     # -- submission --------------------------------------------------------------------
-    def submit(self, group: OpGroup | Iterable[Operation], *, metadata: Any = None,
-               order: Order = "operation", errors: Errors = "raise") -> GroupResult:
+    def submit(
+        self,
+        group: OpGroup | Iterable[Operation],
+        *,
+        metadata: Any = None,
+        order: Order = "operation",
+        errors: Errors = "raise",
+    ) -> GroupResult:
         """Start a group's IO now; returns its :class:`GroupResult` (iterate for chunks)."""
         if order not in ("operation", "completion"):
             raise ValueError(f"order must be 'operation' or 'completion', not {order!r}")
@@ -459,8 +507,14 @@ class Engine:
         self._work.set()
         return result
 
-    def stream(self, groups: Iterable[OpGroup], *, window: int = 4, order: Order = "operation",
-               errors: Errors = "raise") -> Iterator[GroupResult]:
+    def stream(
+        self,
+        groups: Iterable[OpGroup],
+        *,
+        window: int = 4,
+        order: Order = "operation",
+        errors: Errors = "raise",
+    ) -> Iterator[GroupResult]:
         """Submit groups lazily, ``window`` ahead of the consumer, and yield their results in
         submission order -- so the disk never idles between groups and memory stays bounded.
 
@@ -482,9 +536,13 @@ class Engine:
                 r.cancel()
 
     # -- conveniences --------------------------------------------------------------------
-    def get(self, path: str | os.PathLike[str],
-            ranges: Sequence[ByteRange | slice | tuple[int, int | None]] | None = None,
-            *, direct: bool = False) -> list[Chunk]:
+    def get(
+        self,
+        path: str | os.PathLike[str],
+        ranges: Sequence[ByteRange | slice | tuple[int, int | None]] | None = None,
+        *,
+        direct: bool = False,
+    ) -> list[Chunk]:
         """Read ranges of one file (the whole file by default); raises on the first error."""
         res = self.submit(OpGroup([get_ranges(path, ranges, direct=direct)]))
         return list(res)
@@ -509,8 +567,12 @@ class Engine:
             return
         with self._lock:
             if self._driver is None:
-                t = threading.Thread(target=_drive, args=(weakref.ref(self), self._raw),
-                                     name="lsio-driver", daemon=True)
+                t = threading.Thread(
+                    target=_drive,
+                    args=(weakref.ref(self), self._raw),
+                    name="lsio-driver",
+                    daemon=True,
+                )
                 self._driver = t
                 t.start()
 
@@ -592,12 +654,14 @@ class Engine:
     def __del__(self) -> None:
         try:
             self.close()
-        except Exception:  # noqa: BLE001 - interpreter shutdown
+        except Exception:
             pass
 
     def __repr__(self) -> str:
-        return (f"<Engine backend={self.backend} pool={self.pool_bytes >> 20} MiB "
-                f"groups_live={len(self._states)}>")
+        return (
+            f"<Engine backend={self.backend} pool={self.pool_bytes >> 20} MiB "
+            f"groups_live={len(self._states)}>"
+        )
 
 
 def _drive(engine_ref: weakref.ref[Engine], raw: RawEngine) -> None:
@@ -619,7 +683,7 @@ def _drive(engine_ref: weakref.ref[Engine], raw: RawEngine) -> None:
                 work.clear()
                 continue
             eng._maybe_spill()
-        except BaseException as exc:  # noqa: BLE001 - handed to every consumer
+        except BaseException as exc:
             eng._driver_error = exc
             for s in list(eng._states.values()):
                 s.fail(exc)
@@ -641,9 +705,12 @@ def _encode(group: OpGroup, gid: int) -> tuple[np.ndarray, np.ndarray, bytes, li
     files["group"] = gid
     files["path_off"] = offs
     files["kind"] = [_KIND[op.kind] for op in ops]
-    files["flags"] = [(lib.LSIO_F_DIRECT if op.direct else 0)
-                      | (lib.LSIO_F_FSYNC if op.fsync else 0)
-                      | (lib.LSIO_F_CREATE if op.create else 0) for op in ops]
+    files["flags"] = [
+        (lib.LSIO_F_DIRECT if op.direct else 0)
+        | (lib.LSIO_F_FSYNC if op.fsync else 0)
+        | (lib.LSIO_F_CREATE if op.create else 0)
+        for op in ops
+    ]
     files["nranges"] = [len(op) for op in ops]
     total = int(sum(len(op) for op in ops))
     ranges = np.zeros(total, RANGE_DTYPE)
@@ -662,4 +729,3 @@ def _encode(group: OpGroup, gid: int) -> tuple[np.ndarray, np.ndarray, bytes, li
                         ranges["data"][k + j] = int(ffi.cast("uintptr_t", c))
             k += len(op)
     return files, ranges, b"".join(names), pins
-

@@ -169,8 +169,10 @@ def get_ranges(
         objs = [ByteRange()] if ranges is None else [_as_range(r) for r in ranges]
         pairs = np.array([r.to_c() for r in objs], dtype=np.int64).reshape(-1, 2)
         off, ln = pairs[:, 0].copy(), pairs[:, 1].copy()
-        meta = metadata if metadata is not None else (
-            [r.metadata for r in objs] if any(r.metadata is not None for r in objs) else None
+        meta = (
+            metadata
+            if metadata is not None
+            else ([r.metadata for r in objs] if any(r.metadata is not None for r in objs) else None)
         )
     if meta is not None and len(meta) != len(off):
         raise ValueError(f"{path}: {len(off)} ranges but {len(meta)} metadata items")
@@ -181,7 +183,9 @@ def _buffer(data: Any, path: str) -> memoryview:
     try:
         mv = memoryview(data)
     except TypeError:
-        raise TypeError(f"{path}: data must support the buffer protocol, not {type(data)}") from None
+        raise TypeError(
+            f"{path}: data must support the buffer protocol, not {type(data)}"
+        ) from None
     if not mv.c_contiguous:
         raise ValueError(f"{path}: data must be C-contiguous")
     return mv.cast("B") if mv.ndim != 1 or mv.format != "B" else mv
@@ -196,8 +200,13 @@ def put_file(path: str | Any, data: Any, *, fsync: bool = False, metadata: Any =
     path = _path(path)
     mv = _buffer(data, path)
     return Operation(
-        "put_file", path, np.zeros(1, np.int64), np.array([mv.nbytes], np.int64),
-        None if metadata is None else [metadata], data=[mv], fsync=fsync,
+        "put_file",
+        path,
+        np.zeros(1, np.int64),
+        np.array([mv.nbytes], np.int64),
+        None if metadata is None else [metadata],
+        data=[mv],
+        fsync=fsync,
     )
 
 
@@ -223,8 +232,14 @@ def put_ranges(
     if metadata is not None and len(metadata) != len(offs):
         raise ValueError(f"{path}: {len(offs)} pieces but {len(metadata)} metadata items")
     return Operation(
-        "put_ranges", path, np.array(offs, np.int64), np.array(lens, np.int64), metadata,
-        data=bufs, fsync=fsync, create=create,
+        "put_ranges",
+        path,
+        np.array(offs, np.int64),
+        np.array(lens, np.int64),
+        metadata,
+        data=bufs,
+        fsync=fsync,
+        create=create,
     )
 
 

@@ -27,10 +27,16 @@ from lsio_ray import (
 
 def test_range_kinds(make_engine, files, direct):
     """Whole file, start:end, offset to end, last n bytes; unaligned for O_DIRECT."""
-    (path, data), = files(1, 100_003)
+    ((path, data),) = files(1, 100_003)
     eng = make_engine(pool_bytes="4M")
-    rs = [ByteRange.whole("w"), ByteRange(5, 4101, "s"), ByteRange.from_offset(99_000, "o"),
-          ByteRange.last(777, "l"), ByteRange(4096, 8192, "a"), ByteRange(10, 10, "empty")]
+    rs = [
+        ByteRange.whole("w"),
+        ByteRange(5, 4101, "s"),
+        ByteRange.from_offset(99_000, "o"),
+        ByteRange.last(777, "l"),
+        ByteRange(4096, 8192, "a"),
+        ByteRange(10, 10, "empty"),
+    ]
     want = [data, data[5:4101], data[99_000:], data[-777:], data[4096:8192], b""]
     chunks = list(eng.submit(OpGroup([get_ranges(path, rs, direct=direct)])))
     assert [c.metadata for c in chunks] == ["w", "s", "o", "l", "a", "empty"]
@@ -50,8 +56,11 @@ def test_operation_order_across_files(make_engine, files, direct):
     for i, (p, d) in enumerate(fs):
         starts = rng.integers(0, len(d) - 100, 20)
         ends = starts + rng.integers(1, 100, 20)
-        ops.append(get_ranges(p, starts=starts, ends=ends,
-                              metadata=[(i, j) for j in range(20)], direct=direct))
+        ops.append(
+            get_ranges(
+                p, starts=starts, ends=ends, metadata=[(i, j) for j in range(20)], direct=direct
+            )
+        )
         want += [((i, j), d[s:e]) for j, (s, e) in enumerate(zip(starts, ends, strict=True))]
     got = [(c.metadata, c.tobytes()) for c in eng.submit(OpGroup(ops))]
     assert got == want
@@ -60,13 +69,17 @@ def test_operation_order_across_files(make_engine, files, direct):
 def test_completion_order_yields_each_once(make_engine, files, direct):
     fs = files(8, 50_000)
     eng = make_engine()
-    ops = [get_ranges(p, [ByteRange(k * 4096, k * 4096 + 4096, (i, k)) for k in range(12)],
-                      direct=direct) for i, (p, _) in enumerate(fs)]
+    ops = [
+        get_ranges(
+            p, [ByteRange(k * 4096, k * 4096 + 4096, (i, k)) for k in range(12)], direct=direct
+        )
+        for i, (p, _) in enumerate(fs)
+    ]
     seen = {}
     for c in eng.submit(OpGroup(ops), order="completion"):
         with c:
             i, k = c.metadata
-            assert c.tobytes() == fs[i][1][k * 4096:(k + 1) * 4096]
+            assert c.tobytes() == fs[i][1][k * 4096 : (k + 1) * 4096]
             assert c.metadata not in seen
             seen[c.metadata] = True
     assert len(seen) == 8 * 12
@@ -76,14 +89,16 @@ def test_groups_stream_in_submission_order(make_engine, files):
     """Groups come back in submission order with their metadata, several in flight."""
     fs = files(40, 2048)
     eng = make_engine(pool_bytes="256K")
-    groups = (OpGroup([get_ranges(p) for p, _ in fs[i:i + 4]], metadata=f"out{i // 4}")
-              for i in range(0, 40, 4))
+    groups = (
+        OpGroup([get_ranges(p) for p, _ in fs[i : i + 4]], metadata=f"out{i // 4}")
+        for i in range(0, 40, 4)
+    )
     order = []
     for res in eng.stream(groups, window=3):
         chunks = list(res)
         order.append(res.metadata)
         k = int(res.metadata[3:]) * 4
-        assert [c.tobytes() for c in chunks] == [d for _, d in fs[k:k + 4]]
+        assert [c.tobytes() for c in chunks] == [d for _, d in fs[k : k + 4]]
         for c in chunks:
             c.release()
     assert order == [f"out{i}" for i in range(10)]
@@ -105,7 +120,7 @@ def test_many_ranges_in_one_call(make_engine, tmp_path, direct):
     for c in res:
         i = c.index
         assert c.offset == starts[i] and c.length == lens[i]
-        assert np.array_equal(c.data, arr[starts[i]:starts[i] + lens[i]])
+        assert np.array_equal(c.data, arr[starts[i] : starts[i] + lens[i]])
         c.release()
         count += 1
     assert count == n
@@ -118,14 +133,15 @@ def test_twenty_thousand_small_files(make_engine, tmp_path):
     n, size = 20_000, 16 << 10
     base = content(0, size + n)
     for i in range(n):
-        (tmp_path / f"c{i}").write_bytes(base[i:i + size])
+        (tmp_path / f"c{i}").write_bytes(base[i : i + size])
     eng = make_engine(pool_bytes="8M", depth=64)
-    res = eng.submit(OpGroup([get_ranges(tmp_path / f"c{i}") for i in range(n)]),
-                     order="completion")
+    res = eng.submit(
+        OpGroup([get_ranges(tmp_path / f"c{i}") for i in range(n)]), order="completion"
+    )
     seen = np.zeros(n, bool)
     for c in res:
         i = int(Path(c.path).name[1:])
-        assert c.length == size and c.data[:64].tobytes() == base[i:i + 64]
+        assert c.length == size and c.data[:64].tobytes() == base[i : i + 64]
         assert c.data[-1] == base[i + size - 1]
         seen[i] = True
         c.release()
@@ -146,7 +162,7 @@ def test_big_read_over_two_gib_is_split(make_engine, tmp_path):
     (c,) = eng.get(p)
     assert c.length == size
     assert c.data[-5:].tobytes() == b"tail!"
-    assert c.data[1 << 31:(1 << 31) + 3].tobytes() == b"mid"
+    assert c.data[1 << 31 : (1 << 31) + 3].tobytes() == b"mid"
     assert not c.data[:4096].any()
     c.release()
 
@@ -155,11 +171,15 @@ def test_big_read_over_two_gib_is_split(make_engine, tmp_path):
 
 
 def test_missing_file_is_one_error_and_others_arrive(make_engine, files, direct):
-    (p, d), = files(1, 10_000)
+    ((p, d),) = files(1, 10_000)
     missing = p.parent / "nope"
     eng = make_engine()
-    g = OpGroup([get_ranges(missing, [(0, 10), (10, 20), (30, None)], direct=direct),
-                 get_ranges(p, [(0, 100)], direct=direct)])
+    g = OpGroup(
+        [
+            get_ranges(missing, [(0, 10), (10, 20), (30, None)], direct=direct),
+            get_ranges(p, [(0, 100)], direct=direct),
+        ]
+    )
     chunks = eng.submit(g, errors="return").collect()
     assert len(chunks) == 2
     assert isinstance(chunks[0].error, FileNotFoundError)
@@ -175,10 +195,13 @@ def test_missing_file_is_one_error_and_others_arrive(make_engine, files, direct)
 
 
 def test_range_past_eof_fails_alone(make_engine, files, direct):
-    (p, d), = files(1, 10_000)
+    ((p, d),) = files(1, 10_000)
     eng = make_engine()
-    op = get_ranges(p, [(0, 10), (9_990, 10_010), (20_000, 20_001), (100, 200),
-                        ByteRange.last(20_000)], direct=direct)
+    op = get_ranges(
+        p,
+        [(0, 10), (9_990, 10_010), (20_000, 20_001), (100, 200), ByteRange.last(20_000)],
+        direct=direct,
+    )
     chunks = eng.submit(OpGroup([op]), errors="return").collect()
     assert [c.ok for c in chunks] == [True, False, False, True, False]
     assert chunks[0].tobytes() == d[:10] and chunks[3].tobytes() == d[100:200]
@@ -193,16 +216,17 @@ def test_range_past_eof_fails_alone(make_engine, files, direct):
 def test_directory_and_not_a_directory(make_engine, tmp_path):
     (tmp_path / "file").write_bytes(b"x")
     eng = make_engine()
-    chunks = eng.submit(OpGroup([get_ranges(tmp_path, [(0, 10)]),
-                                 get_ranges(tmp_path / "file" / "child")]),
-                        errors="return").collect()
+    chunks = eng.submit(
+        OpGroup([get_ranges(tmp_path, [(0, 10)]), get_ranges(tmp_path / "file" / "child")]),
+        errors="return",
+    ).collect()
     assert isinstance(chunks[0].error, IsADirectoryError)
     assert chunks[0].error.filename == str(tmp_path)
     assert isinstance(chunks[1].error, NotADirectoryError)
 
 
 def test_range_bigger_than_pool(make_engine, files):
-    (p, _), = files(1, 300_000)
+    ((p, _),) = files(1, 300_000)
     eng = make_engine(pool_bytes="64K")
     (c,) = eng.submit(OpGroup([get_ranges(p)]), errors="return").collect()
     assert isinstance(c.error, ValueError) and "buffer pool" in str(c.error)
@@ -251,8 +275,12 @@ def test_permission_denied(backend, tmp_path):
     os.chmod(d / "secret", 0o000)
     os.chmod(d, 0o555)
     os.chmod(tmp_path, 0o755)
-    r = subprocess.run([sys.executable, "-c", _AS_NOBODY, str(d), backend],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", _AS_NOBODY, str(d), backend],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["put-denied", "read-denied"]
     assert os.listdir(d) == ["secret"]  # no temp file left behind
@@ -294,8 +322,10 @@ def test_put_file_and_ranges(make_engine, tmp_path):
     assert b[:4] == b"HEAD" and b[-4:] == b"TAIL" and b[4:999_997] == payload[4:999_997]
     eng.submit(OpGroup([put_ranges(tmp_path / "new", [(10, b"x")], create=True)])).collect()
     assert (tmp_path / "new").read_bytes() == b"\0" * 10 + b"x"
+    (res,) = eng.submit(OpGroup([put_ranges(tmp_path / "absent", [(0, b"x")])]), errors="return")
+    assert isinstance(res.error, FileNotFoundError)
     with pytest.raises(FileNotFoundError):
-        eng.submit(OpGroup([put_ranges(tmp_path / "absent", [(0, b"x")])])).collect()[0].data
+        _ = res.data
     with pytest.raises(FileNotFoundError):
         eng.put(tmp_path / "no" / "dir" / "f", b"x")
     assert sorted(os.listdir(tmp_path)) == ["new", "w"]
@@ -335,7 +365,7 @@ def test_put_is_atomic_for_readers(make_engine, tmp_path):
 
 def test_pool_bound_is_backpressure(make_engine, files):
     """Held chunks stop new reads (counted, not timed); releasing them resumes."""
-    (p, d), = files(1, 1 << 20)
+    ((p, d),) = files(1, 1 << 20)
     eng = make_engine(pool_bytes="64K", depth=32)
     res = eng.submit(OpGroup([get_ranges(p, [(k * 4096, (k + 1) * 4096) for k in range(256)])]))
     held = [res.next(timeout=10) for _ in range(16)]  # 16 x 4 KiB fill the pool
@@ -358,7 +388,7 @@ def test_pool_bound_is_backpressure(make_engine, files):
 
 
 def test_chunks_released_by_gc(make_engine, files):
-    (p, _), = files(1, 1 << 20)
+    ((p, _),) = files(1, 1 << 20)
     eng = make_engine(pool_bytes="64K")
     res = eng.submit(OpGroup([get_ranges(p, [(k * 4096, (k + 1) * 4096) for k in range(256)])]))
     n = 0
@@ -411,8 +441,9 @@ def test_cancel_mid_flight(make_engine, files):
 def test_abandoned_group_is_cancelled(make_engine, files):
     fs = files(4, 256 << 10)
     eng = make_engine(pool_bytes="128K")
-    res = eng.submit(OpGroup([get_ranges(p, [(k * 4096, (k + 1) * 4096) for k in range(64)])
-                              for p, _ in fs]))
+    res = eng.submit(
+        OpGroup([get_ranges(p, [(k * 4096, (k + 1) * 4096) for k in range(64)]) for p, _ in fs])
+    )
     next(res).release()
     del res
     gc.collect()
@@ -426,12 +457,13 @@ def test_close_mid_flight_keeps_held_chunks(backend, files):
     fs = files(8, 512 << 10)
     fds = open_fds()
     eng = Engine(backend=backend, pool_bytes="1M")
-    res = eng.submit(OpGroup([get_ranges(p, [(k * 8192, (k + 1) * 8192) for k in range(64)])
-                              for p, _ in fs]))
+    res = eng.submit(
+        OpGroup([get_ranges(p, [(k * 8192, (k + 1) * 8192) for k in range(64)]) for p, _ in fs])
+    )
     held = [next(res) for _ in range(3)]
     eng.close()
     for i, c in enumerate(held):  # still readable after close; the arena lives on
-        assert c.tobytes() == fs[0][1][i * 8192:(i + 1) * 8192]
+        assert c.tobytes() == fs[0][1][i * 8192 : (i + 1) * 8192]
         c.release()
     assert open_fds() <= fds
     with pytest.raises(ValueError):
@@ -475,8 +507,9 @@ def test_auto_falls_back_when_io_uring_is_refused(tmp_path):
 
     f = tmp_path / "x"
     f.write_bytes(b"abcdefgh")
-    r = subprocess.run([sys.executable, "-c", _SECCOMP, str(f)], capture_output=True,
-                       text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-c", _SECCOMP, str(f)], capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["pread", "abcd", "uring-refused", "True"]
 
@@ -487,11 +520,21 @@ def test_backend_from_environment(tmp_path):
 
     code = "from lsio_ray import Engine; e = Engine(); print(e.backend); e.close()"
     for want in ("pread", "uring"):
-        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                           env={**os.environ, "LSIO_BACKEND": want}, timeout=60)
+        r = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "LSIO_BACKEND": want},
+            timeout=60,
+        )
         assert r.stdout.strip() == want, r.stderr
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       env={**os.environ, "LSIO_BACKEND": "bogus"}, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "LSIO_BACKEND": "bogus"},
+        timeout=60,
+    )
     assert r.returncode != 0 and "LSIO_BACKEND" in r.stderr
 
 
@@ -506,17 +549,25 @@ def test_uring_features_probed():
         assert "registered_buffers" in e.features
 
 
-@pytest.mark.parametrize("settings", [
-    {"fixed_files": False}, {"link_open": False}, {"register_buffers": True},
-], ids=["plain-fds", "no-link", "registered-buffers"])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"fixed_files": False},
+        {"link_open": False},
+        {"register_buffers": True},
+    ],
+    ids=["plain-fds", "no-link", "registered-buffers"],
+)
 def test_uring_variants_read_the_same(settings, files, direct):
     """Every io_uring feature path (and its fallback) gives the same bytes."""
     from lsio_ray import Engine
 
     fs = files(6, 70_000)
     with Engine(backend="uring", pool_bytes="1M", **settings) as eng:
-        ops = [get_ranges(p, [(0, 100), (4000, 9000), ByteRange.last(10), ByteRange()],
-                          direct=direct) for p, _ in fs]
+        ops = [
+            get_ranges(p, [(0, 100), (4000, 9000), ByteRange.last(10), ByteRange()], direct=direct)
+            for p, _ in fs
+        ]
         got = [c.tobytes() for c in eng.submit(OpGroup(ops))]
     want = []
     for _, d in fs:

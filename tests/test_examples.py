@@ -12,16 +12,30 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 @pytest.mark.parametrize("backend", ["uring", "pread"])
-@pytest.mark.parametrize(("script", "args", "expect"), [
-    ("convert_rechunk.py", ["--groups", "30", "--per-group", "10", "--pool", "1M"],
-     "converted 300 chunks into 30"),
-    ("timeseries.py", ["--rows", "6", "--cols", "40"], "6 rows x 40 chunks delivered in order"),
-    ("many_ranges.py", ["--ranges", "200000", "--size", str(16 << 20)], "200,000 x 4 KiB reads"),
-])
+@pytest.mark.parametrize(
+    ("script", "args", "expect"),
+    [
+        (
+            "convert_rechunk.py",
+            ["--groups", "30", "--per-group", "10", "--pool", "1M"],
+            "converted 300 chunks into 30",
+        ),
+        ("timeseries.py", ["--rows", "6", "--cols", "40"], "6 rows x 40 chunks delivered in order"),
+        (
+            "many_ranges.py",
+            ["--ranges", "200000", "--size", str(16 << 20)],
+            "200,000 x 4 KiB reads",
+        ),
+    ],
+)
 def test_example_runs_and_verifies(script, args, expect, backend, tmp_path):
     extra = ["--dir", str(tmp_path)] if script == "convert_rechunk.py" else []
-    r = subprocess.run([sys.executable, str(EXAMPLES / script), *args, *extra,
-                        "--backend", backend], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, str(EXAMPLES / script), *args, *extra, "--backend", backend],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert expect in r.stdout, r.stdout
     if script == "many_ranges.py":
