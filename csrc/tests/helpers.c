@@ -193,19 +193,27 @@ uint64_t t_mem_available(void) {
 /* ------------------------------------------------------------------ engines */
 
 const t_variant t_variants_all[] = {
-    {"uring", LSIO_BACKEND_URING, -1, -1, -1},
-    {"uring-nofixed", LSIO_BACKEND_URING, 0, 0, -1},
-    {"uring-nolink", LSIO_BACKEND_URING, 1, 0, -1},
-    {"uring-regbuf", LSIO_BACKEND_URING, -1, -1, 1},
-    {"pread", LSIO_BACKEND_PREAD, -1, -1, -1},
+    {"uring", LSIO_BACKEND_URING, -1, -1, -1, 0},
+    {"uring-nofixed", LSIO_BACKEND_URING, 0, 0, -1, 0},
+    {"uring-nolink", LSIO_BACKEND_URING, 1, 0, -1, 0},
+    {"uring-regbuf", LSIO_BACKEND_URING, -1, -1, 1, 0},
+    {"uring-ringthread", LSIO_BACKEND_URING, -1, -1, -1, 1},
+    {"pread", LSIO_BACKEND_PREAD, -1, -1, -1, 0},
 };
 const int t_nvariants_all = sizeof t_variants_all / sizeof t_variants_all[0];
 
 const t_variant t_variants_basic[] = {
-    {"uring", LSIO_BACKEND_URING, -1, -1, -1},
-    {"pread", LSIO_BACKEND_PREAD, -1, -1, -1},
+    {"uring", LSIO_BACKEND_URING, -1, -1, -1, 0},
+    {"pread", LSIO_BACKEND_PREAD, -1, -1, -1, 0},
 };
 const int t_nvariants_basic = sizeof t_variants_basic / sizeof t_variants_basic[0];
+
+const t_variant t_variants_sched[] = {
+    {"uring", LSIO_BACKEND_URING, -1, -1, -1, 0},
+    {"uring-ringthread", LSIO_BACKEND_URING, -1, -1, -1, 1},
+    {"pread", LSIO_BACKEND_PREAD, -1, -1, -1, 0},
+};
+const int t_nvariants_sched = sizeof t_variants_sched / sizeof t_variants_sched[0];
 
 lsio_engine *t_engine(const t_variant *v, uint64_t pool_bytes, uint32_t depth, int *skip) {
     return t_engine_ex(v, pool_bytes, depth, 0, 0, skip);
@@ -223,6 +231,7 @@ lsio_engine *t_engine_ex(const t_variant *v, uint64_t pool_bytes, uint32_t depth
     cfg.fixed_files = v->fixed_files;
     cfg.link_open = v->link_open;
     cfg.register_buffers = v->register_buffers;
+    cfg.ring_thread = v->ring_thread;
     int err = 0;
     *skip = 0;
     lsio_engine *e = lsio_engine_new(&cfg, &err);

@@ -80,15 +80,19 @@ typedef struct {
     int fixed_files;      /* lsio_config fields; -1 = engine default */
     int link_open;
     int register_buffers;
+    int ring_thread;      /* 1: the engine's own C thread drives the ring */
 } t_variant;
 
-/* uring (defaults: fixed files + linked open), uring without fixed files, uring with
- * registered buffers, pread. */
+/* uring (defaults: fixed files + linked open), uring without fixed files, without linked
+ * open, with registered buffers, with the ring thread; pread. */
 extern const t_variant t_variants_all[];
 extern const int t_nvariants_all;
 /* uring (defaults) and pread. */
 extern const t_variant t_variants_basic[];
 extern const int t_nvariants_basic;
+/* uring (defaults), uring with the ring thread, pread: for the scheduling tests. */
+extern const t_variant t_variants_sched[];
+extern const int t_nvariants_sched;
 
 /* New engine for variant v (depth 0 = default).  Returns NULL with *skip = 1 when the
  * backend is not available here (io_uring refused), NULL with *skip = 0 on a real error. */

@@ -7,7 +7,7 @@
  * kick in: stats.starved > 0.  The test releases every buffer right after checking it.
  * Asserts: every tag completes exactly once, without error, with the exact bytes;
  * pool_peak <= pool_bytes at every reap; at the end buffers_out == 0, pool_in_use == 0,
- * nothing pending.  Runs on io_uring and on pread.
+ * nothing pending.  Runs on io_uring (also with the ring thread) and on pread.
  */
 #include "helpers.h"
 
@@ -134,10 +134,10 @@ int main(void) {
     }
     int skipped = 0, nv = 0;
     char ctx[64];
-    for (int v = 0; v < t_nvariants_basic; v++, nv++) {
-        snprintf(ctx, sizeof ctx, "%s", t_variants_basic[v].name);
+    for (int v = 0; v < t_nvariants_sched; v++, nv++) {
+        snprintf(ctx, sizeof ctx, "%s", t_variants_sched[v].name);
         t_ctx = ctx;
-        T_RUN(run(&t_variants_basic[v], &b, x), skipped);
+        T_RUN(run(&t_variants_sched[v], &b, x), skipped);
     }
     tb_free(&b);
     free(x);
