@@ -273,6 +273,7 @@ class ReadSpec:
     batch: int | None = None  # ranges per submit; None: chosen from depth and block size
     run: int | None = None  # random: ranges per file op; None: 4 x depth
     known_size: bool = False  # whole-file: ask for the listed size instead of -1 (to EOF)
+    ring_thread: bool = False  # io_uring: a C thread drives the ring (reap only collects)
     max_files: int | None = None  # use only the first N files
     seed: int | None = None
 
@@ -315,6 +316,7 @@ class ReadResult:
     batch: int
     pool_bytes: int
     io_threads: int | None
+    ring_thread: bool = False
     engine: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -507,7 +509,11 @@ class _Worker:
         self.spec, self.fs = spec, fs
         self.plan = _Plan(spec, fs, index, batch, rng)
         self.engine = RawEngine(
-            backend=spec.backend, depth=spec.depth, pool_bytes=pool, threads=spec.io_threads
+            backend=spec.backend,
+            depth=spec.depth,
+            pool_bytes=pool,
+            threads=spec.io_threads,
+            ring_thread=spec.ring_thread,
         )
         self.batch = batch
         # queued ranges: two batches, and never less than a batch on top of the depth
@@ -688,5 +694,6 @@ def run_read(spec: ReadSpec, *, progress: bool = False) -> ReadResult:
         batch=batch,
         pool_bytes=workers[0].engine.pool_bytes,
         io_threads=(spec.io_threads or int(config.get("threads"))) if backend == "pread" else None,
+        ring_thread=spec.ring_thread and backend == "uring",
         engine=engine_stats,
     )

@@ -2,9 +2,10 @@
 
 Layout: one ``add_*`` function per command group registers its subparsers, and each
 subcommand is one ``cmd_*`` function taking the parsed ``argparse.Namespace`` and
-returning the exit status.  To add a command, write ``cmd_x`` and register it in an
-``add_*`` function listed in :data:`COMMAND_GROUPS` (or, for a new ``bench`` mode, in
-:func:`add_bench_commands`).
+returning the exit status.  To add a top-level command (``info``, ``rechunk``, ...), write
+``cmd_x`` and an ``add_x(subparsers)`` that registers it, and append ``add_x`` to
+:data:`COMMAND_GROUPS`; for a new ``bench`` mode (``bench crops``), append its ``add_*``
+function to :data:`BENCH_MODES`.
 
     lsio-ray bench make-files --dir /data/bench --count 64 --size 64M
     lsio-ray bench read --dir /data/bench --block-size 4K --pattern random --direct \\
@@ -19,7 +20,17 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["COMMAND_GROUPS", "add_bench_commands", "build_parser", "main"]
+__all__ = [
+    "BENCH_MODES",
+    "COMMAND_GROUPS",
+    "add_bench_commands",
+    "add_bench_make_files",
+    "add_bench_read",
+    "build_parser",
+    "cmd_bench_make_files",
+    "cmd_bench_read",
+    "main",
+]
 
 Subparsers = Any  # argparse's _SubParsersAction is private
 
@@ -117,6 +128,7 @@ def cmd_bench_read(args: argparse.Namespace) -> int:
         batch=args.batch,
         run=args.ranges_per_file,
         known_size=args.known_size,
+        ring_thread=args.ring_thread,
         max_files=args.files,
         seed=args.seed,
     )
@@ -152,18 +164,8 @@ def cmd_bench_read(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_bench_commands(sub: Subparsers) -> argparse.ArgumentParser:
-    """Register ``bench`` and its subcommands; returns the ``bench`` parser.
-
-    New modes hang off ``bench._lsio_sub`` (the bench subparsers object).
-    """
-    bench = sub.add_parser(
-        "bench", help="fio-like benchmarks", description="fio-like benchmarks of the lsio engine."
-    )
-    bsub = bench.add_subparsers(dest="bench_command", metavar="MODE")
-    bench.set_defaults(func=_usage(bench))
-    bench._lsio_sub = bsub  # type: ignore[attr-defined]
-
+def add_bench_make_files(bsub: Subparsers) -> argparse.ArgumentParser:
+    """Register ``bench make-files``."""
     mk = bsub.add_parser(
         "make-files",
         help="write random data files for the read benchmark",
@@ -178,7 +180,11 @@ def add_bench_commands(sub: Subparsers) -> argparse.ArgumentParser:
     mk.add_argument("--json", action="store_true", help="print one JSON object")
     mk.add_argument("--no-progress", action="store_true", help="no progress bar")
     mk.set_defaults(func=cmd_bench_make_files)
+    return mk
 
+
+def add_bench_read(bsub: Subparsers) -> argparse.ArgumentParser:
+    """Register ``bench read``."""
     rd = bsub.add_parser(
         "read",
         help="read benchmark (throughput, CPU time)",
@@ -256,11 +262,36 @@ def add_bench_commands(sub: Subparsers) -> argparse.ArgumentParser:
         help="whole-file: read (0, listed size) instead of (0, -1 = to the end): the engine "
         "then needs no statx and links the open to the read",
     )
+    rd.add_argument(
+        "--ring-thread",
+        action="store_true",
+        help="io_uring: a C thread of each engine keeps the ring full and reap only collects "
+        "(default: the reaping thread drives the ring)",
+    )
     rd.add_argument("--files", type=_positive, default=None, help="use only the first N files")
     rd.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
     rd.add_argument("--json", action="store_true", help="print one JSON object")
     rd.add_argument("--no-progress", action="store_true", help="no progress bar")
     rd.set_defaults(func=cmd_bench_read)
+    return rd
+
+
+BENCH_MODES: list[Callable[[Subparsers], argparse.ArgumentParser]] = [
+    add_bench_make_files,
+    add_bench_read,
+]
+"""Functions registering the ``bench`` modes (each gets the bench subparsers object)."""
+
+
+def add_bench_commands(sub: Subparsers) -> argparse.ArgumentParser:
+    """Register ``bench`` and every mode in :data:`BENCH_MODES`; returns its parser."""
+    bench = sub.add_parser(
+        "bench", help="fio-like benchmarks", description="fio-like benchmarks of the lsio engine."
+    )
+    bsub = bench.add_subparsers(dest="bench_command", metavar="MODE")
+    bench.set_defaults(func=_usage(bench))
+    for add in BENCH_MODES:
+        add(bsub)
     return bench
 
 
