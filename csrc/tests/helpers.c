@@ -12,7 +12,7 @@ const char *t_ctx;
 
 /* ------------------------------------------------------------------ temp files */
 
-static char tmpdir[64];
+static char tmpdir[4096];
 static pid_t tmpdir_owner;
 
 static int rm_entry(const char *path, const struct stat *st, int type, struct FTW *ftw) {
@@ -40,7 +40,11 @@ static void rm_tmpdir(void) {
 
 const char *t_tmpdir(void) {
     if (!tmpdir[0]) {
-        strcpy(tmpdir, "/tmp/lsio-test-XXXXXX");
+        /* runtests.sh passes a per-run directory under /tmp that it removes at the end,
+         * so that even a test killed by its timeout leaves nothing behind */
+        const char *root = getenv("LSIO_TEST_TMPROOT");
+        snprintf(tmpdir, sizeof tmpdir - 32, "%s", root && *root ? root : "/tmp");
+        strcat(tmpdir, "/lsio-test-XXXXXX");
         if (!mkdtemp(tmpdir)) {
             perror("mkdtemp");
             exit(T_EXIT_FAIL);

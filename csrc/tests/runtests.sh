@@ -14,6 +14,13 @@ case "$ASAN_OPTIONS" in *detect_leaks=1*) ;; *) ASAN_OPTIONS="$ASAN_OPTIONS:dete
 UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 export ASAN_OPTIONS UBSAN_OPTIONS
 
+# each test makes its own mkdtemp directory inside this one; it goes at the end even
+# when a test was killed by its timeout
+LSIO_TEST_TMPROOT=$(mktemp -d /tmp/lsio-tests.XXXXXX) || exit 1
+chmod 755 "$LSIO_TEST_TMPROOT" # errors.c's unprivileged child must get in
+export LSIO_TEST_TMPROOT
+trap 'rm -rf "$LSIO_TEST_TMPROOT"' EXIT INT TERM
+
 pass=0
 fail=0
 skip=0
