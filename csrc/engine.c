@@ -76,6 +76,8 @@ typedef struct range_st {
     uint64_t buf_id;
     char *buf;
     uint8_t issued, finished, inflight, retry;
+    uint8_t hinted; /* whole-file read issued with a guessed length before statx answered */
+    uint8_t landed; /* ... and it has landed: waiting for the size to decide */
 } range_st;
 
 typedef struct file_op {
@@ -143,6 +145,7 @@ struct lsio_engine {
     uint64_t buffers_out;
     uint64_t ops_submitted, submit_calls, starved_count;
     uint64_t tmp_counter;
+    int64_t whole_hint;           /* guessed length for speculative whole-file reads */
     /* fixed slots */
     int32_t *slot_free;
     uint32_t nslot_free;
@@ -426,17 +429,31 @@ static int file_step(lsio_engine *e, file_op *f, step *s) {
             }
             f->open_pending = 1;
             s->kind = S_OPEN;
-            /* Chain the first read behind the open when its range is explicit. */
+            /* Chain the first read behind the open when its range is explicit -- or when
+             * it is a whole (buffered) file: then read a guessed length (the last whole
+             * file's size) while statx runs beside it, and decide when both have landed
+             * (hinted_decide).  Either way the data comes back one round trip after the
+             * submit instead of two. */
+            range_st *r = f->nranges > 0 ? &f->ranges[0] : NULL;
+            int whole = r && f->nranges == 1 && r->offset == 0 && r->length < 0 &&
+                        !(f->flags & LSIO_F_DIRECT) && f->size < 0;
             if (f->fixed && (e->features & LSIO_FEAT_LINKED_OPEN) && f->kind == LSIO_OP_READ &&
-                !f->need_statx && f->nranges > 0 && !f->ranges[0].finished) {
-                range_st *r = &f->ranges[0];
-                int err = range_resolve(f, r);
+                (!f->need_statx || whole) && r && !r->finished) {
+                int err = 0;
+                if (whole) {
+                    r->off = r->aoff = 0;
+                    r->len = -1;
+                    r->alen = e->whole_hint;
+                } else {
+                    err = range_resolve(f, r);
+                }
                 if (!err) {
                     int got = range_get_buffer(e, r);
                     if (got == 1) {
                         s->r = r;
                         s->link_read = 1;
                         r->issued = 1;
+                        r->hinted = (uint8_t)whole;
                         f->next_range = 1;
                         f->chained = 1;
                     }
@@ -474,6 +491,11 @@ static int file_step(lsio_engine *e, file_op *f, step *s) {
                             r->retry = 1;
                             f->nretry++;
                             return STALL;
+                        }
+                        if (got < 0) { /* e.g. the whole file is larger than the pool */
+                            emit(e, r, got, 0);
+                            range_finish(e, r);
+                            continue;
                         }
                     }
                     fill_read_step(s, f, r);
@@ -602,6 +624,35 @@ static void learn_size_at_eof(file_op *f, int64_t pos, int64_t done) {
     if (stat(f->path, &st) == 0) f->size = st.st_size;
 }
 
+/* A speculative whole-file read has landed and the size is known: deliver it, resume the
+ * tail, or (the guess was too small) read the file again into a buffer that fits. */
+static void hinted_decide(lsio_engine *e, file_op *f, range_st *r) {
+    r->hinted = r->landed = 0;
+    r->off = r->aoff = 0;
+    r->len = f->size;
+    if (r->done >= r->len) {
+        emit(e, r, 0, 0);
+        range_finish(e, r);
+        return;
+    }
+    if (r->len > r->alen) { /* buffer too small: drop it and read the whole file again */
+        range_free_buf(e, r);
+        r->done = 0;
+    }
+    r->alen = r->len;
+    r->retry = 1;
+    f->nretry++;
+}
+
+/* Whole-file reads guess the next file's length from the last one (Zarr chunks of one
+ * array are alike), within [4 KiB, min(8 MiB, pool / 16)]. */
+static void learn_whole_hint(lsio_engine *e, int64_t size) {
+    int64_t h = 4096, cap = (int64_t)(e->pool.bytes / 16);
+    if (cap > ((int64_t)8 << 20)) cap = (int64_t)8 << 20;
+    while (h < size && h < cap) h <<= 1;
+    e->whole_hint = h;
+}
+
 static void step_start(lsio_engine *e, const step *s) {
     e->inflight++;
     s->f->inflight++;
@@ -637,6 +688,11 @@ static void step_done(lsio_engine *e, int kind, file_op *f, range_st *r, int64_t
             }
             if ((f->flags & LSIO_F_DIRECT) && f->stx.stx_mask & STATX_DIOALIGN && f->off_align == 0)
                 file_fail(e, f, -EINVAL); /* the file system does not do O_DIRECT */
+            if (f->nranges == 1 && f->ranges[0].offset == 0 && f->ranges[0].length < 0)
+                learn_whole_hint(e, f->size);
+            range_st *r0 = f->nranges ? &f->ranges[0] : NULL;
+            if (r0 && r0->hinted && r0->landed && !r0->finished && !f->error)
+                hinted_decide(e, f, r0);
         }
         break;
     case S_OPEN:
@@ -687,6 +743,11 @@ static void step_done(lsio_engine *e, int kind, file_op *f, range_st *r, int64_t
             break;
         }
         r->done += res;
+        if (kind == S_READ && r->hinted) {
+            r->landed = 1;
+            if (f->size >= 0) hinted_decide(e, f, r);
+            break;
+        }
         if (kind == S_READ) {
             int64_t pos = r->aoff + r->done;
             if (pos >= r->off + r->len) {
@@ -1073,6 +1134,7 @@ lsio_engine *lsio_engine_new(const lsio_config *cfg_in, int *err) {
     pthread_cond_init(&e->cq_cond, NULL);
     int rc = pool_init(&e->pool, cfg.pool_bytes);
     if (rc < 0) goto fail;
+    learn_whole_hint(e, 64 << 10); /* first guess: 64 KiB (within the pool's cap) */
     e->cfg.pool_bytes = e->pool.bytes;
     e->slot_free = malloc(cfg.max_open * sizeof(int32_t));
     if (!e->slot_free) {

@@ -573,3 +573,19 @@ def test_uring_variants_read_the_same(settings, files, direct):
     for _, d in fs:
         want += [d[:100], d[4000:9000], d[-10:], d]
     assert got == want
+
+
+def test_whole_files_of_changing_sizes(make_engine, files):
+    """Whole-file reads guess each length from the previous file: smaller, larger, empty
+    and much larger files must all arrive exactly."""
+    sizes = [16384, 16384, 100, 0, 200_000, 1, 70_000, 3 << 20, 4096, 0, 65_536, 65_537]
+    fs = files(len(sizes), sizes)
+    eng = make_engine(pool_bytes="16M")
+    for order in ("operation", "completion"):
+        got = {}
+        for c in eng.submit(OpGroup([get_ranges(p) for p, _ in fs]), order=order):
+            with c:
+                got[c.path] = c.tobytes()
+        assert got == {str(p): d for p, d in fs}
+    st = eng.stats()
+    assert st["buffers_out"] == 0 and st["pool_in_use"] == 0
