@@ -1,0 +1,738 @@
+"""Cluster-wide Zarr re-chunking and format conversion, resumable.
+
+>>> import lsio_ray
+>>> lsio_ray.rechunk("in.zarr", "out.zarr", chunks=(64, 256, 256), shards=(64, 1024, 1024),
+...                  codec="zstd:3", zarr_format=3)
+
+Any layout to any other: Zarr v2 or v3, sharded or not, any chunk shape, any codec.
+zarr-python parses and writes the metadata documents and its codec objects (numcodecs)
+decode and encode; all of the data IO goes through the nodes' IO actors.
+
+**Plan.**  The output is made in *blocks*: boxes that hold whole output units (chunks,
+or shards when sharded) and, where memory allows, whole input files too -- per axis the
+least common multiple of the input file and output unit shapes, halved on the axis with
+the most units until one block's decoded bytes fit ``block_bytes``.  Each block is one
+op group (every input file it touches, read whole) and one Ray task on the node that
+read them: decode the inputs into the block, cut the output units out of it, encode
+them, write them through the IO actor of the node that owns the output.  Missing input
+chunk files are the fill value, as Zarr says; output units that are all fill value are
+not written (zarr-python's ``write_empty_chunks=False``), nor are empty inner chunks of
+a shard.
+
+**Memory.**  At most ``window`` blocks are being read (their batches sit in the object
+store) and at most one task per core runs: a node holds about (blocks being read +
+blocks computing) x (block_bytes + its encoded bytes).
+
+**Resume.**  Each output unit is written atomically (temp file, rename).  When a block's
+units are all written, its number is appended to a journal
+(``DST/.lsio-rechunk/done``, 16-byte records carrying a check word, so a torn tail is
+ignored).  Run again after an interruption, the job skips the blocks in the journal and
+redoes the others whole; encoding is deterministic, so the result is byte-identical to
+an uninterrupted run.  The metadata documents are written last, so an unfinished
+destination is never mistaken for an array; then the journal is removed.  A destination
+that exists and is not an unfinished run of the same job is refused unless
+``overwrite=True``.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from lsio_ray.ops import OpGroup, get_ranges
+from lsio_ray.ray.batches import Batch
+from lsio_ray.ray.coordinator import Coordinator, _unwrap, is_system_error
+from lsio_ray.ray.errors import RayLayerError
+from lsio_ray.ray.tasks import on_node
+
+__all__ = ["RechunkError", "RechunkResult", "block_shape", "parse_codec", "rechunk"]
+
+STATE_DIR = ".lsio-rechunk"
+_MAGIC = np.uint64(0x6C73696F72636B31)  # "lsiorck1"
+_JOB_VERSION = 1
+
+
+class RechunkError(RayLayerError):
+    """The conversion failed; the message names the block, and the file and node when
+    an input was at fault."""
+
+
+@dataclass
+class RechunkResult:
+    """What a :func:`rechunk` run did."""
+
+    src: str
+    dst: str
+    shape: tuple[int, ...]
+    block: tuple[int, ...]
+    blocks: int
+    blocks_skipped: int
+    units_written: int
+    bytes_read: int
+    bytes_written: int
+    seconds: float
+    retries: int
+
+
+# -- codecs ------------------------------------------------------------------------------
+
+_SHUFFLES = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}
+
+
+def parse_codec(text: str | None, zarr_format: int) -> dict[str, Any]:
+    """``create_array`` keyword arguments for a codec spec.
+
+    ``zstd[:LEVEL]``, ``gzip[:LEVEL]``, ``blosc[:CNAME[:LEVEL[:SHUFFLE]]]`` (SHUFFLE one of
+    noshuffle, shuffle, bitshuffle), ``lz4`` (v2 only), ``none``; None keeps zarr-python's
+    default for the format."""
+    if text is None:
+        return {}
+    parts = text.strip().lower().split(":")
+    name, args = parts[0], parts[1:]
+
+    def level(default: int) -> int:
+        try:
+            return int(args[0]) if args and args[0] else default
+        except ValueError:
+            raise ValueError(f"codec {text!r}: level {args[0]!r} is not an integer") from None
+
+    if name == "none":
+        return {"compressors": None}
+    if zarr_format == 3:
+        import zarr.codecs as zc
+
+        if name == "zstd":
+            return {"compressors": [zc.ZstdCodec(level=level(3))]}
+        if name == "gzip":
+            return {"compressors": [zc.GzipCodec(level=level(5))]}
+        if name == "blosc":
+            cname = args[0] if args and args[0] else "zstd"
+            clevel = int(args[1]) if len(args) > 1 else 5
+            shuffle = args[2] if len(args) > 2 else "shuffle"
+            if shuffle not in _SHUFFLES:
+                raise ValueError(f"codec {text!r}: shuffle must be one of {sorted(_SHUFFLES)}")
+            return {"compressors": [zc.BloscCodec(cname=cname, clevel=clevel, shuffle=shuffle)]}
+    else:
+        import numcodecs
+
+        if name == "zstd":
+            return {"compressors": numcodecs.Zstd(level=level(3))}
+        if name == "gzip":
+            return {"compressors": numcodecs.GZip(level=level(5))}
+        if name == "lz4":
+            return {"compressors": numcodecs.LZ4(acceleration=level(1))}
+        if name == "blosc":
+            cname = args[0] if args and args[0] else "zstd"
+            clevel = int(args[1]) if len(args) > 1 else 5
+            shuffle = args[2] if len(args) > 2 else "shuffle"
+            if shuffle not in _SHUFFLES:
+                raise ValueError(f"codec {text!r}: shuffle must be one of {sorted(_SHUFFLES)}")
+            return {
+                "compressors": numcodecs.Blosc(
+                    cname=cname, clevel=clevel, shuffle=_SHUFFLES[shuffle]
+                )
+            }
+    raise ValueError(
+        f"unknown codec {text!r} for Zarr v{zarr_format} "
+        "(zstd[:L], gzip[:L], blosc[:CNAME[:L[:SHUFFLE]]], lz4 (v2), none)"
+    )
+
+
+# -- planning ----------------------------------------------------------------------------
+
+
+def block_shape(
+    shape: Sequence[int],
+    src_file: Sequence[int],
+    dst_unit: Sequence[int],
+    itemsize: int,
+    budget: int,
+) -> tuple[int, ...]:
+    """The block shape: whole output units, aligned with the input files where the
+    memory budget allows (see the module's docstring)."""
+    block = []
+    for n, s, t in zip(shape, src_file, dst_unit, strict=True):
+        b = math.lcm(int(s), int(t))
+        cap = -(-max(int(n), 1) // int(t)) * int(t)  # the array's extent in whole units
+        block.append(max(int(t), min(b, cap)))
+    while int(np.prod(block, dtype=np.int64)) * itemsize > budget:
+        cands = [d for d in range(len(block)) if block[d] > dst_unit[d]]
+        if not cands:
+            break
+        d = max(cands, key=lambda k: block[k] // dst_unit[k])
+        units = block[d] // dst_unit[d]
+        block[d] = int(dst_unit[d]) * max(1, units // 2)
+    return tuple(block)
+
+
+def _ceil_div(a: Sequence[int], b: Sequence[int]) -> tuple[int, ...]:
+    return tuple(-(-int(x) // int(y)) for x, y in zip(a, b, strict=True))
+
+
+def _block_box(
+    bid: int, grid: tuple[int, ...], block: tuple[int, ...], shape: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    coords = (
+        np.array(np.unravel_index(bid, grid), dtype=np.int64).reshape(-1)
+        if grid
+        else (np.zeros(0, np.int64))
+    )
+    lo = coords * np.asarray(block, dtype=np.int64)
+    hi = np.minimum(lo + np.asarray(block, dtype=np.int64), np.asarray(shape, dtype=np.int64))
+    return lo, hi
+
+
+# -- layouts (driver and workers) --------------------------------------------------------
+
+_LAYOUTS: dict[str, Any] = {}
+
+
+def _layout(root: str, docs: dict[str, Any]) -> Any:
+    """An ArrayLayout from metadata documents (cached per process)."""
+    from lsio_ray.zarr._zarr_compat import parse_metadata
+    from lsio_ray.zarr.layout import ArrayLayout
+
+    key = root + "\0" + json.dumps(docs, sort_keys=True)
+    lay = _LAYOUTS.get(key)
+    if lay is None:
+        lay = ArrayLayout(root, parse_metadata(root, docs))
+        _LAYOUTS[key] = lay
+    return lay
+
+
+def _is_fill(a: np.ndarray, fill: np.ndarray) -> bool:
+    if a.dtype.kind in "fc":
+        return bool(np.array_equal(a, np.broadcast_to(fill, a.shape), equal_nan=True))
+    return bool((a == fill).all())
+
+
+def _paste(
+    out: np.ndarray, lo: np.ndarray, hi: np.ndarray, arr: np.ndarray, arr_lo: np.ndarray
+) -> None:
+    """Copy the part of ``arr`` (whose origin is ``arr_lo``) inside ``[lo, hi)`` (block
+    ``out``'s origin is ``lo``... clipped to arr's extent)."""
+    a = np.maximum(lo, arr_lo)
+    b = np.minimum(hi, arr_lo + np.asarray(arr.shape, dtype=np.int64))
+    if np.any(b <= a):
+        return
+    dst = tuple(slice(int(x), int(y)) for x, y in zip(a - lo, b - lo, strict=True))
+    src = tuple(slice(int(x), int(y)) for x, y in zip(a - arr_lo, b - arr_lo, strict=True))
+    out[dst] = arr[src]
+
+
+def _decode_file(
+    src: Any,
+    view: np.ndarray,
+    coords: np.ndarray,
+    out: np.ndarray,
+    blo: np.ndarray,
+    bhi: np.ndarray,
+    scratch: np.ndarray,
+    path: str,
+) -> None:
+    """Decode the part of one stored input object (chunk or shard) inside the block."""
+    from lsio_ray.zarr.codecs import CorruptData
+    from lsio_ray.zarr.errors import ChunkCorruptError
+    from lsio_ray.zarr.plan import select_chunks
+    from lsio_ray.zarr.shards import EMPTY, check_index
+
+    file_shape = np.asarray(src.file_shape, dtype=np.int64)
+    flo = coords * file_shape
+    key = os.path.relpath(path, src.path)
+    try:
+        if src.shards is None:
+            arr = src.codec.decode(view, scratch)
+            _paste(out, blo, bhi, arr, flo)
+            return
+        idx = src.index
+        n = idx.nbytes
+        if view.nbytes < n:
+            raise CorruptData(f"shard of {view.nbytes} bytes is shorter than its index")
+        raw = view[:n] if idx.location == "start" else view[view.nbytes - n :]
+        table = idx.decode(raw)
+        why = check_index(table, idx, view.nbytes)
+        if why:
+            raise CorruptData(f"shard index: {why}")
+        a = np.maximum(blo, flo) - flo
+        b = np.minimum(bhi, np.minimum(flo + file_shape, np.asarray(src.shape))) - flo
+        sel = select_chunks(a, b, src.chunks)
+        inner = np.asarray(src.chunks, dtype=np.int64)
+        cps = src.chunks_per_shard
+        for c in sel.coords:
+            k = int(np.ravel_multi_index(tuple(int(x) for x in c), cps)) if cps else 0
+            off, nb = table[k]
+            origin = flo + c * inner
+            if off == EMPTY:
+                fill = np.broadcast_to(src.fill_value, tuple(int(x) for x in inner))
+                _paste(out, blo, bhi, fill, origin)
+                continue
+            piece = view[int(off) : int(off) + int(nb)]
+            arr = src.codec.decode(piece, scratch)
+            _paste(out, blo, bhi, arr, origin)
+    except CorruptData as exc:
+        raise ChunkCorruptError(src.path, key, str(exc)) from None
+
+
+def _encode_unit(dst: Any, unit: np.ndarray) -> np.ndarray | None:
+    """The stored bytes of one full output unit, or None if it is all fill value."""
+    fill = dst.fill_value
+    if _is_fill(unit, fill):
+        return None
+    if dst.shards is None:
+        return dst.codec.encode(np.ascontiguousarray(unit))
+    idx = dst.index
+    inner = tuple(int(c) for c in dst.chunks)
+    cps = dst.chunks_per_shard
+    n = int(np.prod(cps, dtype=np.int64))
+    table = np.full((n, 2), np.uint64(2**64 - 1), dtype=np.uint64)
+    parts: list[np.ndarray] = []
+    pos = idx.nbytes if idx.location == "start" else 0
+    for k in range(n):
+        c = np.unravel_index(k, cps) if cps else ()
+        box = tuple(slice(int(i) * s, (int(i) + 1) * s) for i, s in zip(c, inner, strict=True))
+        chunk = unit[box]
+        if _is_fill(chunk, fill):
+            continue
+        enc = dst.codec.encode(np.ascontiguousarray(chunk))
+        table[k] = (pos, enc.nbytes)
+        parts.append(enc)
+        pos += enc.nbytes
+    index = idx.encode(table)
+    body = [index, *parts] if idx.location == "start" else [*parts, index]
+    return np.concatenate(body) if body else np.zeros(0, np.uint8)
+
+
+def _rechunk_block(job: dict[str, Any], bid: int, *batches: Batch) -> tuple[int, int, int, int]:
+    """One block: decode its inputs, encode and write its output units (a Ray task)."""
+    import ray
+
+    from lsio_ray.ray.actor import io_actor
+
+    src = _layout(job["src"], job["src_docs"])
+    dst = _layout(job["dst"], job["dst_docs"])
+    grid = tuple(job["grid"])
+    block = tuple(job["block"])
+    shape = tuple(src.shape)
+    blo, bhi = _block_box(bid, grid, block, shape)
+    out = np.empty(tuple(int(x) for x in bhi - blo), dtype=dst.dtype)
+    scratch = np.empty(src.codec.nbytes, np.uint8)
+    nread = 0
+    for batch in batches:
+        errs = batch.index["error"]
+        starts = batch.index["start"].tolist()
+        sizes = batch.index["nbytes"].tolist()
+        meta = batch.metadata
+        for i in range(len(batch)):
+            coords = np.asarray(meta[i], dtype=np.int64)
+            if errs[i]:
+                if int(errs[i]) == -errno.ENOENT:  # a missing chunk is the fill value
+                    fshape = np.asarray(src.file_shape, dtype=np.int64)
+                    fill = np.broadcast_to(src.fill_value, tuple(int(x) for x in fshape))
+                    _paste(out, blo, bhi, fill, coords * fshape)
+                    continue
+                raise batch.error(i)  # type: ignore[misc]
+            view = batch.data[starts[i] : starts[i] + sizes[i]]
+            nread += sizes[i]
+            _decode_file(src, view, coords, out, blo, bhi, scratch, batch.path(i))
+    # the output units of the block
+    unit = np.asarray(dst.file_shape, dtype=np.int64)
+    ugrid = _ceil_div(bhi - blo, unit)
+    paths: list[str] = []
+    datas: list[np.ndarray] = []
+    for k in range(int(np.prod(ugrid, dtype=np.int64))):
+        c = np.asarray(np.unravel_index(k, ugrid), dtype=np.int64).reshape(-1)
+        ulo = blo + c * unit
+        uhi = np.minimum(ulo + unit, bhi)
+        full = np.empty(tuple(int(x) for x in unit), dtype=dst.dtype)
+        if np.any(uhi - ulo < unit):
+            full[...] = dst.fill_value
+        inside = tuple(slice(0, int(x)) for x in uhi - ulo)
+        full[inside] = out[
+            tuple(slice(int(a), int(b)) for a, b in zip(ulo - blo, uhi - blo, strict=True))
+        ]
+        enc = _encode_unit(dst, full)
+        if enc is None:
+            continue
+        paths.append(dst.file_path(ulo // unit))
+        datas.append(enc)
+    written = 0
+    if paths:
+        node = job["owner"] or ray.get_runtime_context().get_node_id()
+        written = int(ray.get(io_actor(node).write_files.remote(paths, datas, fsync=job["fsync"])))
+    return bid, len(paths), nread, written
+
+
+# -- the journal of finished blocks ------------------------------------------------------
+
+
+def _decode_journal(raw: bytes | None, nblocks: int) -> np.ndarray:
+    done = np.zeros(nblocks, bool)
+    if not raw:
+        return done
+    n = len(raw) // 16
+    rec = np.frombuffer(raw[: n * 16], dtype="<u8").reshape(-1, 2)
+    ok = (rec[:, 1] == (rec[:, 0] ^ _MAGIC)) & (rec[:, 0] < nblocks)
+    done[rec[ok, 0].astype(np.int64)] = True
+    return done
+
+
+class _Journal:
+    """Appends finished block numbers through the destination's IO actor."""
+
+    def __init__(self, actor: Any, path: str, size: int, fsync: bool) -> None:
+        self.actor = actor
+        self.path = path
+        self.size = size - size % 16
+        self.fsync = fsync
+        self.pending: list[int] = []
+        self.last = time.monotonic()
+
+    def add(self, bid: int) -> None:
+        self.pending.append(bid)
+
+    def flush(self, force: bool = False) -> None:
+        import ray
+
+        if not self.pending or (
+            not force and len(self.pending) < 256 and time.monotonic() - self.last < 0.5
+        ):
+            return
+        ids = np.array(self.pending, dtype="<u8")
+        rec = np.stack([ids, ids ^ _MAGIC], axis=1).astype("<u8").reshape(-1).view(np.uint8)
+        ray.get(
+            self.actor.write_ranges.remote(
+                self.path, [self.size], [rec], create=True, fsync=self.fsync
+            )
+        )
+        self.size += rec.nbytes
+        self.pending = []
+        self.last = time.monotonic()
+
+
+# -- the driver --------------------------------------------------------------------------
+
+
+def _docs_from(files: dict[str, bytes | None], root: str) -> dict[str, Any]:
+    docs: dict[str, Any] = {}
+    for name in ("zarr.json", ".zarray", ".zattrs"):
+        raw = files.get(name)
+        if raw is not None:
+            docs[name] = json.loads(raw)
+    if "zarr.json" in docs:
+        docs.pop(".zarray", None)
+        docs.pop(".zattrs", None)
+    if not docs or ("zarr.json" not in docs and ".zarray" not in docs):
+        raise FileNotFoundError(errno.ENOENT, "no Zarr array here (no zarr.json or .zarray)", root)
+    return docs
+
+
+def _progress_fn(
+    progress: Any, total: int, initial: int
+) -> tuple[Callable[[int], None], Callable[[], None]]:
+    if callable(progress):
+        state = {"n": initial}
+
+        def step(k: int) -> None:
+            state["n"] += k
+            progress(state["n"], total)
+
+        return step, lambda: None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, initial=initial, unit="block", desc="rechunk", dynamic_ncols=True)
+        return bar.update, bar.close
+    return (lambda k: None), (lambda: None)
+
+
+def _majority(nodes: list[str]) -> str:
+    return collections.Counter(nodes).most_common(1)[0][0]
+
+
+def rechunk(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    *,
+    chunks: Sequence[int],
+    shards: Sequence[int] | None = None,
+    codec: str | None = None,
+    zarr_format: int | None = None,
+    overwrite: bool = False,
+    address: str | None = None,
+    roots: dict[str, list[str]] | None = None,
+    coordinator: Coordinator | None = None,
+    block_bytes: int = 256 << 20,
+    batch_bytes: int | None = None,
+    window: int | None = None,
+    max_attempts: int = 4,
+    fsync: bool = False,
+    progress: bool | Callable[[int, int], None] = False,
+) -> RechunkResult:
+    """Re-chunk (and/or convert) the Zarr array ``src`` into a new array ``dst``.
+
+    ``chunks``: the new chunk shape (the inner chunk when ``shards`` is given);
+    ``shards``: the new shard shape, or None for no sharding; ``codec``: see
+    :func:`parse_codec` (None: zarr-python's default); ``zarr_format``: 2 or 3 (default:
+    the source's).  ``address``: the Ray cluster to join when not connected yet;
+    ``roots``/``coordinator``: file locality (see :class:`~lsio_ray.ray.Coordinator`).
+    ``block_bytes``: the decoded size of one block (the memory per task); ``window``:
+    blocks being read at once (default: two per node).  ``progress``: a tqdm bar in this
+    process, or a callable ``(done, total)``.  Resumable: see the module docstring.
+    """
+    import ray
+
+    t0 = time.time()
+    if not ray.is_initialized():
+        ray.init(address=address, log_to_driver=False, configure_logging=False)
+    coord = coordinator or Coordinator(roots=roots, batch_bytes=batch_bytes)
+    src_root = os.path.abspath(os.fspath(src))
+    dst_root = os.path.abspath(os.fspath(dst))
+    if src_root == dst_root or dst_root.startswith(src_root + os.sep):
+        raise ValueError(f"the destination {dst_root} must not be inside the source")
+    here = ray.get_runtime_context().get_node_id()
+
+    def meta_node(path: str) -> str:
+        node = coord.node_of(path)
+        if node is not None:
+            return node
+        return here if here in coord.nodes else coord.nodes[0]
+
+    # the source's metadata, read on the node that holds it
+    src_actor = coord.actor(meta_node(src_root))
+    names = ["zarr.json", ".zarray", ".zattrs"]
+    got = ray.get(src_actor.read_files.remote([os.path.join(src_root, n) for n in names]))
+    src_docs = _docs_from(dict(zip(names, got, strict=True)), src_root)
+    src_l = _layout(src_root, src_docs)
+    fmt = int(zarr_format or src_l.zarr_format)
+    if fmt not in (2, 3):
+        raise ValueError(f"zarr_format must be 2 or 3, not {fmt}")
+    chunks_t = tuple(int(c) for c in chunks)
+    if len(chunks_t) != src_l.ndim:
+        raise ValueError(f"chunks {chunks_t} for an array of {src_l.ndim} dimensions")
+    shards_t = None if shards is None else tuple(int(s) for s in shards)
+    if shards_t is not None and fmt != 3:
+        raise ValueError("shards need zarr_format 3")
+
+    # the destination's metadata, as zarr-python would write it
+    from lsio_ray.zarr._zarr_compat import create_metadata_docs
+
+    kwargs: dict[str, Any] = {
+        "shape": src_l.shape,
+        "dtype": src_l.dtype,
+        "chunks": chunks_t,
+        "zarr_format": fmt,
+        "fill_value": src_l.fill_value[()],
+        "attributes": dict(src_l.attrs),
+    }
+    if shards_t is not None:
+        kwargs["shards"] = shards_t
+    if fmt == 3 and src_l.meta.dimension_names is not None:
+        kwargs["dimension_names"] = list(src_l.meta.dimension_names)
+    kwargs.update(parse_codec(codec, fmt))
+    dst_bytes = create_metadata_docs(**kwargs)
+    dst_docs = {k: json.loads(v) for k, v in dst_bytes.items()}
+    dst_l = _layout(dst_root, dst_docs)
+
+    block = block_shape(
+        src_l.shape, src_l.file_shape, dst_l.file_shape, src_l.dtype.itemsize, block_bytes
+    )
+    grid = _ceil_div(src_l.shape, block) if src_l.ndim else ()
+    nblocks = int(np.prod(grid, dtype=np.int64)) if all(s > 0 for s in src_l.shape) else 0
+
+    # the destination: fresh, or an unfinished run of this very job
+    owner = coord.node_of(dst_root)
+    dst_actor = coord.actor(owner or meta_node(dst_root))
+    state = os.path.join(dst_root, STATE_DIR)
+    job_doc = {
+        "version": _JOB_VERSION,
+        "src": src_root,
+        "src_docs": src_docs,
+        "dst_docs": dst_docs,
+        "block": list(block),
+    }
+    job_bytes = json.dumps(job_doc, sort_keys=True).encode()
+    listing = ray.get(dst_actor.listdir.remote(dst_root))
+    prev = ray.get(
+        dst_actor.read_files.remote([os.path.join(state, "job.json"), os.path.join(state, "done")])
+    )
+    resuming = prev[0] is not None and prev[0] == job_bytes
+    if listing and not resuming:
+        if not overwrite:
+            what = (
+                "an unfinished conversion with other settings"
+                if prev[0] is not None
+                else "a Zarr array"
+                if {"zarr.json", ".zarray"} & set(listing)
+                else "a non-empty directory"
+            )
+            raise FileExistsError(
+                errno.EEXIST,
+                f"the destination holds {what}; pass overwrite=True (--overwrite) to replace it",
+                dst_root,
+            )
+        ray.get(dst_actor.remove_tree.remote(dst_root))
+    if not resuming:
+        ray.get(
+            dst_actor.write_files.remote(
+                [os.path.join(state, "job.json")], [np.frombuffer(job_bytes, np.uint8)]
+            )
+        )
+        prev = [job_bytes, None]
+    done = _decode_journal(prev[1], nblocks)
+    journal = _Journal(dst_actor, os.path.join(state, "done"), len(prev[1] or b""), fsync)
+    todo = np.flatnonzero(~done)
+    skipped = nblocks - len(todo)
+
+    job = {
+        "src": src_root,
+        "dst": dst_root,
+        "src_docs": src_docs,
+        "dst_docs": dst_docs,
+        "grid": list(grid),
+        "block": list(block),
+        "owner": owner,
+        "fsync": fsync,
+    }
+    job_ref = ray.put(job)
+    task = ray.remote(num_cpus=1, max_retries=0)(_rechunk_block)
+    ncpu = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    window = window or max(2, 2 * len(coord.nodes))
+    max_running = ncpu + len(coord.nodes)
+
+    file_shape = np.asarray(src_l.file_shape, dtype=np.int64)
+
+    def group_of(bid: int) -> OpGroup:
+        from lsio_ray.zarr.plan import select_chunks
+
+        lo, hi = _block_box(bid, grid, block, src_l.shape)
+        sel = select_chunks(lo, hi, tuple(int(x) for x in file_shape))
+        coords = sel.coords
+        ops = [
+            get_ranges(src_l.file_path(c), metadata=coords[i : i + 1])
+            for i, c in enumerate(coords.tolist())
+        ]
+        return OpGroup(ops, metadata=bid)
+
+    step, close_bar = _progress_fn(progress, nblocks, skipped)
+    attempts: dict[int, int] = collections.defaultdict(int)
+    retry: collections.deque[int] = collections.deque()
+    queue: Iterator[int] = iter(todo.tolist())
+    reading: collections.deque[tuple[int, Any]] = collections.deque()
+    running: dict[Any, int] = {}
+    units = nread = nwritten = 0
+    retries0 = coord.retries
+
+    def next_block() -> int | None:
+        if retry:
+            return retry.popleft()
+        return next(queue, None)
+
+    def failed(bid: int, exc: BaseException) -> None:
+        attempts[bid] += 1
+        if is_system_error(exc) and attempts[bid] < max_attempts:
+            retry.append(bid)
+            return
+        cause = _unwrap(exc)
+        lo, hi = _block_box(bid, grid, block, src_l.shape)
+        raise RechunkError(
+            f"block {bid} ({lo.tolist()}..{hi.tolist()}) of {src_root}: "
+            f"{type(cause).__name__}: {cause}"
+        ) from cause
+
+    try:
+        exhausted = False
+        while True:
+            while not exhausted and len(reading) < window:
+                bid = next_block()
+                if bid is None:
+                    exhausted = True
+                    break
+                reading.append((bid, coord.submit(group_of(bid), order="node")))
+            if not reading and not running:
+                if retry:
+                    exhausted = False
+                    continue
+                break
+            launched = False
+            if reading and len(running) < max_running:
+                bid, stream = reading.popleft()
+                try:
+                    brefs = stream.refs()
+                except Exception as exc:
+                    failed(bid, exc)
+                else:
+                    where = _majority([b.node_id for b in brefs]) if brefs else None
+                    opts = on_node(where) if where else {}
+                    ref = task.options(**opts).remote(job_ref, bid, *[b.ref for b in brefs])
+                    running[ref] = bid
+                    launched = True
+                if retry:
+                    exhausted = False
+            if running:
+                timeout = 0 if (launched or (reading and len(running) < max_running)) else 1.0
+                ready, _ = ray.wait(list(running), num_returns=len(running), timeout=timeout)
+                for ref in ready:
+                    bid = running.pop(ref)
+                    try:
+                        _, n_units, n_in, n_out = ray.get(ref)
+                    except Exception as exc:
+                        failed(bid, exc)
+                        exhausted = False
+                        continue
+                    units += n_units
+                    nread += n_in
+                    nwritten += n_out
+                    journal.add(bid)
+                    step(1)
+            journal.flush()
+        journal.flush(force=True)
+    except BaseException:
+        try:
+            journal.flush(force=True)
+        finally:
+            for ref in running:
+                try:
+                    ray.cancel(ref)
+                except Exception:
+                    pass
+            for _, stream in reading:
+                stream.cancel()
+            close_bar()
+        raise
+    close_bar()
+
+    # finish: metadata last (v2: attributes before .zarray), then forget the journal
+    order = sorted(dst_bytes, key=lambda k: (k == ".zarray", k == "zarr.json", k))
+    for name in order:
+        ray.get(
+            dst_actor.write_files.remote(
+                [os.path.join(dst_root, name)],
+                [np.frombuffer(dst_bytes[name], np.uint8)],
+                fsync=fsync,
+            )
+        )
+    ray.get(dst_actor.remove_tree.remote(state))
+    for node in coord.nodes:
+        ray.get(coord.actor(node).remove_temp_files.remote(dst_root))
+    return RechunkResult(
+        src=src_root,
+        dst=dst_root,
+        shape=tuple(src_l.shape),
+        block=block,
+        blocks=nblocks,
+        blocks_skipped=skipped,
+        units_written=units,
+        bytes_read=nread,
+        bytes_written=nwritten,
+        seconds=time.time() - t0,
+        retries=coord.retries - retries0 + sum(attempts.values()),
+    )
