@@ -24,6 +24,7 @@
 #   W4_COUNT        files in W4                           (20000)
 #   PYTHON          interpreter with lsio_ray installed   (python3)
 #   FIO             fio binary                            (fio)
+#   SNAPSHOT        1: run a copy of the installed package  (1)
 #
 # Thread mapping: fio numjobs = lsio --threads (Python threads, one engine each).  The
 # lsio pread backend gets as many worker threads as the io_uring runs have depth (W1,
@@ -90,6 +91,20 @@ run_lsio() {
 }
 
 # ---------------------------------------------------------------------------------------
+# Run a private copy of the package (SNAPSHOT=1): a rebuild of the working tree during
+# the run must not mix two engines in one table.  Its build hash goes in the header.
+if [ "${SNAPSHOT:-1}" = 1 ]; then
+    PKG=$("$PYTHON" -c 'import lsio_ray, os; print(os.path.dirname(lsio_ray.__file__))')
+    mkdir -p "$OUT/pkg"
+    cp -r "$PKG" "$OUT/pkg/"
+    export PYTHONPATH="$OUT/pkg${PYTHONPATH:+:$PYTHONPATH}"
+fi
+so_hash() {
+    "$PYTHON" -c 'import hashlib, lsio_ray._lsio as m; print(hashlib.sha256(open(m.__file__, "rb").read()).hexdigest()[:12])'
+}
+SO_HASH=$(so_hash)
+COMMIT=$(git -C "$HERE/.." describe --always --dirty 2>/dev/null || echo unknown)
+
 log "results in $OUT"
 {
     echo "# lsio-ray vs fio $("$FIO" --version) -- $(uname -r), $(getconf _NPROCESSORS_ONLN) CPUs," \
@@ -97,6 +112,7 @@ log "results in $OUT"
         "$(df -T "$BENCH_DIR" | awk 'NR==2 {print $2 " on " $1}')"
     echo "# duration ${DURATION}s per time-based run, $REPS repetitions, interleaved;" \
         "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "# lsio_ray at $COMMIT, _lsio build $SO_HASH"
 } >"$OUT/meta.tsv"
 
 case " $WORKLOADS " in *" W1 "* | *" W2 "* | *" W3 "*)
@@ -195,4 +211,8 @@ for W in $WORKLOADS; do
 done
 
 echo "# load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/meta.tsv"
+if [ "$(so_hash)" != "$SO_HASH" ]; then
+    echo "# WARNING: the _lsio build changed during the run ($SO_HASH -> $(so_hash))" \
+        >>"$OUT/meta.tsv"
+fi
 "$PYTHON" "$HERE/bench_table.py" "$OUT" | tee "$OUT/table.md"
