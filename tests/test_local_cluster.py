@@ -137,6 +137,7 @@ def test_two_node_cluster_in_namespaces(tmp_path: Path) -> None:
     assert not any(left.values()), left
     assert not _processes_mentioning(str(root))
     assert not [p for d in temp_dirs for p in _processes_mentioning(d)]
+    assert temp_dirs and not any(Path(d).exists() for d in temp_dirs)
     assert not Path(local_cluster.INDEX_DIR, f"{name}.json").exists()
     assert json.loads((root / "cluster.json").read_text())["status"] == "down"
     assert Path(root, "node-1", "data", "written-by-node-1").is_file()  # data dirs are kept

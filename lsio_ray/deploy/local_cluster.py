@@ -28,7 +28,7 @@ Every node K gets:
   :func:`local_node` reads them back;
 * its own Ray temp dir (logs, sockets, spilled objects): ``<root>/node-K/ray`` when that
   path is short enough for Unix sockets (107 bytes, with Ray's ~65-byte session suffix),
-  else ``/tmp/lsio-<name>/nK``.
+  else ``/tmp/lsio-cluster-<name>/nK``.
 
 Why the head lives in the root namespace, on the bridge address: a driver connects to the
 raylet of "its" node and advertises that node's IP as its own gRPC address. With the head
@@ -587,7 +587,12 @@ def _temp_dir(root: Path, name: str, k: int) -> Path:
     preferred = root / f"node-{k}" / "ray"
     if len(str(preferred)) <= _MAX_TEMP_DIR:
         return preferred
-    return _SHORT_TEMP_BASE / f"lsio-{name}" / f"n{k}"
+    return _short_temp_base(name) / f"n{k}"
+
+
+def _short_temp_base(name: str) -> Path:
+    """Parent of the node temp dirs when ``<root>/node-K/ray`` is too long for sockets."""
+    return _SHORT_TEMP_BASE / f"{_CGROUP_PREFIX}{name}"
 
 
 def _tail(path: str | os.PathLike[str], lines: int = 25) -> str:
@@ -699,10 +704,13 @@ def down(
     deadline = time.monotonic() + 10
     while _our_links(name) and time.monotonic() < deadline:
         time.sleep(0.1)  # veths of deleted namespaces go away asynchronously
-    if not keep_logs:
-        temp_dirs = [Path(n.temp_dir) for n in state.nodes] if state is not None else []
-        for d in [*temp_dirs, _SHORT_TEMP_BASE / f"lsio-{name}"]:
-            shutil.rmtree(d, ignore_errors=True)
+    if not keep_logs and state is not None:
+        # Only the node temp dirs this cluster recorded, then their short parent if that is
+        # empty now: never a directory that might also hold someone's data.
+        for node in state.nodes:
+            shutil.rmtree(node.temp_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            _short_temp_base(name).rmdir()
     with contextlib.suppress(OSError):
         (INDEX_DIR / f"{name}.json").unlink()
     if state is not None:
