@@ -358,7 +358,6 @@ class IOActor:
         self._ahead_bytes = int(ahead_bytes)
         self._ahead_ranges = int(ahead_ranges)
         self._record: list[str] | None = [] if record_paths else None
-        self._dirs: set[str] = set()
         self._buffers = _BufferCache(keep=8)
         self._counts: dict[str, int] = dict.fromkeys(
             (
@@ -543,7 +542,6 @@ class IOActor:
             shutil.rmtree(path)
         elif os.path.lexists(path):
             os.unlink(path)
-        self._dirs = {d for d in self._dirs if not (d == path or d.startswith(path + os.sep))}
 
     def remove_temp_files(self, root: str) -> int:
         """Delete the engine's leftover temp files (``*.lsio-tmp.*``) under ``root``,
@@ -560,11 +558,13 @@ class IOActor:
         return n
 
     def _make_parent_dirs(self, spec: PieceSpec) -> None:
+        # not cached across calls: another node may remove a directory (shared storage)
+        made: set[str] = set()
         for i in np.flatnonzero(spec.kinds != _READ).tolist():
             d = os.path.dirname(spec.path(i))
-            if d not in self._dirs:
+            if d not in made:
                 os.makedirs(d, exist_ok=True)
-                self._dirs.add(d)
+                made.add(d)
 
     def stats(self) -> dict[str, Any]:
         """Counters: ranges and bytes read/written, batches, pieces, spills; the engine's
@@ -603,6 +603,9 @@ class IOActor:
 
 
 _REMOTE: Any = None
+_HANDLES: dict[str, Any] = {}
+"""Handles of the actors this process started: a non-detached actor lives as long as its
+creator holds a handle, so they are kept for the life of the process (the driver)."""
 
 
 def _remote_class() -> Any:
@@ -630,12 +633,21 @@ def io_actor(
     coordinator resumes streams itself), ``max_concurrency`` threads, and
     ``NodeAffinitySchedulingStrategy(node_id, soft=False)``.  ``detached=True`` keeps it
     alive after the driver exits.  ``engine`` and ``record_paths`` apply only when this
-    call starts the actor.
+    call starts the actor.  The process that starts an actor keeps its handle (a
+    non-detached actor dies with its creator's last handle), so the actors of a driver
+    live until it exits.
     """
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     name = actor_name(node_id)
+    job = ray.get_runtime_context().get_job_id()
+    if _HANDLES.get("job") != job:  # a new connection: handles of an old one are void
+        _HANDLES.clear()
+        _HANDLES["job"] = job
+    mine = _HANDLES.get(node_id)
+    if mine is not None:
+        return mine
     try:
         return ray.get_actor(name, namespace=NAMESPACE)
     except ValueError:
@@ -653,4 +665,6 @@ def io_actor(
     if detached:
         opts["lifetime"] = "detached"
     opts.update(options)
-    return _remote_class().options(**opts).remote(engine, record_paths=record_paths)
+    handle = _remote_class().options(**opts).remote(engine, record_paths=record_paths)
+    _HANDLES[node_id] = handle
+    return handle

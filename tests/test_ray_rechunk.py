@@ -1,0 +1,269 @@
+"""Cluster-wide re-chunking on a 2-node cluster: equal to zarr-python's own re-chunk,
+resumable with identical bytes, refusing to overwrite, clear input errors, the CLI."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from collections.abc import Iterator
+from contextlib import redirect_stdout
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+zarr = pytest.importorskip("zarr")
+numcodecs = pytest.importorskip("numcodecs")
+
+from _ray_helpers import LocalCluster, local_cluster  # noqa: E402
+
+from lsio_ray.ray import Coordinator  # noqa: E402
+from lsio_ray.ray.rechunk import RechunkError, parse_codec, rechunk  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def lc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    with local_cluster(tmp_path_factory.mktemp("ray-rechunk"), workers=1) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def coord(lc: LocalCluster) -> Coordinator:
+    return Coordinator(batch_bytes=64 << 10)
+
+
+def _data(shape: tuple[int, ...], dtype: str, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    a = (rng.normal(0, 1, shape) * 50).astype(dtype)
+    a[tuple(slice(0, s // 3) for s in shape)] = 0  # some all-fill chunks
+    return a
+
+
+def _src(path: Path, data: np.ndarray, **kw: Any) -> Path:
+    z = zarr.create_array(str(path), shape=data.shape, dtype=data.dtype, **kw)
+    z[...] = data
+    return path
+
+
+def _reference(
+    path: Path,
+    data: np.ndarray,
+    *,
+    chunks: Any,
+    shards: Any,
+    fmt: int,
+    codec: str | None,
+    fill: Any,
+) -> Any:
+    """zarr-python's own re-chunk of the same input."""
+    kw = parse_codec(codec, fmt)
+    z = zarr.create_array(
+        str(path),
+        shape=data.shape,
+        dtype=data.dtype,
+        chunks=chunks,
+        shards=shards,
+        zarr_format=fmt,
+        fill_value=fill,
+        **kw,
+    )
+    z[...] = data
+    return z
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+CASES = {
+    "v2-to-v3-sharded": dict(
+        src=dict(
+            chunks=(7, 9, 5), zarr_format=2, compressors=numcodecs.Zstd(level=1), fill_value=0
+        ),
+        dst=dict(chunks=(10, 10, 5), shards=(20, 30, 10), zarr_format=3, codec="zstd:3"),
+        shape=(45, 62, 10),
+        dtype="int32",
+    ),
+    "v3-sharded-to-v2-blosc": dict(
+        src=dict(chunks=(8, 8, 4), shards=(16, 32, 8), zarr_format=3, fill_value=0),
+        dst=dict(chunks=(13, 17, 3), shards=None, zarr_format=2, codec="blosc:lz4:5:bitshuffle"),
+        shape=(40, 50, 8),
+        dtype="float32",
+    ),
+    "v2-F-order-to-v3-gzip": dict(
+        src=dict(chunks=(11, 6), zarr_format=2, order="F", compressors=None, fill_value=-1),
+        dst=dict(chunks=(64, 64), shards=None, zarr_format=3, codec="gzip:4"),
+        shape=(70, 33),
+        dtype="int16",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_matches_zarr_python(lc: LocalCluster, coord: Coordinator, case: str) -> None:
+    spec = CASES[case]
+    data = _data(spec["shape"], spec["dtype"])
+    base = lc.shared / case
+    src = _src(base / "src.zarr", data, **spec["src"])
+    chunk_files = [
+        p
+        for p in sorted((base / "src.zarr").rglob("*"))
+        if p.is_file() and not p.name.startswith((".", "zarr.json"))
+    ]
+    chunk_files[len(chunk_files) // 2].unlink()  # a missing chunk reads as the fill value
+    data = zarr.open_array(str(src), mode="r")[...]
+    d = spec["dst"]
+    res = rechunk(
+        src,
+        base / "dst.zarr",
+        chunks=d["chunks"],
+        shards=d["shards"],
+        codec=d["codec"],
+        zarr_format=d["zarr_format"],
+        coordinator=coord,
+        block_bytes=9_000,
+    )
+    assert res.blocks > 1 and res.blocks_skipped == 0
+    ref = _reference(
+        base / "ref.zarr",
+        data,
+        chunks=d["chunks"],
+        shards=d["shards"],
+        fmt=d["zarr_format"],
+        codec=d["codec"],
+        fill=spec["src"]["fill_value"],
+    )
+    out = zarr.open_array(str(base / "dst.zarr"), mode="r")
+    assert out.metadata.zarr_format == d["zarr_format"]
+    assert out.chunks == d["chunks"] and out.shards == d["shards"]
+    assert out.dtype == ref.dtype and out.fill_value == ref.fill_value
+    np.testing.assert_array_equal(out[...], ref[...])
+    np.testing.assert_array_equal(out[...], data)
+    assert not (base / "dst.zarr" / ".lsio-rechunk").exists()
+    assert not any(".lsio-tmp." in p.name for p in (base / "dst.zarr").rglob("*"))
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_resume_is_byte_identical(lc: LocalCluster, coord: Coordinator) -> None:
+    base = lc.shared / "resume"
+    data = _data((60, 64, 12), "int32", seed=3)
+    src = _src(base / "src.zarr", data, chunks=(6, 16, 12), zarr_format=3)
+    kw = dict(
+        chunks=(20, 8, 6),
+        shards=(20, 32, 12),
+        codec="zstd:2",
+        coordinator=coord,
+        block_bytes=40_000,
+    )
+    whole = rechunk(src, base / "whole.zarr", **kw)
+    assert whole.blocks >= 6
+
+    seen = []
+
+    def stop_after_three(done: int, total: int) -> None:
+        seen.append(done)
+        if len(seen) == 3:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        rechunk(src, base / "part.zarr", progress=stop_after_three, **kw)
+    assert (base / "part.zarr" / ".lsio-rechunk" / "done").exists()
+    assert not (base / "part.zarr" / "zarr.json").exists()  # metadata comes last
+    # a crash mid-write leaves a temp file; the resumed run cleans it up
+    (base / "part.zarr" / "c").mkdir(exist_ok=True)
+    (base / "part.zarr" / "c" / "0.lsio-tmp.1.1").write_bytes(b"junk")
+    res = rechunk(src, base / "part.zarr", **kw)
+    assert res.blocks_skipped >= 3
+    assert res.blocks_skipped + (res.blocks - res.blocks_skipped) == whole.blocks
+    assert _files(base / "part.zarr") == _files(base / "whole.zarr")
+    np.testing.assert_array_equal(zarr.open_array(str(base / "part.zarr"))[...], data)
+
+
+def test_refuses_to_overwrite(lc: LocalCluster, coord: Coordinator) -> None:
+    base = lc.shared / "overwrite"
+    data = _data((20, 20), "uint8")
+    src = _src(base / "src.zarr", data, chunks=(5, 5), zarr_format=3)
+    dst = base / "dst.zarr"
+    rechunk(src, dst, chunks=(10, 10), coordinator=coord)
+    with pytest.raises(FileExistsError, match="a Zarr array"):
+        rechunk(src, dst, chunks=(4, 4), coordinator=coord)
+    res = rechunk(src, dst, chunks=(4, 4), coordinator=coord, overwrite=True)
+    assert res.blocks_skipped == 0
+    assert zarr.open_array(str(dst)).chunks == (4, 4)
+    other = base / "other"
+    other.mkdir()
+    (other / "keep.txt").write_text("x")
+    with pytest.raises(FileExistsError, match="non-empty"):
+        rechunk(src, other, chunks=(4, 4), coordinator=coord)
+    with pytest.raises(ValueError, match="inside the source"):
+        rechunk(src, base / "src.zarr" / "inside", chunks=(4, 4), coordinator=coord)
+
+    # an unfinished run with other settings is not resumed silently either
+    def stop(done: int, total: int) -> None:
+        raise _Stop
+
+    with pytest.raises(_Stop):
+        rechunk(src, base / "part.zarr", chunks=(5, 5), coordinator=coord, progress=stop)
+    with pytest.raises(FileExistsError, match="other settings"):
+        rechunk(src, base / "part.zarr", chunks=(10, 5), coordinator=coord)
+
+
+def test_unreadable_input_names_file_and_node(lc: LocalCluster, coord: Coordinator) -> None:
+    base = lc.shared / "unreadable"
+    data = _data((20, 20), "int64")
+    src = _src(base / "src.zarr", data, chunks=(5, 5), zarr_format=2)
+    bad = base / "src.zarr" / "1.2"
+    bad.unlink()
+    bad.mkdir()  # reading a directory fails with EISDIR (root reads any mode bits)
+    with pytest.raises(RechunkError) as ei:
+        rechunk(src, base / "dst.zarr", chunks=(10, 10), coordinator=coord)
+    msg = str(ei.value)
+    assert str(bad) in msg and "node" in msg and "Is a directory" in msg
+    assert any(n in msg for n in lc.nodes)
+
+
+def test_cli(lc: LocalCluster) -> None:
+    from lsio_ray.cli import main
+
+    base = lc.shared / "cli"
+    data = _data((30, 30), "float64")
+    src = _src(base / "src.zarr", data, chunks=(7, 7), zarr_format=3)
+    out = io.StringIO()
+    with redirect_stdout(out):
+        rc = main(
+            [
+                "rechunk",
+                str(src),
+                str(base / "dst.zarr"),
+                "--chunks",
+                "10,15",
+                "--zarr-format",
+                "2",
+                "--codec",
+                "zstd:1",
+                "--json",
+                "--no-progress",
+                "--address",
+                lc.cluster.address,
+            ]
+        )
+    assert rc == 0
+    res = json.loads(out.getvalue())
+    assert res["blocks"] >= 1
+    z = zarr.open_array(str(base / "dst.zarr"))
+    assert z.metadata.zarr_format == 2 and z.chunks == (10, 15)
+    np.testing.assert_array_equal(z[...], data)
+    with redirect_stdout(io.StringIO()):
+        assert (
+            main(["rechunk", str(src), str(base / "dst.zarr"), "--chunks", "5,5", "--no-progress"])
+            == 1
+        )  # exists already
+    shutil.rmtree(base)
