@@ -26,6 +26,7 @@ __all__ = [
     "add_bench_commands",
     "add_bench_make_files",
     "add_bench_read",
+    "add_rechunk_command",
     "build_parser",
     "cmd_bench_make_files",
     "cmd_bench_read",
@@ -295,7 +296,17 @@ def add_bench_commands(sub: Subparsers) -> argparse.ArgumentParser:
     return bench
 
 
-COMMAND_GROUPS: list[Callable[[Subparsers], argparse.ArgumentParser]] = [add_bench_commands]
+def add_rechunk_command(sub: Subparsers) -> argparse.ArgumentParser:
+    """Register ``rechunk`` (cluster-wide Zarr re-chunking, :mod:`lsio_ray.ray.rechunk_cli`)."""
+    from lsio_ray.ray.rechunk_cli import add_rechunk_parser
+
+    return add_rechunk_parser(sub)
+
+
+COMMAND_GROUPS: list[Callable[[Subparsers], argparse.ArgumentParser]] = [
+    add_bench_commands,
+    add_rechunk_command,
+]
 """Functions registering top-level commands, in ``--help`` order."""
 
 
