@@ -42,4 +42,14 @@ __all__ = [
     "get_ranges",
     "put_file",
     "put_ranges",
+    "rechunk",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # lsio_ray.rechunk: the cluster-wide conversion, imported on first use (it needs Ray)
+    if name == "rechunk":
+        from lsio_ray.ray.rechunk import rechunk
+
+        return rechunk
+    raise AttributeError(f"module 'lsio_ray' has no attribute {name!r}")
