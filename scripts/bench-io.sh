@@ -70,6 +70,14 @@ warm() {  # read twice so the pages are active (and survive proactive reclaim)
     cat "$BIG"/f* >/dev/null
 }
 
+cached_mib() {  # how much of the big files is in the page cache (needs util-linux fincore)
+    if command -v fincore >/dev/null; then
+        fincore -b -n -o RES "$BIG"/f* | awk '{s += $1} END {printf "%.0f", s / 1048576}'
+    else
+        echo "?"
+    fi
+}
+
 # fio --filename takes a ':'-separated list
 big_files() { ls "$BIG"/f* | paste -sd: -; }
 
@@ -171,6 +179,7 @@ for W in $WORKLOADS; do
         warm
         for rep in $(seq 1 "$REPS"); do
             warm
+            before=$(cached_mib)
             run_fio "$id" fio-psync "$rep" --filename="$FILES" --ioengine=psync --numjobs="$N" \
                 --rw=randread --bs=4k --norandommap --randrepeat=0 --time_based --runtime="$T"
             run_fio "$id" fio-io_uring "$rep" --filename="$FILES" --ioengine=io_uring \
@@ -180,6 +189,8 @@ for W in $WORKLOADS; do
                 --threads "$N" --depth "$D" --backend uring --duration "${T}s"
             run_lsio "$id" lsio-pread "$rep" --dir "$BIG" --pattern random --bs 4K \
                 --threads "$N" --io-threads 1 --depth "$D" --backend pread --duration "${T}s"
+            echo "# W3 rep $rep: $before MiB of 4096 cached before, $(cached_mib) after" \
+                >>"$OUT/meta.tsv"
         done
         ;;
     W4)
