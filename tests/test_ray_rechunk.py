@@ -230,6 +230,23 @@ def test_unreadable_input_names_file_and_node(lc: LocalCluster, coord: Coordinat
     assert any(n in msg for n in lc.nodes)
 
 
+def test_reads_on_the_node_holding_the_source(lc: LocalCluster) -> None:
+    holder = lc.nodes[1]
+    src = _src(
+        lc.disks[holder] / "src.zarr", _data((24, 24), "int32"), chunks=(5, 7), zarr_format=3
+    )
+    c = Coordinator(roots=lc.roots, batch_bytes=16 << 10)
+    c.reset_stats()
+    rechunk(src, lc.shared / "from-node1.zarr", chunks=(12, 12), coordinator=c)
+    stats = c.stats()
+    stored = sum(p.stat().st_size for p in Path(src).rglob("*") if p.is_file())
+    assert stats[holder]["bytes_read"] == stored  # the chunks and zarr.json, all there
+    assert stats[lc.nodes[0]]["bytes_read"] == 0
+    np.testing.assert_array_equal(
+        zarr.open_array(str(lc.shared / "from-node1.zarr"))[...], zarr.open_array(str(src))[...]
+    )
+
+
 def test_cli(lc: LocalCluster) -> None:
     from lsio_ray.cli import main
 

@@ -252,3 +252,31 @@ def test_actor_killed_mid_stream(lc: LocalCluster) -> None:
     assert killed and c.retries >= 1
     assert got == expect  # nothing lost, nothing repeated
     assert ray.get(io_actor(node).stats.remote())["pid"] != pid  # it was restarted
+
+
+def test_actors_hold_no_cpu(lc: LocalCluster, coord: Coordinator) -> None:
+    coord.actors()  # one per node, all started
+    assert len(coord.actors()) == len(lc.nodes)
+    assert ray.available_resources().get("CPU", 0) == ray.cluster_resources()["CPU"]
+
+
+def test_discovery_treats_files_seen_everywhere_as_shared(lc: LocalCluster) -> None:
+    paths = [lc.shared / "disc" / f"x{i}" for i in range(6)]
+    datas = [write_file(p, 9000 + i, 1500) for i, p in enumerate(paths)]
+    c = Coordinator(discover=True)
+    assert c.node_of(str(paths[0])) is None  # every node sees it: shared storage
+    (stream,) = list(c.stream([OpGroup([get_ranges(p) for p in paths])]))
+    assert len(set(stream.nodes)) == 1
+    assert [v.tobytes() for _, v in stream.chunks()] == datas
+
+
+def test_batches_survive_buffer_reuse(lc: LocalCluster) -> None:
+    """The actor reuses a batch buffer after each yield: Ray must have copied it by then."""
+    files, owner = lc.extra["files"], lc.extra["owner"]
+    mine = sorted(p for p in files if owner[p] == lc.nodes[0])
+    c = Coordinator(roots=lc.roots, batch_bytes=12_000, backpressure=64)
+    (stream,) = list(c.stream([OpGroup([get_ranges(p) for p in mine])]))
+    refs = stream.refs()  # every batch yielded (buffers reused many times) before any get
+    assert len(refs) > 8
+    got = [v.tobytes() for r in refs for _, v in ray.get(r.ref)]
+    assert got == [files[p] for p in mine]

@@ -458,7 +458,11 @@ class IOActor:
         self, spec: PieceSpec, batch_bytes: int | None = None, skip: int = 0
     ) -> Iterator[Batch]:
         """Serve a piece of a group: yield its batches in operation order, skipping the
-        first ``skip`` (already delivered before a failure; the cut is deterministic)."""
+        first ``skip`` (already delivered before a failure; the cut is deterministic).
+
+        Called through Ray (a streaming generator), every batch is an object of its own.
+        Called directly, a batch's buffer is reused once the next one is asked for:
+        copy what must outlive the iteration."""
         if spec.data:
             self._make_parent_dirs(spec)
         run = self._start(spec, batch_bytes)
