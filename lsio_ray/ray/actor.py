@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import resource
 import threading
 import time
 from collections.abc import Iterator
@@ -572,7 +573,8 @@ class IOActor:
 
     def stats(self) -> dict[str, Any]:
         """Counters: ranges and bytes read/written, batches, pieces, spills; the engine's
-        counters under ``engine``; the node id and the actor's process id."""
+        counters under ``engine``; the node id, the actor's process id and the CPU time
+        its process used (``cpu_s``, all threads, since it started)."""
         out: dict[str, Any] = dict(self._counts)
         out["engine"] = self._raw.stats()
         out["backend"] = self._raw.backend
@@ -580,6 +582,8 @@ class IOActor:
         out["pid"] = os.getpid()
         out["pieces_live"] = len(self._runs)
         out["uptime_s"] = time.time() - self._started
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        out["cpu_s"] = ru.ru_utime + ru.ru_stime
         return out
 
     def paths_read(self) -> list[str]:

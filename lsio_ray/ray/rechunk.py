@@ -282,13 +282,18 @@ def _decode_file(
         raise ChunkCorruptError(src.path, key, str(exc)) from None
 
 
+def _c_order(a: np.ndarray) -> np.ndarray:
+    # np.ascontiguousarray would turn a 0-d array into a 1-d one
+    return a if a.flags.c_contiguous else a.copy(order="C")
+
+
 def _encode_unit(dst: Any, unit: np.ndarray) -> np.ndarray | None:
     """The stored bytes of one full output unit, or None if it is all fill value."""
     fill = dst.fill_value
     if _is_fill(unit, fill):
         return None
     if dst.shards is None:
-        return dst.codec.encode(np.ascontiguousarray(unit))
+        return dst.codec.encode(_c_order(unit))
     idx = dst.index
     inner = tuple(int(c) for c in dst.chunks)
     cps = dst.chunks_per_shard
@@ -302,7 +307,7 @@ def _encode_unit(dst: Any, unit: np.ndarray) -> np.ndarray | None:
         chunk = unit[box]
         if _is_fill(chunk, fill):
             continue
-        enc = dst.codec.encode(np.ascontiguousarray(chunk))
+        enc = dst.codec.encode(_c_order(chunk))
         table[k] = (pos, enc.nbytes)
         parts.append(enc)
         pos += enc.nbytes
