@@ -39,7 +39,8 @@ int pool_init(pool *p, uint64_t bytes) {
     p->prev = malloc(p->nblocks * sizeof(int32_t));
     p->order = malloc(p->nblocks);
     p->is_free = calloc(p->nblocks, 1);
-    if (!p->next || !p->prev || !p->order || !p->is_free) {
+    p->gen = calloc(p->nblocks, sizeof(uint32_t));
+    if (!p->next || !p->prev || !p->order || !p->is_free || !p->gen) {
         pool_destroy(p);
         return -ENOMEM;
     }
@@ -55,6 +56,7 @@ void pool_destroy(pool *p) {
     free(p->prev);
     free(p->order);
     free(p->is_free);
+    free(p->gen);
     memset(p, 0, sizeof *p);
 }
 
@@ -81,14 +83,16 @@ uint64_t pool_alloc(pool *p, int order) {
     p->in_use += (uint64_t)1 << (POOL_MIN_SHIFT + order);
     if (p->in_use > p->peak) p->peak = p->in_use;
     p->nalloc++;
-    return (uint64_t)i + 1;
+    if (++p->gen[i] == 0) p->gen[i] = 1;
+    return ((uint64_t)p->gen[i] << 32) | (uint64_t)(i + 1);
 }
 
 int pool_free(pool *p, uint64_t id) {
-    if (id == 0 || id > p->nblocks) return -EINVAL;
-    int64_t i = (int64_t)id - 1;
+    uint64_t low = id & 0xffffffffu;
+    if (low == 0 || low > p->nblocks) return -EINVAL;
+    int64_t i = (int64_t)low - 1;
     int o = p->order[i];
-    if (o < 0 || p->is_free[i]) return -EINVAL;
+    if (o < 0 || p->is_free[i] || (uint32_t)(id >> 32) != p->gen[i]) return -EINVAL;
     if (i & (((int64_t)1 << o) - 1)) return -EINVAL;
     p->in_use -= (uint64_t)1 << (POOL_MIN_SHIFT + o);
     p->nalloc--;

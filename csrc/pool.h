@@ -6,7 +6,10 @@
  * 4 KiB << order and aligned to their own size *relative to the arena start*; the arena
  * itself is only page-aligned (mmap), so a block's address is aligned to 4 KiB, not to
  * its size.  4 KiB is enough for O_DIRECT on every Linux file system we know.  A block's
- * id is its 4 KiB index + 1, so 0 means "no buffer".
+ * id is its 4 KiB index + 1 in the low 32 bits, so 0 means "no buffer", and in the high 32
+ * bits a generation that changes with every allocation of that block: a stale id (a
+ * double release after the block went to another read) is refused with -EINVAL instead
+ * of freeing somebody else's buffer.
  *
  * Not thread-safe: the engine calls it under its mutex.
  * Ownership: the pool owns the arena; pool_destroy unmaps it, so the engine calls it
@@ -30,6 +33,7 @@ typedef struct pool {
     int32_t *next, *prev; /* free-list links, by block index (-1 = none) */
     int8_t *order;        /* order of the block starting here, or -1 */
     uint8_t *is_free;     /* 1 when the block starting here is on a free list */
+    uint32_t *gen;        /* generation of the block starting here (see ids above) */
     int32_t heads[40];    /* free-list head per order */
 } pool;
 
@@ -42,10 +46,11 @@ int pool_order_for(const pool *p, uint64_t n);
 uint64_t pool_alloc(pool *p, int order);
 /* Returns 0, or -EINVAL for an id that is not an allocated block. */
 int pool_free(pool *p, uint64_t id);
+static inline uint64_t pool_index(uint64_t id) { return (id & 0xffffffffu) - 1; }
 static inline char *pool_ptr(const pool *p, uint64_t id) {
-    return p->arena + ((id - 1) << POOL_MIN_SHIFT);
+    return p->arena + (pool_index(id) << POOL_MIN_SHIFT);
 }
 static inline uint64_t pool_block_bytes(const pool *p, uint64_t id) {
-    return (uint64_t)1 << (POOL_MIN_SHIFT + p->order[id - 1]);
+    return (uint64_t)1 << (POOL_MIN_SHIFT + p->order[pool_index(id)]);
 }
 #endif

@@ -49,7 +49,7 @@ static int fill_random(pool *p, uint64_t *ids, uint64_t *n, int max_order) {
             fails++;
             continue;
         }
-        uint64_t idx = id - 1, pages = (uint64_t)1 << o;
+        uint64_t idx = pool_index(id), pages = (uint64_t)1 << o;
         T_CHECK(idx + pages <= p->nblocks, "block %llu order %d past the arena",
                 (unsigned long long)idx, o);
         T_CHECK((idx & (pages - 1)) == 0, "block %llu not aligned to order %d",
@@ -73,8 +73,8 @@ static int fill_random(pool *p, uint64_t *ids, uint64_t *n, int max_order) {
     /* full for order 0 now? fill the last pages with single blocks */
     uint64_t id;
     while ((id = pool_alloc(p, 0))) {
-        T_CHECK(!owner[id - 1], "page handed out twice");
-        owner[id - 1] = 1;
+        T_CHECK(!owner[pool_index(id)], "page handed out twice");
+        owner[pool_index(id)] = 1;
         expect_in_use += (uint64_t)1 << POOL_MIN_SHIFT;
         ids[(*n)++] = id;
     }
@@ -101,7 +101,7 @@ static int test_basic(void) {
     T_CHECK(pool_order_for(&p, 4096) == 0, "order_for");
     T_CHECK(pool_order_for(&p, 4097) == -1, "order_for larger than the arena");
     uint64_t a = pool_alloc(&p, 0);
-    T_CHECK(a == 1, "only block id %llu", (unsigned long long)a);
+    T_CHECK(pool_index(a) == 0, "only block id %llu", (unsigned long long)a);
     T_CHECK(pool_alloc(&p, 0) == 0, "second alloc in a one-block pool");
     T_CHECK(pool_alloc(&p, 1) == 0, "order above max");
     T_CHECK(pool_free(&p, a) == 0, "free");
@@ -120,7 +120,7 @@ static int test_basic(void) {
 
     /* the whole arena, then nothing */
     uint64_t top = pool_alloc(&p, 8);
-    T_CHECK(top == 1, "top block id %llu", (unsigned long long)top);
+    T_CHECK(pool_index(top) == 0, "top block id %llu", (unsigned long long)top);
     T_CHECK(pool_alloc(&p, 0) == 0, "exhaustion must return 0");
     T_CHECK(p.in_use == p.bytes && p.peak == p.bytes, "accounting");
     T_CHECK(pool_free(&p, top) == 0, "free top");
@@ -128,7 +128,7 @@ static int test_basic(void) {
 
     /* splitting keeps the lower half: 1 order-0 block splits 8 times */
     uint64_t x = pool_alloc(&p, 0);
-    T_CHECK(x == 1, "first order-0 id %llu", (unsigned long long)x);
+    T_CHECK(pool_index(x) == 0, "first order-0 id %llu", (unsigned long long)x);
     for (uint32_t o = 0; o < 8; o++)
         T_CHECK(p.heads[o] == (int32_t)(1u << o), "order %u free block at %d", o, p.heads[o]);
     /* bad ids */
@@ -138,7 +138,7 @@ static int test_basic(void) {
     T_CHECK(pool_free(&p, 2) == -EINVAL, "a free block's id");
     T_CHECK(pool_free(&p, 3) == -EINVAL, "id of the inside of a free block");
     uint64_t big = pool_alloc(&p, 4); /* 16 pages at index 16 */
-    T_CHECK(big == 17, "order-4 id %llu", (unsigned long long)big);
+    T_CHECK(pool_index(big) == 16, "order-4 id %llu", (unsigned long long)big);
     T_CHECK(pool_free(&p, big + 1) == -EINVAL, "id of the inside of an allocated block");
     T_CHECK(pool_free(&p, big + 15) == -EINVAL, "last page of an allocated block");
     T_CHECK(p.in_use == (17u << 12) && p.nalloc == 2, "bad frees changed accounting: %llu",
@@ -146,6 +146,12 @@ static int test_basic(void) {
     T_CHECK(pool_free(&p, big) == 0 && pool_free(&p, x) == 0, "frees");
     T_CHECK(pool_free(&p, big) == -EINVAL, "double free after merge");
     T_CHECK(pool_free(&p, x) == -EINVAL, "double free of the merged head");
+    /* a stale id: the block went to another allocation in between (generation check) */
+    uint64_t y = pool_alloc(&p, 0);
+    T_CHECK(pool_index(y) == pool_index(x) && y != x, "reallocated block keeps its id");
+    T_CHECK(pool_free(&p, x) == -EINVAL, "stale id of a reallocated block accepted");
+    T_CHECK(p.nalloc == 1, "stale free changed accounting");
+    T_CHECK(pool_free(&p, y) == 0, "free of the current id");
     if (check_whole(&p)) return T_EXIT_FAIL;
     T_CHECK(p.peak == p.bytes, "peak is a high-water mark (%llu)", (unsigned long long)p.peak);
     pool_destroy(&p);
@@ -161,7 +167,7 @@ static int test_fragmentation(void) {
     uint64_t ids[16];
     for (int i = 0; i < 16; i++) {
         ids[i] = pool_alloc(&p, 0);
-        T_CHECK(ids[i] == (uint64_t)i + 1, "ids in address order (%llu)",
+        T_CHECK(pool_index(ids[i]) == (uint64_t)i, "ids in address order (%llu)",
                 (unsigned long long)ids[i]);
     }
     T_CHECK(pool_alloc(&p, 0) == 0, "17th 4 KiB block of a 64 KiB pool");
@@ -219,7 +225,7 @@ static int test_random(void) {
         T_CHECK(p.peak == p.bytes, "peak %llu", (unsigned long long)p.peak);
         /* and once more after the merge: the whole arena is one block again */
         uint64_t top = pool_alloc(&p, (int)p.max_order);
-        T_CHECK(top == 1, "top block after merge (%llu)", (unsigned long long)top);
+        T_CHECK(pool_index(top) == 0, "top block after merge (%llu)", (unsigned long long)top);
         T_CHECK(pool_free(&p, top) == 0, "free top");
         free(ids);
         pool_destroy(&p);
