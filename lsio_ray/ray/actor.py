@@ -264,16 +264,22 @@ class _PieceRun:
         n = self.spec.total
         with self.cond:
             self._submit_more()
+        clock = time.perf_counter
+        times = self.actor._times
         while self.cursor < n:
             with self.cond:
+                t0 = clock()
                 while not self.inbox and self.failure is None:
                     self.cond.wait(1.0)
                 if self.failure is not None:
                     raise RuntimeError("the IO actor's dispatcher failed") from self.failure
+                t1 = clock()
                 self._land()
                 self._emit()
                 ready = self.builder.take_ready()
                 self._submit_more()
+                times["wait_s"] += t1 - t0
+                times["copy_s"] += clock() - t1
             yield from self._hand_out(ready)
         self.builder.flush()
         yield from self._hand_out(self.builder.take_ready())
@@ -283,7 +289,9 @@ class _PieceRun:
         a Ray generator: once Ray has copied the yielded object into its store)."""
         for batch in ready:
             self.actor._counts["batches"] += 1
+            t0 = time.perf_counter()
             yield batch
+            self.actor._times["yield_s"] += time.perf_counter() - t0
             self.actor._buffers.give(batch.data)
 
     def close(self) -> None:
@@ -314,6 +322,7 @@ class _BufferCache:
         self._lock = threading.Lock()
 
     def take(self, nbytes: int) -> np.ndarray:
+        """A buffer of ``nbytes`` (reused if one is free)."""
         with self._lock:
             free = self._free.get(nbytes)
             if free:
@@ -321,6 +330,7 @@ class _BufferCache:
         return np.empty(nbytes, np.uint8)
 
     def give(self, data: np.ndarray) -> None:
+        """Return the buffer under ``data`` for reuse (kept only up to the limit)."""
         base = data.base if isinstance(data.base, np.ndarray) else data
         if base.base is not None or not base.flags.writeable or not base.nbytes:
             return
@@ -360,6 +370,7 @@ class IOActor:
         self._ahead_ranges = int(ahead_ranges)
         self._record: list[str] | None = [] if record_paths else None
         self._buffers = _BufferCache(keep=8)
+        self._times: dict[str, float] = dict.fromkeys(("wait_s", "copy_s", "yield_s"), 0.0)
         self._counts: dict[str, int] = dict.fromkeys(
             (
                 "ranges_read",
@@ -574,8 +585,12 @@ class IOActor:
     def stats(self) -> dict[str, Any]:
         """Counters: ranges and bytes read/written, batches, pieces, spills; the engine's
         counters under ``engine``; the node id, the actor's process id and the CPU time
-        its process used (``cpu_s``, all threads, since it started)."""
+        its process used (``cpu_s``, all threads, since it started); the time the piece
+        threads spent waiting for the engine (``wait_s``), copying into batches
+        (``copy_s``) and handing batches to Ray (``yield_s``: serialisation and
+        back-pressure), summed over threads."""
         out: dict[str, Any] = dict(self._counts)
+        out.update(self._times)
         out["engine"] = self._raw.stats()
         out["backend"] = self._raw.backend
         out["node_id"] = self.node_id
@@ -594,6 +609,8 @@ class IOActor:
         """Zero the counters and forget the recorded paths."""
         for k in self._counts:
             self._counts[k] = 0
+        for k in self._times:
+            self._times[k] = 0.0
         if self._record is not None:
             self._record.clear()
 

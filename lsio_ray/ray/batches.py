@@ -39,7 +39,7 @@ __all__ = [
     "BatchRef",
 ]
 
-DEFAULT_BATCH_BYTES = 8 << 20
+DEFAULT_BATCH_BYTES = 16 << 20
 """Bytes per batch (env ``LSIO_RAY_BATCH_BYTES``); see ``scripts/bench-ray.py``."""
 
 MAX_BATCH_RANGES = 16384

@@ -82,6 +82,7 @@ class _Piece:
         self.weight = spec.known_bytes() + 4096 * spec.total
 
     def start(self) -> None:
+        """Call the node's IO actor (resuming after the batches already forwarded)."""
         actor = self.coord.actor(self.node)
         self.coord._load[self.node] += self.weight
         self.gen = actor.run.options(
@@ -248,7 +249,7 @@ class Coordinator:
     read by that node only.  ``discover``: ask the actors which node has files under no
     root.  Other files are on shared storage and spread over ``nodes`` (default: every
     live node), a whole group to the least busy node.  ``batch_bytes``: bytes per batch
-    (default 8 MiB, env ``LSIO_RAY_BATCH_BYTES``).  ``backpressure``: batches a piece
+    (default 16 MiB, env ``LSIO_RAY_BATCH_BYTES``).  ``backpressure``: batches a piece
     may run ahead of its consumer.  ``max_attempts``: calls per piece before giving up.
     ``engine``: settings for the IO actors' engines (used when they are started).
     """

@@ -402,9 +402,11 @@ class _Journal:
         self.last = time.monotonic()
 
     def add(self, bid: int) -> None:
+        """Note a finished block (written at the next flush)."""
         self.pending.append(bid)
 
     def flush(self, force: bool = False) -> None:
+        """Append the noted blocks (every 256 blocks or 0.5 s, or now if ``force``)."""
         import ray
 
         if not self.pending or (

@@ -138,7 +138,7 @@ def add_rechunk_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="decoded bytes per block, the memory of one task (256M)",
     )
     p.add_argument(
-        "--batch-bytes", type=_size, default=None, help="bytes per Ray object of read chunks (8M)"
+        "--batch-bytes", type=_size, default=None, help="bytes per Ray object of read chunks (16M)"
     )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
