@@ -16,6 +16,9 @@ repetitions, reported as min/median/max:
    batch's node) against ``ray.data.read_binary_files(...).map_batches(...)`` with the
    default number of blocks and with 8 blocks.
 
+The overhead table also shows Ray's own floor on the machine: an actor yielding ready
+16 MiB buffers (no IO at all) to the driver, which touches them the same way.
+
 Files live under ``$LSIO_RAY_BENCH_DIR`` (default /tmp/lsio-ray-bench) and are reused.
 ``LSIO_RAY_BENCH_PARTS`` (``overhead,small``) picks the comparisons; ``LSIO_RAY_BENCH_JSON``
 names a file for every measurement.
@@ -29,7 +32,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -105,6 +108,33 @@ def run_ray(coord: Any, paths: list[str], per: int) -> tuple[int, int]:
                 nbytes += view.nbytes
             del batch
     return total & 0xFFFFFFFF, nbytes
+
+
+class _Floor:
+    """Ray's own floor: an actor yielding ready buffers, no IO (what any Ray stream costs)."""
+
+    def __init__(self, mib: int) -> None:
+        self.buf = np.ones(mib << 20, np.uint8)
+
+    def run(self, total: int) -> Iterator[np.ndarray]:
+        n = 0
+        while n < total:
+            part = self.buf[: min(self.buf.nbytes, total - n)]
+            n += part.nbytes
+            yield part
+
+
+def run_floor(actor: Any, nbytes: int, per_chunk: int) -> int:
+    import ray
+
+    got = 0
+    for ref in actor.run.options(_generator_backpressure_num_objects=8).remote(nbytes):
+        buf = ray.get(ref)
+        for s in range(0, buf.nbytes, per_chunk):
+            touch(buf[s : s + per_chunk])
+        got += buf.nbytes
+        del buf
+    return got
 
 
 # -- 2. small files into Ray tasks ---------------------------------------------------------
@@ -201,16 +231,23 @@ def main() -> int:
                 readers[f"ray stream, {mb} MiB batches"] = lambda c=c, p=paths, g=per: run_ray(
                     c, p, g
                 )
+            size = os.path.getsize(paths[0])
+            floor = ray.remote(num_cpus=0)(_Floor).remote(16)
+            nbytes_all = size * len(paths)
+            readers["ray floor: 16 MiB objects, no IO"] = lambda f=floor, n=nbytes_all, c=size: (
+                -1,
+                run_floor(f, n, c),
+            )
             rows: dict[str, list[float]] = {k: [] for k in readers}
             ref = None
-            for fn in readers.values():  # warm-up (and page cache)
+            for k, fn in readers.items():  # warm-up (and page cache)
                 out = fn()
                 ref = ref or out
-                assert out == ref, (out, ref)
+                assert out == ref or k.startswith("ray floor"), (out, ref)
             for _ in range(REPS):
                 for k, fn in readers.items():
                     dt, out = measure(fn, COLD_OVERHEAD and can_drop)
-                    assert out == ref, (k, out, ref)
+                    assert out == ref or k.startswith("ray floor"), (k, out, ref)
                     rows[k].append(dt)
             nbytes = ref[1]
             table(
@@ -223,7 +260,7 @@ def main() -> int:
             )
             base = statistics.median(rows["local Engine"])
             for k, ts in rows.items():
-                if k != "local Engine":
+                if k.startswith("ray stream"):
                     print(f"  {k}: {100 * (statistics.median(ts) / base - 1):+.1f}% vs local")
             results[f"overhead-{name}"] = rows
     if "small" in PARTS:
