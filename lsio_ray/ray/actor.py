@@ -83,8 +83,7 @@ class _PieceRun:
         self.rows = np.zeros(n, COMPLETION_DTYPE)
         self.have = np.zeros(n, bool)
         self.cursor = 0
-        self.op_first = np.zeros(spec.nops + 1, np.int64)
-        np.cumsum(spec.nranges, out=self.op_first[1:])
+        self.op_first = spec.op_first()
         self.range_op = np.repeat(
             np.arange(spec.nops, dtype=np.int64), spec.nranges.astype(np.int64)
         )

@@ -398,26 +398,26 @@ class Coordinator:
 
     # -- observability -------------------------------------------------------------------
     def stats(self) -> dict[str, dict[str, Any]]:
-        """Each started actor's counters (:meth:`IOActor.stats`), by node."""
+        """Each node's IO actor counters (:meth:`IOActor.stats`), by node."""
         import ray
 
-        nodes = [n for n in self._actors if n in self.nodes]
-        got = ray.get([self._actors[n].stats.remote() for n in nodes])
-        return dict(zip(nodes, got, strict=True))
+        actors = self.actors()
+        got = ray.get([a.stats.remote() for a in actors.values()])
+        return dict(zip(actors, got, strict=True))
 
     def paths_read(self) -> dict[str, list[str]]:
         """Files each node read (actors started with ``record_paths=True``)."""
         import ray
 
-        nodes = [n for n in self._actors if n in self.nodes]
-        got = ray.get([self._actors[n].paths_read.remote() for n in nodes])
-        return dict(zip(nodes, got, strict=True))
+        actors = self.actors()
+        got = ray.get([a.paths_read.remote() for a in actors.values()])
+        return dict(zip(actors, got, strict=True))
 
     def reset_stats(self) -> None:
-        """Zero every started actor's counters."""
+        """Zero every node's IO actor counters."""
         import ray
 
-        ray.get([self._actors[n].reset_stats.remote() for n in self._actors if n in self.nodes])
+        ray.get([a.reset_stats.remote() for a in self.actors().values()])
 
     def __repr__(self) -> str:
         return (

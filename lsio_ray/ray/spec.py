@@ -71,6 +71,15 @@ class PieceSpec:
         """Every op's path."""
         return [os.fsdecode(p) for p in self.paths.tolist()]
 
+    def op_first(self) -> np.ndarray:
+        """The piece-local number of each op's first range (and the total at the end)."""
+        first = getattr(self, "_first", None)
+        if first is None or len(first) != self.nops + 1:
+            first = np.zeros(self.nops + 1, np.int64)
+            np.cumsum(self.nranges, out=first[1:])
+            self._first = first
+        return first
+
     def known_bytes(self) -> int:
         """Bytes the piece reads or writes, counting only ranges of known length."""
         ln = self.lengths
@@ -81,8 +90,7 @@ class PieceSpec:
     ) -> tuple[np.ndarray, np.ndarray, bytes, int]:
         """The C core's arrays for ops ``[op_lo, op_hi)``: files, ranges, paths blob, and
         the piece-local number of the first range (range tags are piece-local numbers)."""
-        first = np.zeros(self.nops + 1, np.int64)
-        np.cumsum(self.nranges, out=first[1:])
+        first = self.op_first()
         r0, r1 = int(first[op_lo]), int(first[op_hi])
         n = op_hi - op_lo
         sub = self.paths[op_lo:op_hi]
