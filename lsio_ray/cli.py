@@ -303,7 +303,34 @@ def add_rechunk_command(sub: Subparsers) -> argparse.ArgumentParser:
     return add_rechunk_parser(sub)
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the demo (:mod:`lsio_ray.demo`), printing as it goes."""
+    from lsio_ray.demo import DemoOptions, run_demo
+
+    opts = DemoOptions(workdir=args.dir, quick=args.quick, keep=args.keep)
+    times = run_demo(opts, lambda line: print(line, flush=True))
+    print(f"demo done: {times}")
+    return 0
+
+
+def add_demo_command(sub: Subparsers) -> argparse.ArgumentParser:
+    """Register ``demo``: the main job on data it makes itself."""
+    p = sub.add_parser(
+        "demo",
+        help="run the demo on generated data",
+        description="The IO engine against fio and pread, random crops of a "
+        "Zarr array, and a re-chunk on a local Ray cluster, on data made in "
+        "a temporary directory.",
+    )
+    p.add_argument("--dir", default=None, help="work directory (default: a temp dir)")
+    p.add_argument("--quick", action="store_true", help="small data, short runs")
+    p.add_argument("--keep", action="store_true", help="keep the generated data")
+    p.set_defaults(func=cmd_demo)
+    return p
+
+
 COMMAND_GROUPS: list[Callable[[Subparsers], argparse.ArgumentParser]] = [
+    add_demo_command,
     add_bench_commands,
     add_rechunk_command,
 ]
