@@ -23,6 +23,7 @@ from lsio_ray.zarr.errors import (
     ZarrError,
 )
 from lsio_ray.zarr.loader import Loader, default_loader
+from lsio_ray.zarr.store import Store
 from lsio_ray.zarr.write import create, save
 
 open = open_array  # the package's entry point: lsio_ray.zarr.open(path)
@@ -33,6 +34,7 @@ __all__ = [
     "ChunkCorruptError",
     "Loader",
     "ShardIndexError",
+    "Store",
     "UnsupportedError",
     "ZarrError",
     "create",
