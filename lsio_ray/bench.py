@@ -67,7 +67,10 @@ _MIN_POOL = 64 << 20
 _MAX_AUTO_POOL = 2 << 30
 _BATCH_BYTES = 16 << 20  # aim for this many bytes per batch
 _MAX_BATCH = 4096  # ranges per submit
-_RUN_PER_DEPTH = 4  # random: ranges per file op (statx, open, reads, close) per depth
+_RUN_PER_DEPTH = 4  # random: ranges per file op (statx, open, reads, close) per depth...
+_MIN_RUN = 1024  # ... and at least this many: each file op costs a statx and an open in
+# io-wq plus a close, which take depth slots; with 128 reads per op W1 (depth 32) ran at
+# ~65% of fio on a busy 2-CPU VM, with 1024-4096 at ~85%
 _REAP_TIMEOUT_MS = 100  # reap wakes up at least this often to look at the clock
 
 
@@ -271,7 +274,7 @@ class ReadSpec:
     pool_bytes: int | None = None  # per engine; None: chosen from depth and block size
     io_threads: int | None = None  # pread backend workers per engine; None: config default
     batch: int | None = None  # ranges per submit; None: chosen from depth and block size
-    run: int | None = None  # random: ranges per file op; None: 4 x depth
+    run: int | None = None  # random: ranges per file op; None: max(1024, 4 x depth)
     known_size: bool = False  # whole-file: ask for the listed size instead of -1 (to EOF)
     ring_thread: bool = False  # io_uring: a C thread drives the ring (reap only collects)
     max_files: int | None = None  # use only the first N files
@@ -363,7 +366,7 @@ class _Plan:
             self.blocks = blocks[self.sel]
             self.p = self.blocks / self.blocks.sum()
             self.all = np.arange(self.sel.size)
-            self.run = spec.run or _RUN_PER_DEPTH * spec.depth
+            self.run = spec.run or max(_MIN_RUN, _RUN_PER_DEPTH * spec.depth)
             # a "pass" reads as many blocks as the data set holds (shared by the threads)
             total = int(self.blocks.sum())
             self.total = total // nthreads + (index < total % nthreads)

@@ -255,7 +255,8 @@ def add_bench_read(bsub: Subparsers) -> argparse.ArgumentParser:
         type=_positive,
         default=None,
         help="random: reads per file op (open, reads, close); each batch spreads over "
-        "batch/N files drawn at random (default: 4 x depth; 1 = every file in every batch)",
+        "batch/N files drawn at random (default: max(1024, 4 x depth); 1 = every file in "
+        "every batch)",
     )
     rd.add_argument(
         "--known-size",
