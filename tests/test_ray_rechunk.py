@@ -187,6 +187,58 @@ def test_resume_is_byte_identical(lc: LocalCluster, coord: Coordinator) -> None:
     np.testing.assert_array_equal(zarr.open_array(str(base / "part.zarr"))[...], data)
 
 
+_KILLED_DRIVER = """
+import os, signal, sys, time
+import ray
+from lsio_ray.ray.rechunk import rechunk
+
+ray.init(address=sys.argv[1], log_to_driver=False, configure_logging=False)
+journal = os.path.join(sys.argv[3], ".lsio-rechunk", "done")
+
+def crash_once_journalled(done, total):
+    if os.path.exists(journal) and os.path.getsize(journal) >= 16:
+        os.kill(os.getpid(), signal.SIGKILL)  # no cleanup at all: a crash
+    time.sleep(0.6)  # the journal is flushed every 0.5 s
+
+rechunk(sys.argv[2], sys.argv[3], chunks=(20, 8, 6), shards=(20, 32, 12), codec="zstd:2",
+        block_bytes=40_000, window=1, progress=crash_once_journalled)
+"""
+
+
+def test_resume_after_the_driver_is_killed(lc: LocalCluster, coord: Coordinator) -> None:
+    import subprocess
+    import sys
+
+    base = lc.shared / "resume"  # made by test_resume_is_byte_identical
+    out = base / "crashed.zarr"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _KILLED_DRIVER,
+            lc.cluster.address,
+            str(base / "src.zarr"),
+            str(out),
+        ],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    assert (out / ".lsio-rechunk" / "done").exists() and not (out / "zarr.json").exists()
+    res = rechunk(
+        base / "src.zarr",
+        out,
+        chunks=(20, 8, 6),
+        shards=(20, 32, 12),
+        codec="zstd:2",
+        block_bytes=40_000,
+        coordinator=coord,
+    )
+    assert res.blocks_skipped >= 1  # what the journal held when the driver died
+    assert _files(out) == _files(base / "whole.zarr")
+
+
 def test_refuses_to_overwrite(lc: LocalCluster, coord: Coordinator) -> None:
     base = lc.shared / "overwrite"
     data = _data((20, 20), "uint8")
