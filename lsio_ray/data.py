@@ -1,0 +1,334 @@
+"""Ray Data datasources over Zarr arrays (v2 and v3, sharded or not).
+
+>>> import lsio_ray.data
+>>> ds = lsio_ray.data.read_zarr_crops("train.zarr", (8, 64, 64), count=100_000, seed=0)
+>>> for batch in ds.iter_batches(batch_size=256):      # {"crop", "index", "lo"}
+...     step(batch["crop"])
+>>> scan = lsio_ray.data.read_zarr_windows("train.zarr", (8, 256, 256))   # a full scan
+
+Every row is one crop: ``crop`` (a numpy array of the crop's shape), ``index`` (its
+number in the plan) and ``lo`` (the coordinates of its first element; the crop covers
+``lo[d] : lo[d] + crop_shape[d]`` on each axis).
+
+The crops are planned in the driver from the seed alone -- the same boxes, in the same
+order, as ``lsio_ray.zarr.open(path).random_crops(crop_shape, count, seed=seed)`` -- and
+split into read tasks by index ranges, so the same seed gives the same crops whatever
+the number of read tasks or nodes.  Each read task opens the array with
+:func:`lsio_ray.zarr.open` and reads its share through the engine with ``prefetch``
+crops in flight, emitting blocks of about ``block_bytes`` (Ray costs ~1 ms per object:
+blocks of megabytes, not one crop each).
+
+Placement: when a :class:`~lsio_ray.ray.Coordinator` is given and its locality (declared
+roots or discovery) says one node holds the array, every read task is pinned to that
+node (the files cannot be read anywhere else); otherwise Ray's default scheduling is
+used (shared storage).  Ray Data has no per-read-task placement, so an array spread over
+several nodes' local disks is not supported by these readers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from ray.data.block import BlockAccessor, BlockMetadata
+from ray.data.datasource import Datasource, ReadTask
+
+if TYPE_CHECKING:
+    import ray.data
+
+    from lsio_ray.ray.coordinator import Coordinator
+
+__all__ = [
+    "DEFAULT_BLOCK_BYTES",
+    "ZarrBoxesDatasource",
+    "random_box_starts",
+    "read_zarr_crops",
+    "read_zarr_windows",
+    "window_starts",
+]
+
+DEFAULT_BLOCK_BYTES = 32 << 20
+
+
+def random_box_starts(
+    shape: Sequence[int], crop_shape: Sequence[int], count: int, seed: int | None
+) -> np.ndarray:
+    """``(count, ndim)`` start corners of crops at uniform random offsets, drawn from
+    ``seed`` alone (the same boxes as ``Array.random_crops`` with that seed)."""
+    shape = tuple(int(s) for s in shape)
+    crop = tuple(int(c) for c in crop_shape)
+    if len(crop) != len(shape):
+        raise ValueError(f"crop shape {crop} has {len(crop)} dimensions, the array {len(shape)}")
+    if any(c <= 0 or c > s for c, s in zip(crop, shape, strict=True)):
+        raise ValueError(f"crop shape {crop} does not fit in the array's shape {shape}")
+    if count < 0:
+        raise ValueError(f"count must not be negative, not {count}")
+    span = np.asarray(shape, dtype=np.int64) - np.asarray(crop, dtype=np.int64) + 1
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, span, size=(int(count), len(shape))).astype(np.int64)
+
+
+def window_starts(
+    shape: Sequence[int], window_shape: Sequence[int], stride: Sequence[int] | None = None
+) -> tuple[np.ndarray, ...]:
+    """Per axis, the start offsets of the windows of a full scan (whole windows only)."""
+    shape = tuple(int(s) for s in shape)
+    win = tuple(int(w) for w in window_shape)
+    step = win if stride is None else tuple(int(s) for s in stride)
+    if not len(win) == len(step) == len(shape):
+        raise ValueError(
+            f"window {win} and stride {step} must have the array's {len(shape)} dimensions"
+        )
+    if any(w <= 0 or w > s for w, s in zip(win, shape, strict=True)):
+        raise ValueError(f"window shape {win} does not fit in the array's shape {shape}")
+    if any(s <= 0 for s in step):
+        raise ValueError(f"stride {step} must be positive")
+    return tuple(
+        np.arange(0, n - w + 1, s, dtype=np.int64) for n, w, s in zip(shape, win, step, strict=True)
+    )
+
+
+class ZarrBoxesDatasource(Datasource):
+    """Crops of one Zarr array as a Ray Data datasource.
+
+    ``starts(a, b)`` returns the ``(b - a, ndim)`` start corners of boxes ``a`` to ``b``
+    of the plan (``count`` boxes in all); each box has shape ``crop_shape``.  Read tasks
+    take contiguous index ranges of the plan.  ``node``: pin read tasks to this node id.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        crop_shape: Sequence[int],
+        count: int,
+        starts: Callable[[int, int], np.ndarray],
+        *,
+        dtype: np.dtype,
+        prefetch: int = 16,
+        block_bytes: int = DEFAULT_BLOCK_BYTES,
+        node: str | None = None,
+        name: str = "ZarrCrops",
+    ) -> None:
+        super().__init__()
+        self.path = os.path.abspath(os.fspath(path))
+        self.crop_shape = tuple(int(c) for c in crop_shape)
+        self.count = int(count)
+        self.starts = starts
+        self.dtype = np.dtype(dtype)
+        self.prefetch = int(prefetch)
+        if self.prefetch < 1:
+            raise ValueError(f"prefetch must be at least 1, not {prefetch}")
+        self.block_bytes = int(block_bytes)
+        self.node = node
+        self._name = name
+
+    @property
+    def crop_nbytes(self) -> int:
+        """Bytes of one decoded crop."""
+        return int(np.prod(self.crop_shape, dtype=np.int64)) * self.dtype.itemsize
+
+    @property
+    def rows_per_block(self) -> int:
+        """Crops per output block (about ``block_bytes`` each)."""
+        return max(1, self.block_bytes // max(1, self.crop_nbytes))
+
+    def get_name(self) -> str:
+        """The name Ray shows for the read stage."""
+        return self._name
+
+    def estimate_inmemory_data_size(self) -> int | None:
+        """Decoded bytes of all the crops."""
+        return self.count * self.crop_nbytes
+
+    def get_read_tasks(
+        self, parallelism: int, per_task_row_limit: int | None = None, **_kw: Any
+    ) -> list[ReadTask]:
+        """One read task per contiguous index range of the plan (at most ``parallelism``)."""
+        n = max(1, min(int(parallelism), self.count)) if self.count else 0
+        edges = np.linspace(0, self.count, n + 1).round().astype(np.int64) if n else []
+        tasks = []
+        for a, b in itertools.pairwise(edges):
+            a, b = int(a), int(b)
+            meta = BlockMetadata(
+                num_rows=b - a,
+                size_bytes=(b - a) * self.crop_nbytes,
+                input_files=None,
+                exec_stats=None,
+            )
+            tasks.append(
+                ReadTask(
+                    _ReadRange(self, a, b, _restrict(self.starts, a, b)),
+                    meta,
+                    per_task_row_limit=per_task_row_limit,
+                )
+            )
+        return tasks
+
+
+class _ReadRange:
+    """A read task's body: boxes ``a:b`` of the plan, in blocks."""
+
+    def __init__(
+        self,
+        src: ZarrBoxesDatasource,
+        a: int,
+        b: int,
+        starts: Callable[[int, int], np.ndarray],
+    ) -> None:
+        self.path, self.crop, self.a, self.b = src.path, src.crop_shape, a, b
+        self.starts = starts
+        self.prefetch = src.prefetch
+        self.rows = src.rows_per_block
+
+    def __call__(self) -> Iterator[Any]:
+        import lsio_ray.zarr as lz
+
+        arr = lz.open(self.path)
+        size = np.asarray(self.crop, dtype=np.int64)
+        for lo_idx in range(self.a, self.b, self.rows):
+            hi_idx = min(self.b, lo_idx + self.rows)
+            lo = self.starts(lo_idx, hi_idx)
+            out = np.empty((hi_idx - lo_idx, *self.crop), dtype=arr.dtype)
+            regions = (
+                tuple(slice(int(s), int(s + c)) for s, c in zip(row, size, strict=True))
+                for row in lo
+            )
+            for k, crop in enumerate(arr.crops(regions, prefetch=self.prefetch)):
+                out[k] = crop
+            yield BlockAccessor.batch_to_block(
+                {"crop": out, "index": np.arange(lo_idx, hi_idx, dtype=np.int64), "lo": lo}
+            )
+
+
+def _node_of(path: str, coordinator: Coordinator | None) -> str | None:
+    if coordinator is None:
+        return None
+    v2 = os.path.join(path, ".zarray")
+    meta = v2 if os.path.exists(v2) else os.path.join(path, "zarr.json")
+    return coordinator.node_of(meta)
+
+
+def _read(
+    src: ZarrBoxesDatasource,
+    parallelism: int,
+    ray_args: dict[str, Any],
+) -> ray.data.Dataset:
+    import ray
+    import ray.data
+
+    args = dict(ray_args)
+    if src.node is not None and "label_selector" not in args:
+        args["label_selector"] = {ray._raylet.RAY_NODE_ID_KEY: src.node}
+    return ray.data.read_datasource(src, override_num_blocks=parallelism, **args)
+
+
+def read_zarr_crops(
+    path: str | os.PathLike[str],
+    crop_shape: Iterable[int],
+    count: int,
+    *,
+    seed: int | None = 0,
+    parallelism: int | None = None,
+    prefetch: int = 16,
+    block_bytes: int = DEFAULT_BLOCK_BYTES,
+    coordinator: Coordinator | None = None,
+    **read_args: Any,
+) -> ray.data.Dataset:
+    """A dataset of ``count`` random crops of ``crop_shape`` from the array at ``path``.
+
+    Rows: ``crop``, ``index``, ``lo`` (see the module doc).  ``seed`` alone decides the
+    crops (the same as ``Array.random_crops`` with that seed); ``parallelism``: read
+    tasks (default: Ray's choice); ``prefetch``: crops in flight per task;
+    ``block_bytes``: target block size; ``coordinator``: place read tasks where its
+    locality says the array lives.  Other keyword arguments go to
+    ``ray.data.read_datasource`` (``num_cpus``, ``concurrency``, ...)."""
+    import lsio_ray.zarr as lz
+
+    arr = lz.open(path)
+    crop = tuple(int(c) for c in crop_shape)
+    plan = random_box_starts(arr.shape, crop, count, seed)
+    src = ZarrBoxesDatasource(
+        arr.path,
+        crop,
+        count,
+        _Slicer(plan),
+        dtype=arr.dtype,
+        prefetch=prefetch,
+        block_bytes=block_bytes,
+        node=_node_of(arr.path, coordinator),
+        name="ZarrCrops",
+    )
+    return _read(src, -1 if parallelism is None else parallelism, read_args)
+
+
+def read_zarr_windows(
+    path: str | os.PathLike[str],
+    window_shape: Iterable[int],
+    *,
+    stride: Iterable[int] | None = None,
+    parallelism: int | None = None,
+    prefetch: int = 16,
+    block_bytes: int = DEFAULT_BLOCK_BYTES,
+    coordinator: Coordinator | None = None,
+    **read_args: Any,
+) -> ray.data.Dataset:
+    """A full scan: every whole window of ``window_shape`` at multiples of ``stride``
+    (default: the window, i.e. non-overlapping tiles) in C order of their corners.
+
+    Rows and the other arguments as :func:`read_zarr_crops`."""
+    import lsio_ray.zarr as lz
+
+    arr = lz.open(path)
+    win = tuple(int(w) for w in window_shape)
+    axes = window_starts(arr.shape, win, None if stride is None else tuple(stride))
+    count = int(np.prod([len(a) for a in axes], dtype=np.int64))
+    src = ZarrBoxesDatasource(
+        arr.path,
+        win,
+        count,
+        _Grid(axes),
+        dtype=arr.dtype,
+        prefetch=prefetch,
+        block_bytes=block_bytes,
+        node=_node_of(arr.path, coordinator),
+        name="ZarrWindows",
+    )
+    return _read(src, -1 if parallelism is None else parallelism, read_args)
+
+
+def _restrict(
+    starts: Callable[[int, int], np.ndarray], a: int, b: int
+) -> Callable[[int, int], np.ndarray]:
+    restrict = getattr(starts, "restrict", None)
+    return starts if restrict is None else restrict(a, b)
+
+
+class _Slicer:
+    """Boxes of a plan held as one array (planned in the driver); ``restrict`` keeps a
+    read task's share only, so each task carries its own boxes and no more."""
+
+    def __init__(self, plan: np.ndarray, first: int = 0) -> None:
+        self.plan, self.first = plan, first
+
+    def restrict(self, a: int, b: int) -> _Slicer:
+        """The boxes ``a:b`` only."""
+        return _Slicer(self.plan[a - self.first : b - self.first].copy(), a)
+
+    def __call__(self, a: int, b: int) -> np.ndarray:
+        return self.plan[a - self.first : b - self.first]
+
+
+class _Grid:
+    """Boxes ``a:b`` of a window grid, computed on demand (a full scan can be huge)."""
+
+    def __init__(self, axes: tuple[np.ndarray, ...]) -> None:
+        self.axes = axes
+
+    def __call__(self, a: int, b: int) -> np.ndarray:
+        idx = np.unravel_index(np.arange(a, b, dtype=np.int64), [len(x) for x in self.axes])
+        return np.stack([ax[i] for ax, i in zip(self.axes, idx, strict=True)], axis=1).astype(
+            np.int64
+        )

@@ -1,0 +1,168 @@
+"""lsio_ray.data: Ray Data datasources of Zarr crops and windows."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zarr
+
+ray = pytest.importorskip("ray")
+
+import lsio_ray.data as ld  # noqa: E402
+import lsio_ray.zarr as lz  # noqa: E402
+
+SHAPE = (20, 48, 40)
+CROP = (4, 8, 8)
+
+
+@pytest.fixture(scope="module")
+def ray_local() -> Iterator[None]:
+    """One local Ray for the module (2 CPUs), always shut down."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+    )
+    try:
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+        yield
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def arrays(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, np.ndarray]]:
+    """A v3 sharded and a v2 array of the same data."""
+    root = tmp_path_factory.mktemp("data")
+    data = np.random.default_rng(1).integers(0, 1000, SHAPE).astype("uint16")
+    out = {}
+    z = zarr.create_array(
+        str(root / "v3.zarr"),
+        shape=SHAPE,
+        chunks=(4, 16, 16),
+        shards=(8, 16, 32),
+        dtype=data.dtype,
+        zarr_format=3,
+    )
+    z[...] = data
+    out["v3"] = (str(root / "v3.zarr"), data)
+    z = zarr.create_array(
+        str(root / "v2.zarr"), shape=SHAPE, chunks=(5, 16, 16), dtype=data.dtype, zarr_format=2
+    )
+    z[...] = data
+    out["v2"] = (str(root / "v2.zarr"), data)
+    return out
+
+
+def _rows(ds: Any) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    rows = {}
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        for i, lo, crop in zip(batch["index"], batch["lo"], batch["crop"], strict=True):
+            assert int(i) not in rows
+            rows[int(i)] = (np.asarray(lo), np.asarray(crop))
+    return rows
+
+
+@pytest.mark.parametrize("fmt", ["v3", "v2"])
+def test_crops_equal_zarr_python(ray_local: None, arrays: Any, fmt: str) -> None:
+    path, _ = arrays[fmt]
+    ds = ld.read_zarr_crops(path, CROP, 37, seed=3, parallelism=3, block_bytes=4096)
+    rows = _rows(ds)
+    assert sorted(rows) == list(range(37))
+    ref = zarr.open(path, mode="r")
+    for lo, crop in rows.values():
+        box = tuple(slice(int(s), int(s) + c) for s, c in zip(lo, CROP, strict=True))
+        assert crop.shape == CROP
+        np.testing.assert_array_equal(crop, ref[box])
+    # the plan is Array.random_crops's, in index order
+    expected = list(lz.open(path).random_crops(CROP, 37, seed=3))
+    for i, exp in enumerate(expected):
+        np.testing.assert_array_equal(rows[i][1], exp)
+
+
+def test_same_seed_same_crops_whatever_the_parallelism(ray_local: None, arrays: Any) -> None:
+    path, _ = arrays["v3"]
+    one = _rows(ld.read_zarr_crops(path, CROP, 25, seed=9, parallelism=1))
+    four = _rows(ld.read_zarr_crops(path, CROP, 25, seed=9, parallelism=4))
+    assert one.keys() == four.keys()
+    for i in one:
+        np.testing.assert_array_equal(one[i][0], four[i][0])
+        np.testing.assert_array_equal(one[i][1], four[i][1])
+    other = _rows(ld.read_zarr_crops(path, CROP, 25, seed=10, parallelism=4))
+    assert any(not np.array_equal(one[i][0], other[i][0]) for i in one)
+
+
+def test_streaming_split_covers_every_crop_once(ray_local: None, arrays: Any) -> None:
+    path, _ = arrays["v3"]
+    ds = ld.read_zarr_crops(path, CROP, 40, seed=5, parallelism=4, block_bytes=2048)
+    its = ds.streaming_split(2)
+    seen: list[list[int]] = [[], []]
+
+    def consume(k: int) -> None:
+        for batch in its[k].iter_batches(batch_size=8):
+            seen[k].extend(int(i) for i in batch["index"])
+
+    threads = [threading.Thread(target=consume, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert sorted(seen[0] + seen[1]) == list(range(40))
+
+
+def test_iter_batches_and_windows(ray_local: None, arrays: Any) -> None:
+    path, data = arrays["v2"]
+    win, stride = (10, 16, 20), (10, 16, 10)
+    ds = ld.read_zarr_windows(path, win, stride=stride, parallelism=2)
+    starts = [np.arange(0, n - w + 1, s) for n, w, s in zip(SHAPE, win, stride, strict=True)]
+    count = int(np.prod([len(s) for s in starts]))
+    assert ds.count() == count
+    total = 0
+    for batch in ds.iter_batches(batch_size=5, batch_format="numpy"):
+        assert batch["crop"].shape[1:] == win
+        for lo, crop in zip(batch["lo"], batch["crop"], strict=True):
+            box = tuple(slice(int(s), int(s) + w) for s, w in zip(lo, win, strict=True))
+            np.testing.assert_array_equal(crop, data[box])
+            total += 1
+    assert total == count
+    # non-overlapping tiles by default cover the array exactly
+    tiles = _rows(ld.read_zarr_windows(path, (10, 16, 20)))
+    assert len(tiles) == 2 * 3 * 2
+
+
+def test_estimates_and_errors(arrays: Any) -> None:
+    path, _ = arrays["v3"]
+    arr = lz.open(path)
+    src = ld.ZarrBoxesDatasource(
+        path, CROP, 10, ld.random_box_starts(arr.shape, CROP, 10, 0).__getitem__, dtype=arr.dtype
+    )
+    assert src.estimate_inmemory_data_size() == 10 * 4 * 8 * 8 * 2
+    with pytest.raises(ValueError, match="does not fit"):
+        ld.random_box_starts(SHAPE, (30, 1, 1), 1, 0)
+    with pytest.raises(ValueError, match="positive"):
+        ld.window_starts(SHAPE, (1, 1, 1), (0, 1, 1))
+
+
+def test_coordinator_places_reads_on_the_node_holding_the_data(
+    ray_local: None, arrays: Any, tmp_path: Path
+) -> None:
+    from lsio_ray.ray import Coordinator
+
+    path, _ = arrays["v3"]
+    node = ray.get_runtime_context().get_node_id()
+    coord = Coordinator(roots={node: [os.path.dirname(path)]})
+    assert ld._node_of(path, coord) == node
+    assert ld._node_of(path, None) is None
+    ds = ld.read_zarr_crops(path, CROP, 6, seed=1, coordinator=coord, parallelism=2)
+    rows = _rows(ds)
+    assert sorted(rows) == list(range(6))
