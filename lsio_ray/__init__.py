@@ -40,6 +40,7 @@ __all__ = [
     "__version__",
     "config",
     "get_ranges",
+    "open",
     "put_file",
     "put_ranges",
     "rechunk",
@@ -52,4 +53,9 @@ def __getattr__(name: str) -> object:
         from lsio_ray.ray.rechunk import rechunk
 
         return rechunk
+    # lsio_ray.open: arrays for notebooks (progress bars, quick looks), on first use
+    if name == "open":
+        from lsio_ray.interactive import open
+
+        return open
     raise AttributeError(f"module 'lsio_ray' has no attribute {name!r}")
