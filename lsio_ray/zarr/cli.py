@@ -1,0 +1,222 @@
+"""The Zarr commands of ``lsio-ray``: ``info`` and ``bench crops``.
+
+Registered into :mod:`lsio_ray.cli` by :func:`add_info_parser` (a top-level command)
+and :func:`add_bench_crops_parser` (a ``bench`` mode); each command is one ``cmd_*``
+function taking the parsed namespace and returning the exit status.  ``python -m
+lsio_ray.zarr.cli`` runs them without the rest of the CLI.
+
+    lsio-ray info data.zarr [--json]
+    lsio-ray bench crops data.zarr --shape 8,256,256 --count 200 --seed 0 --prefetch 16 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = [
+    "add_bench_crops_parser",
+    "add_info_parser",
+    "bench_crops",
+    "cmd_bench_crops",
+    "cmd_info",
+    "main",
+]
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(s) for s in text.replace("x", ",").split(",") if s.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a shape: {text!r} (use e.g. 8,256,256)") from None
+    if not shape or any(s <= 0 for s in shape):
+        raise argparse.ArgumentTypeError(f"not a shape: {text!r} (use e.g. 8,256,256)")
+    return shape
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+# -- info --------------------------------------------------------------------------------
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """``lsio-ray info PATH``: metadata, chunk and shard grids, codecs, stored size."""
+    from lsio_ray.zarr.array import Array
+    from lsio_ray.zarr.info import array_info, format_info
+    from lsio_ray.zarr.layout import load_layout
+
+    info = array_info(Array(load_layout(args.path)))
+    if args.json:
+        print(json.dumps(info, indent=1, default=str))
+    else:
+        print(format_info(info))
+    return 0
+
+
+def add_info_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``info`` on a subparsers object; returns its parser."""
+    p = subparsers.add_parser(
+        "info",
+        help="describe a Zarr array",
+        description="Describe a Zarr array (v2 or v3): metadata, chunk and shard grid, "
+        "codecs, stored size.",
+    )
+    p.add_argument("path", help="the array's directory (holding zarr.json or .zarray)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_info)
+    return p
+
+
+# -- bench crops -------------------------------------------------------------------------
+
+
+def bench_crops(
+    path: str,
+    shape: tuple[int, ...],
+    count: int,
+    *,
+    seed: int = 0,
+    prefetch: int = 16,
+    backend: str | None = None,
+    threads: int | None = None,
+    warmup: int = 0,
+) -> dict[str, Any]:
+    """Read ``count`` random crops of ``shape`` and measure: crops/s, MiB/s of crops
+    delivered, MiB/s of chunks decoded, wall and CPU seconds."""
+    import numpy as np
+
+    from lsio_ray.zarr.array import open_array
+    from lsio_ray.zarr.loader import Loader
+    from lsio_ray.zarr.plan import select_chunks
+    from lsio_ray.zarr.stream import random_boxes
+
+    loader = Loader(backend=backend, threads=threads)
+    try:
+        arr = open_array(path, loader=loader)
+        if warmup:
+            for _ in arr.random_crops(shape, warmup, seed=seed + 1, prefetch=prefetch):
+                pass
+        decoded = 0
+        for lo, hi in random_boxes(arr.shape, tuple(shape), count, seed):
+            decoded += len(select_chunks(lo, hi, arr.chunks))
+        r0 = resource.getrusage(resource.RUSAGE_SELF)
+        t0 = time.perf_counter()
+        nbytes = 0
+        for crop in arr.random_crops(shape, count, seed=seed, prefetch=prefetch):
+            nbytes += crop.nbytes
+        wall = time.perf_counter() - t0
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
+        stats = loader.engine.stats()
+    finally:
+        loader.close()
+    mib = 2.0**20
+    return {
+        "path": arr.path,
+        "shape": list(shape),
+        "count": count,
+        "seed": seed,
+        "prefetch": prefetch,
+        "backend": loader.backend,
+        "threads": loader.threads,
+        "wall_s": wall,
+        "crops_per_s": count / wall if wall > 0 else float("inf"),
+        "mib_per_s": nbytes / mib / wall if wall > 0 else float("inf"),
+        "decoded_mib_per_s": decoded * arr.layout.chunk_nbytes / mib / wall if wall else 0.0,
+        "chunks_decoded": decoded,
+        "cpu_user_s": r1.ru_utime - r0.ru_utime,
+        "cpu_sys_s": r1.ru_stime - r0.ru_stime,
+        "pool_peak_bytes": stats["pool_peak"],
+        "dtype": str(np.dtype(arr.dtype)),
+    }
+
+
+def cmd_bench_crops(args: argparse.Namespace) -> int:
+    """``lsio-ray bench crops PATH``: random-crop throughput of a Zarr array."""
+    res = bench_crops(
+        args.path,
+        args.shape,
+        args.count,
+        seed=args.seed,
+        prefetch=args.prefetch,
+        backend=args.backend,
+        threads=args.threads,
+        warmup=args.warmup,
+    )
+    if args.json:
+        print(json.dumps(res, indent=1))
+        return 0
+    print(
+        f"{res['count']} crops of {tuple(res['shape'])} from {res['path']} "
+        f"({res['backend']}, {res['threads']} decode threads, prefetch {res['prefetch']})"
+    )
+    print(
+        f"  {res['crops_per_s']:.1f} crops/s, {res['mib_per_s']:.1f} MiB/s of crops, "
+        f"{res['decoded_mib_per_s']:.1f} MiB/s decoded ({res['chunks_decoded']} chunks)"
+    )
+    print(
+        f"  wall {res['wall_s']:.2f} s, cpu user {res['cpu_user_s']:.2f} s, "
+        f"sys {res['cpu_sys_s']:.2f} s"
+    )
+    return 0
+
+
+def add_bench_crops_parser(bench_subparsers: Any) -> argparse.ArgumentParser:
+    """Register the ``crops`` mode on the ``bench`` subparsers; returns its parser."""
+    p = bench_subparsers.add_parser(
+        "crops",
+        help="random crops from a Zarr array",
+        description="Read random crops of a Zarr array through lsio_ray.zarr and report "
+        "crops/s and decoded MiB/s.",
+    )
+    p.add_argument("path", help="the array's directory")
+    p.add_argument("--shape", type=_shape, required=True, help="crop shape, e.g. 8,256,256")
+    p.add_argument("--count", type=_positive, default=200, help="crops to read (200)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    p.add_argument("--prefetch", type=_positive, default=16, help="crops in flight (16)")
+    p.add_argument(
+        "--backend",
+        choices=["auto", "uring", "pread"],
+        default=None,
+        help="engine backend (LSIO_BACKEND, else auto)",
+    )
+    p.add_argument(
+        "--threads", type=_positive, default=None, help="decode threads (default: one per core)"
+    )
+    p.add_argument("--warmup", type=int, default=0, help="crops read before measuring (0)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_bench_crops)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``info`` / ``bench crops`` standalone; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m lsio_ray.zarr.cli")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    add_info_parser(sub)
+    bench = sub.add_parser("bench", help="benchmarks")
+    add_bench_crops_parser(bench.add_subparsers(dest="mode", metavar="MODE", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except BrokenPipeError:
+        return 0
+    except (OSError, ValueError) as exc:
+        print(f"lsio-ray: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

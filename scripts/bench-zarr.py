@@ -1,0 +1,351 @@
+#!/usr/bin/env python3
+"""Zarr read benchmark: lsio_ray.zarr against tensorstore and zarr-python, plus the limit.
+
+Creates (once, then reuses) a float32 array of smooth data compressing about 3x with
+zstd level 3, in three layouts, under ``$LSIO_ZARR_BENCH_DIR`` (default
+/tmp/lsio-zarr-bench):
+
+* ``v3-chunks``: Zarr v3, chunks (1,256,256), zstd 3;
+* ``v3-shards``: Zarr v3, shards (32,1024,1024) of inner chunks (1,256,256), zstd 3;
+* ``v2-blosc``: Zarr v2, chunks (1,256,256), blosc-zstd 3 with byte shuffle.
+
+Then runs, interleaved, ``$LSIO_ZARR_BENCH_REPS`` (3) repetitions of each workload for
+each reader and prints min/median/max:
+
+* ``crops``: ``$LSIO_ZARR_BENCH_CROPS`` (200) random crops (8,256,256) at unaligned
+  offsets;
+* ``slabs``: the whole array in slabs of (32, Y, X);
+* ``series``: 16 time series ``[:, y:y+256, x:x+256]`` at unaligned y, x;
+
+and, in the same run, the decode limit: every chunk the workload touches (as often as it
+touches it) decoded by numcodecs on all cores from bytes already in memory, nothing else.
+
+Environment: ``LSIO_ZARR_BENCH_SHAPE`` (default 512,1024,1024),
+``LSIO_ZARR_BENCH_LAYOUTS``, ``LSIO_ZARR_BENCH_WORKLOADS``, ``LSIO_ZARR_BENCH_READERS``
+(comma lists), ``LSIO_ZARR_BENCH_PREFETCH`` (16), ``LSIO_ZARR_BENCH_JSON`` (a path to
+write every measurement to).  The page cache is warm after the first repetition: on two
+cores these workloads are bound by decoding, not by the disk.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numcodecs
+import numpy as np
+
+import lsio_ray.zarr as lz
+from lsio_ray.zarr.plan import select_chunks
+
+ROOT = os.environ.get("LSIO_ZARR_BENCH_DIR", "/tmp/lsio-zarr-bench")
+SHAPE = tuple(int(s) for s in os.environ.get("LSIO_ZARR_BENCH_SHAPE", "512,1024,1024").split(","))
+REPS = int(os.environ.get("LSIO_ZARR_BENCH_REPS", "3"))
+NCROPS = int(os.environ.get("LSIO_ZARR_BENCH_CROPS", "200"))
+PREFETCH = int(os.environ.get("LSIO_ZARR_BENCH_PREFETCH", "16"))
+CROP = (8, 256, 256)
+NSERIES = 16
+SLAB = 32
+CORES = os.cpu_count() or 1
+
+
+def _list(name: str, default: str) -> list[str]:
+    return [s.strip() for s in os.environ.get(name, default).split(",") if s.strip()]
+
+
+LAYOUTS = _list("LSIO_ZARR_BENCH_LAYOUTS", "v3-chunks,v3-shards,v2-blosc")
+WORKLOADS = _list("LSIO_ZARR_BENCH_WORKLOADS", "crops,slabs,series")
+READERS = _list("LSIO_ZARR_BENCH_READERS", "lsio,tensorstore,zarr-python,limit")
+
+
+# -- the dataset -------------------------------------------------------------------------
+
+
+def smooth(z0: int, nz: int, ny: int, nx: int) -> np.ndarray:
+    """Planes z0..z0+nz of a smooth field, quantised to 1/256 with a little noise:
+    about 3x with zstd level 3."""
+    z = np.arange(z0, z0 + nz, dtype=np.float32)[:, None, None]
+    y = np.arange(ny, dtype=np.float32)[None, :, None]
+    x = np.arange(nx, dtype=np.float32)[None, None, :]
+    v = np.sin(x / 37.0 + z / 11.0) * np.cos(y / 53.0 - z / 17.0) + 0.5 * np.sin((x + y) / 97.0)
+    v = v.astype(np.float32)
+    v += np.random.default_rng(z0).normal(0, 0.01, v.shape).astype(np.float32)
+    return (np.round(v * 256) / 256).astype(np.float32)
+
+
+def layout_kwargs(name: str) -> dict[str, Any]:
+    from zarr.codecs import ZstdCodec
+
+    inner = (1, min(256, SHAPE[1]), min(256, SHAPE[2]))
+    if name == "v3-chunks":
+        return {"chunks": inner, "compressors": [ZstdCodec(level=3)]}
+    if name == "v3-shards":
+        return {
+            "chunks": inner,
+            "shards": (min(SLAB, SHAPE[0]), SHAPE[1], SHAPE[2]),
+            "compressors": [ZstdCodec(level=3)],
+        }
+    if name == "v2-blosc":
+        return {
+            "chunks": inner,
+            "zarr_format": 2,
+            "compressors": numcodecs.Blosc(cname="zstd", clevel=3, shuffle=numcodecs.Blosc.SHUFFLE),
+        }
+    raise ValueError(f"unknown layout {name!r}")
+
+
+def dataset(name: str) -> str:
+    """The path of a layout's array, written with lsio_ray the first time."""
+    tag = "x".join(map(str, SHAPE))
+    path = os.path.join(ROOT, f"{name}-{tag}.zarr")
+    done = os.path.join(ROOT, f"{name}-{tag}.complete")
+    if os.path.exists(done):
+        return path
+    os.makedirs(ROOT, exist_ok=True)
+    t0 = time.perf_counter()
+    arr = lz.create(
+        path, shape=SHAPE, dtype="float32", fill_value=0.0, overwrite=True, **layout_kwargs(name)
+    )
+    step = min(SLAB, SHAPE[0])
+    for z0 in range(0, SHAPE[0], step):
+        nz = min(step, SHAPE[0] - z0)
+        arr[z0 : z0 + nz] = smooth(z0, nz, SHAPE[1], SHAPE[2])
+    with open(done, "w") as fh:
+        fh.write(f"{time.perf_counter() - t0:.1f} s\n")
+    print(f"# wrote {path} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    return path
+
+
+# -- workloads: lists of boxes -----------------------------------------------------------
+
+
+def unaligned(rng: np.random.Generator, n: int, size: int, chunk: int) -> int:
+    """A random offset in [0, n - size] that is not a multiple of ``chunk``."""
+    while True:
+        v = int(rng.integers(0, n - size + 1))
+        if v % chunk or n - size < chunk:
+            return v
+
+
+def boxes(workload: str) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """The (lo, hi) boxes a workload reads."""
+    rng = np.random.default_rng(1234)
+    z, y, x = SHAPE
+    cy, cx = min(CROP[1], y), min(CROP[2], x)
+    if workload == "crops":
+        out = []
+        for _ in range(NCROPS):
+            lo = (
+                int(rng.integers(0, z - CROP[0] + 1)),
+                unaligned(rng, y, cy, 256),
+                unaligned(rng, x, cx, 256),
+            )
+            out.append((lo, (lo[0] + CROP[0], lo[1] + cy, lo[2] + cx)))
+        return out
+    if workload == "slabs":
+        step = min(SLAB, z)
+        return [((z0, 0, 0), (min(z0 + step, z), y, x)) for z0 in range(0, z, step)]
+    if workload == "series":
+        out = []
+        for _ in range(NSERIES):
+            lo = (0, unaligned(rng, y, cy, 256), unaligned(rng, x, cx, 256))
+            out.append((lo, (z, lo[1] + cy, lo[2] + cx)))
+        return out
+    raise ValueError(f"unknown workload {workload!r}")
+
+
+def prefetch_for(workload: str) -> int:
+    return {"crops": PREFETCH, "slabs": 2, "series": 2}[workload]
+
+
+# -- readers -----------------------------------------------------------------------------
+
+
+def run_lsio(path: str, bxs: list, prefetch: int) -> int:
+    arr = lz.open(path)
+    regions = [tuple(slice(a, b) for a, b in zip(lo, hi, strict=True)) for lo, hi in bxs]
+    n = 0
+    for crop in arr.crops(regions, prefetch=prefetch):
+        n += crop.nbytes
+    return n
+
+
+def run_tensorstore(path: str, bxs: list, prefetch: int) -> int:
+    import tensorstore as ts
+
+    driver = "zarr" if os.path.exists(os.path.join(path, ".zarray")) else "zarr3"
+    arr = ts.open(
+        {"driver": driver, "kvstore": {"driver": "file", "path": path}}, open=True, read=True
+    ).result()
+    n = 0
+    window: list[Any] = []
+    it = iter(bxs)
+    for lo, hi in it:
+        window.append(arr[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))].read())
+        if len(window) >= prefetch:
+            n += window.pop(0).result().nbytes
+    for fut in window:
+        n += fut.result().nbytes
+    return n
+
+
+def run_zarr(path: str, bxs: list, prefetch: int) -> int:
+    import zarr
+
+    arr = zarr.open_array(path, mode="r")
+    n = 0
+    for lo, hi in bxs:
+        n += arr[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))].nbytes
+    return n
+
+
+class Limit:
+    """The decode limit: every touched chunk decoded on all cores, bytes in memory."""
+
+    def __init__(self, path: str, bxs: list) -> None:
+        arr = lz.open(path)
+        lay = arr.layout
+        self.codec = lay.codec
+        keys: list[tuple[int, ...]] = []
+        for lo, hi in bxs:
+            sel = select_chunks(lo, hi, lay.chunks)
+            keys.extend(map(tuple, sel.coords.tolist()))
+        self.keys = keys
+        self.out_bytes = sum(
+            int(np.prod(np.subtract(hi, lo))) * lay.dtype.itemsize for lo, hi in bxs
+        )
+        self.blobs = self._load(arr, sorted(set(keys)))
+
+    @staticmethod
+    def _load(arr: lz.Array, keys: list[tuple[int, ...]]) -> dict[tuple[int, ...], bytes]:
+        lay = arr.layout
+        out: dict[tuple[int, ...], bytes] = {}
+        if lay.shards is None:
+            for k in keys:
+                with open(lay.file_path(k), "rb") as fh:
+                    out[k] = fh.read()
+            return out
+        cps = np.asarray(lay.chunks_per_shard)
+        by_shard: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
+        for k in keys:
+            by_shard.setdefault(tuple((np.asarray(k) // cps).tolist()), []).append(k)
+        for s, ks in by_shard.items():
+            with open(lay.file_path(s), "rb") as fh:
+                raw = fh.read()
+            idx = lay.index
+            tail = raw[-idx.nbytes :] if idx.location == "end" else raw[: idx.nbytes]
+            table = idx.decode(np.frombuffer(tail, np.uint8))
+            for k in ks:
+                local = np.ravel_multi_index(tuple(np.asarray(k) % cps), lay.chunks_per_shard)
+                off, nb = (int(v) for v in table[local])
+                out[k] = raw[off : off + nb]
+        return out
+
+    def run(self) -> int:
+        codec = self.codec
+        keys = self.keys
+        per = -(-len(keys) // CORES)
+
+        def work(part: list[tuple[int, ...]]) -> None:
+            scratch = np.empty(codec.nbytes, np.uint8)
+            for k in part:
+                codec.decode(np.frombuffer(self.blobs[k], np.uint8), scratch)
+
+        with ThreadPoolExecutor(CORES) as ex:
+            list(ex.map(work, [keys[i : i + per] for i in range(0, len(keys), per)]))
+        return self.out_bytes  # the workload's output, so MiB/s compare with the readers
+
+
+# -- measuring ---------------------------------------------------------------------------
+
+
+def measure(fn: Callable[[], int]) -> dict[str, float]:
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
+    t0 = time.perf_counter()
+    nbytes = fn()
+    wall = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    return {
+        "wall_s": wall,
+        "bytes": nbytes,
+        "cpu_user_s": r1.ru_utime - r0.ru_utime,
+        "cpu_sys_s": r1.ru_stime - r0.ru_stime,
+    }
+
+
+def main() -> int:
+    paths = {name: dataset(name) for name in LAYOUTS}
+    plans = {w: boxes(w) for w in WORKLOADS}
+    limits: dict[tuple[str, str], Limit] = {}
+    if "limit" in READERS:
+        for name in LAYOUTS:
+            for w in WORKLOADS:
+                limits[name, w] = Limit(paths[name], plans[w])
+    results: dict[tuple[str, str, str], list[dict[str, float]]] = {}
+    readers: dict[str, Callable[[str, list, int], int]] = {
+        "lsio": run_lsio,
+        "tensorstore": run_tensorstore,
+        "zarr-python": run_zarr,
+    }
+    for rep in range(REPS):
+        for name in LAYOUTS:
+            for w in WORKLOADS:
+                for reader in READERS:
+                    if reader == "limit":
+                        fn: Callable[[], int] = limits[name, w].run
+                    else:
+                        fn = functools.partial(
+                            readers[reader], paths[name], plans[w], prefetch_for(w)
+                        )
+                    m = measure(fn)
+                    m["items"] = len(plans[w])
+                    results.setdefault((name, w, reader), []).append(m)
+                    print(f"# rep {rep} {name} {w} {reader}: {m['wall_s']:.2f} s", file=sys.stderr)
+    print_table(results, plans)
+    out = os.environ.get("LSIO_ZARR_BENCH_JSON")
+    if out:
+        with open(out, "w") as fh:
+            json.dump(
+                [
+                    {"layout": k[0], "workload": k[1], "reader": k[2], "runs": v}
+                    for k, v in results.items()
+                ],
+                fh,
+                indent=1,
+            )
+    return 0
+
+
+def print_table(results: dict, plans: dict) -> None:
+    print(f"shape {SHAPE} float32, {CORES} cores, {REPS} repetitions, prefetch {PREFETCH}")
+    print(
+        f"{'layout':<10} {'workload':<7} {'reader':<12} {'items/s min/med/max':>24} "
+        f"{'MiB/s med':>10} {'cpu/wall':>8} {'% limit':>8}"
+    )
+    for (name, w, reader), runs in results.items():
+        rates = sorted(m["items"] / m["wall_s"] for m in runs)
+        med = statistics.median(rates)
+        mib = statistics.median(m["bytes"] / m["wall_s"] / 2**20 for m in runs)
+        cpu = statistics.median((m["cpu_user_s"] + m["cpu_sys_s"]) / m["wall_s"] for m in runs)
+        lim = results.get((name, w, "limit"))
+        pct = ""
+        if lim and reader != "limit":
+            lim_rate = statistics.median(m["items"] / m["wall_s"] for m in lim)
+            pct = f"{100 * med / lim_rate:.0f}%"
+        rate = f"{rates[0]:.1f}/{med:.1f}/{rates[-1]:.1f}"
+        unit = {"crops": "crops", "slabs": "slabs", "series": "series"}[w]
+        print(
+            f"{name:<10} {w:<7} {reader:<12} {rate:>24} {mib:>10.0f} {cpu:>8.2f} {pct:>8}  ({unit})"
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""Crops, random crops and time series: in order, with reads in flight, cancellable."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import zarr
+from _zarr_helpers import BACKENDS, check_equal, make_data
+
+import lsio_ray.zarr as lz
+from lsio_ray.zarr.loader import Loader
+from lsio_ray.zarr.stream import random_boxes
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def loader(request: pytest.FixtureRequest) -> Iterator[Loader]:
+    ld = Loader(backend=request.param)
+    yield ld
+    ld.close()
+
+
+@pytest.fixture(scope="module", params=["chunks", "shards"])
+def array(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[str, np.ndarray]:
+    path = str(tmp_path_factory.mktemp("stream") / "a.zarr")
+    data = make_data("f4", (24, 40, 36), seed=9)
+    shards = (8, 20, 18) if request.param == "shards" else None
+    zarr.create_array(path, data=data, chunks=(2, 10, 9), shards=shards)
+    return path, data
+
+
+def drained(loader: Loader) -> None:
+    for _ in range(200):
+        if loader.engine.stats()["buffers_out"] == 0:
+            return
+        time.sleep(0.01)
+    raise AssertionError(loader.engine.stats())
+
+
+@pytest.mark.parametrize("prefetch", [1, 3, 32])
+def test_crops_in_order(array, loader: Loader, prefetch: int) -> None:
+    path, data = array
+    a = lz.open(path, loader=loader)
+    rng = np.random.default_rng(prefetch)
+    keys = []
+    for _ in range(20):
+        z = int(rng.integers(0, 20))
+        y = int(rng.integers(0, 30))
+        keys.append((slice(z, z + 4), slice(y, y + 10), int(rng.integers(0, 36))))
+    got = list(a.crops(keys, prefetch=prefetch))
+    assert len(got) == len(keys)
+    for key, g in zip(keys, got, strict=True):
+        check_equal(g, data[key], f"crop {key}")
+    drained(loader)
+
+
+def test_random_crops(array, loader: Loader) -> None:
+    path, data = array
+    a = lz.open(path, loader=loader)
+    first = list(a.random_crops((3, 11, 7), 15, seed=42, prefetch=4))
+    again = list(a.random_crops((3, 11, 7), 15, seed=42, prefetch=9))
+    boxes = list(random_boxes(data.shape, (3, 11, 7), 15, 42))
+    assert len(first) == 15
+    for (lo, hi), c1, c2 in zip(boxes, first, again, strict=True):
+        want = data[tuple(slice(x, y) for x, y in zip(lo, hi, strict=True))]
+        check_equal(c1, want, f"crop at {lo}")
+        check_equal(c2, want, f"crop at {lo} (second run)")
+    other = next(a.random_crops((3, 11, 7), 1, seed=43))
+    assert other.shape == (3, 11, 7)
+    assert list(a.random_crops((3, 11, 7), 0, seed=1)) == []
+
+
+def test_early_close_cancels(array, loader: Loader) -> None:
+    path, data = array
+    a = lz.open(path, loader=loader)
+    it = a.random_crops((8, 40, 36), 100, seed=1, prefetch=16)
+    first = next(it)
+    assert first.shape == (8, 40, 36)
+    it.close()  # 15 reads in flight are cancelled
+    drained(loader)
+    check_equal(a[...], data, "the loader still reads after a cancel")
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_time_series(array, loader: Loader, rows: int) -> None:
+    path, data = array
+    a = lz.open(path, loader=loader)
+    key = (slice(3, 23), slice(5, 31), slice(4, 30))
+    starts, blocks = [], []
+    for t0, block in a.time_series(key, rows=rows, prefetch=4):
+        starts.append(t0)
+        blocks.append(block)
+    check_equal(np.concatenate(blocks), data[key], "time series concatenated")
+    step = 2 * rows
+    assert starts[0] == 3 and all(s % step == 0 for s in starts[1:])
+    assert all(b.shape[0] <= step for b in blocks)
+    with pytest.raises(ValueError, match="plain slices"):
+        a.time_series((slice(None), 7, slice(None)))
+
+
+def test_time_series_other_axis(array, loader: Loader) -> None:
+    path, data = array
+    a = lz.open(path, loader=loader)
+    blocks = [b for _, b in a.time_series(..., axis=-1, prefetch=2)]
+    check_equal(np.concatenate(blocks, axis=-1), data, "along the last axis")
+    with pytest.raises(ValueError):
+        next(a.time_series(..., axis=3))
+    with pytest.raises(ValueError):
+        next(a.time_series((slice(None, None, 2),)))
+
+
+def test_concurrent_readers(array, loader: Loader) -> None:
+    """Several threads reading through one loader at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    path, data = array
+    a = lz.open(path, loader=loader)
+
+    def work(seed: int) -> None:
+        for crop, (lo, hi) in zip(
+            a.random_crops((4, 9, 9), 10, seed=seed, prefetch=3),
+            random_boxes(data.shape, (4, 9, 9), 10, seed),
+            strict=True,
+        ):
+            check_equal(crop, data[tuple(map(slice, lo, hi))], "threaded crop")
+
+    with ThreadPoolExecutor(4) as ex:
+        list(ex.map(work, range(8)))
+    drained(loader)
