@@ -278,9 +278,17 @@ def add_bench_read(bsub: Subparsers) -> argparse.ArgumentParser:
     return rd
 
 
+def add_bench_crops(bsub: Subparsers) -> argparse.ArgumentParser:
+    """Register ``bench crops`` (random crops of a Zarr array, :mod:`lsio_ray.zarr.cli`)."""
+    from lsio_ray.zarr.cli import add_bench_crops_parser
+
+    return add_bench_crops_parser(bsub)
+
+
 BENCH_MODES: list[Callable[[Subparsers], argparse.ArgumentParser]] = [
     add_bench_make_files,
     add_bench_read,
+    add_bench_crops,
 ]
 """Functions registering the ``bench`` modes (each gets the bench subparsers object)."""
 
@@ -330,8 +338,16 @@ def add_demo_command(sub: Subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def add_info_command(sub: Subparsers) -> argparse.ArgumentParser:
+    """Register ``info`` (describe a Zarr array, :mod:`lsio_ray.zarr.cli`)."""
+    from lsio_ray.zarr.cli import add_info_parser
+
+    return add_info_parser(sub)
+
+
 COMMAND_GROUPS: list[Callable[[Subparsers], argparse.ArgumentParser]] = [
     add_demo_command,
+    add_info_command,
     add_bench_commands,
     add_rechunk_command,
 ]
