@@ -80,20 +80,30 @@ class _Piece:
         self.gen: Any = None
         self.done = False
         self.weight = spec.known_bytes() + 4096 * spec.total
+        self._charged = False  # counted in the coordinator's load of self.node
 
     def start(self) -> None:
         """Call the node's IO actor (resuming after the batches already forwarded)."""
         actor = self.coord.actor(self.node)
-        self.coord._load[self.node] += self.weight
+        self._charge()
         self.gen = actor.run.options(
             _generator_backpressure_num_objects=self.coord.backpressure
         ).remote(self.spec, self.coord.batch_bytes, self.delivered)
 
-    def _finished(self) -> None:
-        if not self.done:
-            self.done = True
+    def _charge(self) -> None:
+        if not self._charged:
+            self.coord._load[self.node] += self.weight
+            self._charged = True
+
+    def _discharge(self) -> None:
+        if self._charged:
             self.coord._load[self.node] -= self.weight
-            self.gen = None
+            self._charged = False
+
+    def _finished(self) -> None:
+        self.done = True
+        self._discharge()
+        self.gen = None
 
     def refs(self) -> Iterator[Any]:
         """This piece's batch refs, in order, resuming across failures."""
@@ -137,7 +147,7 @@ class _Piece:
             held = ref
 
     def _restart(self, exc: BaseException) -> None:
-        self.coord._load[self.node] -= self.weight
+        self._discharge()
         self.gen = None
         self.attempts += 1
         self.coord.retries += 1
