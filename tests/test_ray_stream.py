@@ -280,3 +280,28 @@ def test_batches_survive_buffer_reuse(lc: LocalCluster) -> None:
     assert len(refs) > 8
     got = [v.tobytes() for r in refs for _, v in ray.get(r.ref)]
     assert got == [files[p] for p in mine]
+
+
+def test_example_ray_convert(lc: LocalCluster) -> None:
+    """examples/ray_convert.py, the user's sketch on Ray, runs on this cluster."""
+    import subprocess
+
+    script = Path(__file__).resolve().parent.parent / "examples" / "ray_convert.py"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            "--dir",
+            str(lc.shared / "example"),
+            "--groups",
+            "6",
+            "--address",
+            lc.cluster.address,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "converted 60 chunks into 6" in proc.stdout
