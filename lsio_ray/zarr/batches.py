@@ -72,6 +72,9 @@ class FilePlan:
         err = comps["error"]
         tags = (comps["tag"] & np.uint64(INDEX_TAG - 1)).astype(np.int64)
         ok = err == 0
+        if ok.all():  # the common case
+            self.seen[tags] = True
+            return ok, len(tags), []
         self.seen[tags[ok]] = True
         resolved = int(ok.sum())
         failures: list[tuple[np.ndarray, int]] = []

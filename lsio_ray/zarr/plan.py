@@ -155,26 +155,26 @@ class Selection:
 
 def select_chunks(lo: Any, hi: Any, chunks: tuple[int, ...]) -> Selection:
     """The chunks of size ``chunks`` that the box ``[lo, hi)`` touches."""
-    lo_a = np.asarray(lo, dtype=np.int64).reshape(-1)
-    hi_a = np.asarray(hi, dtype=np.int64).reshape(-1)
-    ch = np.asarray(chunks, dtype=np.int64).reshape(-1)
-    ndim = lo_a.size
+    lo_t = tuple(int(x) for x in np.asarray(lo).reshape(-1))
+    hi_t = tuple(int(x) for x in np.asarray(hi).reshape(-1))
+    ndim = len(lo_t)
     if ndim == 0:
         z = np.zeros((1, 0), np.int64)
         return Selection(z, z, z, z, z, np.ones(1, bool))
-    if np.any(hi_a <= lo_a):
+    if any(b <= a for a, b in zip(lo_t, hi_t, strict=True)):
         z = np.zeros((0, ndim), np.int64)
         return Selection(z, z, z, z, z, np.zeros(0, bool))
-    c0 = lo_a // ch
-    c1 = (hi_a - 1) // ch + 1
-    axes = [np.arange(a, b, dtype=np.int64) for a, b in zip(c0, c1, strict=True)]
-    mesh = np.meshgrid(*axes, indexing="ij")
-    coords = np.stack([m.reshape(-1) for m in mesh], axis=1)
+    c0 = [a // c for a, c in zip(lo_t, chunks, strict=True)]
+    counts = [(b - 1) // c + 1 - a0 for b, c, a0 in zip(hi_t, chunks, c0, strict=True)]
+    coords = np.indices(counts, dtype=np.int64).reshape(ndim, -1).T + np.array(c0, np.int64)
+    ch = np.array(chunks, dtype=np.int64)
+    lo_a = np.array(lo_t, dtype=np.int64)
+    hi_a = np.array(hi_t, dtype=np.int64)
     start = coords * ch
     stop = start + ch
     a = np.maximum(start, lo_a)
     b = np.minimum(stop, hi_a)
-    full = np.all((start >= lo_a) & (stop <= hi_a), axis=1)
+    full = ((start >= lo_a) & (stop <= hi_a)).all(axis=1)
     return Selection(coords, a - start, b - start, a - lo_a, b - lo_a, full)
 
 
