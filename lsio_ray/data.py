@@ -213,7 +213,7 @@ def _node_of(path: str, coordinator: Coordinator | None) -> str | None:
 
 def _read(
     src: ZarrBoxesDatasource,
-    parallelism: int,
+    parallelism: int | None,
     ray_args: dict[str, Any],
 ) -> ray.data.Dataset:
     import ray
@@ -222,7 +222,9 @@ def _read(
     args = dict(ray_args)
     if src.node is not None and "label_selector" not in args:
         args["label_selector"] = {ray._raylet.RAY_NODE_ID_KEY: src.node}
-    return ray.data.read_datasource(src, override_num_blocks=parallelism, **args)
+    if parallelism is not None:
+        args["override_num_blocks"] = int(parallelism)
+    return ray.data.read_datasource(src, **args)
 
 
 def read_zarr_crops(
@@ -261,7 +263,7 @@ def read_zarr_crops(
         node=_node_of(arr.path, coordinator),
         name="ZarrCrops",
     )
-    return _read(src, -1 if parallelism is None else parallelism, read_args)
+    return _read(src, parallelism, read_args)
 
 
 def read_zarr_windows(
@@ -296,7 +298,7 @@ def read_zarr_windows(
         node=_node_of(arr.path, coordinator),
         name="ZarrWindows",
     )
-    return _read(src, -1 if parallelism is None else parallelism, read_args)
+    return _read(src, parallelism, read_args)
 
 
 def _restrict(

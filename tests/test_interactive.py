@@ -116,3 +116,19 @@ def test_quicklook_draws_the_slice(v3: tuple[str, np.ndarray]) -> None:
     with pytest.raises(ValueError, match="2-D"):
         a.quicklook(np.s_[1:3])
     plt.close(fig)
+
+
+def test_location_names_the_node_a_coordinator_knows(v3: tuple[str, np.ndarray]) -> None:
+    path, _ = v3
+
+    class Known:
+        def node_of(self, meta: str) -> str | None:
+            assert meta.endswith("zarr.json")
+            return "abc123"
+
+    class Shared:
+        def node_of(self, meta: str) -> str | None:
+            return None
+
+    assert "Ray node abc123" in repr(lsio_ray.open(path, coordinator=Known()))  # type: ignore[arg-type]
+    assert "any Ray node" in lsio_ray.open(path, coordinator=Shared()).location()  # type: ignore[arg-type]
