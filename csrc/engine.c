@@ -146,6 +146,10 @@ struct lsio_engine {
     uint64_t ops_submitted, submit_calls, starved_count;
     uint64_t tmp_counter;
     int64_t whole_hint;           /* guessed length for speculative whole-file reads */
+    uint32_t dio_align;           /* O_DIRECT alignment learned from statx (0: not yet).  The
+                                     largest seen: alignments are powers of two, so it fits
+                                     every file system seen so far; a file system needing
+                                     more fails its reads with EINVAL, named per range. */
     /* fixed slots */
     int32_t *slot_free;
     uint32_t nslot_free;
@@ -303,8 +307,11 @@ typedef struct step {
     int link_read; /* S_OPEN only: a linked read of r follows (io_uring) */
 } step;
 
-static int needs_size(const file_op *f) {
-    if (f->flags & LSIO_F_DIRECT) return 1; /* alignment comes with the size */
+/* Does file f need a statx before its reads?  For its size (a range relative to the end,
+ * or to the end) -- or, with O_DIRECT, for the alignment, until the engine has learned it
+ * from a first direct file (see dio_align). */
+static int needs_size(const lsio_engine *e, const file_op *f) {
+    if ((f->flags & LSIO_F_DIRECT) && !e->dio_align) return 1;
     for (uint32_t i = 0; i < f->nranges; i++)
         if (f->ranges[i].offset < 0 || f->ranges[i].length < 0) return 1;
     return 0;
@@ -412,7 +419,8 @@ static int file_step(lsio_engine *e, file_op *f, step *s) {
             f->state = F_FINISHING;
         } else {
             f->state = F_OPENING;
-            f->need_statx = (f->kind == LSIO_OP_READ) && needs_size(f);
+            f->need_statx = (f->kind == LSIO_OP_READ) && needs_size(e, f);
+            if ((f->flags & LSIO_F_DIRECT) && !f->need_statx) f->mem_align = f->off_align = e->dio_align;
             if (f->need_statx && !f->statx_pending) {
                 f->statx_pending = 1;
                 s->kind = S_STATX; /* the open follows in the next call */
@@ -688,6 +696,10 @@ static void step_done(lsio_engine *e, int kind, file_op *f, range_st *r, int64_t
             }
             if ((f->flags & LSIO_F_DIRECT) && f->stx.stx_mask & STATX_DIOALIGN && f->off_align == 0)
                 file_fail(e, f, -EINVAL); /* the file system does not do O_DIRECT */
+            else if (f->flags & LSIO_F_DIRECT) {
+                uint32_t a = file_align(f);
+                if (a > e->dio_align) e->dio_align = a;
+            }
             if (f->nranges == 1 && f->ranges[0].offset == 0 && f->ranges[0].length < 0)
                 learn_whole_hint(e, f->size);
             range_st *r0 = f->nranges ? &f->ranges[0] : NULL;
