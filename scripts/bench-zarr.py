@@ -17,6 +17,10 @@ each reader and prints min/median/max:
 * ``slabs``: the whole array in slabs of (32, Y, X);
 * ``series``: 16 time series ``[:, y:y+256, x:x+256]`` at unaligned y, x;
 
+read by ``lsio`` (``Array.crops``, a fresh array per result), ``lsio-reuse`` (the same
+with ``reuse=True``: a ring of output buffers), tensorstore (reads kept ``prefetch``
+deep) and zarr-python (one read at a time: it is concurrent inside a read);
+
 and, in the same run, the decode limit: every chunk the workload touches (as often as it
 touches it) decoded by numcodecs on all cores from bytes already in memory, nothing else.
 
@@ -63,7 +67,7 @@ def _list(name: str, default: str) -> list[str]:
 
 LAYOUTS = _list("LSIO_ZARR_BENCH_LAYOUTS", "v3-chunks,v3-shards,v2-blosc")
 WORKLOADS = _list("LSIO_ZARR_BENCH_WORKLOADS", "crops,slabs,series")
-READERS = _list("LSIO_ZARR_BENCH_READERS", "lsio,tensorstore,zarr-python,limit")
+READERS = _list("LSIO_ZARR_BENCH_READERS", "lsio,lsio-reuse,tensorstore,zarr-python,limit")
 
 
 # -- the dataset -------------------------------------------------------------------------
@@ -169,13 +173,19 @@ def prefetch_for(workload: str) -> int:
 # -- readers -----------------------------------------------------------------------------
 
 
-def run_lsio(path: str, bxs: list, prefetch: int) -> int:
+def run_lsio(path: str, bxs: list, prefetch: int, reuse: bool = False) -> int:
     arr = lz.open(path)
     regions = [tuple(slice(a, b) for a, b in zip(lo, hi, strict=True)) for lo, hi in bxs]
     n = 0
-    for crop in arr.crops(regions, prefetch=prefetch):
+    for crop in arr.crops(regions, prefetch=prefetch, reuse=reuse):
         n += crop.nbytes
     return n
+
+
+def run_lsio_reuse(path: str, bxs: list, prefetch: int) -> int:
+    """lsio_ray with a ring of reused output buffers (``reuse=True``): no page faults on
+    fresh output memory."""
+    return run_lsio(path, bxs, prefetch, reuse=True)
 
 
 def run_tensorstore(path: str, bxs: list, prefetch: int) -> int:
@@ -292,6 +302,7 @@ def main() -> int:
     results: dict[tuple[str, str, str], list[dict[str, float]]] = {}
     readers: dict[str, Callable[[str, list, int], int]] = {
         "lsio": run_lsio,
+        "lsio-reuse": run_lsio_reuse,
         "tensorstore": run_tensorstore,
         "zarr-python": run_zarr,
     }
@@ -328,22 +339,25 @@ def print_table(results: dict, plans: dict) -> None:
     print(f"shape {SHAPE} float32, {CORES} cores, {REPS} repetitions, prefetch {PREFETCH}")
     print(
         f"{'layout':<10} {'workload':<7} {'reader':<12} {'items/s min/med/max':>24} "
-        f"{'MiB/s med':>10} {'cpu/wall':>8} {'% limit':>8}"
+        f"{'MiB/s med':>10} {'cpu/wall':>8} {'cpu ms/item':>11} {'% limit':>8}"
     )
     for (name, w, reader), runs in results.items():
         rates = sorted(m["items"] / m["wall_s"] for m in runs)
         med = statistics.median(rates)
         mib = statistics.median(m["bytes"] / m["wall_s"] / 2**20 for m in runs)
         cpu = statistics.median((m["cpu_user_s"] + m["cpu_sys_s"]) / m["wall_s"] for m in runs)
+        cpu_item = statistics.median(
+            1000 * (m["cpu_user_s"] + m["cpu_sys_s"]) / m["items"] for m in runs
+        )
         lim = results.get((name, w, "limit"))
         pct = ""
         if lim and reader != "limit":
             lim_rate = statistics.median(m["items"] / m["wall_s"] for m in lim)
             pct = f"{100 * med / lim_rate:.0f}%"
         rate = f"{rates[0]:.1f}/{med:.1f}/{rates[-1]:.1f}"
-        unit = {"crops": "crops", "slabs": "slabs", "series": "series"}[w]
         print(
-            f"{name:<10} {w:<7} {reader:<12} {rate:>24} {mib:>10.0f} {cpu:>8.2f} {pct:>8}  ({unit})"
+            f"{name:<10} {w:<7} {reader:<12} {rate:>24} {mib:>10.0f} {cpu:>8.2f} "
+            f"{cpu_item:>11.1f} {pct:>8}"
         )
 
 

@@ -131,3 +131,20 @@ def test_concurrent_readers(array, loader: Loader) -> None:
     with ThreadPoolExecutor(4) as ex:
         list(ex.map(work, range(8)))
     drained(loader)
+
+
+def test_reuse_ring(array, loader: Loader) -> None:
+    """reuse=True recycles prefetch + 1 buffers and still yields the right data."""
+    path, data = array
+    a = lz.open(path, loader=loader)
+    seen = set()
+    boxes = list(random_boxes(data.shape, (3, 11, 7), 12, 7))
+    for (lo, hi), crop in zip(
+        boxes, a.random_crops((3, 11, 7), 12, seed=7, prefetch=3, reuse=True), strict=True
+    ):
+        check_equal(crop, data[tuple(map(slice, lo, hi))], "reused crop")
+        seen.add(crop.__array_interface__["data"][0])
+    assert len(seen) <= 4
+    blocks = [b.copy() for _, b in a.time_series(..., prefetch=2, reuse=True)]
+    check_equal(np.concatenate(blocks), data, "reused time series")
+    drained(loader)

@@ -185,29 +185,48 @@ class Array:
         out[...] = self._finish_region(reg, task.out)
         return out
 
-    def crops(self, regions: Iterable[Any], prefetch: int = 8) -> Iterator[np.ndarray]:
-        """Yield ``self[region]`` for each region, in order, with ``prefetch`` in flight."""
+    def crops(
+        self, regions: Iterable[Any], prefetch: int = 8, *, reuse: bool = False
+    ) -> Iterator[np.ndarray]:
+        """Yield ``self[region]`` for each region, in order, with ``prefetch`` in flight.
+
+        ``reuse=True`` recycles a ring of ``prefetch + 1`` output buffers: each yielded
+        array is overwritten once the next one is asked for (copy it to keep it)."""
         regs = (normalize(r, self.shape) for r in regions)
-        return stream.ordered(self, regs, prefetch)
+        return stream.ordered(self, regs, prefetch, reuse)
 
     def random_crops(
-        self, shape: Iterable[int], count: int, *, seed: int | None = None, prefetch: int = 8
+        self,
+        shape: Iterable[int],
+        count: int,
+        *,
+        seed: int | None = None,
+        prefetch: int = 8,
+        reuse: bool = False,
     ) -> Iterator[np.ndarray]:
         """Yield ``count`` crops of ``shape`` at uniformly random offsets (``seed`` makes
-        them reproducible), in order, with ``prefetch`` in flight."""
+        them reproducible), in order, with ``prefetch`` in flight (``reuse`` as for
+        :meth:`crops`)."""
         boxes = stream.random_boxes(self.shape, tuple(shape), count, seed)
-        return stream.ordered(self, (region_of_box(lo, hi) for lo, hi in boxes), prefetch)
+        regs = (region_of_box(lo, hi) for lo, hi in boxes)
+        return stream.ordered(self, regs, prefetch, reuse)
 
     def time_series(
-        self, region: Any = ..., *, axis: int = 0, rows: int = 1, prefetch: int = 8
+        self,
+        region: Any = ...,
+        *,
+        axis: int = 0,
+        rows: int = 1,
+        prefetch: int = 8,
+        reuse: bool = False,
     ) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(start, block)`` along ``axis`` in order: each block is ``rows`` rows of
         chunks of the region (cut at chunk boundaries); decoding runs ahead, out of
-        order, ``prefetch`` blocks deep."""
+        order, ``prefetch`` blocks deep (``reuse`` as for :meth:`crops`)."""
         reg = normalize(region, self.shape)
         if reg.post is not None or reg.drop:
             raise ValueError("time_series takes a region of plain slices (no steps, no ints)")
-        return stream.time_series(self, reg, axis, rows, prefetch)
+        return stream.time_series(self, reg, axis, rows, prefetch, reuse)
 
     # -- writing -------------------------------------------------------------------------
     def __setitem__(self, key: Any, value: Any) -> None:

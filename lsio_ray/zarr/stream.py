@@ -25,33 +25,51 @@ __all__ = ["ordered", "random_boxes", "time_series"]
 
 
 def _pairs(
-    array: Array, regions: Iterator[Region], prefetch: int
+    array: Array, regions: Iterator[Region], prefetch: int, reuse: bool = False
 ) -> Iterator[tuple[Region, np.ndarray]]:
     if int(prefetch) < 1:
         raise ValueError(f"prefetch must be at least 1, not {prefetch}")
     window: deque[tuple[Region, ReadTask]] = deque()
+    free: dict[tuple[int, ...], list[np.ndarray]] = {}
+    lent: np.ndarray | None = None  # the buffer the consumer holds (reuse=True)
 
     def push() -> None:
         reg = next(regions, None)
-        if reg is not None:
-            window.append((reg, array._start_region(reg)))
+        if reg is None:
+            return
+        out = None
+        if reuse:
+            spare = free.get(reg.box_shape)
+            out = spare.pop() if spare else np.empty(reg.box_shape, dtype=array.dtype)
+        window.append((reg, array.start_read(reg.lo, reg.hi, out)))
 
     try:
         for _ in range(int(prefetch)):
             push()
         while window:
+            if lent is not None:  # the consumer asked for the next one: take it back
+                free.setdefault(lent.shape, []).append(lent)
+                lent = None
             reg, task = window.popleft()
             task.wait()
             push()
+            if reuse:
+                lent = task.out
             yield reg, array._finish_region(reg, task.out)
     finally:
         for _, task in window:
             task.cancel()
 
 
-def ordered(array: Array, regions: Iterator[Region], prefetch: int) -> Iterator[np.ndarray]:
-    """Yield ``array[region]`` for each region in order, ``prefetch`` reads in flight."""
-    for _, data in _pairs(array, regions, prefetch):
+def ordered(
+    array: Array, regions: Iterator[Region], prefetch: int, reuse: bool = False
+) -> Iterator[np.ndarray]:
+    """Yield ``array[region]`` for each region in order, ``prefetch`` reads in flight.
+
+    With ``reuse`` the results live in a ring of ``prefetch + 1`` buffers per shape: a
+    yielded array is overwritten once the next one is asked for (no page faults on fresh
+    output memory, a bounded footprint); copy what must be kept."""
+    for _, data in _pairs(array, regions, prefetch, reuse):
         yield data
 
 
@@ -74,10 +92,10 @@ def random_boxes(
 
 
 def time_series(
-    array: Array, region: Region, axis: int, rows: int, prefetch: int
+    array: Array, region: Region, axis: int, rows: int, prefetch: int, reuse: bool = False
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Blocks of ``region`` along ``axis`` cut at every ``rows``-th chunk boundary,
-    yielded in order as ``(start, block)``."""
+    yielded in order as ``(start, block)`` (``reuse`` as for :func:`ordered`)."""
     if not -array.ndim <= axis < array.ndim:
         raise ValueError(f"axis {axis} out of range for a {array.ndim}-d array")
     axis %= array.ndim
@@ -94,5 +112,5 @@ def time_series(
             blo[axis], bhi[axis] = a, b
             yield region_of_box(blo, bhi)
 
-    for reg, data in _pairs(array, boxes(), prefetch):
+    for reg, data in _pairs(array, boxes(), prefetch, reuse):
         yield reg.lo[axis], data
