@@ -211,6 +211,23 @@ class Array:
         regs = (region_of_box(lo, hi) for lo, hi in boxes)
         return stream.ordered(self, regs, prefetch, reuse)
 
+    def decode_aware_crops(
+        self,
+        shape: Iterable[int],
+        count: int,
+        *,
+        seed: int | None = None,
+        block: int = 512,
+        prefetch: int = 16,
+    ) -> Iterator[np.ndarray]:
+        """The crops of :meth:`random_crops` (same seed, same offsets: i.i.d. uniform),
+        decoding each chunk once per block of ``block`` crops and yielding each block in a
+        seeded random order -- past the decoder's limit by decoding less.  Memory: one
+        block of crops.  See :mod:`lsio_ray.zarr.sampler` for the trade-off."""
+        from lsio_ray.zarr.sampler import decode_aware_crops
+
+        return decode_aware_crops(self, shape, count, seed=seed, block=block, prefetch=prefetch)
+
     def time_series(
         self,
         region: Any = ...,

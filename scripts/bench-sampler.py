@@ -1,0 +1,87 @@
+"""Decode-aware crop sampler against plain random crops and tensorstore, in one run.
+
+Random (8, 256, 256) crops of the (512, 1024, 1024) float32 zstd-3 array made by
+scripts/bench-zarr.py, warm page cache, the same seed and so the same crop offsets for
+every reader; readers interleaved, REPS repetitions, min / median / max crops/s.
+
+    python scripts/bench-sampler.py [PATH] [--count 1024] [--block 512] [--reps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import numpy as np
+
+import lsio_ray.zarr as lz
+from lsio_ray.zarr.stream import random_boxes
+
+CROP = (8, 256, 256)
+
+
+def run_tensorstore(path: str, count: int, seed: int, prefetch: int = 16) -> int:
+    import tensorstore as ts
+
+    arr = ts.open(
+        {"driver": "zarr3", "kvstore": {"driver": "file", "path": path}}, open=True, read=True
+    ).result()
+    n, window = 0, []
+    for lo, hi in random_boxes(tuple(arr.shape), CROP, count, seed):
+        window.append(arr[tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))].read())
+        if len(window) >= prefetch:
+            n += window.pop(0).result().nbytes
+    return n + sum(f.result().nbytes for f in window)
+
+
+def run_lsio(path: str, count: int, seed: int) -> int:
+    with lz.open(path) as a:
+        return sum(c.nbytes for c in a.random_crops(CROP, count, seed=seed, prefetch=16))
+
+
+def run_aware(path: str, count: int, seed: int, block: int) -> int:
+    with lz.open(path) as a:
+        return sum(c.nbytes for c in a.decode_aware_crops(CROP, count, seed=seed, block=block))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "path",
+        nargs="?",
+        default=os.path.join(
+            os.environ.get("LSIO_ZARR_BENCH_DIR", "/tmp/lsio-zarr-bench"),
+            "v3-chunks-512x1024x1024.zarr",
+        ),
+    )
+    ap.add_argument("--count", type=int, default=1024)
+    ap.add_argument("--block", type=int, default=512)
+    ap.add_argument("--reps", type=int, default=3)
+    args = ap.parse_args()
+    readers = {
+        "tensorstore": lambda s: run_tensorstore(args.path, args.count, s),
+        "lsio random_crops": lambda s: run_lsio(args.path, args.count, s),
+        f"lsio decode_aware_crops (block {args.block})": lambda s: run_aware(
+            args.path, args.count, s, args.block
+        ),
+    }
+    rates: dict[str, list[float]] = {k: [] for k in readers}
+    for rep in range(args.reps):
+        for name, fn in readers.items():
+            t = time.perf_counter()
+            nbytes = fn(rep)
+            dt = time.perf_counter() - t
+            assert nbytes == args.count * int(np.prod(CROP)) * 4, name
+            rates[name].append(args.count / dt)
+    base = statistics.median(rates["tensorstore"])
+    print(f"{args.count} crops {CROP} of {args.path}, {args.reps} reps, warm cache")
+    print("| reader | crops/s min | median | max | vs tensorstore |\n|---|---:|---:|---:|---:|")
+    for name, r in rates.items():
+        med = statistics.median(r)
+        print(f"| {name} | {min(r):.0f} | {med:.0f} | {max(r):.0f} | {med / base:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
