@@ -91,23 +91,42 @@ def _fill_block(
             users[idx].append(k)
     pending: collections.deque = collections.deque()
 
-    def scatter(key: tuple[int, ...], task: object) -> None:
+    def scatter(keys: list[tuple[int, ...]], run_lo: np.ndarray, task: object) -> None:
         task.wait()  # type: ignore[attr-defined]
         data = task.out  # type: ignore[attr-defined]
-        c_lo = np.asarray(key, dtype=np.int64) * chunk
-        for k in users[key]:
-            lo, hi = boxes[k]
-            a = np.maximum(lo, c_lo)
-            b = np.minimum(hi, c_lo + data.shape)
-            src = tuple(slice(int(x), int(y)) for x, y in zip(a - c_lo, b - c_lo, strict=True))
-            dst = tuple(slice(int(x), int(y)) for x, y in zip(a - lo, b - lo, strict=True))
-            out[k][dst] = data[src]
+        run_hi = run_lo + data.shape
+        for key in keys:
+            c_lo = np.asarray(key, dtype=np.int64) * chunk
+            c_hi = np.minimum(c_lo + chunk, run_hi)
+            for k in users[key]:
+                lo, hi = boxes[k]
+                a = np.maximum(lo, c_lo)
+                b = np.minimum(hi, c_hi)
+                src = tuple(
+                    slice(int(x), int(y)) for x, y in zip(a - run_lo, b - run_lo, strict=True)
+                )
+                dst = tuple(slice(int(x), int(y)) for x, y in zip(a - lo, b - lo, strict=True))
+                out[k][dst] = data[src]
 
-    for key in sorted(users):  # storage order: neighbouring chunks, neighbouring files
-        c_lo = np.asarray(key, dtype=np.int64) * chunk
-        c_hi = np.minimum(c_lo + chunk, full)
-        pending.append((key, array.start_read(c_lo, c_hi)))
+    # Runs of needed chunks that are neighbours along the last axis become one read (one
+    # task, decoded straight into its box): fewer, larger tasks than one per chunk.
+    for keys in _runs(sorted(users)):
+        lo = np.asarray(keys[0], dtype=np.int64) * chunk
+        hi = np.minimum(np.asarray(keys[-1], dtype=np.int64) * chunk + chunk, full)
+        pending.append((keys, lo, array.start_read(lo, hi)))
         if len(pending) >= prefetch:
             scatter(*pending.popleft())
     while pending:
         scatter(*pending.popleft())
+
+
+def _runs(keys: list[tuple[int, ...]]) -> Iterator[list[tuple[int, ...]]]:
+    """Split sorted chunk keys into runs of consecutive last-axis indices."""
+    run: list[tuple[int, ...]] = []
+    for key in keys:
+        if run and (key[:-1] != run[-1][:-1] or key[-1] != run[-1][-1] + 1):
+            yield run
+            run = []
+        run.append(key)
+    if run:
+        yield run
