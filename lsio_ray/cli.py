@@ -20,6 +20,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from lsio_ray import argtypes
+
 __all__ = [
     "BENCH_MODES",
     "COMMAND_GROUPS",
@@ -38,34 +40,6 @@ Subparsers = Any  # argparse's _SubParsersAction is private
 
 # ---------------------------------------------------------------------------------------
 # argument types
-
-
-def _size(text: str) -> int:
-    from lsio_ray.config import parse_size
-
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _duration(text: str) -> float:
-    from lsio_ray.bench import parse_duration
-
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
-    return value
 
 
 def _show_progress(args: argparse.Namespace) -> bool:
@@ -174,8 +148,10 @@ def add_bench_make_files(bsub: Subparsers) -> argparse.ArgumentParser:
         "... (files already of the right size are kept).",
     )
     mk.add_argument("--dir", required=True, help="directory for the files")
-    mk.add_argument("--count", type=_positive, default=64, help="number of files (64)")
-    mk.add_argument("--size", type=_size, default=_size("64M"), help="bytes per file (64M)")
+    mk.add_argument("--count", type=argtypes.positive, default=64, help="number of files (64)")
+    mk.add_argument(
+        "--size", type=argtypes.size, default=argtypes.size("64M"), help="bytes per file (64M)"
+    )
     mk.add_argument("--seed", type=int, default=0, help="random seed (0)")
     mk.add_argument("--fsync", action="store_true", help="fsync every file")
     mk.add_argument("--json", action="store_true", help="print one JSON object")
@@ -204,14 +180,19 @@ def add_bench_read(bsub: Subparsers) -> argparse.ArgumentParser:
     rd.add_argument(
         "--block-size",
         "--bs",
-        type=_size,
+        type=argtypes.size,
         default=4096,
         help="bytes per read for random/sequential (4K)",
     )
     rd.add_argument("--direct", action="store_true", help="O_DIRECT reads")
-    rd.add_argument("--depth", type=_positive, default=64, help="ops in flight per engine (64)")
     rd.add_argument(
-        "--threads", type=_positive, default=1, help="Python threads, each with its own engine (1)"
+        "--depth", type=argtypes.positive, default=64, help="ops in flight per engine (64)"
+    )
+    rd.add_argument(
+        "--threads",
+        type=argtypes.positive,
+        default=1,
+        help="Python threads, each with its own engine (1)",
     )
     rd.add_argument(
         "--backend",
@@ -221,13 +202,13 @@ def add_bench_read(bsub: Subparsers) -> argparse.ArgumentParser:
     )
     rd.add_argument(
         "--io-threads",
-        type=_positive,
+        type=argtypes.positive,
         default=None,
         help="pread backend worker threads per engine (LSIO_THREADS, 4)",
     )
     rd.add_argument(
         "--duration",
-        type=_duration,
+        type=argtypes.duration,
         default=10.0,
         help="run time, e.g. 10s, 500ms, 1m; 0 = no limit (10s)",
     )
@@ -240,19 +221,19 @@ def add_bench_read(bsub: Subparsers) -> argparse.ArgumentParser:
     )
     rd.add_argument(
         "--pool-bytes",
-        type=_size,
+        type=argtypes.size,
         default=None,
         help="buffer pool per engine (default: from depth, batch and block size)",
     )
     rd.add_argument(
         "--batch",
-        type=_positive,
+        type=argtypes.positive,
         default=None,
         help="ranges per submit (default: 16 MiB worth, at most 4096)",
     )
     rd.add_argument(
         "--ranges-per-file",
-        type=_positive,
+        type=argtypes.positive,
         default=None,
         help="random: reads per file op (open, reads, close); each batch spreads over "
         "batch/N files drawn at random (default: max(1024, 4 x depth); 1 = every file in "
@@ -270,7 +251,9 @@ def add_bench_read(bsub: Subparsers) -> argparse.ArgumentParser:
         help="io_uring: a C thread of each engine keeps the ring full and reap only collects "
         "(default: the reaping thread drives the ring)",
     )
-    rd.add_argument("--files", type=_positive, default=None, help="use only the first N files")
+    rd.add_argument(
+        "--files", type=argtypes.positive, default=None, help="use only the first N files"
+    )
     rd.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
     rd.add_argument("--json", action="store_true", help="print one JSON object")
     rd.add_argument("--no-progress", action="store_true", help="no progress bar")

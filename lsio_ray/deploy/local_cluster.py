@@ -83,6 +83,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from lsio_ray import argtypes
+
 __all__ = [
     "DATA_DIR_ENV",
     "DEFAULT_NAME",
@@ -1156,15 +1158,6 @@ def _cmd_down(args: argparse.Namespace) -> int:
     return 0
 
 
-def _size(text: str) -> int:
-    from lsio_ray.config import parse_size
-
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The ``local-cluster`` argument parser (``up``, ``status``, ``down``)."""
     parser = argparse.ArgumentParser(
@@ -1184,7 +1177,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--root", required=True, help="directory for state, data dirs and logs")
     up.add_argument("--cpus-per-node", type=int, default=1, help="--num-cpus per node (1)")
     up.add_argument(
-        "--object-store-memory", type=_size, default=1 << 30, help="per node, e.g. 512M (1G)"
+        "--object-store-memory",
+        type=argtypes.size,
+        default=1 << 30,
+        help="per node, e.g. 512M (1G)",
     )
     up.add_argument("--subnet", help="private IPv4 subnet (default: a free /24 of 10.213/16)")
     up.add_argument("--port", type=int, help="head GCS port (default 6379, or any free port)")

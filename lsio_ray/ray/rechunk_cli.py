@@ -14,26 +14,9 @@ import json
 import sys
 from typing import Any
 
+from lsio_ray import argtypes
+
 __all__ = ["add_rechunk_parser", "cmd_rechunk"]
-
-
-def _shape(text: str) -> tuple[int, ...]:
-    try:
-        shape = tuple(int(x) for x in text.replace("x", ",").split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a shape: {text!r} (e.g. 64,256,256)") from None
-    if not shape or any(s <= 0 for s in shape):
-        raise argparse.ArgumentTypeError(f"not a shape of positive sizes: {text!r}")
-    return shape
-
-
-def _size(text: str) -> int:
-    from lsio_ray.config import parse_size
-
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _roots(items: list[str] | None) -> dict[str, list[str]] | None:
@@ -101,11 +84,11 @@ def add_rechunk_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("dst", help="the new array (a directory)")
     p.add_argument(
         "--chunks",
-        type=_shape,
+        type=argtypes.shape,
         required=True,
         help="chunk shape, e.g. 64,256,256 (the inner chunk when sharded)",
     )
-    p.add_argument("--shards", type=_shape, default=None, help="shard shape (v3 only)")
+    p.add_argument("--shards", type=argtypes.shape, default=None, help="shard shape (v3 only)")
     p.add_argument(
         "--codec",
         default=None,
@@ -133,12 +116,15 @@ def add_rechunk_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--block-bytes",
-        type=_size,
-        default=_size("256M"),
+        type=argtypes.size,
+        default=argtypes.size("256M"),
         help="decoded bytes per block, the memory of one task (256M)",
     )
     p.add_argument(
-        "--batch-bytes", type=_size, default=None, help="bytes per Ray object of read chunks (16M)"
+        "--batch-bytes",
+        type=argtypes.size,
+        default=None,
+        help="bytes per Ray object of read chunks (16M)",
     )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

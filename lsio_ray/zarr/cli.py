@@ -19,6 +19,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from lsio_ray import argtypes
+
 __all__ = [
     "add_bench_crops_parser",
     "add_info_parser",
@@ -27,26 +29,6 @@ __all__ = [
     "cmd_info",
     "main",
 ]
-
-
-def _shape(text: str) -> tuple[int, ...]:
-    try:
-        shape = tuple(int(s) for s in text.replace("x", ",").split(",") if s.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a shape: {text!r} (use e.g. 8,256,256)") from None
-    if not shape or any(s <= 0 for s in shape):
-        raise argparse.ArgumentTypeError(f"not a shape: {text!r} (use e.g. 8,256,256)")
-    return shape
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
-    return value
 
 
 # -- info --------------------------------------------------------------------------------
@@ -182,10 +164,10 @@ def add_bench_crops_parser(bench_subparsers: Any) -> argparse.ArgumentParser:
         "crops/s and decoded MiB/s.",
     )
     p.add_argument("path", help="the array's directory")
-    p.add_argument("--shape", type=_shape, required=True, help="crop shape, e.g. 8,256,256")
-    p.add_argument("--count", type=_positive, default=200, help="crops to read (200)")
+    p.add_argument("--shape", type=argtypes.shape, required=True, help="crop shape, e.g. 8,256,256")
+    p.add_argument("--count", type=argtypes.positive, default=200, help="crops to read (200)")
     p.add_argument("--seed", type=int, default=0, help="random seed (0)")
-    p.add_argument("--prefetch", type=_positive, default=16, help="crops in flight (16)")
+    p.add_argument("--prefetch", type=argtypes.positive, default=16, help="crops in flight (16)")
     p.add_argument(
         "--backend",
         choices=["auto", "uring", "pread"],
@@ -193,7 +175,10 @@ def add_bench_crops_parser(bench_subparsers: Any) -> argparse.ArgumentParser:
         help="engine backend (LSIO_BACKEND, else auto)",
     )
     p.add_argument(
-        "--threads", type=_positive, default=None, help="decode threads (default: one per core)"
+        "--threads",
+        type=argtypes.positive,
+        default=None,
+        help="decode threads (default: one per core)",
     )
     p.add_argument("--warmup", type=int, default=0, help="crops read before measuring (0)")
     p.add_argument("--json", action="store_true", help="print JSON")

@@ -1,0 +1,50 @@
+"""argparse types shared by every ``lsio-ray`` command: sizes, durations, shapes,
+positive integers.  Each raises ``argparse.ArgumentTypeError`` with what was wrong."""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["duration", "positive", "shape", "size"]
+
+
+def size(text: str) -> int:
+    """``4K``, ``64M``, ``1G`` or a plain number of bytes."""
+    from lsio_ray.config import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def duration(text: str) -> float:
+    """``10s``, ``2m``, ``500ms`` or a plain number of seconds."""
+    from lsio_ray.bench import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def positive(text: str) -> int:
+    """An integer > 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+def shape(text: str) -> tuple[int, ...]:
+    """``8,256,256`` (or ``8x256x256``): positive sizes."""
+    try:
+        out = tuple(int(s) for s in text.replace("x", ",").split(",") if s.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a shape: {text!r} (use e.g. 8,256,256)") from None
+    if not out or any(s <= 0 for s in out):
+        raise argparse.ArgumentTypeError(f"not a shape of positive sizes: {text!r}")
+    return out
