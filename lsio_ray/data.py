@@ -36,6 +36,8 @@ import numpy as np
 from ray.data.block import BlockAccessor, BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
+from lsio_ray.zarr.stream import random_box_starts
+
 if TYPE_CHECKING:
     import ray.data
 
@@ -51,24 +53,6 @@ __all__ = [
 ]
 
 DEFAULT_BLOCK_BYTES = 32 << 20
-
-
-def random_box_starts(
-    shape: Sequence[int], crop_shape: Sequence[int], count: int, seed: int | None
-) -> np.ndarray:
-    """``(count, ndim)`` start corners of crops at uniform random offsets, drawn from
-    ``seed`` alone (the same boxes as ``Array.random_crops`` with that seed)."""
-    shape = tuple(int(s) for s in shape)
-    crop = tuple(int(c) for c in crop_shape)
-    if len(crop) != len(shape):
-        raise ValueError(f"crop shape {crop} has {len(crop)} dimensions, the array {len(shape)}")
-    if any(c <= 0 or c > s for c, s in zip(crop, shape, strict=True)):
-        raise ValueError(f"crop shape {crop} does not fit in the array's shape {shape}")
-    if count < 0:
-        raise ValueError(f"count must not be negative, not {count}")
-    span = np.asarray(shape, dtype=np.int64) - np.asarray(crop, dtype=np.int64) + 1
-    rng = np.random.default_rng(seed)
-    return rng.integers(0, span, size=(int(count), len(shape))).astype(np.int64)
 
 
 def window_starts(

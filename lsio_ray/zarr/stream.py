@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -73,22 +73,32 @@ def ordered(
         yield data
 
 
-def random_boxes(
-    shape: tuple[int, ...], crop: tuple[int, ...], count: int, seed: int | None
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """``count`` boxes of shape ``crop`` at uniform random offsets inside ``shape``."""
+def random_box_starts(
+    shape: Sequence[int], crop_shape: Sequence[int], count: int, seed: int | None
+) -> np.ndarray:
+    """``(count, ndim)`` start corners of crops at uniform random offsets, drawn from
+    ``seed`` alone: the one definition of where seeded random crops lie (used by
+    ``Array.random_crops``, the decode-aware sampler and the Ray Data reader)."""
+    shape = tuple(int(s) for s in shape)
+    crop = tuple(int(c) for c in crop_shape)
     if len(crop) != len(shape):
         raise ValueError(f"crop shape {crop} has {len(crop)} dimensions, the array {len(shape)}")
     if any(c <= 0 or c > s for c, s in zip(crop, shape, strict=True)):
         raise ValueError(f"crop shape {crop} does not fit in the array's shape {shape}")
     if count < 0:
         raise ValueError(f"count must not be negative, not {count}")
+    span = np.asarray(shape, dtype=np.int64) - np.asarray(crop, dtype=np.int64) + 1
     rng = np.random.default_rng(seed)
+    return rng.integers(0, span, size=(int(count), len(shape))).astype(np.int64)
+
+
+def random_boxes(
+    shape: tuple[int, ...], crop: tuple[int, ...], count: int, seed: int | None
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``count`` boxes of shape ``crop`` at uniform random offsets inside ``shape``."""
+    starts = random_box_starts(shape, crop, count, seed)
     size = np.asarray(crop, dtype=np.int64)
-    span = np.asarray(shape, dtype=np.int64) - size + 1
-    for _ in range(count):
-        lo = rng.integers(0, span)
-        yield lo, lo + size
+    return ((lo, lo + size) for lo in starts)
 
 
 def time_series(
