@@ -206,6 +206,11 @@ def _read(
     args = dict(ray_args)
     if src.node is not None and "label_selector" not in args:
         args["label_selector"] = {ray._raylet.RAY_NODE_ID_KEY: src.node}
+    if parallelism is None and "override_num_blocks" not in args:
+        # One read task per CPU of the cluster: Ray's own default (many small tasks, each
+        # paying task and block costs and its own array open) was 2.1x slower here
+        # (BENCHMARKS.md, issue 5).
+        parallelism = max(1, int(ray.cluster_resources().get("CPU", 1)))
     if parallelism is not None:
         args["override_num_blocks"] = int(parallelism)
     return ray.data.read_datasource(src, **args)
@@ -227,7 +232,7 @@ def read_zarr_crops(
 
     Rows: ``crop``, ``index``, ``lo`` (see the module doc).  ``seed`` alone decides the
     crops (the same as ``Array.random_crops`` with that seed); ``parallelism``: read
-    tasks (default: Ray's choice); ``prefetch``: crops in flight per task;
+    tasks (default: one per CPU of the cluster); ``prefetch``: crops in flight per task;
     ``block_bytes``: target block size; ``coordinator``: place read tasks where its
     locality says the array lives.  Other keyword arguments go to
     ``ray.data.read_datasource`` (``num_cpus``, ``concurrency``, ...)."""
