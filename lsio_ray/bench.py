@@ -49,6 +49,7 @@ __all__ = [
     "MakeFilesResult",
     "ReadResult",
     "ReadSpec",
+    "drop_caches",
     "file_name",
     "list_files",
     "make_files",
@@ -76,6 +77,21 @@ _REAP_TIMEOUT_MS = 100  # reap wakes up at least this often to look at the clock
 
 # ---------------------------------------------------------------------------------------
 # helpers
+
+
+def drop_caches() -> bool:
+    """``sync; echo 3 > /proc/sys/vm/drop_caches`` for cold-cache runs (root only).
+
+    Returns False, changing nothing, where that is not allowed."""
+    import subprocess
+
+    try:
+        subprocess.run(["sync"], check=True)
+        with open("/proc/sys/vm/drop_caches", "w") as fh:
+            fh.write("3\n")
+        return True
+    except (OSError, subprocess.CalledProcessError):
+        return False
 
 
 def file_name(index: int) -> str:

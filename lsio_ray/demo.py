@@ -77,16 +77,6 @@ def _fio_read(
     return {"ops_per_s": job["iops"], "mib_per_s": job["bw_bytes"] / (1 << 20)}
 
 
-def _drop_caches() -> bool:
-    try:
-        subprocess.run(["sync"], check=False)
-        with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("3\n")
-        return True
-    except OSError:
-        return False
-
-
 def demo_io(root: str, opts: DemoOptions, report: Report) -> None:
     """Step 1: the engine against fio and the pread backend."""
     big = os.path.join(root, "big")
@@ -117,7 +107,7 @@ def demo_io(root: str, opts: DemoOptions, report: Report) -> None:
     if fio:
         rows.append(("4K random O_DIRECT, fio io_uring", fio["ops_per_s"], fio["mib_per_s"]))
     for backend in ("uring", "pread"):
-        cold = _drop_caches()
+        cold = bench.drop_caches()
         r = bench.run_read(
             bench.ReadSpec(
                 dir=small,

@@ -29,13 +29,14 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
+
+from lsio_ray.bench import drop_caches
 
 ROOT = os.environ.get("LSIO_RAY_BENCH_DIR", "/tmp/lsio-ray-bench")
 REPS = int(os.environ.get("LSIO_RAY_BENCH_REPS", "3"))
@@ -54,16 +55,6 @@ def make_files(name: str, count: int, size: int) -> list[str]:
             with open(p, "wb") as fh:
                 fh.write(rng.integers(0, 256, size, dtype=np.uint8).tobytes())
     return paths
-
-
-def drop_caches() -> bool:
-    try:
-        subprocess.run(["sync"], check=True)
-        with open("/proc/sys/vm/drop_caches", "w") as fh:
-            fh.write("3\n")
-        return True
-    except OSError:
-        return False
 
 
 def groups_of(paths: list[str], per: int) -> list[Any]:

@@ -12,11 +12,12 @@ from __future__ import annotations
 import importlib.util
 import os
 import statistics
-import subprocess
 import threading
 import time
 from pathlib import Path
 from types import ModuleType
+
+from lsio_ray.bench import drop_caches as drop_caches  # re-exported for the scripts
 
 HERE = Path(__file__).resolve().parent
 
@@ -35,17 +36,6 @@ def zarr_dataset(layout: str = "v3-chunks") -> str:
 
     Shape and directory follow ``LSIO_ZARR_BENCH_SHAPE`` / ``LSIO_ZARR_BENCH_DIR``."""
     return bench_zarr().dataset(layout)
-
-
-def drop_caches() -> bool:
-    """``sync; echo 3 > /proc/sys/vm/drop_caches`` (root only); False when not allowed."""
-    try:
-        subprocess.run(["sync"], check=True)
-        with open("/proc/sys/vm/drop_caches", "w") as fh:
-            fh.write("3\n")
-        return True
-    except OSError:
-        return False
 
 
 def _children_map() -> dict[int, list[int]]:
