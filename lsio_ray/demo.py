@@ -47,7 +47,6 @@ def _fio_read(
     direct: bool,
     depth: int,
     seconds: float,
-    whole_file: bool = False,
 ) -> dict[str, float] | None:
     """Run fio on the same files; None when fio is missing or fails."""
     if shutil.which("fio") is None:
@@ -64,11 +63,9 @@ def _fio_read(
         "--filename=" + ":".join(f.replace(":", "\\:") for f in files),
         "--thread",
         "--group_reporting",
+        "--time_based",
+        f"--runtime={seconds}",
     ]
-    if whole_file:
-        cmd += ["--file_service_type=sequential", "--loops=1"]
-    else:
-        cmd += ["--time_based", f"--runtime={seconds}"]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds * 10 + 120)
         job = json.loads(out.stdout)["jobs"][0]["read"]
