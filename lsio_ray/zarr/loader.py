@@ -34,7 +34,6 @@ from typing import Any
 import numpy as np
 
 from lsio_ray._core import RawEngine
-from lsio_ray._lsio import lib
 from lsio_ray.errors import GroupCancelledError
 
 __all__ = ["Loader", "Task", "default_loader", "set_default_loader"]
@@ -167,7 +166,6 @@ class Loader:
             else RawEngine(backend=backend, pool_bytes=pool_bytes, depth=depth)
         )
         self.backend = self.engine.backend
-        self._handle = self.engine.handle  # for lsio_release: 0.2 us, release_many([id]) 5 us
         self.threads = threads or _env_int(_ENV_THREADS, os.cpu_count() or 1)
         self.max_inflight = max_inflight or _env_int(_ENV_INFLIGHT, 4096)
         self._work: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -252,8 +250,7 @@ class Loader:
     def release(self, buf_id: int) -> None:
         """Give one pool buffer back to the engine (valid until :meth:`close`, which waits
         for the decode threads before it frees the engine)."""
-        if lib.lsio_release(self._handle, buf_id) < 0:
-            raise ValueError(f"lsio_release: unknown buffer id {buf_id}")
+        self.engine.release(buf_id)
 
     def _worker(self) -> None:
         get = self._work.get
