@@ -37,9 +37,9 @@ ffibuilder.set_source(
     "lsio_ray._lsio",
     '#include "lsio.h"',
     # setuptools wants paths relative to setup.py (the build runs from there)
-    sources=[os.path.relpath(CSRC / n) for n in ("engine.c", "pool.c")],
+    sources=[os.path.relpath(CSRC / n) for n in ("engine.c", "pool.c", "decode.c")],
     include_dirs=[os.path.relpath(CSRC)],
-    libraries=["uring", "pthread"],
+    libraries=["uring", "zstd", "blosc", "pthread"],
     extra_compile_args=["-O2", "-std=gnu11"],
 )
 

@@ -1,0 +1,371 @@
+/*
+ * decode.c -- lsio_decode_batch: chunks read through the engine, decoded from their pool
+ * buffers into an array, on io_uring and pread.
+ *
+ *  1. zstd, blosc and raw chunks of shape (4, 16, 32) uint32, decoded whole into a
+ *     C-contiguous destination (direct) and as an unaligned box into a larger array
+ *     (strided copy), element for element against the original; F-order chunk strides.
+ *  2. two chunks in one buffer (a coalesced read) with a shared counter: the buffer is
+ *     still out after the first job, released by the second.
+ *  3. errors: a truncated zstd frame, a frame bigger or smaller than the chunk, blosc
+ *     garbage, a raw chunk of the wrong size, a bad spec: each fails with its status,
+ *     the rest of the batch is skipped, and every buffer is released anyway.
+ *  4. two threads decode 400 boxes each concurrently (per-thread contexts), with
+ *     counters shared across the threads: every byte right, no buffer left out.
+ */
+#include "helpers.h"
+
+#include <blosc.h>
+#include <pthread.h>
+#include <zstd.h>
+
+#define C0 4
+#define C1 16
+#define C2 32
+#define NEL (C0 * C1 * C2)
+#define NB (NEL * 4)
+
+static uint32_t chunk[NEL];
+
+static uint64_t buffers_out(lsio_engine *e) {
+    lsio_stats st;
+    lsio_engine_stats(e, &st);
+    return st.buffers_out;
+}
+
+/* Write data to a file, read it back through the engine: one completion. */
+static int read_back(lsio_engine *e, const char *name, const void *data, uint64_t n,
+                     lsio_completion *c) {
+    char p[256];
+    t_path(p, sizeof p, "%s", name);
+    T_CHECK(t_write_file(p, data, n) == 0, "write %s", p);
+    t_batch b;
+    tb_init(&b);
+    tb_file(&b, p, LSIO_OP_READ, 0, 1);
+    tb_range(&b, 0, -1, 0, NULL);
+    T_CHECK(tb_submit(e, &b) == 0, "submit");
+    tb_free(&b);
+    T_CHECK(t_reap(e, c, 1, 1, 10000) == 1, "reap");
+    T_CHECK(c->error == 0 && (uint64_t)c->length == n, "read %s: error %d length %llu", name, c->error,
+            (unsigned long long)c->length);
+    return T_EXIT_PASS;
+}
+
+static void spec_c(lsio_decode_spec *s, int codec, int64_t d1, int64_t d2) {
+    memset(s, 0, sizeof *s);
+    s->codec = codec;
+    s->ndim = 3;
+    s->nbytes = NB;
+    s->itemsize = 4;
+    s->chunk_strides[0] = C1 * C2 * 4;
+    s->chunk_strides[1] = C2 * 4;
+    s->chunk_strides[2] = 4;
+    s->dst_strides[0] = d1 * d2 * 4;
+    s->dst_strides[1] = d2 * 4;
+    s->dst_strides[2] = 4;
+}
+
+static void job(lsio_decode_job *j, const lsio_completion *c, void *dst, int direct) {
+    memset(j, 0, sizeof *j);
+    j->src = (uint64_t)(uintptr_t)c->data;
+    j->src_len = c->length;
+    j->dst = (uint64_t)(uintptr_t)dst;
+    j->buf_id = c->buf_id;
+    j->direct = direct;
+    j->shape[0] = C0;
+    j->shape[1] = C1;
+    j->shape[2] = C2;
+}
+
+static uint8_t *compress(int codec, uint64_t *n) {
+    if (codec == LSIO_CODEC_RAW) {
+        uint8_t *p = malloc(NB);
+        memcpy(p, chunk, NB);
+        *n = NB;
+        return p;
+    }
+    size_t cap = codec == LSIO_CODEC_ZSTD ? ZSTD_compressBound(NB) : NB + BLOSC_MAX_OVERHEAD;
+    uint8_t *p = malloc(cap);
+    if (codec == LSIO_CODEC_ZSTD)
+        *n = ZSTD_compress(p, cap, chunk, NB, 3);
+    else
+        *n = (uint64_t)blosc_compress_ctx(5, 1, 4, NB, chunk, p, cap, "zstd", 0, 1);
+    return p;
+}
+
+/* 1 */
+static int run_codec(lsio_engine *e, int codec) {
+    uint64_t n;
+    uint8_t *stored = compress(codec, &n);
+    T_CHECK(n > 0 && n <= NB + BLOSC_MAX_OVERHEAD, "compress %d: %llu", codec, (unsigned long long)n);
+    lsio_completion c;
+    /* whole chunk, straight into a contiguous destination */
+    static uint32_t out[NEL];
+    memset(out, 0xee, sizeof out);
+    if (read_back(e, "chunk", stored, n, &c)) return T_EXIT_FAIL;
+    lsio_decode_spec s;
+    spec_c(&s, codec, C1, C2);
+    lsio_decode_job j;
+    job(&j, &c, out, 1);
+    T_CHECK(lsio_decode_batch(e, &s, &j, 1) == 0, "direct: %d %s", j.status,
+            lsio_decode_strerror(codec, j.status, j.detail));
+    T_CHECK(memcmp(out, chunk, NB) == 0, "direct decode differs (codec %d)", codec);
+    T_CHECK(buffers_out(e) == 0, "buffer not released");
+
+    /* the box [1:4, 3:16, 5:29] of the chunk into a (5, 20, 40) array at (2, 1, 7) */
+    enum { D0 = 5, D1 = 20, D2 = 40 };
+    static uint32_t big[D0 * D1 * D2];
+    memset(big, 0xee, sizeof big);
+    if (read_back(e, "chunk", stored, n, &c)) return T_EXIT_FAIL;
+    spec_c(&s, codec, D1, D2);
+    job(&j, &c, &big[(2 * D1 + 1) * D2 + 7], 0);
+    j.src_off = ((1 * C1 + 3) * C2 + 5) * 4;
+    j.shape[0] = 3;
+    j.shape[1] = 13;
+    j.shape[2] = 24;
+    T_CHECK(lsio_decode_batch(e, &s, &j, 1) == 0, "box: %d", j.status);
+    for (int a = 0; a < D0; a++)
+        for (int b = 0; b < D1; b++)
+            for (int k = 0; k < D2; k++) {
+                int ca = a - 2 + 1, cb = b - 1 + 3, ck = k - 7 + 5;
+                int inside = a >= 2 && ca < 4 && b >= 1 && cb < 16 && k >= 7 && ck < 29;
+                uint32_t want = inside ? chunk[(ca * C1 + cb) * C2 + ck] : 0xeeeeeeeeu;
+                T_CHECK(big[(a * D1 + b) * D2 + k] == want, "box element (%d,%d,%d)", a, b, k);
+            }
+    T_CHECK(buffers_out(e) == 0, "buffer not released");
+
+    /* the same stored bytes read as an F-order chunk of shape (32, 16, 4): transposed */
+    static uint32_t tr[NEL];
+    if (read_back(e, "chunk", stored, n, &c)) return T_EXIT_FAIL;
+    memset(&s, 0, sizeof s);
+    s.codec = codec;
+    s.ndim = 3;
+    s.nbytes = NB;
+    s.itemsize = 4;
+    s.chunk_strides[0] = 4;
+    s.chunk_strides[1] = C2 * 4;
+    s.chunk_strides[2] = C1 * C2 * 4;
+    s.dst_strides[0] = C1 * C0 * 4;
+    s.dst_strides[1] = C0 * 4;
+    s.dst_strides[2] = 4;
+    job(&j, &c, tr, 0);
+    j.shape[0] = C2;
+    j.shape[1] = C1;
+    j.shape[2] = C0;
+    T_CHECK(lsio_decode_batch(e, &s, &j, 1) == 0, "F order: %d", j.status);
+    for (int a = 0; a < C2; a++)
+        for (int b = 0; b < C1; b++)
+            for (int k = 0; k < C0; k++)
+                T_CHECK(tr[(a * C1 + b) * C0 + k] == chunk[(k * C1 + b) * C2 + a], "F element");
+    free(stored);
+    T_CHECK(buffers_out(e) == 0, "buffer not released");
+    return T_EXIT_PASS;
+}
+
+/* 2 */
+static int run_shared(lsio_engine *e) {
+    uint64_t n;
+    uint8_t *one = compress(LSIO_CODEC_ZSTD, &n);
+    uint8_t *two = malloc(2 * n);
+    memcpy(two, one, n);
+    memcpy(two + n, one, n);
+    lsio_completion c;
+    if (read_back(e, "two", two, 2 * n, &c)) return T_EXIT_FAIL;
+    static uint32_t out[2][NEL];
+    lsio_decode_spec s;
+    spec_c(&s, LSIO_CODEC_ZSTD, C1, C2);
+    int32_t count = 2;
+    lsio_decode_job j[2];
+    for (int i = 0; i < 2; i++) {
+        job(&j[i], &c, out[i], 1);
+        j[i].src += (uint64_t)i * n;
+        j[i].src_len = n;
+        j[i].refcnt = (uint64_t)(uintptr_t)&count;
+    }
+    T_CHECK(lsio_decode_batch(e, &s, &j[0], 1) == 0, "first");
+    T_CHECK(buffers_out(e) == 1 && count == 1, "released while a job still reads it");
+    T_CHECK(lsio_decode_batch(e, &s, &j[1], 1) == 0, "second");
+    T_CHECK(buffers_out(e) == 0 && count == 0, "not released after the last job");
+    T_CHECK(memcmp(out[0], chunk, NB) == 0 && memcmp(out[1], chunk, NB) == 0, "bytes");
+    free(one);
+    free(two);
+    return T_EXIT_PASS;
+}
+
+/* 3 */
+static int expect_fail(lsio_engine *e, const char *what, int codec, const void *data,
+                       uint64_t n, uint64_t nbytes, int32_t status) {
+    lsio_completion c[2];
+    static uint32_t out[2 * NEL];
+    if (read_back(e, "bad", data, n, &c[0])) return T_EXIT_FAIL;
+    uint64_t good_n;
+    uint8_t *good = compress(codec, &good_n);
+    if (read_back(e, "good", good, good_n, &c[1])) return T_EXIT_FAIL;
+    free(good);
+    lsio_decode_spec s;
+    spec_c(&s, codec, C1, C2);
+    s.nbytes = nbytes;
+    lsio_decode_job j[2];
+    job(&j[0], &c[0], out, 1);
+    job(&j[1], &c[1], out + NEL, 1);
+    T_CHECK(lsio_decode_batch(e, &s, j, 2) == 1, "%s: not one failure", what);
+    T_CHECK(j[0].status == status, "%s: status %d (%s), expected %d", what, j[0].status,
+            lsio_decode_strerror(codec, j[0].status, j[0].detail), status);
+    T_CHECK(strlen(lsio_decode_strerror(codec, j[0].status, j[0].detail)) > 0, "message");
+    T_CHECK(j[1].status == LSIO_DEC_E_SKIPPED, "%s: the next job ran", what);
+    T_CHECK(buffers_out(e) == 0, "%s: buffers not released after an error", what);
+    return T_EXIT_PASS;
+}
+
+static int run_errors(lsio_engine *e) {
+    uint64_t n;
+    uint8_t *z = compress(LSIO_CODEC_ZSTD, &n);
+    if (expect_fail(e, "truncated zstd", LSIO_CODEC_ZSTD, z, n - 9, NB, LSIO_DEC_E_CODEC))
+        return T_EXIT_FAIL;
+    if (expect_fail(e, "zstd too big", LSIO_CODEC_ZSTD, z, n, NB - 4, LSIO_DEC_E_CODEC))
+        return T_EXIT_FAIL;
+    /* a frame of half the chunk: decodes fine but short */
+    size_t cap = ZSTD_compressBound(NB / 2);
+    uint8_t *h = malloc(cap);
+    size_t hn = ZSTD_compress(h, cap, chunk, NB / 2, 1);
+    if (expect_fail(e, "zstd too small", LSIO_CODEC_ZSTD, h, hn, NB, LSIO_DEC_E_SIZE))
+        return T_EXIT_FAIL;
+    uint8_t garbage[64];
+    memset(garbage, 0x5a, sizeof garbage);
+    if (expect_fail(e, "zstd garbage", LSIO_CODEC_ZSTD, garbage, sizeof garbage, NB,
+                    LSIO_DEC_E_CODEC))
+        return T_EXIT_FAIL;
+    if (expect_fail(e, "blosc garbage", LSIO_CODEC_BLOSC, garbage, sizeof garbage, NB,
+                    LSIO_DEC_E_CODEC))
+        return T_EXIT_FAIL;
+    if (expect_fail(e, "blosc short", LSIO_CODEC_BLOSC, garbage, 8, NB, LSIO_DEC_E_CODEC))
+        return T_EXIT_FAIL;
+    uint64_t bn;
+    uint8_t *bl = compress(LSIO_CODEC_BLOSC, &bn);
+    if (expect_fail(e, "blosc truncated", LSIO_CODEC_BLOSC, bl, bn - 5, NB, LSIO_DEC_E_CODEC))
+        return T_EXIT_FAIL;
+    if (expect_fail(e, "blosc wrong size", LSIO_CODEC_BLOSC, bl, bn, NB / 2, LSIO_DEC_E_SIZE))
+        return T_EXIT_FAIL;
+    if (expect_fail(e, "raw wrong size", LSIO_CODEC_RAW, chunk, NB - 4, NB, LSIO_DEC_E_SIZE))
+        return T_EXIT_FAIL;
+    free(z);
+    free(h);
+    free(bl);
+
+    /* a bad spec fails every job but still releases every buffer */
+    lsio_completion c;
+    if (read_back(e, "chunk", chunk, NB, &c)) return T_EXIT_FAIL;
+    lsio_decode_spec s;
+    spec_c(&s, LSIO_CODEC_RAW, C1, C2);
+    s.ndim = LSIO_DEC_MAXDIM + 1;
+    lsio_decode_job j;
+    static uint32_t out[NEL];
+    job(&j, &c, out, 1);
+    T_CHECK(lsio_decode_batch(e, &s, &j, 1) == 1 && j.status == LSIO_DEC_E_ARG, "bad ndim");
+    T_CHECK(buffers_out(e) == 0, "bad spec: buffer not released");
+    return T_EXIT_PASS;
+}
+
+/* 4 */
+#define TJOBS 400
+typedef struct {
+    lsio_engine *e;
+    const lsio_decode_spec *s;
+    lsio_decode_job *jobs;
+    int64_t failed;
+} worker_arg;
+
+static void *worker(void *p) {
+    worker_arg *a = p;
+    a->failed = 0;
+    for (int i = 0; i < TJOBS / 2; i += 8)
+        a->failed += lsio_decode_batch(a->e, a->s, a->jobs + i, 8);
+    lsio_decode_thread_free();
+    return NULL;
+}
+
+static int run_threads(lsio_engine *e) {
+    uint64_t n;
+    uint8_t *z = compress(LSIO_CODEC_ZSTD, &n);
+    /* one file of TJOBS frames read as TJOBS/4 ranges of 4 frames each; the jobs of a
+     * range alternate between the two threads so the counters are shared across them */
+    uint8_t *all = malloc(n * TJOBS);
+    for (int i = 0; i < TJOBS; i++) memcpy(all + (uint64_t)i * n, z, n);
+    char p[256];
+    t_path(p, sizeof p, "many");
+    T_CHECK(t_write_file(p, all, n * TJOBS) == 0, "write");
+    t_batch b;
+    tb_init(&b);
+    tb_file(&b, p, LSIO_OP_READ, 0, 1);
+    for (int r = 0; r < TJOBS / 4; r++) tb_range(&b, (int64_t)(r * 4 * n), (int64_t)(4 * n), (uint64_t)r, NULL);
+    T_CHECK(tb_submit(e, &b) == 0, "submit");
+    tb_free(&b);
+    lsio_completion *c = calloc(TJOBS / 4, sizeof *c);
+    int got = 0;
+    while (got < TJOBS / 4) {
+        int k = t_reap(e, c + got, (uint32_t)(TJOBS / 4 - got), 1, 10000);
+        T_CHECK(k > 0, "reap");
+        got += k;
+    }
+    uint32_t *out = malloc((size_t)NB * TJOBS);
+    static int32_t counts[TJOBS / 4];
+    static lsio_decode_job jobs[2][TJOBS / 2];
+    lsio_decode_spec s;
+    spec_c(&s, LSIO_CODEC_ZSTD, C1, C2);
+    for (int r = 0; r < TJOBS / 4; r++) {
+        T_CHECK(c[r].error == 0, "read error");
+        counts[r] = 4;
+        for (int f = 0; f < 4; f++) {
+            int t = f & 1, idx = (r * 4 + f) / 2 * 2 + t; /* unique per thread */
+            lsio_decode_job *j = &jobs[t][(r * 4 + f) / 2];
+            job(j, &c[r], out + (size_t)idx * NEL, 1);
+            j->src += (uint64_t)f * n;
+            j->src_len = n;
+            j->refcnt = (uint64_t)(uintptr_t)&counts[r];
+        }
+    }
+    /* each thread has TJOBS/2 jobs */
+    worker_arg a[2];
+    pthread_t th[2];
+    for (int t = 0; t < 2; t++) {
+        a[t] = (worker_arg){e, &s, jobs[t], 0};
+        T_CHECK(pthread_create(&th[t], NULL, worker, &a[t]) == 0, "pthread_create");
+    }
+    for (int t = 0; t < 2; t++) pthread_join(th[t], NULL);
+    T_CHECK(a[0].failed == 0 && a[1].failed == 0, "failures: %lld %lld", (long long)a[0].failed,
+            (long long)a[1].failed);
+    for (int i = 0; i < TJOBS; i++)
+        T_CHECK(memcmp(out + (size_t)i * NEL, chunk, NB) == 0, "thread output %d", i);
+    for (int r = 0; r < TJOBS / 4; r++) T_CHECK(counts[r] == 0, "counter %d", r);
+    T_CHECK(buffers_out(e) == 0, "buffers left out");
+    free(out);
+    free(c);
+    free(all);
+    free(z);
+    return T_EXIT_PASS;
+}
+
+int main(void) {
+    for (int i = 0; i < NEL; i++) chunk[i] = (uint32_t)(i / 7) * 2654435761u % 1000u;
+    int skipped = 0;
+    for (int v = 0; v < t_nvariants_basic; v++) {
+        t_ctx = t_variants_basic[v].name;
+        int skip;
+        lsio_engine *e = t_engine(&t_variants_basic[v], 8 << 20, 0, &skip);
+        if (!e) {
+            if (!skip) return T_EXIT_FAIL;
+            skipped++;
+            continue;
+        }
+        T_RUN(run_codec(e, LSIO_CODEC_ZSTD), skipped);
+        T_RUN(run_codec(e, LSIO_CODEC_BLOSC), skipped);
+        T_RUN(run_codec(e, LSIO_CODEC_RAW), skipped);
+        T_RUN(run_shared(e), skipped);
+        T_RUN(run_errors(e), skipped);
+        T_RUN(run_threads(e), skipped);
+        if (t_check_idle(e)) return T_EXIT_FAIL;
+        lsio_engine_free(e);
+    }
+    lsio_decode_thread_free();
+    return skipped == t_nvariants_basic ? T_EXIT_SKIP : T_EXIT_PASS;
+}
