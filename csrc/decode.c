@@ -253,6 +253,20 @@ int64_t lsio_decode_batch(lsio_engine *e, const lsio_decode_spec *spec, lsio_dec
     return failed;
 }
 
+int lsio_blosc_supports(const char *cname)
+{
+    return blosc_compname_to_compcode(cname) >= 0;
+}
+
+void lsio_decode_end(lsio_engine *e, lsio_decode_job *jobs, uint64_t n)
+{
+    for (uint64_t i = 0; i < n; i++) {
+        jobs[i].status = LSIO_DEC_E_SKIPPED;
+        jobs[i].detail = 0;
+        end_job(e, &jobs[i]);
+    }
+}
+
 const char *lsio_decode_strerror(int32_t codec, int32_t status, int64_t detail)
 {
     switch (status) {

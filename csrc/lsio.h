@@ -213,7 +213,12 @@ typedef struct lsio_decode_job {
  * are skipped, LSIO_DEC_E_SKIPPED, but their buffers are still released). */
 int64_t lsio_decode_batch(lsio_engine *e, const lsio_decode_spec *spec,
                           lsio_decode_job *jobs, uint64_t n);
+/* End jobs without decoding them (status LSIO_DEC_E_SKIPPED): their buffers are released
+ * on the same rules (e.g. for a task that failed while its jobs were queued). */
+void lsio_decode_end(lsio_engine *e, lsio_decode_job *jobs, uint64_t n);
 const char *lsio_decode_strerror(int32_t codec, int32_t status, int64_t detail);
+/* 1 if the linked c-blosc decompresses blosc's inner compressor cname ("zstd", "lz4"...). */
+int lsio_blosc_supports(const char *cname);
 /* Free the calling thread's decoder context and scratch now (else at thread exit). */
 void lsio_decode_thread_free(void);
 

@@ -20,11 +20,15 @@ from lsio_ray._lsio import ffi, lib
 
 __all__ = [
     "BACKENDS",
+    "CODECS",
     "COMPLETION_DTYPE",
+    "DECODE_JOB_DTYPE",
     "FILE_DTYPE",
     "RANGE_DTYPE",
+    "DecodeSpec",
     "RawEngine",
     "check",
+    "decode_error",
 ]
 
 BACKENDS = {
@@ -60,12 +64,36 @@ COMPLETION_DTYPE = np.dtype(
     ]
 )
 
+#: one chunk for ``lsio_decode_batch`` (see csrc/lsio.h): where its stored bytes are, where
+#: its box goes, and the pool buffer to release after it
+DECODE_JOB_DTYPE = np.dtype(
+    [
+        ("src", "<u8"),
+        ("src_len", "<u8"),
+        ("dst", "<u8"),
+        ("src_off", "<i8"),
+        ("shape", "<i8", (8,)),
+        ("buf_id", "<u8"),
+        ("refcnt", "<u8"),
+        ("tag", "<i8"),
+        ("direct", "<i4"),
+        ("status", "<i4"),
+        ("detail", "<i8"),
+    ]
+)
+MAX_DECODE_DIMS = int(lib.LSIO_DEC_MAXDIM)
+CODECS = {"raw": lib.LSIO_CODEC_RAW, "zstd": lib.LSIO_CODEC_ZSTD, "blosc": lib.LSIO_CODEC_BLOSC}
+DEC_OK = int(lib.LSIO_DEC_OK)
+DEC_SKIPPED = int(lib.LSIO_DEC_E_SKIPPED)
+DEC_SIZE = int(lib.LSIO_DEC_E_SIZE)
+
 
 def _check_layout() -> None:
     for dt, name in (
         (FILE_DTYPE, "lsio_file"),
         (RANGE_DTYPE, "lsio_range"),
         (COMPLETION_DTYPE, "lsio_completion"),
+        (DECODE_JOB_DTYPE, "lsio_decode_job"),
     ):
         if dt.itemsize != ffi.sizeof(name):
             raise ImportError(f"{name}: numpy dtype {dt.itemsize} B != C {ffi.sizeof(name)} B")
@@ -75,6 +103,48 @@ def _check_layout() -> None:
 
 
 _check_layout()
+
+
+class DecodeSpec:
+    """How ``lsio_decode_batch`` decodes one array's chunks into one destination.
+
+    ``codec`` is ``"raw"``, ``"zstd"`` or ``"blosc"``; ``nbytes`` the decoded size of a
+    chunk; ``chunk_strides`` its byte strides (C or F order); ``dst_strides`` the
+    destination array's byte strides (one entry per dimension, at most 8).
+    """
+
+    def __init__(
+        self,
+        codec: str,
+        nbytes: int,
+        itemsize: int,
+        chunk_strides: tuple[int, ...],
+        dst_strides: tuple[int, ...],
+    ) -> None:
+        if codec not in CODECS:
+            raise ValueError(f"codec must be one of {sorted(CODECS)}, not {codec!r}")
+        ndim = len(chunk_strides)
+        if ndim > MAX_DECODE_DIMS or len(dst_strides) != ndim:
+            raise ValueError(f"strides {chunk_strides} / {dst_strides}: ndim <= 8, equal")
+        self.codec = codec
+        self.code = CODECS[codec]
+        self.nbytes = int(nbytes)
+        self.c = ffi.new("lsio_decode_spec *")
+        self.c.codec = self.code
+        self.c.ndim = ndim
+        self.c.nbytes = self.nbytes
+        self.c.itemsize = int(itemsize)
+        for d in range(ndim):
+            self.c.chunk_strides[d] = int(chunk_strides[d])
+            self.c.dst_strides[d] = int(dst_strides[d])
+
+
+def decode_error(spec: DecodeSpec, job: Any) -> str:
+    """What went wrong with one failed row of a decode job array."""
+    status, detail = int(job["status"]), int(job["detail"])
+    if status == DEC_SIZE:
+        return f"it decodes to {detail} bytes, expected {spec.nbytes}"
+    return ffi.string(lib.lsio_decode_strerror(spec.code, status, detail)).decode()
 
 
 def check(rc: int, what: str, path: str | None = None) -> int:
@@ -222,6 +292,25 @@ class RawEngine:
         decode, where building an array for ``release_many`` would cost 20x more."""
         if lib.lsio_release(self._p(), buf_id) < 0:
             raise ValueError(f"release: unknown buffer id {buf_id}")
+
+    def decode(self, spec: DecodeSpec, jobs: np.ndarray) -> int:
+        """Decode a batch of chunks (a C-contiguous ``DECODE_JOB_DTYPE`` array) without
+        the GIL; every job's buffer is released, whatever happens.  Returns how many
+        failed (see each row's ``status``; the first failure skips the rest)."""
+        if jobs.size == 0:
+            return 0
+        return int(
+            lib.lsio_decode_batch(
+                self._p(), spec.c, ffi.cast("lsio_decode_job *", ffi.from_buffer(jobs)), jobs.size
+            )
+        )
+
+    def decode_end(self, jobs: np.ndarray) -> None:
+        """End decode jobs without decoding them: release their buffers."""
+        if jobs.size:
+            lib.lsio_decode_end(
+                self._p(), ffi.cast("lsio_decode_job *", ffi.from_buffer(jobs)), jobs.size
+            )
 
     def cancel_group(self, group: int) -> int:
         """Drop a group's queued ranges; returns how many were dropped."""

@@ -6,7 +6,8 @@
  *     C-contiguous destination (direct) and as an unaligned box into a larger array
  *     (strided copy), element for element against the original; F-order chunk strides.
  *  2. two chunks in one buffer (a coalesced read) with a shared counter: the buffer is
- *     still out after the first job, released by the second.
+ *     still out after the first job, released by the second; the same with
+ *     lsio_decode_end (no decoding).
  *  3. errors: a truncated zstd frame, a frame bigger or smaller than the chunk, blosc
  *     garbage, a raw chunk of the wrong size, a bad spec: each fails with its status,
  *     the rest of the batch is skipped, and every buffer is released anyway.
@@ -187,6 +188,20 @@ static int run_shared(lsio_engine *e) {
     T_CHECK(lsio_decode_batch(e, &s, &j[1], 1) == 0, "second");
     T_CHECK(buffers_out(e) == 0 && count == 0, "not released after the last job");
     T_CHECK(memcmp(out[0], chunk, NB) == 0 && memcmp(out[1], chunk, NB) == 0, "bytes");
+
+    /* lsio_decode_end: the same, without decoding */
+    if (read_back(e, "two", two, 2 * n, &c)) return T_EXIT_FAIL;
+    count = 2;
+    memset(out, 0, sizeof out);
+    for (int i = 0; i < 2; i++) {
+        job(&j[i], &c, out[i], 1);
+        j[i].refcnt = (uint64_t)(uintptr_t)&count;
+    }
+    lsio_decode_end(e, &j[0], 1);
+    T_CHECK(buffers_out(e) == 1 && count == 1, "end: released while a job still reads it");
+    lsio_decode_end(e, &j[1], 1);
+    T_CHECK(buffers_out(e) == 0 && count == 0, "end: not released after the last job");
+    T_CHECK(j[1].status == LSIO_DEC_E_SKIPPED && out[1][0] == 0, "end: decoded");
     free(one);
     free(two);
     return T_EXIT_PASS;

@@ -23,6 +23,7 @@ import google_crc32c
 import numcodecs
 import numpy as np
 
+from lsio_ray._lsio import lib
 from lsio_ray.zarr import _zarr_compat
 from lsio_ray.zarr.errors import UnsupportedError
 
@@ -266,6 +267,38 @@ class ChunkCodec:
             and not filters
             and (not stages or stages[0].exact)
         )
+        self.c_codec = self._c_codec()
+        itemsize = dtype.itemsize
+        if not shape:
+            strides: Any = ()
+        elif order == "F":
+            strides = np.cumprod((itemsize, *shape[:-1]), dtype=np.int64)
+        else:
+            strides = np.cumprod((itemsize, *shape[::-1][:-1]), dtype=np.int64)[::-1]
+        #: byte strides of a decoded chunk in its stored order (C, or F for v2 order F)
+        self.chunk_strides: tuple[int, ...] = tuple(int(x) for x in strides)
+
+    def _c_codec(self) -> str | None:
+        """The C decoder (``lsio_decode_batch``) that can decode these chunks on its own,
+        or None: raw bytes, one zstd or one blosc stage (with an inner compressor the
+        linked c-blosc has), no transpose, filters, byte swap or checksum."""
+        if self.perm is not None or self.filters or self.stored_dtype != self.dtype:
+            return None
+        if len(self.shape) > 8:
+            return None
+        if not self.stages:
+            return "raw"
+        if len(self.stages) != 1 or not isinstance(self.stages[0], _Numcodec):
+            return None
+        stage = self.stages[0]
+        if stage.header == "zstd":
+            return "zstd"
+        if stage.header == "blosc":
+            cname = str(getattr(stage.codec, "cname", b"") or "")
+            cname = cname.decode() if isinstance(cname, bytes) else cname
+            if lib.lsio_blosc_supports(cname.encode()):
+                return "blosc"
+        return None
 
     # decoding ----------------------------------------------------------------------
     def _unwrap(self, src: np.ndarray) -> np.ndarray:

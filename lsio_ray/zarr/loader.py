@@ -133,6 +133,10 @@ class Task:
         """True once the task finished (successfully or not)."""
         return self._done.is_set()
 
+    def settle(self, timeout: float | None = 60.0) -> bool:
+        """Wait (without raising) until the task is done; returns whether it is."""
+        return self._done.wait(timeout)
+
     def wait(self, timeout: float | None = None) -> None:
         """Block until done; raise the task's error if it failed."""
         if not self._done.wait(timeout):

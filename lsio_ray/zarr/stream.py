@@ -57,8 +57,13 @@ def _pairs(
                 lent = task.out
             yield reg, array._finish_region(reg, task.out)
     finally:
+        # cancel what is still in flight, then wait for its decode work to stop, so that
+        # when the stream ends (an error, or the consumer closing it) no pool buffer is
+        # still held and no thread writes into memory the caller may reuse
         for _, task in window:
             task.cancel()
+        for _, task in window:
+            task.settle()
 
 
 def ordered(
