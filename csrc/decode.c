@@ -9,7 +9,8 @@
  * (zstd with a reused per-thread context, blosc, or raw bytes), either straight into
  * the destination (a whole chunk whose destination box is C-contiguous) or into a
  * per-thread scratch buffer from which the wanted box is copied with strides, and gives
- * the pool buffer back.
+ * the pool buffer back.  Consecutive jobs with the same stored bytes (one chunk copied
+ * into several boxes, as the decode-aware crop sampler does) decode it once.
  *
  * Ownership rules:
  *  - jobs[i].src points into memory the caller owns until the job ends; normally that
@@ -206,6 +207,10 @@ int64_t lsio_decode_batch(lsio_engine *e, const lsio_decode_spec *spec, lsio_dec
                           uint64_t n)
 {
     int64_t failed = 0;
+    /* the chunk now in the scratch buffer: consecutive jobs reading the same stored bytes
+     * (one chunk copied into several boxes) decode it once */
+    uint64_t held_src = 0, held_len = 0;
+    int held = 0;
     int bad_spec = spec->ndim < 0 || spec->ndim > LSIO_DEC_MAXDIM || spec->itemsize == 0;
     tls_state *t = bad_spec ? NULL : tls_get();
     for (uint64_t i = 0; i < n; i++) {
@@ -234,12 +239,18 @@ int64_t lsio_decode_batch(lsio_engine *e, const lsio_decode_spec *spec, lsio_dec
                 st = j->src_len == spec->nbytes ? LSIO_DEC_OK : LSIO_DEC_E_SIZE;
                 j->detail = (int64_t)j->src_len;
                 chunk = src;
+            } else if (held && held_src == j->src && held_len == j->src_len) {
+                st = LSIO_DEC_OK;
+                chunk = (const char *)t->scratch;
             } else {
                 unsigned char *tmp = scratch(t, spec->nbytes ? spec->nbytes : 1);
                 st = tmp ? decode_into(t, spec->codec, src, j->src_len, tmp, spec->nbytes,
                                        &j->detail)
                          : LSIO_DEC_E_NOMEM;
                 chunk = (const char *)tmp;
+                held = st == LSIO_DEC_OK;
+                held_src = j->src;
+                held_len = j->src_len;
             }
             if (st == LSIO_DEC_OK)
                 copy_box((char *)(uintptr_t)j->dst, spec->dst_strides, chunk + j->src_off,

@@ -72,3 +72,97 @@ def test_expected_saving_formula():
     assert expected_decode_saving(8192, 36, 1) == pytest.approx(1.0, rel=0.01)
     assert 2.3 < expected_decode_saving(8192, 36, 512) < 2.7
     assert 4.0 < expected_decode_saving(8192, 36, 1000) < 4.8
+
+
+def _ranges_read(loader, fn) -> int:
+    """Run fn() and count the byte ranges the loader's engine was asked to read."""
+    eng = loader.engine
+    seen = [0]
+    orig = eng.submit
+
+    def submit(files, ranges, paths):
+        seen[0] += len(ranges)
+        return orig(files, ranges, paths)
+
+    eng.submit = submit
+    try:
+        fn()
+    finally:
+        del eng.submit
+    return seen[0]
+
+
+def test_each_chunk_read_once_per_block(tmp_path):
+    from lsio_ray.zarr.loader import Loader
+    from lsio_ray.zarr.plan import select_chunks
+    from lsio_ray.zarr.stream import random_box_starts
+
+    path = tmp_path / "a.zarr"
+    ref = np.random.default_rng(1).random((16, 64, 64), dtype=np.float32)
+    zarr.create_array(path, data=ref, chunks=(2, 16, 16), compressors=zarr.codecs.ZstdCodec())
+    with Loader(threads=2) as loader:
+        a = lz.open(path, loader=loader)
+        assert a.layout.codec.c_codec == "zstd"  # the ScatterTask path
+        crop, n = (3, 20, 20), 40
+        starts = random_box_starts(a.shape, crop, n, 3)
+        touched = [
+            tuple(c)
+            for lo in starts
+            for c in select_chunks(lo, lo + np.asarray(crop), a.chunks).coords.tolist()
+        ]
+        got: list[np.ndarray] = []
+        def run() -> None:
+            got.extend(c.copy() for c in a.decode_aware_crops(crop, n, seed=3, block=n))
+
+        reads = _ranges_read(loader, run)
+        assert reads == len(set(touched)) < len(touched)
+        want = sorted(ref[z : z + 3, y : y + 20, x : x + 20].tobytes() for z, y, x in starts)
+        assert sorted(c.tobytes() for c in got) == want
+        assert loader.engine.stats()["buffers_out"] == 0
+
+
+@pytest.mark.parametrize(
+    "compressors",
+    [zarr.codecs.ZstdCodec(), [zarr.codecs.ZstdCodec(), zarr.codecs.Crc32cCodec()]],
+    ids=["c-decoder", "python-fallback"],
+)
+def test_missing_chunks_and_both_paths(tmp_path, compressors):
+    path = tmp_path / "a.zarr"
+    z = zarr.create_array(
+        path, shape=(8, 48, 48), chunks=(2, 16, 16), dtype="f4", fill_value=-1.5,
+        compressors=compressors,
+    )
+    ref = np.full((8, 48, 48), -1.5, np.float32)
+    ref[2:6, 8:40] = np.random.default_rng(2).random((4, 32, 48), dtype=np.float32)
+    z[2:6, 8:40] = ref[2:6, 8:40]  # chunks outside stay unwritten (the fill value)
+    a = lz.open(path)
+    plain = sorted(c.tobytes() for c in a.random_crops((2, 20, 20), 30, seed=4))
+    for ahead in (0, 2):
+        aware = [
+            c.tobytes() for c in a.decode_aware_crops((2, 20, 20), 30, seed=4, block=8, ahead=ahead)
+        ]
+        assert sorted(aware) == plain
+    a.close()
+
+
+def test_corrupt_chunk_fails_the_block_and_frees_buffers(tmp_path):
+    import os
+
+    from lsio_ray.zarr.loader import Loader
+
+    path, clean = tmp_path / "a.zarr", tmp_path / "b.zarr"
+    ref = np.random.default_rng(1).random((4, 32, 32), dtype=np.float32)
+    for p in (path, clean):
+        zarr.create_array(p, data=ref, chunks=(2, 16, 16), compressors=zarr.codecs.ZstdCodec())
+    with open(os.path.join(path, "c", "1", "1", "0"), "wb") as fh:
+        fh.write(b"\x28\xb5\x2f\xfd garbage")
+    with Loader(threads=2) as loader:
+        a = lz.open(path, loader=loader)
+        with pytest.raises(lz.ChunkCorruptError, match="c/1/1/0"):
+            list(a.decode_aware_crops((4, 32, 32), 3, seed=0, block=2))
+        assert loader.engine.stats()["buffers_out"] == 0
+        b = lz.open(clean, loader=loader)
+        stream = b.decode_aware_crops((2, 16, 16), 64, seed=0, block=4, ahead=3)
+        next(stream)
+        stream.close()  # closing early cancels the blocks ahead and waits for them
+        assert loader.engine.stats()["buffers_out"] == 0

@@ -6,8 +6,8 @@
  *     C-contiguous destination (direct) and as an unaligned box into a larger array
  *     (strided copy), element for element against the original; F-order chunk strides.
  *  2. two chunks in one buffer (a coalesced read) with a shared counter: the buffer is
- *     still out after the first job, released by the second; the same with
- *     lsio_decode_end (no decoding).
+ *     still out after the first job, released by the second; one chunk into two boxes
+ *     by consecutive jobs (decoded once); the same with lsio_decode_end (no decoding).
  *  3. errors: a truncated zstd frame, a frame bigger or smaller than the chunk, blosc
  *     garbage, a raw chunk of the wrong size, a bad spec: each fails with its status,
  *     the rest of the batch is skipped, and every buffer is released anyway.
@@ -188,6 +188,27 @@ static int run_shared(lsio_engine *e) {
     T_CHECK(lsio_decode_batch(e, &s, &j[1], 1) == 0, "second");
     T_CHECK(buffers_out(e) == 0 && count == 0, "not released after the last job");
     T_CHECK(memcmp(out[0], chunk, NB) == 0 && memcmp(out[1], chunk, NB) == 0, "bytes");
+
+    /* one chunk into two boxes (consecutive jobs, same bytes: decoded once), then the
+     * other chunk of the buffer whole */
+    if (read_back(e, "two", two, 2 * n, &c)) return T_EXIT_FAIL;
+    count = 3;
+    static uint32_t halves[2][NEL / 2];
+    lsio_decode_job k[3];
+    for (int i = 0; i < 3; i++) {
+        job(&k[i], &c, i < 2 ? (void *)halves[i] : (void *)out[1], i == 2);
+        k[i].src_len = n;
+        k[i].refcnt = (uint64_t)(uintptr_t)&count;
+    }
+    k[0].shape[0] = k[1].shape[0] = C0 / 2;
+    k[1].src_off = (int64_t)NB / 2;
+    k[2].src += n;
+    memset(out[1], 0, NB);
+    T_CHECK(lsio_decode_batch(e, &s, k, 3) == 0, "two boxes: %d %d", k[0].status, k[1].status);
+    T_CHECK(memcmp(halves[0], chunk, NB / 2) == 0, "first box");
+    T_CHECK(memcmp(halves[1], (uint8_t *)chunk + NB / 2, NB / 2) == 0, "second box");
+    T_CHECK(memcmp(out[1], chunk, NB) == 0, "the other chunk");
+    T_CHECK(buffers_out(e) == 0 && count == 0, "two boxes: not released");
 
     /* lsio_decode_end: the same, without decoding */
     if (read_back(e, "two", two, 2 * n, &c)) return T_EXIT_FAIL;

@@ -219,14 +219,27 @@ class Array:
         seed: int | None = None,
         block: int = 512,
         prefetch: int = 16,
+        ahead: int = 1,
+        reuse: bool = False,
     ) -> Iterator[np.ndarray]:
         """The crops of :meth:`random_crops` (same seed, same offsets: i.i.d. uniform),
         decoding each chunk once per block of ``block`` crops and yielding each block in a
-        seeded random order -- past the decoder's limit by decoding less.  Memory: one
-        block of crops.  See :mod:`lsio_ray.zarr.sampler` for the trade-off."""
+        seeded random order -- past the decoder's limit by decoding less.  Memory:
+        ``1 + ahead`` blocks of crops (``ahead`` blocks are decoded while one is
+        consumed); ``reuse=True`` yields views valid until the next crop is asked for
+        instead of copies.  See :mod:`lsio_ray.zarr.sampler` for the trade-off."""
         from lsio_ray.zarr.sampler import decode_aware_crops
 
-        return decode_aware_crops(self, shape, count, seed=seed, block=block, prefetch=prefetch)
+        return decode_aware_crops(
+            self,
+            shape,
+            count,
+            seed=seed,
+            block=block,
+            prefetch=prefetch,
+            ahead=ahead,
+            reuse=reuse,
+        )
 
     def time_series(
         self,

@@ -31,6 +31,7 @@ Two decode paths:
 from __future__ import annotations
 
 import errno
+import itertools
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +43,7 @@ from lsio_ray.errors import make_error
 from lsio_ray.zarr.batches import INDEX_TAG, FilePlan, file_plan
 from lsio_ray.zarr.errors import ChunkCorruptError, ShardIndexError
 from lsio_ray.zarr.loader import Loader, Task
-from lsio_ray.zarr.plan import coalesce, select_chunks
+from lsio_ray.zarr.plan import Selection, coalesce, select_chunks
 from lsio_ray.zarr.shards import EMPTY, check_index
 
 if TYPE_CHECKING:
@@ -63,8 +64,12 @@ class ReadTask(Task):
         self.layout = array.layout
         self.codec = array.layout.codec
         self.out = out
-        self.sel = select_chunks(lo, hi, self.layout.chunks)
-        self.remaining = len(self.sel)
+        #: job-template rows of each chunk: ``[_pair_start[i], +_pair_count[i])``; None
+        #: when each chunk has exactly one destination box, row i (see ScatterTask)
+        self._pair_start: np.ndarray | None = None
+        self._pair_count: np.ndarray | None = None
+        self.sel = self._select(lo, hi)
+        self.remaining = self._units()
         sel = self.sel
         self._dlo, self._dhi = sel.dst_lo.tolist(), sel.dst_hi.tolist()
         self._slo, self._shi = sel.src_lo.tolist(), sel.src_hi.tolist()
@@ -84,18 +89,37 @@ class ReadTask(Task):
             self._plan_index()
 
     # -- planning ------------------------------------------------------------------------
+    def _select(self, lo: Any, hi: Any) -> Selection:
+        """The chunks to read (one row each)."""
+        return select_chunks(lo, hi, self.layout.chunks)
+
+    def _units(self) -> int:
+        """Units of work to finish (one per chunk here; one per chunk and box in
+        subclasses that copy a chunk into several boxes)."""
+        return len(self.sel)
+
+    def _dst(self) -> np.ndarray:
+        """The array the job boxes are in (``out``; a subclass may use a view of it)."""
+        return self.out
+
     def _c_path(self) -> None:
         """Set up the C decode path (a spec and a per-chunk job template) if it applies."""
-        codec, out, sel = self.codec, self.out, self.sel
+        codec, out = self.codec, self._dst()
         if codec.c_codec is None or out.ndim != len(codec.shape) or out.ndim > 8:
             return
         if out.size and not out.flags.writeable:
             return
-        strides = np.asarray(out.strides, dtype=np.int64)
-        cstr = np.asarray(codec.chunk_strides, dtype=np.int64)
         self._spec = DecodeSpec(
             codec.c_codec, codec.nbytes, codec.dtype.itemsize, codec.chunk_strides, out.strides
         )
+        self._jobs = self._template(
+            np.asarray(out.strides, dtype=np.int64),
+            np.asarray(codec.chunk_strides, dtype=np.int64),
+        )
+
+    def _template(self, strides: np.ndarray, cstr: np.ndarray) -> np.ndarray:
+        """One job row per chunk: where its box goes, which part of the chunk it is."""
+        codec, out, sel = self.codec, self.out, self.sel
         # a whole chunk may be decoded straight into the output when the output's strides
         # are the decoded chunk's own (dimensions of length 1 aside)
         big = np.asarray(codec.shape, dtype=np.int64) > 1
@@ -108,7 +132,7 @@ class ReadTask(Task):
             jobs["shape"][:, : out.ndim] = sel.src_hi - sel.src_lo
         jobs["tag"] = np.arange(len(sel))
         jobs["direct"] = sel.full & direct
-        self._jobs = jobs
+        return jobs
 
     def _plan_chunks(self) -> None:
         n = len(self.sel)
@@ -342,31 +366,53 @@ class ReadTask(Task):
         """The C path: one job per chunk of these completions, queued in pieces."""
         assert self._jobs is not None
         tags = sel["tag"].astype(np.int64)
-        counters = None
-        if self._identity:
-            jobs = self._jobs[tags]
-            jobs["src"] = sel["data"]
-            jobs["src_len"] = sel["length"]
-            jobs["buf_id"] = sel["buf_id"]
+        if self._identity:  # one chunk per completion, in its own buffer
+            chunks = tags
+            src = sel["data"].astype(np.int64)
+            src_len = sel["length"].astype(np.int64)
+            buf = np.arange(len(tags))
         else:
             # each range holds rnchunk[r] chunks (rchunks[rchunk0[r]:...]) in one buffer
             counts = self.rnchunk[tags]
-            rep = np.repeat(np.arange(len(tags)), counts)
-            first = np.cumsum(counts) - counts
-            pos = np.arange(int(counts.sum())) - first[rep] + self.rchunk0[tags][rep]
-            chunks = self.rchunks[pos]
-            jobs = self._jobs[chunks]
-            jobs["src"] = sel["data"][rep].astype(np.int64) + self.c_off[chunks]
-            jobs["src_len"] = self.c_len[chunks]
-            jobs["buf_id"] = sel["buf_id"][rep]
-            # one counter per buffer read by several chunks: the last one releases it
-            counters = counts.astype(np.int32)
-            jobs["refcnt"] = np.where(counts[rep] > 1, counters.ctypes.data + 4 * rep, 0)
+            buf = _expand(counts)
+            pos = np.arange(int(counts.sum())) - (np.cumsum(counts) - counts)[buf]
+            chunks = self.rchunks[pos + self.rchunk0[tags][buf]]
+            src = sel["data"][buf].astype(np.int64) + self.c_off[chunks]
+            src_len = self.c_len[chunks]
+        if self._pair_start is None:
+            rows, per_chunk = chunks, None
+        else:  # each chunk has _pair_count[i] boxes, rows _pair_start[i]...
+            per_chunk = self._pair_count[chunks]
+            which = _expand(per_chunk)
+            rows = (
+                np.arange(int(per_chunk.sum()))
+                - (np.cumsum(per_chunk) - per_chunk)[which]
+                + self._pair_start[chunks][which]
+            )
+            src, src_len, buf = src[which], src_len[which], buf[which]
+        jobs = self._jobs[rows]
+        jobs["src"] = src
+        jobs["src_len"] = src_len
+        jobs["buf_id"] = sel["buf_id"][buf]
+        # one counter per buffer read by several jobs: the job that ends last releases it
+        users = np.bincount(buf, minlength=len(tags)).astype(np.int32)
+        counters = users if (users > 1).any() else None
+        if counters is not None:
+            jobs["refcnt"] = np.where(users[buf] > 1, counters.ctypes.data + 4 * buf, 0)
+        # pieces of about `size` jobs, cut where the chunk changes (the C code decodes a
+        # chunk once for consecutive jobs of the same chunk)
         n = len(jobs)
         size = min(8, max(1, -(-n // (2 * self.loader.threads))))
-        self.hold(-(-n // size))
-        for a in range(0, n, size):
-            self.loader.submit(self._decode_jobs, jobs[a : a + size], counters)
+        if per_chunk is None:
+            cuts = [*range(0, n, size), n]
+        else:
+            starts = np.cumsum(per_chunk) - per_chunk
+            at = np.searchsorted(starts, np.arange(0, n, size))
+            cuts = sorted(set(starts[np.minimum(at, len(starts) - 1)].tolist()))
+            cuts.append(n)
+        self.hold(len(cuts) - 1)
+        for a, b in itertools.pairwise(cuts):
+            self.loader.submit(self._decode_jobs, jobs[a:b], counters)
 
     def _decode_jobs(self, jobs: np.ndarray, counters: np.ndarray | None) -> None:
         """Decode thread: one C call decodes a piece of jobs and releases their buffers
@@ -491,3 +537,8 @@ class ReadTask(Task):
             )
         self.out_ready = self.error is None
         super()._finish()
+
+
+def _expand(counts: np.ndarray) -> np.ndarray:
+    """``[0]*counts[0] + [1]*counts[1] + ...``: the owner of each expanded row."""
+    return np.repeat(np.arange(len(counts)), counts)

@@ -14,8 +14,15 @@ Statistical trade-off, stated plainly:
   with ``random_crops``; the same seed gives the same set of crops.
 * Order: within a block the crops come in a seeded random permutation, not in draw
   order.  A permutation of i.i.d. draws is still i.i.d., so minibatches are unbiased.
-* Cost: memory for one block of crops (``block`` x crop bytes: 512 x 2 MiB = 1 GiB for
-  float32 (8, 256, 256)) and the latency of one block before its first crop.
+* Cost: memory for ``1 + ahead`` blocks of crops (``block`` x crop bytes each: 512 x
+  2 MiB = 1 GiB for float32 (8, 256, 256)) and the latency of one block before its
+  first crop.
+
+How: for codecs the C decoder handles (raw, zstd, blosc), a block is one
+:class:`ScatterTask`: every distinct chunk is read once, and one job per (chunk, crop)
+pair goes to ``lsio_decode_batch``, which decodes each chunk once into its scratch buffer
+and copies the pieces into the crops -- no Python per chunk or per crop.  Other codecs
+read runs of chunks and scatter them in Python.
 
 The saving grows with the block: with ``c`` chunks per crop and ``N`` chunks in the array,
 a block of ``B`` crops decodes about ``N (1 - exp(-B c / N))`` distinct chunks instead of
@@ -28,16 +35,20 @@ from __future__ import annotations
 import collections
 import itertools
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lsio_ray._core import DECODE_JOB_DTYPE
 from lsio_ray.zarr import stream
+from lsio_ray.zarr.loader import Loader
+from lsio_ray.zarr.plan import Selection
+from lsio_ray.zarr.read import ReadTask
 
 if TYPE_CHECKING:
     from lsio_ray.zarr.array import Array
 
-__all__ = ["decode_aware_crops", "expected_decode_saving"]
+__all__ = ["ScatterTask", "decode_aware_crops", "expected_decode_saving"]
 
 
 def expected_decode_saving(array_chunks: int, chunks_per_crop: float, block: int) -> float:
@@ -55,27 +66,163 @@ def decode_aware_crops(
     seed: int | None = None,
     block: int = 512,
     prefetch: int = 16,
+    ahead: int = 1,
+    reuse: bool = False,
 ) -> Iterator[np.ndarray]:
     """Yield ``count`` crops of ``shape`` at i.i.d. uniform offsets (the offsets of
     ``array.random_crops(shape, count, seed=seed)``), decoding each chunk once per block
     of ``block`` crops; crops come in a seeded random order within each block.
 
-    ``prefetch``: chunk reads in flight.  Memory: one block of crops."""
+    ``ahead``: blocks read and decoded ahead of the one being yielded (so decoding goes
+    on while the consumer works).  Memory: ``1 + ahead`` blocks of crops, in buffers
+    reused from block to block.  Each crop is yielded as a copy of its block's slot, or
+    with ``reuse=True`` as a view into it, valid until the next crop is asked for (no
+    copy: keep what you need with ``.copy()``).  ``prefetch``: chunk reads in flight,
+    for codecs the C decoder does not handle (which scatter in Python, one block at a
+    time)."""
     crop = tuple(int(x) for x in shape)
     if block < 1:
         raise ValueError(f"block must be >= 1, not {block}")
     if prefetch < 1:
         raise ValueError(f"prefetch must be >= 1, not {prefetch}")
-    boxes = stream.random_boxes(array.shape, crop, count, seed)
+    if ahead < 0:
+        raise ValueError(f"ahead must be >= 0, not {ahead}")
+    starts = stream.random_box_starts(array.shape, crop, count, seed)
     order_rng = np.random.default_rng(None if seed is None else [seed, 0x5A17])
-    left = count
-    while left > 0:
-        blk = list(itertools.islice(boxes, min(block, left)))
-        left -= len(blk)
-        out = np.empty((len(blk), *crop), dtype=array.dtype)
-        _fill_block(array, blk, out, prefetch)
-        for k in order_rng.permutation(len(blk)):
-            yield out[k]
+    codec = array.layout.codec
+    if codec.c_codec is None or array.ndim > 8 or array.ndim == 0:
+        # codecs without the C decoder: the chunks are read in runs, scattered in Python
+        size = np.asarray(crop, dtype=np.int64)
+        for a in range(0, count, block):
+            blk = [(lo, lo + size) for lo in starts[a : a + block]]
+            out = np.empty((len(blk), *crop), dtype=array.dtype)
+            _fill_block(array, blk, out, prefetch)
+            for k in order_rng.permutation(len(blk)):
+                yield out[k]
+        return
+    # the blocks are decoded into a ring of 1 + ahead buffers, allocated once: a fresh
+    # 1 GiB block per block cost more in page faults than the decoding it saves
+    ring: list[np.ndarray | None] = [None] * (1 + ahead)
+    pending: collections.deque[ScatterTask] = collections.deque()
+    firsts = iter(range(0, count, block))
+
+    def start_next() -> None:
+        a = next(firsts, None)
+        if a is None:
+            return
+        los = starts[a : a + block]
+        slot = (a // block) % len(ring)
+        buf = ring[slot]
+        if buf is None:
+            buf = ring[slot] = np.empty((min(block, count), *crop), dtype=array.dtype)
+        out = buf[: len(los)]
+        pending.append(array.loader.start(ScatterTask(array, array.loader, out, los)))
+
+    try:
+        for _ in ring:
+            start_next()
+        while pending:
+            task = pending[0]
+            task.wait()
+            for k in order_rng.permutation(len(task.out)):
+                yield task.out[k] if reuse else task.out[k].copy()
+            pending.popleft()
+            start_next()  # into the buffer just yielded from
+    finally:
+        for task in pending:
+            task.cancel()
+        for task in pending:
+            task.settle()
+
+
+class ScatterTask(ReadTask):
+    """Read each distinct chunk under a block of equal-shaped boxes once, decode it once,
+    and copy it into every box that needs it -- all in ``lsio_decode_batch`` (the jobs of
+    one chunk are consecutive, so C decodes it into its scratch buffer once and copies
+    from there).  ``out`` has shape ``(B, *box)``; ``los`` the ``(B, ndim)`` corners.
+
+    Only for arrays whose codec the C decoder handles (``layout.codec.c_codec``)."""
+
+    def __init__(self, array: Array, loader: Loader, out: np.ndarray, los: np.ndarray) -> None:
+        self._los = np.asarray(los, dtype=np.int64).reshape(len(out), array.ndim)
+        super().__init__(array, loader, out, None, None)
+        if self._jobs is None and self.remaining:
+            raise ValueError(f"{array.path}: ScatterTask needs the C decoder's codecs")
+
+    def _select(self, lo: Any, hi: Any) -> Selection:
+        lay = self.layout
+        nd = lay.ndim
+        chunk = np.asarray(lay.chunks, dtype=np.int64)
+        box = np.asarray(self.out.shape[1:], dtype=np.int64)
+        los = self._los
+        his = los + box
+        first, last = los // chunk, (his - 1) // chunk
+        span = (box - 1) // chunk + 2  # the most chunks a box can touch along each axis
+        offs = np.indices(tuple(span)).reshape(nd, -1).T
+        coords = first[:, None, :] + offs[None, :, :]
+        valid = (coords <= last[:, None, :]).all(axis=2)
+        k = np.nonzero(valid)[0]
+        coords = coords[valid]
+        grid = tuple(int(g) for g in -(-np.asarray(lay.shape, dtype=np.int64) // chunk))
+        lin = np.ravel_multi_index(tuple(coords.T), grid)
+        uniq, inv = np.unique(lin, return_inverse=True)
+        inv = inv.reshape(-1)
+        order = np.argsort(inv, kind="stable")  # the boxes of one chunk together
+        k, coords, inv = k[order], coords[order], inv[order]
+        count = np.bincount(inv, minlength=len(uniq))
+        self._pair_count = count
+        self._pair_start = np.cumsum(count) - count
+        self._pair_k = k
+        c_lo = coords * chunk
+        self._pair_a = np.maximum(los[k], c_lo)  # the part of chunk and box in common
+        self._pair_b = np.minimum(his[k], c_lo + chunk)
+        self._pair_src = self._pair_a - c_lo
+        self._pair_chunk = inv
+        chunk_coords = np.stack(np.unravel_index(uniq, grid), axis=1).astype(np.int64)
+        z = np.zeros_like(chunk_coords)
+        return Selection(chunk_coords, z, z, z, z, np.zeros(len(uniq), bool))
+
+    def _units(self) -> int:
+        return len(self._pair_k)
+
+    def _dst(self) -> np.ndarray:
+        return self.out[0]  # the job boxes are in one box (plus k * out.strides[0])
+
+    def _template(self, strides: np.ndarray, cstr: np.ndarray) -> np.ndarray:
+        k = self._pair_k
+        jobs = np.zeros(len(k), DECODE_JOB_DTYPE)
+        jobs["dst"] = (
+            self.out.ctypes.data
+            + k * self.out.strides[0]
+            + ((self._pair_a - self._los[k]) * strides).sum(axis=1)
+        )
+        jobs["src_off"] = (self._pair_src * cstr).sum(axis=1)
+        jobs["shape"][:, : self.layout.ndim] = self._pair_b - self._pair_a
+        jobs["tag"] = self._pair_chunk
+        return jobs  # never direct: the chunk is decoded once into scratch, then copied
+
+    def _fill_run(self, chunks: np.ndarray) -> None:
+        assert self._pair_start is not None and self._pair_count is not None
+        n = 0
+        try:
+            fill = self.layout.fill_value
+            for i in chunks.tolist():
+                a0 = int(self._pair_start[i])
+                for r in range(a0, a0 + int(self._pair_count[i])):
+                    n += 1
+                    if self.error is None:
+                        k = int(self._pair_k[r])
+                        lo = self._los[k]
+                        box = tuple(
+                            slice(int(x), int(y))
+                            for x, y in zip(self._pair_a[r] - lo, self._pair_b[r] - lo, strict=True)
+                        )
+                        self.out[k][box] = fill
+        except Exception as exc:
+            self.fail(exc)
+        finally:
+            total = int(self._pair_count[chunks].sum())
+            self.release_hold(total)
 
 
 def _fill_block(
