@@ -11,7 +11,10 @@ decode and encode; all of the data IO goes through the nodes' IO actors.
 **Plan.**  The output is made in *blocks*: boxes that hold whole output units (chunks,
 or shards when sharded) and, where memory allows, whole input files too -- per axis the
 least common multiple of the input file and output unit shapes, halved on the axis with
-the most units until one block's decoded bytes fit ``block_bytes``.  Each block is one
+the most units until one block's decoded bytes fit ``block_bytes``, or doubled on the
+axis with the most room while they still fit and the array still makes four blocks per
+CPU of the cluster (each block costs a Ray task and an op group: several ms of CPU,
+which small blocks of one output chunk did not amortise).  Each block is one
 op group (every input file it touches, read whole) and one Ray task on the node that
 read them: decode the inputs into the block, cut the output units out of it, encode
 them, write them through the IO actor of the node that owns the output.  Missing input
@@ -156,21 +159,44 @@ def block_shape(
     dst_unit: Sequence[int],
     itemsize: int,
     budget: int,
+    min_blocks: int = 1,
 ) -> tuple[int, ...]:
-    """The block shape: whole output units, aligned with the input files where the
-    memory budget allows (see the module's docstring)."""
+    """The block shape: whole output units, aligned with the input files, as close to
+    ``budget`` decoded bytes as the array allows while it still makes ``min_blocks``
+    blocks (see the module's docstring)."""
     block = []
+    caps = []
     for n, s, t in zip(shape, src_file, dst_unit, strict=True):
         b = math.lcm(int(s), int(t))
         cap = -(-max(int(n), 1) // int(t)) * int(t)  # the array's extent in whole units
+        caps.append(cap)
         block.append(max(int(t), min(b, cap)))
-    while int(np.prod(block, dtype=np.int64)) * itemsize > budget:
+
+    def nbytes(blk: list[int]) -> int:
+        return int(np.prod(blk, dtype=np.int64)) * itemsize
+
+    while nbytes(block) > budget:
         cands = [d for d in range(len(block)) if block[d] > dst_unit[d]]
         if not cands:
             break
         d = max(cands, key=lambda k: block[k] // dst_unit[k])
         units = block[d] // dst_unit[d]
         block[d] = int(dst_unit[d]) * max(1, units // 2)
+    # grow small blocks (e.g. one output chunk of a few MiB): each block costs a Ray
+    # task and an op group, several ms of CPU that big blocks amortise (BENCHMARKS.md)
+    while True:
+        cands = [
+            d
+            for d in range(len(block))
+            if block[d] < caps[d]
+            and nbytes(block) * 2 <= budget
+            and math.prod(_ceil_div(shape, [*block[:d], block[d] * 2, *block[d + 1 :]]))
+            >= min_blocks
+        ]
+        if not cands:
+            break
+        d = max(cands, key=lambda k: (caps[k] / block[k], -k))
+        block[d] = min(block[d] * 2, caps[d])
     return tuple(block)
 
 
@@ -210,9 +236,32 @@ def _layout(root: str, docs: dict[str, Any]) -> Any:
 
 
 def _is_fill(a: np.ndarray, fill: np.ndarray) -> bool:
+    # the first element settles it for almost every unit of real data; only a unit that
+    # starts with the fill value pays for the full comparison
+    if a.size and not _same(a.reshape(-1)[:1], fill):
+        return False
+    return _same(a, fill)
+
+
+def _same(a: np.ndarray, fill: np.ndarray) -> bool:
     if a.dtype.kind in "fc":
         return bool(np.array_equal(a, np.broadcast_to(fill, a.shape), equal_nan=True))
     return bool((a == fill).all())
+
+
+_SCRATCH: dict[tuple[Any, ...], np.ndarray] = {}
+
+
+def _buffer(shape: tuple[int, ...], dtype: Any, what: str) -> np.ndarray:
+    """A buffer of ``shape`` reused by the blocks a worker process runs one after the
+    other (fresh 64 MiB blocks cost ~10% of a task in page faults)."""
+    key = (what, shape, np.dtype(dtype).str)
+    buf = _SCRATCH.get(key)
+    if buf is None:
+        if len(_SCRATCH) > 8:  # a few shapes per job (edge blocks); never grow unbounded
+            _SCRATCH.clear()
+        buf = _SCRATCH[key] = np.empty(shape, dtype=dtype)
+    return buf
 
 
 def _paste(
@@ -328,8 +377,8 @@ def _rechunk_block(job: dict[str, Any], bid: int, *batches: Batch) -> tuple[int,
     block = tuple(job["block"])
     shape = tuple(src.shape)
     blo, bhi = _block_box(bid, grid, block, shape)
-    out = np.empty(tuple(int(x) for x in bhi - blo), dtype=dst.dtype)
-    scratch = np.empty(src.codec.nbytes, np.uint8)
+    out = _buffer(tuple(int(x) for x in bhi - blo), dst.dtype, "block")
+    scratch = _buffer((src.codec.nbytes,), np.uint8, "scratch")
     nread = 0
     for batch in batches:
         errs = batch.index["error"]
@@ -357,13 +406,14 @@ def _rechunk_block(job: dict[str, Any], bid: int, *batches: Batch) -> tuple[int,
         c = np.asarray(np.unravel_index(k, ugrid), dtype=np.int64).reshape(-1)
         ulo = blo + c * unit
         uhi = np.minimum(ulo + unit, bhi)
-        full = np.empty(tuple(int(x) for x in unit), dtype=dst.dtype)
-        if np.any(uhi - ulo < unit):
-            full[...] = dst.fill_value
-        inside = tuple(slice(0, int(x)) for x in uhi - ulo)
-        full[inside] = out[
-            tuple(slice(int(a), int(b)) for a, b in zip(ulo - blo, uhi - blo, strict=True))
-        ]
+        part = out[tuple(slice(int(a), int(b)) for a, b in zip(ulo - blo, uhi - blo, strict=True))]
+        if np.all(uhi - ulo == unit) and part.flags.c_contiguous:
+            full = part  # e.g. a unit spanning the block's trailing axes: no copy
+        else:
+            full = _buffer(tuple(int(x) for x in unit), dst.dtype, "unit")
+            if np.any(uhi - ulo < unit):
+                full[...] = dst.fill_value
+            full[tuple(slice(0, int(x)) for x in uhi - ulo)] = part
         enc = _encode_unit(dst, full)
         if enc is None:
             continue
@@ -393,8 +443,8 @@ def _decode_journal(raw: bytes | None, nblocks: int) -> np.ndarray:
 class _Journal:
     """Appends finished block numbers through the destination's IO actor."""
 
-    def __init__(self, actor: Any, path: str, size: int, fsync: bool) -> None:
-        self.actor = actor
+    def __init__(self, call: Callable[..., Any], path: str, size: int, fsync: bool) -> None:
+        self.call = call  # call(method, *args, **kwargs) on the destination's IO actor
         self.path = path
         self.size = size - size % 16
         self.fsync = fsync
@@ -407,7 +457,6 @@ class _Journal:
 
     def flush(self, force: bool = False) -> None:
         """Append the noted blocks (every 256 blocks or 0.5 s, or now if ``force``)."""
-        import ray
 
         if not self.pending or (
             not force and len(self.pending) < 256 and time.monotonic() - self.last < 0.5
@@ -415,11 +464,7 @@ class _Journal:
             return
         ids = np.array(self.pending, dtype="<u8")
         rec = np.stack([ids, ids ^ _MAGIC], axis=1).astype("<u8").reshape(-1).view(np.uint8)
-        ray.get(
-            self.actor.write_ranges.remote(
-                self.path, [self.size], [rec], create=True, fsync=self.fsync
-            )
-        )
+        self.call("write_ranges", self.path, [self.size], [rec], create=True, fsync=self.fsync)
         self.size += rec.nbytes
         self.pending = []
         self.last = time.monotonic()
@@ -477,7 +522,7 @@ def rechunk(
     address: str | None = None,
     roots: dict[str, list[str]] | None = None,
     coordinator: Coordinator | None = None,
-    block_bytes: int = 256 << 20,
+    block_bytes: int = 64 << 20,
     batch_bytes: int | None = None,
     window: int | None = None,
     max_attempts: int = 4,
@@ -549,15 +594,34 @@ def rechunk(
     dst_docs = {k: json.loads(v) for k, v in dst_bytes.items()}
     dst_l = _layout(dst_root, dst_docs)
 
+    cpus = int(ray.cluster_resources().get("CPU", 1))
     block = block_shape(
-        src_l.shape, src_l.file_shape, dst_l.file_shape, src_l.dtype.itemsize, block_bytes
+        src_l.shape,
+        src_l.file_shape,
+        dst_l.file_shape,
+        src_l.dtype.itemsize,
+        block_bytes,
+        min_blocks=4 * max(1, cpus),
     )
     grid = _ceil_div(src_l.shape, block) if src_l.ndim else ()
     nblocks = int(np.prod(grid, dtype=np.int64)) if all(s > 0 for s in src_l.shape) else 0
 
     # the destination: fresh, or an unfinished run of this very job
     owner = coord.node_of(dst_root)
-    dst_actor = coord.actor(owner or meta_node(dst_root))
+
+    def on_dst(method: str, *args: Any, **kwargs: Any) -> Any:
+        """Call the destination's IO actor.  On shared storage a node lost mid-job is
+        pruned and the call goes to another node's actor; a node-local destination
+        lost with its node fails the job."""
+        for attempt in range(max_attempts):
+            node = owner or meta_node(dst_root)
+            try:
+                return ray.get(getattr(coord.actor(node), method).remote(*args, **kwargs))
+            except Exception as exc:
+                if owner is not None or not is_system_error(exc) or attempt + 1 == max_attempts:
+                    raise
+                coord._node_alive(node)
+
     state = os.path.join(dst_root, STATE_DIR)
     job_doc = {
         "version": _JOB_VERSION,
@@ -567,10 +631,8 @@ def rechunk(
         "block": list(block),
     }
     job_bytes = json.dumps(job_doc, sort_keys=True).encode()
-    listing = ray.get(dst_actor.listdir.remote(dst_root))
-    prev = ray.get(
-        dst_actor.read_files.remote([os.path.join(state, "job.json"), os.path.join(state, "done")])
-    )
+    listing = on_dst("listdir", dst_root)
+    prev = on_dst("read_files", [os.path.join(state, "job.json"), os.path.join(state, "done")])
     resuming = prev[0] is not None and prev[0] == job_bytes
     if listing and not resuming:
         if not overwrite:
@@ -586,16 +648,14 @@ def rechunk(
                 f"the destination holds {what}; pass overwrite=True (--overwrite) to replace it",
                 dst_root,
             )
-        ray.get(dst_actor.remove_tree.remote(dst_root))
+        on_dst("remove_tree", dst_root)
     if not resuming:
-        ray.get(
-            dst_actor.write_files.remote(
-                [os.path.join(state, "job.json")], [np.frombuffer(job_bytes, np.uint8)]
-            )
+        on_dst(
+            "write_files", [os.path.join(state, "job.json")], [np.frombuffer(job_bytes, np.uint8)]
         )
         prev = [job_bytes, None]
     done = _decode_journal(prev[1], nblocks)
-    journal = _Journal(dst_actor, os.path.join(state, "done"), len(prev[1] or b""), fsync)
+    journal = _Journal(on_dst, os.path.join(state, "done"), len(prev[1] or b""), fsync)
     todo = np.flatnonzero(~done)
     skipped = nblocks - len(todo)
 
@@ -685,8 +745,12 @@ def rechunk(
                 if retry:
                     exhausted = False
             if running:
-                timeout = 0 if (launched or (reading and len(running) < max_running)) else 1.0
-                ready, _ = ray.wait(list(running), num_returns=len(running), timeout=timeout)
+                # every task already done, else (when there is nothing to launch) block
+                # until the first one is: a core must not idle until all of them end
+                refs = list(running)
+                ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+                if not ready and not (launched or (reading and len(running) < max_running)):
+                    ready, _ = ray.wait(refs, num_returns=1, timeout=1.0)
                 for ref in ready:
                     bid = running.pop(ref)
                     try:
@@ -720,14 +784,13 @@ def rechunk(
     # finish: metadata last (v2: attributes before .zarray), then forget the journal
     order = sorted(dst_bytes, key=lambda k: (k == ".zarray", k == "zarr.json", k))
     for name in order:
-        ray.get(
-            dst_actor.write_files.remote(
-                [os.path.join(dst_root, name)],
-                [np.frombuffer(dst_bytes[name], np.uint8)],
-                fsync=fsync,
-            )
+        on_dst(
+            "write_files",
+            [os.path.join(dst_root, name)],
+            [np.frombuffer(dst_bytes[name], np.uint8)],
+            fsync=fsync,
         )
-    ray.get(dst_actor.remove_tree.remote(state))
+    on_dst("remove_tree", state)
     for node in coord.nodes:
         ray.get(coord.actor(node).remove_temp_files.remote(dst_root))
     return RechunkResult(

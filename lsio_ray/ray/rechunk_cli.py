@@ -117,8 +117,8 @@ def add_rechunk_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--block-bytes",
         type=argtypes.size,
-        default=argtypes.size("256M"),
-        help="decoded bytes per block, the memory of one task (256M)",
+        default=argtypes.size("64M"),
+        help="decoded bytes per block, the memory of one task (64M)",
     )
     p.add_argument(
         "--batch-bytes",
