@@ -27,6 +27,7 @@ several nodes' local disks is not supported by these readers.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -95,8 +96,12 @@ class ZarrBoxesDatasource(Datasource):
         block_bytes: int = DEFAULT_BLOCK_BYTES,
         node: str | None = None,
         name: str = "ZarrCrops",
+        decode_block: int = 0,
     ) -> None:
         super().__init__()
+        self.decode_block = int(decode_block)
+        if self.decode_block < 0:
+            raise ValueError(f"decode_block must not be negative, not {decode_block}")
         self.path = os.path.abspath(os.fspath(path))
         self.crop_shape = tuple(int(c) for c in crop_shape)
         self.count = int(count)
@@ -166,25 +171,58 @@ class _ReadRange:
         self.starts = starts
         self.prefetch = src.prefetch
         self.rows = src.rows_per_block
+        self.decode_block = src.decode_block
 
     def __call__(self) -> Iterator[Any]:
         import lsio_ray.zarr as lz
 
         arr = lz.open(self.path)
+        if self.decode_block > 1 and arr.layout.codec.c_codec is not None and arr.ndim:
+            yield from self._decode_aware(arr)
+            return
         size = np.asarray(self.crop, dtype=np.int64)
         for lo_idx in range(self.a, self.b, self.rows):
             hi_idx = min(self.b, lo_idx + self.rows)
             lo = self.starts(lo_idx, hi_idx)
             out = np.empty((hi_idx - lo_idx, *self.crop), dtype=arr.dtype)
-            regions = (
-                tuple(slice(int(s), int(s + c)) for s, c in zip(row, size, strict=True))
-                for row in lo
-            )
-            for k, crop in enumerate(arr.crops(regions, prefetch=self.prefetch)):
-                out[k] = crop
+            # each crop is read straight into its row of the block, `prefetch` in flight
+            window: collections.deque[Any] = collections.deque()
+            try:
+                for k, row in enumerate(lo):
+                    window.append(arr.start_read(row, row + size, out[k]))
+                    if len(window) >= self.prefetch:
+                        window.popleft().wait()
+                while window:
+                    window.popleft().wait()
+            finally:
+                for task in window:
+                    task.cancel()
+                for task in window:
+                    task.settle()
             yield BlockAccessor.batch_to_block(
                 {"crop": out, "index": np.arange(lo_idx, hi_idx, dtype=np.int64), "lo": lo}
             )
+
+    def _decode_aware(self, arr: Any) -> Iterator[Any]:
+        """The same rows, decoded ``decode_block`` crops at a time: each chunk those
+        crops touch is read and decoded once (:class:`~lsio_ray.zarr.sampler.ScatterTask`)."""
+        from lsio_ray.zarr.sampler import ScatterTask
+
+        buf = np.empty((min(self.decode_block, self.b - self.a), *self.crop), dtype=arr.dtype)
+        for first in range(self.a, self.b, self.decode_block):
+            last = min(self.b, first + self.decode_block)
+            lo = self.starts(first, last)
+            task = ScatterTask(arr, arr.loader, buf[: last - first], lo)
+            arr.loader.start(task).wait()
+            for a in range(first, last, self.rows):
+                b = min(last, a + self.rows)
+                yield BlockAccessor.batch_to_block(
+                    {
+                        "crop": buf[a - first : b - first].copy(),  # buf is reused
+                        "index": np.arange(a, b, dtype=np.int64),
+                        "lo": lo[a - first : b - first],
+                    }
+                )
 
 
 def _node_of(path: str, coordinator: Coordinator | None) -> str | None:
@@ -226,6 +264,7 @@ def read_zarr_crops(
     prefetch: int = 16,
     block_bytes: int = DEFAULT_BLOCK_BYTES,
     coordinator: Coordinator | None = None,
+    decode_block: int = 0,
     **read_args: Any,
 ) -> ray.data.Dataset:
     """A dataset of ``count`` random crops of ``crop_shape`` from the array at ``path``.
@@ -234,8 +273,19 @@ def read_zarr_crops(
     crops (the same as ``Array.random_crops`` with that seed); ``parallelism``: read
     tasks (default: one per CPU of the cluster); ``prefetch``: crops in flight per task;
     ``block_bytes``: target block size; ``coordinator``: place read tasks where its
-    locality says the array lives.  Other keyword arguments go to
-    ``ray.data.read_datasource`` (``num_cpus``, ``concurrency``, ...)."""
+    locality says the array lives.
+
+    ``decode_block``: the decode-aware sampler (:mod:`lsio_ray.zarr.sampler`): each read
+    task decodes its crops ``decode_block`` at a time (e.g. 512), reading and decoding
+    every chunk they touch once instead of once per crop -- for (8,256,256) crops of
+    (1,256,256) chunks, 2.5x fewer decodes at 512.  The rows are exactly the same (same
+    crops, same order); the costs are memory (``decode_block`` crops per read task, 1 GiB
+    for 512 float32 (8,256,256) crops) and the latency of a whole group before its first
+    row.  0 (default) reads crop by crop.  Codecs the C decoder does not handle (see
+    ``Array.layout.codec.c_codec``) read crop by crop either way.
+
+    Other keyword arguments go to ``ray.data.read_datasource`` (``num_cpus``,
+    ``concurrency``, ...)."""
     import lsio_ray.zarr as lz
 
     arr = lz.open(path)
@@ -251,6 +301,7 @@ def read_zarr_crops(
         block_bytes=block_bytes,
         node=_node_of(arr.path, coordinator),
         name="ZarrCrops",
+        decode_block=decode_block,
     )
     return _read(src, parallelism, read_args)
 

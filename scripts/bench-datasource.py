@@ -10,7 +10,8 @@ across readers), ``$LSIO_DS_BENCH_REPS`` (3) interleaved repetitions, each reade
 ``LSIO_DS_BENCH_COLD=0``) and then warm:
 
 * ``lsio read_zarr_crops``: ``lsio_ray.data.read_zarr_crops(path, crop, count, seed=7)``;
-  also with ``parallelism=2`` (one read task per core instead of Ray's default);
+  also with ``parallelism=2``, and with ``decode_block=512`` (the decode-aware sampler:
+  each read task decodes each chunk its crops touch once);
 * ``ray.data.range + zarr-python``: ``ray.data.range(count).map_batches(fn)``, ``fn``
   opening the array with zarr-python and reading its crops (batch_size 16);
 * ``ray.data.range + tensorstore``: the same with tensorstore (all reads of a batch issued,
@@ -65,10 +66,14 @@ def _sums(crops: np.ndarray) -> list[float]:
 # -- readers: each returns {crop index: sum} ---------------------------------------------
 
 
-def run_lsio_data(path: str, parallelism: int | None = None) -> dict[int, float]:
+def run_lsio_data(
+    path: str, parallelism: int | None = None, decode_block: int = 0
+) -> dict[int, float]:
     import lsio_ray.data
 
-    ds = lsio_ray.data.read_zarr_crops(path, CROP, COUNT, seed=SEED, parallelism=parallelism)
+    ds = lsio_ray.data.read_zarr_crops(
+        path, CROP, COUNT, seed=SEED, parallelism=parallelism, decode_block=decode_block
+    )
     out: dict[int, float] = {}
     for b in ds.iter_batches(batch_size=BATCH, batch_format="numpy"):
         out.update(zip(b["index"].tolist(), _sums(b["crop"]), strict=True))
@@ -154,6 +159,7 @@ def crops_part(path: str) -> str:
     readers: dict[str, Callable[[], Any]] = {
         "lsio read_zarr_crops (Ray Data)": lambda: run_lsio_data(path),
         "lsio read_zarr_crops, parallelism=2": lambda: run_lsio_data(path, 2),
+        "lsio read_zarr_crops, decode_block=512": lambda: run_lsio_data(path, None, 512),
         "ray.data.range + zarr-python": lambda: run_ray_range(_zarr_fn(path, starts)),
         "ray.data.range + tensorstore": lambda: run_ray_range(_ts_fn(path, starts)),
         "lsio local engine (no Ray)": lambda: run_local(path),

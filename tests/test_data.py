@@ -102,6 +102,24 @@ def test_same_seed_same_crops_whatever_the_parallelism(ray_local: None, arrays: 
     assert any(not np.array_equal(one[i][0], other[i][0]) for i in one)
 
 
+@pytest.mark.parametrize("fmt", ["v3", "v2"])
+def test_decode_aware_rows_are_the_same_rows(ray_local: None, arrays: Any, fmt: str) -> None:
+    path, _ = arrays[fmt]
+    assert lz.open(path).layout.codec.c_codec is not None  # the decode-aware path runs
+    plain = _rows(ld.read_zarr_crops(path, CROP, 41, seed=5, parallelism=2, block_bytes=4096))
+    aware = _rows(
+        ld.read_zarr_crops(
+            path, CROP, 41, seed=5, parallelism=2, block_bytes=4096, decode_block=9
+        )
+    )
+    assert plain.keys() == aware.keys() == set(range(41))
+    for i in plain:
+        np.testing.assert_array_equal(plain[i][0], aware[i][0])
+        np.testing.assert_array_equal(plain[i][1], aware[i][1])
+    with pytest.raises(ValueError, match="decode_block"):
+        ld.read_zarr_crops(path, CROP, 5, decode_block=-1)
+
+
 def test_streaming_split_covers_every_crop_once(ray_local: None, arrays: Any) -> None:
     path, _ = arrays["v3"]
     ds = ld.read_zarr_crops(path, CROP, 40, seed=5, parallelism=4, block_bytes=2048)
