@@ -26,8 +26,10 @@ Ray: ``ray.init(address="local", num_cpus=2, include_dashboard=False)``.
 
 Part 2 (xarray): a dataset with one variable ``v`` (``$LSIO_DS_BENCH_XR_PLANES`` (256)
 planes of (1024,1024) float32 = 1 GiB) made of hard links to the same chunk files, read
-whole with ``xr.open_zarr(lsio_ray.zarr.Store(path))["v"].values`` against
-``xr.open_zarr(path)["v"].values`` (zarr-python's LocalStore), cold and warm, interleaved.
+whole with ``xr.open_zarr(lsio_ray.zarr.Store(path))["v"].values``, the same opened under
+``lsio_ray.zarr.use_lsio_pipeline()`` (zarr's codec pipeline replaced by lsio_ray's C decode
+path), against ``xr.open_zarr(path)["v"].values`` (zarr-python's LocalStore), cold and warm,
+interleaved.
 
 Results: printed and written to ``$LSIO_DS_BENCH_OUT`` (/tmp/lsio-ds-bench/results.md).
 ``LSIO_DS_BENCH_PARTS`` (``crops,xarray``) picks the parts.
@@ -274,6 +276,13 @@ def xr_dataset(src: str) -> str:
     return path
 
 
+def _xr_lsio_pipeline(xr: Any, lz: Any, path: str) -> np.ndarray:
+    """``xr.open_zarr(lsio_ray.zarr.Store(path))["v"].values`` with the arrays opened under
+    ``use_lsio_pipeline()`` (zarr picks an array's codec pipeline when it opens it)."""
+    with lz.use_lsio_pipeline():
+        return xr.open_zarr(lz.Store(path), consolidated=False)["v"].values
+
+
 def xarray_part(src: str) -> str:
     import warnings
 
@@ -287,15 +296,18 @@ def xarray_part(src: str) -> str:
         "xr.open_zarr(lsio_ray.zarr.Store)": lambda: (
             xr.open_zarr(lz.Store(path), consolidated=False)["v"].values
         ),
+        "xr.open_zarr(Store) with LsioCodecPipeline": lambda: _xr_lsio_pipeline(xr, lz, path),
         "xr.open_zarr(path) (zarr LocalStore)": lambda: (
             xr.open_zarr(path, consolidated=False)["v"].values
         ),
     }
-    vals = [fn() for fn in readers.values()]
-    assert np.array_equal(vals[0], vals[1])
-    nbytes = vals[0].nbytes
-    shape = vals[0].shape
-    del vals
+    fns = list(readers.values())
+    first = fns[0]()
+    for fn in fns[1:]:  # one extra copy in memory at a time (1 GiB each)
+        assert np.array_equal(first, fn())
+    nbytes = first.nbytes
+    shape = first.shape
+    del first
     times: dict[tuple[str, str], list[float]] = {}
     for rep in range(REPS):
         for name, fn in readers.items():

@@ -23,6 +23,7 @@ from lsio_ray.zarr.errors import (
     ZarrError,
 )
 from lsio_ray.zarr.loader import Loader, default_loader
+from lsio_ray.zarr.pipeline import LsioCodecPipeline, use_lsio_pipeline
 from lsio_ray.zarr.store import Store
 from lsio_ray.zarr.write import create, save
 
@@ -33,6 +34,7 @@ __all__ = [
     "ArrayMetadataError",
     "ChunkCorruptError",
     "Loader",
+    "LsioCodecPipeline",
     "ShardIndexError",
     "Store",
     "UnsupportedError",
@@ -42,4 +44,5 @@ __all__ = [
     "open",
     "open_array",
     "save",
+    "use_lsio_pipeline",
 ]
