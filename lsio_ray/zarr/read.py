@@ -70,11 +70,8 @@ class ReadTask(Task):
         self._pair_count: np.ndarray | None = None
         self.sel = self._select(lo, hi)
         self.remaining = self._units()
-        sel = self.sel
-        self._dlo, self._dhi = sel.dst_lo.tolist(), sel.dst_hi.tolist()
-        self._slo, self._shi = sel.src_lo.tolist(), sel.src_hi.tolist()
-        self._full = sel.full.tolist()
         self.plan: FilePlan | None = None
+        self._lists: tuple[list[Any], ...] | None = None
         self._phase = "data"
         self._direct_ok = self.codec.direct
         self._identity = True
@@ -484,8 +481,18 @@ class ReadTask(Task):
 
     # -- decode-thread work --------------------------------------------------------------
     def _boxes(self, i: int) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
-        dst = tuple(map(slice, self._dlo[i], self._dhi[i]))
-        src = tuple(map(slice, self._slo[i], self._shi[i]))
+        if self._lists is None:  # Python lists, made only when a chunk needs them
+            sel = self.sel
+            self._lists = (
+                sel.dst_lo.tolist(),
+                sel.dst_hi.tolist(),
+                sel.src_lo.tolist(),
+                sel.src_hi.tolist(),
+                sel.full.tolist(),
+            )
+        dlo, dhi, slo, shi, _ = self._lists
+        dst = tuple(map(slice, dlo[i], dhi[i]))
+        src = tuple(map(slice, slo[i], shi[i]))
         return dst, src
 
     def _decode(self, i: int, ptr: int, n: int, buf_id: int, shared: list[Any] | None) -> None:
@@ -494,7 +501,8 @@ class ReadTask(Task):
                 dst_idx, src_idx = self._boxes(i)
                 dst = self.out[dst_idx] if dst_idx else self.out
                 src = view(ptr, n)
-                if self._direct_ok and self._full[i] and dst.flags.c_contiguous:
+                assert self._lists is not None
+                if self._direct_ok and self._lists[4][i] and dst.flags.c_contiguous:
                     self.codec.decode_into(src, dst)
                 else:
                     chunk = self.codec.decode(src, self.loader.scratch(self.codec.nbytes))
