@@ -334,3 +334,27 @@ def test_xarray_open_zarr(tmp_path: Path, lsio_runs: list[int]) -> None:
         part = back["v"].isel(t=slice(1, 5), y=3, x=slice(7, 29)).values
         check_equal(part, ds["v"].values[1:5, 3, 7:29], "isel")
         assert lsio_runs[n:] == [3 * 1 * 2]  # t chunks 0-2, y chunk 0, x chunks 0-1
+
+
+def test_environment_variable_selects_the_pipeline(tmp_path: Path) -> None:
+    """The package's `zarr.codec_pipeline` entry point: zarr finds the pipeline by name
+    from ZARR_CODEC_PIPELINE__PATH alone, with no lsio_ray import in the program."""
+    import subprocess
+    import sys
+
+    data = np.arange(4 * 6 * 8, dtype="f4").reshape(4, 6, 8)
+    zarr.create_array(str(tmp_path / "a.zarr"), data=data, chunks=(2, 3, 4))
+    code = (
+        "import sys, zarr\n"
+        "a = zarr.open_array(sys.argv[1], mode='r')\n"
+        "print(type(a._async_array.codec_pipeline).__name__, float(a[1:3, 2:5, 1:7].sum()))\n"
+    )
+    env = dict(os.environ, ZARR_CODEC_PIPELINE__PATH="lsio_ray.zarr.pipeline.LsioCodecPipeline")
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "a.zarr")],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert out == ["LsioCodecPipeline", str(float(data[1:3, 2:5, 1:7].sum()))]
