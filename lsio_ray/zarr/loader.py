@@ -39,6 +39,7 @@ from lsio_ray.errors import GroupCancelledError
 __all__ = ["Loader", "Task", "default_loader", "set_default_loader"]
 
 _ENV_THREADS = "LSIO_ZARR_THREADS"
+_REAP_BATCH = 32  # completions the IO thread waits for when many reads are in flight
 _ENV_INFLIGHT = "LSIO_ZARR_MAX_INFLIGHT"
 
 
@@ -335,7 +336,12 @@ class Loader:
             self._top_up()
             if self._inflight == 0:
                 continue
-            comps = eng.reap(1024, 1, 20)
+            # With many reads in flight, wait (at most 2 ms) for a handful of completions
+            # instead of returning with the first: each reap costs this thread ~100 us
+            # of Python (dispatch, resolve, job arrays).  Measured (bench-zarr, v3, 2
+            # reps x 2): time series +8-13%, crops +3-7%.
+            want = max(1, min(_REAP_BATCH, self._inflight // 16))
+            comps = eng.reap(1024, want, 2 if want > 1 else 20)
             if comps.size == 0:
                 empty_reaps += 1
                 if empty_reaps >= 50 and eng.stats()["ranges_pending"] == 0:
