@@ -791,8 +791,15 @@ def rechunk(
             fsync=fsync,
         )
     on_dst("remove_tree", state)
-    for node in coord.nodes:
-        ray.get(coord.actor(node).remove_temp_files.remote(dst_root))
+    for node in list(coord.nodes):
+        try:
+            ray.get(coord.actor(node).remove_temp_files.remote(dst_root))
+        except Exception as exc:
+            # a node lost near the end: its local disk went with it, and on shared
+            # storage the live nodes' calls remove the same stray files
+            if not is_system_error(exc):
+                raise
+            coord._node_alive(node)
     return RechunkResult(
         src=src_root,
         dst=dst_root,
