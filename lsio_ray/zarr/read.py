@@ -392,9 +392,11 @@ class ReadTask(Task):
         jobs["src_len"] = src_len
         jobs["buf_id"] = sel["buf_id"][buf]
         # one counter per buffer read by several jobs: the job that ends last releases it
-        users = np.bincount(buf, minlength=len(tags)).astype(np.int32)
-        counters = users if (users > 1).any() else None
-        if counters is not None:
+        # (none when every buffer has a single job: one chunk per read, one box each)
+        counters = None
+        if len(jobs) > len(tags):
+            users = np.bincount(buf, minlength=len(tags)).astype(np.int32)
+            counters = users
             jobs["refcnt"] = np.where(users[buf] > 1, counters.ctypes.data + 4 * buf, 0)
         # pieces of about `size` jobs, cut where the chunk changes (the C code decodes a
         # chunk once for consecutive jobs of the same chunk)
