@@ -18,6 +18,12 @@ the number of read tasks or nodes.  Each read task opens the array with
 crops in flight, emitting blocks of about ``block_bytes`` (Ray costs ~1 ms per object:
 blocks of megabytes, not one crop each).
 
+``decode_block=N`` (crops only) decodes each read task's crops N at a time with the
+decode-aware sampler (:class:`lsio_ray.zarr.sampler.ScatterTask`): every chunk the N
+crops touch is read and decoded once.  The rows are exactly the same -- same crops, same
+order, same ``index`` -- so there is no statistical trade-off; the cost is memory (N
+crops per read task) and the latency of a group before its first row.
+
 Placement: when a :class:`~lsio_ray.ray.Coordinator` is given and its locality (declared
 roots or discovery) says one node holds the array, every read task is pinned to that
 node (the files cannot be read anywhere else); otherwise Ray's default scheduling is
