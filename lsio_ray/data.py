@@ -181,6 +181,7 @@ class _ReadRange:
 
     def __call__(self) -> Iterator[Any]:
         import lsio_ray.zarr as lz
+        from lsio_ray.zarr.loader import abandon
 
         arr = lz.open(self.path)
         if self.decode_block > 1 and arr.layout.codec.c_codec is not None and arr.ndim:
@@ -201,10 +202,7 @@ class _ReadRange:
                 while window:
                     window.popleft().wait()
             finally:
-                for task in window:
-                    task.cancel()
-                for task in window:
-                    task.settle()
+                abandon(window)
             yield BlockAccessor.batch_to_block(
                 {"crop": out, "index": np.arange(lo_idx, hi_idx, dtype=np.int64), "lo": lo}
             )

@@ -36,7 +36,7 @@ import numpy as np
 from lsio_ray._core import RawEngine
 from lsio_ray.errors import GroupCancelledError
 
-__all__ = ["Loader", "Task", "default_loader", "set_default_loader"]
+__all__ = ["Loader", "Task", "abandon", "default_loader", "set_default_loader"]
 
 _ENV_THREADS = "LSIO_ZARR_THREADS"
 _REAP_BATCH = 32  # completions the IO thread waits for when many reads are in flight
@@ -144,6 +144,17 @@ class Task:
             raise TimeoutError(f"task {self.group} not done after {timeout} s")
         if self.error is not None:
             raise self.error
+
+
+def abandon(tasks: Iterable[Task]) -> None:
+    """Cancel tasks still in flight, then wait for their decode work to stop: after this
+    no pool buffer is held for them and no thread writes into their outputs (which the
+    caller may then reuse).  Streams call it when they end early (an error, a close)."""
+    tasks = list(tasks)
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        task.settle()
 
 
 class Loader:

@@ -370,22 +370,16 @@ class ReadTask(Task):
             buf = np.arange(len(tags))
         else:
             # each range holds rnchunk[r] chunks (rchunks[rchunk0[r]:...]) in one buffer
-            counts = self.rnchunk[tags]
-            buf = _expand(counts)
-            pos = np.arange(int(counts.sum())) - (np.cumsum(counts) - counts)[buf]
-            chunks = self.rchunks[pos + self.rchunk0[tags][buf]]
+            buf, pos = _spans(self.rchunk0[tags], self.rnchunk[tags])
+            chunks = self.rchunks[pos]
             src = sel["data"][buf].astype(np.int64) + self.c_off[chunks]
             src_len = self.c_len[chunks]
         if self._pair_start is None:
             rows, per_chunk = chunks, None
-        else:  # each chunk has _pair_count[i] boxes, rows _pair_start[i]...
+        else:  # each chunk has _pair_count[i] boxes, template rows _pair_start[i]...
+            assert self._pair_count is not None
             per_chunk = self._pair_count[chunks]
-            which = _expand(per_chunk)
-            rows = (
-                np.arange(int(per_chunk.sum()))
-                - (np.cumsum(per_chunk) - per_chunk)[which]
-                + self._pair_start[chunks][which]
-            )
+            which, rows = _spans(self._pair_start[chunks], per_chunk)
             src, src_len, buf = src[which], src_len[which], buf[which]
         jobs = self._jobs[rows]
         jobs["src"] = src
@@ -395,9 +389,8 @@ class ReadTask(Task):
         # (none when every buffer has a single job: one chunk per read, one box each)
         counters = None
         if len(jobs) > len(tags):
-            users = np.bincount(buf, minlength=len(tags)).astype(np.int32)
-            counters = users
-            jobs["refcnt"] = np.where(users[buf] > 1, counters.ctypes.data + 4 * buf, 0)
+            counters = np.bincount(buf, minlength=len(tags)).astype(np.int32)
+            jobs["refcnt"] = np.where(counters[buf] > 1, counters.ctypes.data + 4 * buf, 0)
         # pieces of about `size` jobs, cut where the chunk changes (the C code decodes a
         # chunk once for consecutive jobs of the same chunk)
         n = len(jobs)
@@ -415,7 +408,7 @@ class ReadTask(Task):
 
     def _decode_jobs(self, jobs: np.ndarray, counters: np.ndarray | None) -> None:
         """Decode thread: one C call decodes a piece of jobs and releases their buffers
-        (``counters`` is kept alive here for the C code that decrements it)."""
+        (``counters`` is only passed to keep it alive for the C code that decrements it)."""
         engine = self.loader.engine
         try:
             if self.error is not None:
@@ -434,7 +427,6 @@ class ReadTask(Task):
         except Exception as exc:
             self.fail(exc)
         finally:
-            del counters
             self.release_hold(len(jobs))
 
     def _chunks_of(self, rs: np.ndarray) -> np.ndarray:
@@ -549,6 +541,10 @@ class ReadTask(Task):
         super()._finish()
 
 
-def _expand(counts: np.ndarray) -> np.ndarray:
-    """``[0]*counts[0] + [1]*counts[1] + ...``: the owner of each expanded row."""
-    return np.repeat(np.arange(len(counts)), counts)
+def _spans(starts: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The spans ``[starts[j], starts[j] + counts[j])`` laid end to end: for each row,
+    ``(j, index)`` as two arrays, e.g. the chunks of each range or the boxes of each
+    chunk."""
+    owner = np.repeat(np.arange(len(counts)), counts)
+    first = np.cumsum(counts) - counts
+    return owner, np.arange(int(counts.sum())) - first[owner] + starts[owner]

@@ -41,7 +41,7 @@ import numpy as np
 
 from lsio_ray._core import DECODE_JOB_DTYPE
 from lsio_ray.zarr import stream
-from lsio_ray.zarr.loader import Loader
+from lsio_ray.zarr.loader import Loader, abandon
 from lsio_ray.zarr.plan import Selection
 from lsio_ray.zarr.read import ReadTask
 
@@ -129,10 +129,7 @@ def decode_aware_crops(
             pending.popleft()
             start_next()  # into the buffer just yielded from
     finally:
-        for task in pending:
-            task.cancel()
-        for task in pending:
-            task.settle()
+        abandon(pending)
 
 
 class ScatterTask(ReadTask):
@@ -163,7 +160,7 @@ class ScatterTask(ReadTask):
         valid = (coords <= last[:, None, :]).all(axis=2)
         k = np.nonzero(valid)[0]
         coords = coords[valid]
-        grid = tuple(int(g) for g in -(-np.asarray(lay.shape, dtype=np.int64) // chunk))
+        grid = lay.chunk_grid
         lin = np.ravel_multi_index(tuple(coords.T), grid)
         uniq, inv = np.unique(lin, return_inverse=True)
         inv = inv.reshape(-1)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from lsio_ray.zarr.loader import abandon
 from lsio_ray.zarr.plan import Region, region_of_box
 from lsio_ray.zarr.read import ReadTask
 
@@ -60,10 +61,7 @@ def _pairs(
         # cancel what is still in flight, then wait for its decode work to stop, so that
         # when the stream ends (an error, or the consumer closing it) no pool buffer is
         # still held and no thread writes into memory the caller may reuse
-        for _, task in window:
-            task.cancel()
-        for _, task in window:
-            task.settle()
+        abandon(task for _, task in window)
 
 
 def ordered(
