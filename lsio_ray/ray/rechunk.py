@@ -238,7 +238,9 @@ def _layout(root: str, docs: dict[str, Any]) -> Any:
 def _is_fill(a: np.ndarray, fill: np.ndarray) -> bool:
     # the first element settles it for almost every unit of real data; only a unit that
     # starts with the fill value pays for the full comparison
-    if a.size and not _same(a.reshape(-1)[:1], fill):
+    # (a one-element view: reshape(-1) would copy a non-contiguous unit, e.g. an inner
+    # chunk cut out of a shard)
+    if a.size and not _same(a[(slice(0, 1),) * a.ndim], fill):
         return False
     return _same(a, fill)
 
