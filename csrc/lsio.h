@@ -210,7 +210,8 @@ typedef struct lsio_decode_job {
 } lsio_decode_job;
 
 /* Decode jobs[0..n) in order; returns how many failed (after the first failure the rest
- * are skipped, LSIO_DEC_E_SKIPPED, but their buffers are still released). */
+ * are skipped, LSIO_DEC_E_SKIPPED, but their buffers are still released).  e may be NULL
+ * when no job names a pool buffer (every buf_id 0: bytes the caller owns). */
 int64_t lsio_decode_batch(lsio_engine *e, const lsio_decode_spec *spec,
                           lsio_decode_job *jobs, uint64_t n);
 /* End jobs without decoding them (status LSIO_DEC_E_SKIPPED): their buffers are released

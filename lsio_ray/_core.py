@@ -28,6 +28,7 @@ __all__ = [
     "DecodeSpec",
     "RawEngine",
     "check",
+    "decode_chunks",
     "decode_error",
 ]
 
@@ -145,6 +146,22 @@ def decode_error(spec: DecodeSpec, job: Any) -> str:
     if status == DEC_SIZE:
         return f"it decodes to {detail} bytes, expected {spec.nbytes}"
     return ffi.string(lib.lsio_decode_strerror(spec.code, status, detail)).decode()
+
+
+def decode_chunks(spec: DecodeSpec, jobs: np.ndarray) -> int:
+    """Decode chunks whose stored bytes are not in a pool buffer (every ``buf_id`` 0,
+    e.g. bytes in a Ray object), without the GIL and without an engine.  ``jobs`` is a
+    C-contiguous ``DECODE_JOB_DTYPE`` array; returns how many failed (see each row's
+    ``status``; the first failure skips the rest).  The caller keeps every job's source
+    bytes and destination box alive for the call."""
+    if jobs.size == 0:
+        return 0
+    if not jobs.flags.c_contiguous or jobs.dtype != DECODE_JOB_DTYPE:
+        raise ValueError("jobs must be a C-contiguous DECODE_JOB_DTYPE array")
+    if jobs["buf_id"].any():
+        raise ValueError("decode_chunks takes no pool buffers: use RawEngine.decode")
+    jp = ffi.cast("lsio_decode_job *", ffi.from_buffer(jobs))
+    return int(lib.lsio_decode_batch(ffi.NULL, spec.c, jp, jobs.size))
 
 
 def check(rc: int, what: str, path: str | None = None) -> int:

@@ -381,9 +381,36 @@ static int run_threads(lsio_engine *e) {
     return T_EXIT_PASS;
 }
 
+/* 3: bytes the caller owns (no pool buffer): no engine is needed, nothing is released */
+static int run_no_engine(void) {
+    uint64_t n;
+    uint8_t *stored = compress(LSIO_CODEC_ZSTD, &n);
+    static uint32_t out[NEL];
+    memset(out, 0xee, sizeof out);
+    lsio_decode_spec s;
+    spec_c(&s, LSIO_CODEC_ZSTD, C1, C2);
+    lsio_decode_job j[2];
+    memset(j, 0, sizeof j);
+    j[0].src = (uint64_t)(uintptr_t)stored;
+    j[0].src_len = n;
+    j[0].dst = (uint64_t)(uintptr_t)out;
+    j[0].direct = 1;
+    j[1] = j[0];
+    j[1].src_len = n - 1; /* a truncated frame fails, and only it */
+    T_CHECK(lsio_decode_batch(NULL, &s, &j[0], 1) == 0, "no engine: %d", j[0].status);
+    T_CHECK(memcmp(out, chunk, NB) == 0, "no engine: decode differs");
+    T_CHECK(lsio_decode_batch(NULL, &s, &j[1], 1) == 1 && j[1].status == LSIO_DEC_E_CODEC,
+            "no engine, truncated: %d", j[1].status);
+    lsio_decode_end(NULL, j, 2);
+    free(stored);
+    return T_EXIT_PASS;
+}
+
 int main(void) {
     for (int i = 0; i < NEL; i++) chunk[i] = (uint32_t)(i / 7) * 2654435761u % 1000u;
     int skipped = 0;
+    t_ctx = "no engine";
+    if (run_no_engine() != T_EXIT_PASS) return T_EXIT_FAIL;
     for (int v = 0; v < t_nvariants_basic; v++) {
         t_ctx = t_variants_basic[v].name;
         int skip;

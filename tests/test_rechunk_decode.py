@@ -1,0 +1,181 @@
+"""The re-chunk task's C decode of a block (``_c_decode_block``), without Ray.
+
+Batches are built here by hand from the files on disk, as the IO actor would send them;
+the decoded block must equal zarr-python's read of the same box, on every layout the C
+decoder takes, and the Python path must be left to the codecs it does not take.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+from typing import Any
+
+import numcodecs
+import numpy as np
+import pytest
+import zarr
+from zarr.codecs import BloscCodec, GzipCodec
+
+import lsio_ray.zarr as lz
+from lsio_ray.ray.batches import INDEX_DTYPE, Batch
+from lsio_ray.ray.rechunk import _c_decode_block, _decode_file
+from lsio_ray.zarr.errors import ChunkCorruptError
+from lsio_ray.zarr.plan import select_chunks
+
+
+def _data(shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    rng = np.random.default_rng(3)
+    a = (rng.normal(0, 1, shape) * 40).astype(dtype)
+    a[tuple(slice(0, s // 3) for s in shape)] = 0  # all-fill chunks are not stored
+    return a
+
+
+def _make(path: Path, data: np.ndarray, **kw: Any) -> Any:
+    z = zarr.create_array(str(path), shape=data.shape, dtype=data.dtype, **kw)
+    z[...] = data
+    return lz.open(str(path)).layout
+
+
+def _batches(lay: Any, blo: np.ndarray, bhi: np.ndarray, parts: int = 2) -> list[Batch]:
+    """The files of the box ``[blo, bhi)``, read whole, in ``parts`` batches."""
+    coords = select_chunks(blo, bhi, lay.file_shape).coords
+    out = []
+    for chunk in np.array_split(np.arange(len(coords)), parts):
+        if not len(chunk):
+            continue
+        blobs, index = [], np.zeros(len(chunk), INDEX_DTYPE)
+        pos = 0
+        for k, i in enumerate(chunk.tolist()):
+            path = lay.file_path(coords[i])
+            index["op"][k] = k
+            if os.path.exists(path):
+                b = Path(path).read_bytes()
+                blobs.append(b)
+                index["start"][k], index["nbytes"][k], index["length"][k] = pos, len(b), len(b)
+                pos += len(b)
+            else:
+                index["error"][k] = -errno.ENOENT
+        paths = np.array([os.fsencode(lay.file_path(coords[i])) for i in chunk.tolist()])
+        data = np.frombuffer(b"".join(blobs) or b"\0", np.uint8)[:pos].copy()
+        data.flags.writeable = False  # object-store memory is read-only
+        out.append(
+            Batch(
+                index=index,
+                data=data,
+                metadata=[tuple(int(x) for x in coords[i]) for i in chunk.tolist()],
+                op_ids=np.arange(len(chunk), dtype=np.int64),
+                paths=paths,
+                kinds=np.zeros(len(chunk), np.int8),
+                group_metadata=None,
+                node_id="test",
+                seq=len(out),
+            )
+        )
+    return out
+
+
+BOXES = [((0, 0, 0), None), ((3, 5, 1), (37, 41, 7)), ((16, 0, 4), (32, 32, 8))]
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["v3-zstd", "v3-sharded", "v2-blosc", "v2-raw-F"],
+)
+@pytest.mark.parametrize("box", range(len(BOXES)))
+def test_c_block_equals_zarr(tmp_path: Path, kind: str, box: int) -> None:
+    data = _data((40, 50, 8), "float32" if kind != "v2-raw-F" else "int16")
+    kw: dict[str, Any] = {
+        "v3-zstd": dict(chunks=(8, 9, 4), zarr_format=3, fill_value=0),
+        "v3-sharded": dict(chunks=(8, 8, 4), shards=(16, 32, 8), zarr_format=3, fill_value=0),
+        "v2-blosc": dict(
+            chunks=(7, 9, 5),
+            zarr_format=2,
+            compressors=numcodecs.Blosc("zstd", 3, numcodecs.Blosc.SHUFFLE),
+            fill_value=0,
+        ),
+        "v2-raw-F": dict(
+            chunks=(11, 6, 3), zarr_format=2, order="F", compressors=None, fill_value=-1
+        ),
+    }[kind]
+    lay = _make(tmp_path / "a.zarr", data, **kw)
+    assert lay.codec.c_codec is not None
+    files = sorted(
+        p
+        for p in (tmp_path / "a.zarr").rglob("*")
+        if p.is_file() and not p.name.startswith((".", "zarr.json"))
+    )
+    files[len(files) // 2].unlink()  # a missing file is the fill value
+    want_all = zarr.open_array(str(tmp_path / "a.zarr"), mode="r")[...]
+    lo, hi = BOXES[box]
+    blo = np.asarray(lo, np.int64)
+    bhi = np.asarray(hi if hi is not None else data.shape, np.int64)
+    out = np.full(tuple(bhi - blo), 99, data.dtype)
+    nread, done = _c_decode_block(lay, out, blo, bhi, _batches(lay, blo, bhi))
+    assert done and nread > 0
+    np.testing.assert_array_equal(
+        out, want_all[tuple(slice(int(a), int(b)) for a, b in zip(blo, bhi, strict=True))]
+    )
+
+
+def test_python_path_for_other_codecs(tmp_path: Path) -> None:
+    data = _data((20, 30), "int32")
+    lay = _make(
+        tmp_path / "g.zarr", data, chunks=(6, 7), zarr_format=3, compressors=GzipCodec(level=2)
+    )
+    blo, bhi = np.zeros(2, np.int64), np.asarray(data.shape, np.int64)
+    out = np.zeros(data.shape, data.dtype)
+    assert lay.codec.c_codec is None
+    assert _c_decode_block(lay, out, blo, bhi, _batches(lay, blo, bhi)) == (0, False)
+    assert not out.any()  # untouched: the Python path does the block
+    scratch = np.empty(lay.codec.nbytes, np.uint8)
+    for batch in _batches(lay, blo, bhi):
+        for i in range(len(batch)):
+            if batch.index["error"][i]:  # a chunk of zeros, not stored: out is 0 already
+                continue
+            s, n = int(batch.index["start"][i]), int(batch.index["nbytes"][i])
+            view = batch.data[s : s + n]
+            coords = np.asarray(batch.metadata[i], np.int64)
+            _decode_file(lay, view, coords, out, blo, bhi, scratch, batch.path(i))
+    np.testing.assert_array_equal(out, data)
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_corrupt_chunk_is_named(tmp_path: Path, sharded: bool) -> None:
+    data = _data((16, 32), "float64") + 1.0
+    kw: dict[str, Any] = dict(chunks=(8, 8), zarr_format=3, compressors=BloscCodec(cname="lz4"))
+    if sharded:
+        kw["shards"] = (16, 16)
+    lay = _make(tmp_path / "c.zarr", data, **kw)
+    blo, bhi = np.zeros(2, np.int64), np.asarray(data.shape, np.int64)
+    batches = _batches(lay, blo, bhi, parts=1)
+    b = batches[0]
+    data_rw = b.data.copy()
+    # garble the second stored file's first chunk (past a start index for shards there
+    # is none: zarr puts the index at the end)
+    s = int(b.index["start"][1])
+    data_rw[s + 3 : s + 40] ^= 0x5A
+    b.data = data_rw
+    with pytest.raises(ChunkCorruptError) as ei:
+        _c_decode_block(lay, np.zeros(data.shape), blo, bhi, batches)
+    msg = str(ei.value)
+    key = lay.key(np.asarray(b.metadata[1]))
+    assert key in msg and str(tmp_path / "c.zarr") in msg
+    if sharded:
+        assert "inner chunk (0, 0)" in msg
+
+
+def test_corrupt_shard_index_is_named(tmp_path: Path) -> None:
+    data = _data((16, 32), "int64") + 5
+    lay = _make(tmp_path / "s.zarr", data, chunks=(8, 8), shards=(16, 16), zarr_format=3)
+    blo, bhi = np.zeros(2, np.int64), np.asarray(data.shape, np.int64)
+    batches = _batches(lay, blo, bhi, parts=1)
+    b = batches[0]
+    d = b.data.copy()
+    end = int(b.index["start"][0] + b.index["nbytes"][0])
+    d[end - 20 : end - 4] = 0xFF  # the index's last entries (and its checksum)
+    b.data = d
+    with pytest.raises(ChunkCorruptError, match="shard index") as ei:
+        _c_decode_block(lay, np.zeros(data.shape, data.dtype), blo, bhi, batches)
+    assert lay.key(np.asarray(b.metadata[0])) in str(ei.value)
