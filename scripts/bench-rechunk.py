@@ -18,11 +18,14 @@ into chunks (16,256,256), zstd 3, unsharded v3, side by side in one run, interle
   numcodecs Zstd(level=3) on 2 threads, compressed source already in memory, nothing else.
 
 Memory: peak over the run of the summed PSS (and RSS) of the whole process tree, sampled
-every 0.1 s from /proc.  The single-process methods run in a child process each (their
-tree: that child); the Ray methods run in this driver, whose tree holds the whole local
-Ray cluster (GCS, raylet with the object store, workers), so their figure includes the
-idle cluster, given as "idle" next to it.  PSS splits shared pages (the object store's
-shared memory) between the processes mapping them, RSS counts them once per process.
+every 0.1 s from /proc, in one extra run of each method after the timed ones (sampling
+the ~15 processes of a Ray tree costs ~12% of a core, which would slow only the Ray
+methods: the timed runs are not sampled).  The single-process methods run in a child
+process each (their tree: that child); the Ray methods run in this driver, whose tree
+holds the whole local Ray cluster (GCS, raylet with the object store, workers), so their
+figure includes the idle cluster, given as "idle" next to it.  PSS splits shared pages
+(the object store's shared memory) between the processes mapping them, RSS counts them
+once per process.
 
 The page cache holds the compressed source (about 700 MiB) after the first run: on 2 cores
 the job is bound by the codec (zstd-3 encode ~160-195 MiB/s per core), not the disk.
@@ -232,8 +235,10 @@ def verify(src: str, dst: str, shape: tuple[int, ...], seed: int) -> None:
 # -- driver ---------------------------------------------------------------------------------
 
 
-def measure_child(method: str, src: str, dst: str) -> dict[str, float]:
-    mem = bc.TreeMemory().start()
+def measure_child(method: str, src: str, dst: str, sample: bool) -> dict[str, float]:
+    mem = bc.TreeMemory()
+    if sample:
+        mem.start()
     proc = subprocess.Popen(
         [sys.executable, os.path.abspath(__file__), "--one", method, src, dst],
         stdout=subprocess.PIPE,
@@ -241,20 +246,24 @@ def measure_child(method: str, src: str, dst: str) -> dict[str, float]:
     )
     mem.root = proc.pid
     out, _ = proc.communicate()
-    mem.stop()
+    if sample:
+        mem.stop()
     if proc.returncode:
         raise RuntimeError(f"{method} failed (exit {proc.returncode})")
     res = json.loads(out.strip().splitlines()[-1])
     return {"wall_s": res["wall_s"], "pss": mem.peak_pss, "rss": mem.peak_rss, "idle_pss": 0}
 
 
-def measure_here(fn: Any) -> dict[str, float]:
-    idle_rss, idle_pss = bc.tree_memory(os.getpid())
-    mem = bc.TreeMemory(os.getpid()).start()
+def measure_here(fn: Any, sample: bool) -> dict[str, float]:
+    idle_rss, idle_pss = bc.tree_memory(os.getpid()) if sample else (0, 0)
+    mem = bc.TreeMemory(os.getpid())
+    if sample:
+        mem.start()
     t0 = time.perf_counter()
     fn()
     wall = time.perf_counter() - t0
-    mem.stop()
+    if sample:
+        mem.stop()
     return {
         "wall_s": wall,
         "pss": mem.peak_pss,
@@ -292,6 +301,7 @@ def main() -> int:
         "limit": "codec limit: numcodecs zstd-3 dec+enc, 2 threads",
     }
     results: dict[str, list[dict[str, float]]] = {m: [] for m in METHODS}
+    memory: dict[str, dict[str, float]] = {}
     # warm-up: Ray workers, imports, page cache of the source (not measured)
     for m in METHODS:
         if m in here:
@@ -299,20 +309,26 @@ def main() -> int:
             shutil.rmtree(d, ignore_errors=True)
             here[m](d)
             shutil.rmtree(d, ignore_errors=True)
-    for rep in range(REPS):
+    # REPS timed reps, then one memory rep (sampled, not timed)
+    for rep in range(REPS + 1):
+        sample = rep == REPS
         for m in METHODS:
             dst = os.path.join(WORK, f"{m}.zarr")
             shutil.rmtree(dst, ignore_errors=True)
             os.sync()
             if m in SUBPROCESS:
-                r = measure_child(m, src, dst)
+                r = measure_child(m, src, dst, sample)
             else:
-                r = measure_here(lambda m=m, dst=dst: here[m](dst))
+                r = measure_here(lambda m=m, dst=dst: here[m](dst), sample)
             if m != "limit":
                 verify(src, dst, shape, seed=rep)
-            results[m].append(r)
+            if sample:
+                memory[m] = r
+            else:
+                results[m].append(r)
             print(
-                f"# rep {rep} {m}: {r['wall_s']:.2f} s, peak PSS {r['pss'] / 2**20:.0f} MiB",
+                f"# {'memory run' if sample else f'rep {rep}'} {m}: {r['wall_s']:.2f} s, "
+                f"peak PSS {r['pss'] / 2**20:.0f} MiB",
                 file=sys.stderr,
                 flush=True,
             )
@@ -325,9 +341,9 @@ def main() -> int:
     rows = []
     for m, rs in results.items():
         lo, md, hi = bc.summary([r["wall_s"] for r in rs])
-        pss = max(r["pss"] for r in rs) / 2**20
-        rss = max(r["rss"] for r in rs) / 2**20
-        idle = max(r["idle_pss"] for r in rs) / 2**20
+        pss = memory[m]["pss"] / 2**20
+        rss = memory[m]["rss"] / 2**20
+        idle = memory[m]["idle_pss"] / 2**20
         mem = "-" if m == "limit" else f"{pss:,.0f} / {rss:,.0f}"
         if idle:
             mem += f" (idle {idle:,.0f})"
@@ -364,7 +380,7 @@ def main() -> int:
     os.makedirs(os.path.dirname(OUT), exist_ok=True)
     with open(OUT, "w") as fh:
         fh.write(text)
-        fh.write("\n<!-- raw -->\n" + json.dumps(results) + "\n")
+        fh.write("\n<!-- raw -->\n" + json.dumps({"timed": results, "memory": memory}) + "\n")
     print(f"# written to {OUT}", file=sys.stderr)
     return 0
 
