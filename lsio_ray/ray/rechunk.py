@@ -16,8 +16,9 @@ axis with the most room while they still fit and the array still makes four bloc
 CPU of the cluster (each block costs a Ray task and an op group: several ms of CPU,
 which small blocks of one output chunk did not amortise).  Each block is one
 op group (every input file it touches, read whole) and one Ray task on the node that
-read them: decode the inputs into the block, cut the output units out of it, encode
-them, write them through the IO actor of the node that owns the output.  Missing input
+read them: decode the inputs into the block (in C, one call per block, for raw, zstd and
+blosc chunks; numcodecs for the rest), cut the output units out of it, encode them,
+write them through the IO actor of the node that owns the output.  Missing input
 chunk files are the fill value, as Zarr says; output units that are all fill value are
 not written (zarr-python's ``write_empty_chunks=False``), nor are empty inner chunks of
 a shard.
