@@ -1,8 +1,9 @@
-"""The re-chunk task's C decode of a block (``_c_decode_block``), without Ray.
+"""The re-chunk task's C decode of a block (``_c_decode_units``), without Ray.
 
 Batches are built here by hand from the files on disk, as the IO actor would send them;
-the decoded block must equal zarr-python's read of the same box, on every layout the C
-decoder takes, and the Python path must be left to the codecs it does not take.
+the block, decoded unit by unit, must equal zarr-python's read of the same box on every
+layout the C decoder takes (units aligned with the chunks, decoded in place, or cutting
+through them), and the Python path must be left to the codecs it does not take.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from zarr.codecs import BloscCodec, GzipCodec
 
 import lsio_ray.zarr as lz
 from lsio_ray.ray.batches import INDEX_DTYPE, Batch
-from lsio_ray.ray.rechunk import _c_decode_block, _decode_file
+from lsio_ray.ray.rechunk import _c_decode_units, _decode_file, _unit_pieces
 from lsio_ray.zarr.errors import ChunkCorruptError
 from lsio_ray.zarr.plan import select_chunks
 
@@ -76,6 +77,31 @@ def _batches(lay: Any, blo: np.ndarray, bhi: np.ndarray, parts: int = 2) -> list
     return out
 
 
+SENTINEL = 77
+
+
+def _decode(
+    lay: Any, blo: np.ndarray, bhi: np.ndarray, unit: tuple[int, ...], batches: list[Batch]
+) -> tuple[np.ndarray, int, bool]:
+    """Decode through ``_c_decode_units`` and put the block back together; checks that
+    nothing past the block's end (in its edge units) was written."""
+    ext = bhi - blo
+    u = np.asarray(unit, np.int64)
+    grid = tuple(int(x) for x in -(-ext // u))
+    units = np.full((*grid, *unit), SENTINEL, lay.dtype)
+    nread, done = _c_decode_units(lay, units, blo, bhi, batches)
+    out = np.empty(tuple(int(x) for x in ext), lay.dtype)
+    for k in np.ndindex(*grid):
+        lo = np.asarray(k) * u
+        hi = np.minimum(lo + u, ext)
+        inside = tuple(slice(0, int(x)) for x in hi - lo)
+        out[tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))] = units[k][inside]
+        past = units[k].copy()
+        past[inside] = SENTINEL
+        assert (past == SENTINEL).all(), f"unit {k}: written past the block's end"
+    return out, nread, done
+
+
 BOXES = [((0, 0, 0), None), ((3, 5, 1), (37, 41, 7)), ((16, 0, 4), (32, 32, 8))]
 
 
@@ -84,7 +110,8 @@ BOXES = [((0, 0, 0), None), ((3, 5, 1), (37, 41, 7)), ((16, 0, 4), (32, 32, 8))]
     ["v3-zstd", "v3-sharded", "v2-blosc", "v2-raw-F"],
 )
 @pytest.mark.parametrize("box", range(len(BOXES)))
-def test_c_block_equals_zarr(tmp_path: Path, kind: str, box: int) -> None:
+@pytest.mark.parametrize("unit", ["aligned", "cutting"])
+def test_c_block_equals_zarr(tmp_path: Path, kind: str, box: int, unit: str) -> None:
     data = _data((40, 50, 8), "float32" if kind != "v2-raw-F" else "int16")
     kw: dict[str, Any] = {
         "v3-zstd": dict(chunks=(8, 9, 4), zarr_format=3, fill_value=0),
@@ -111,8 +138,10 @@ def test_c_block_equals_zarr(tmp_path: Path, kind: str, box: int) -> None:
     lo, hi = BOXES[box]
     blo = np.asarray(lo, np.int64)
     bhi = np.asarray(hi if hi is not None else data.shape, np.int64)
-    out = np.full(tuple(bhi - blo), 99, data.dtype)
-    nread, done = _c_decode_block(lay, out, blo, bhi, _batches(lay, blo, bhi))
+    # aligned: two chunks deep, else the chunk's shape (whole chunks decode in place);
+    # cutting: a unit grid that cuts through the chunks
+    ushape = (2 * lay.chunks[0], *lay.chunks[1:]) if unit == "aligned" else (5, 7, 3)
+    out, nread, done = _decode(lay, blo, bhi, ushape, _batches(lay, blo, bhi))
     assert done and nread > 0
     np.testing.assert_array_equal(
         out, want_all[tuple(slice(int(a), int(b)) for a, b in zip(blo, bhi, strict=True))]
@@ -125,10 +154,11 @@ def test_python_path_for_other_codecs(tmp_path: Path) -> None:
         tmp_path / "g.zarr", data, chunks=(6, 7), zarr_format=3, compressors=GzipCodec(level=2)
     )
     blo, bhi = np.zeros(2, np.int64), np.asarray(data.shape, np.int64)
-    out = np.zeros(data.shape, data.dtype)
     assert lay.codec.c_codec is None
-    assert _c_decode_block(lay, out, blo, bhi, _batches(lay, blo, bhi)) == (0, False)
-    assert not out.any()  # untouched: the Python path does the block
+    units = np.zeros((4, 5, 5, 6), data.dtype)
+    assert _c_decode_units(lay, units, blo, bhi, _batches(lay, blo, bhi)) == (0, False)
+    assert not units.any()  # untouched: the Python path does the block
+    out = np.zeros(data.shape, data.dtype)
     scratch = np.empty(lay.codec.nbytes, np.uint8)
     for batch in _batches(lay, blo, bhi):
         for i in range(len(batch)):
@@ -158,7 +188,7 @@ def test_corrupt_chunk_is_named(tmp_path: Path, sharded: bool) -> None:
     data_rw[s + 3 : s + 40] ^= 0x5A
     b.data = data_rw
     with pytest.raises(ChunkCorruptError) as ei:
-        _c_decode_block(lay, np.zeros(data.shape), blo, bhi, batches)
+        _decode(lay, blo, bhi, (8, 8), batches)
     msg = str(ei.value)
     key = lay.key(np.asarray(b.metadata[1]))
     assert key in msg and str(tmp_path / "c.zarr") in msg
@@ -177,5 +207,20 @@ def test_corrupt_shard_index_is_named(tmp_path: Path) -> None:
     d[end - 20 : end - 4] = 0xFF  # the index's last entries (and its checksum)
     b.data = d
     with pytest.raises(ChunkCorruptError, match="shard index") as ei:
-        _c_decode_block(lay, np.zeros(data.shape, data.dtype), blo, bhi, batches)
+        _decode(lay, blo, bhi, (8, 8), batches)
     assert lay.key(np.asarray(b.metadata[0])) in str(ei.value)
+
+
+def test_unit_pieces_tile_each_box() -> None:
+    rng = np.random.default_rng(5)
+    lo = rng.integers(0, 30, (40, 3))
+    hi = lo + rng.integers(1, 25, (40, 3))
+    unit = np.array([4, 7, 5])
+    row, uidx, plo, phi = _unit_pieces(lo, hi, unit)
+    assert (np.diff(row) >= 0).all()  # pieces of a box are consecutive
+    assert ((plo >= uidx * unit) & (phi <= (uidx + 1) * unit) & (plo < phi)).all()
+    for i in range(len(lo)):
+        mine = row == i
+        vol = np.prod(phi[mine] - plo[mine], axis=1).sum()
+        assert vol == np.prod(hi[i] - lo[i])  # disjoint (one per unit) and covering
+        assert len({tuple(u) for u in uidx[mine]}) == mine.sum()

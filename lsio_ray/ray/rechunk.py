@@ -334,16 +334,56 @@ def _decode_file(
         raise ChunkCorruptError(src.path, key, str(exc)) from None
 
 
-def _c_decode_block(
-    src: Any, out: np.ndarray, blo: np.ndarray, bhi: np.ndarray, batches: Sequence[Batch]
-) -> tuple[int, bool]:
-    """Decode every input chunk of a block straight from its batch into ``out`` with the
-    C decoder (:func:`lsio_ray._core.decode_chunks`: one call, no GIL, a reused zstd
-    context, no Python per chunk, no scratch array and paste per chunk).
+def _unit_pieces(
+    lo: np.ndarray, hi: np.ndarray, unit: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Cut boxes ``[lo[i], hi[i])`` (block coordinates, one row each) along the output
+    unit grid: returns ``(row, uidx, plo, phi)`` -- for each piece the box it came from,
+    its unit's grid index and its bounds (block coordinates).  Pieces of one box are
+    consecutive."""
+    n, ndim = lo.shape
+    u0 = lo // unit
+    counts = (hi - 1) // unit - u0 + 1
+    per = counts.prod(axis=1) if ndim else np.ones(n, np.int64)
+    row = np.repeat(np.arange(n, dtype=np.int64), per)
+    local = np.arange(len(row), dtype=np.int64) - np.repeat(np.cumsum(per) - per, per)
+    uidx = np.empty((len(row), ndim), np.int64)
+    for d in range(ndim - 1, -1, -1):
+        c = counts[row, d]
+        uidx[:, d] = u0[row, d] + local % c
+        local //= c
+    plo = np.maximum(lo[row], uidx * unit)
+    phi = np.minimum(hi[row], (uidx + 1) * unit)
+    return row, uidx, plo, phi
 
-    Returns ``(bytes read, done)``; ``done`` is False when this codec or layout needs the
-    Python path (then nothing was written).  Missing files and empty inner chunks of a
-    shard are the fill value; a corrupt chunk or shard index raises
+
+def _c_decodable(src: Any) -> bool:
+    """Whether the C decoder takes this source's chunks (raw, zstd, blosc; 1-8 dims)."""
+    codec = src.codec
+    return codec.c_codec is not None and 0 < len(codec.shape) <= 8 and src.ndim == len(codec.shape)
+
+
+def _c_decode_units(
+    src: Any,
+    units: np.ndarray,
+    blo: np.ndarray,
+    bhi: np.ndarray,
+    batches: Sequence[Batch],
+) -> tuple[int, bool]:
+    """Decode every input chunk of a block straight from its batch into ``units``, the
+    block laid out unit by unit (shape: unit grid + unit shape, C order), with the C
+    decoder (:func:`lsio_ray._core.decode_chunks`: one call, no GIL, a reused zstd
+    context, no Python per chunk).
+
+    Laid out so, each output unit is one contiguous array, encoded where it lies (no
+    copy), and a stored chunk that fits in a unit with the unit's own strides (e.g.
+    (1,256,256) chunks into (16,256,256) units) is decoded straight into place (no
+    scratch, no box copy); the others are decoded once and copied piece by piece.
+
+    Returns ``(bytes read, done)``; ``done`` is False when this codec or layout needs
+    the Python path (then nothing was written).  Missing files and empty inner chunks
+    of a shard are the fill value; what edge units hold past the array's end is not
+    written.  A corrupt chunk or shard index raises
     :class:`~lsio_ray.zarr.errors.ChunkCorruptError` naming it."""
     from lsio_ray._core import (
         DEC_OK,
@@ -359,27 +399,20 @@ def _c_decode_block(
     from lsio_ray.zarr.shards import EMPTY, check_index
 
     codec = src.codec
-    if codec.c_codec is None or out.ndim != len(codec.shape) or out.ndim == 0:
+    ndim = len(blo)
+    if not _c_decodable(src):
         return 0, False
+    ushape = np.asarray(units.shape[ndim:], dtype=np.int64)
     inner = np.asarray(src.chunks, dtype=np.int64)
     sel = select_chunks(blo, bhi, src.chunks)
-    spec = DecodeSpec(
-        codec.c_codec, codec.nbytes, codec.dtype.itemsize, codec.chunk_strides, out.strides
-    )
-    strides = np.asarray(out.strides, dtype=np.int64)
-    cstr = np.asarray(codec.chunk_strides, dtype=np.int64)
-    big = inner > 1
-    jobs = np.zeros(len(sel), DECODE_JOB_DTYPE)
-    jobs["dst"] = out.ctypes.data + (sel.dst_lo * strides).sum(axis=1)
-    jobs["src_off"] = (sel.src_lo * cstr).sum(axis=1)
-    jobs["shape"][:, : out.ndim] = sel.src_hi - sel.src_lo
-    jobs["tag"] = np.arange(len(sel))
-    jobs["direct"] = sel.full & bool((strides[big] == cstr[big]).all())
-    # row of each chunk: its coordinates relative to the block's first chunk
-    c0 = sel.coords[0] if len(sel) else np.zeros(out.ndim, np.int64)
-    counts = tuple(int(x) for x in (sel.coords.max(axis=0) - c0 + 1)) if len(sel) else ()
-    have = np.zeros(len(sel), bool)
-    fill_rows: list[int] = []
+    n = len(sel)
+    # per stored chunk: where its bytes are (0: a fill chunk), and that it was read
+    src_addr = np.zeros(n, np.uint64)
+    src_len = np.zeros(n, np.uint64)
+    have = np.zeros(n, bool)
+    is_fill = np.zeros(n, bool)
+    c0 = sel.coords[0] if n else np.zeros(ndim, np.int64)
+    counts = tuple(int(x) for x in (sel.coords.max(axis=0) - c0 + 1)) if n else ()
 
     def rows_of(coords: np.ndarray) -> np.ndarray:
         return np.ravel_multi_index(tuple((coords - c0).T), counts).astype(np.int64)
@@ -395,29 +428,29 @@ def _c_decode_block(
     nread = 0
     fshape = np.asarray(src.file_shape, dtype=np.int64)
     for batch in batches:
-        n = len(batch)
-        if not n:
+        nb_items = len(batch)
+        if not nb_items:
             continue
         errs = batch.index["error"]
         starts = batch.index["start"]
         sizes = batch.index["nbytes"]
-        fcoords = np.asarray(batch.metadata, dtype=np.int64).reshape(n, out.ndim)
-        bad = np.flatnonzero(errs != 0)
-        for i in bad.tolist():
-            if int(errs[i]) != -errno.ENOENT:
+        fcoords = np.asarray(batch.metadata, dtype=np.int64).reshape(nb_items, ndim)
+        for i in np.flatnonzero(errs != 0).tolist():
+            if int(errs[i]) != -errno.ENOENT:  # a missing file is the fill value
                 raise batch.error(i)  # type: ignore[misc]
         base = batch.data.ctypes.data
         if src.shards is None:
             ok = errs == 0
             rows = rows_of(fcoords)
-            jobs["src"][rows[ok]] = base + starts[ok]
-            jobs["src_len"][rows[ok]] = sizes[ok]
+            src_addr[rows[ok]] = base + starts[ok]
+            src_len[rows[ok]] = sizes[ok]
             have[rows] = True
-            fill_rows.extend(rows[~ok].tolist())
+            is_fill[rows[~ok]] = True
             nread += int(sizes[ok].sum())
             continue
         idx = src.index
-        for i in range(n):
+        cps = np.asarray(src.chunks_per_shard, dtype=np.int64)
+        for i in range(nb_items):
             # the inner chunks of this shard that lie in the block
             flo = fcoords[i] * fshape
             a = np.maximum(blo, flo)
@@ -426,7 +459,7 @@ def _c_decode_block(
             rows = rows_of(ssel.coords)
             have[rows] = True
             if errs[i]:
-                fill_rows.extend(rows.tolist())
+                is_fill[rows] = True
                 continue
             nb = int(sizes[i])
             nread += nb
@@ -444,26 +477,49 @@ def _c_decode_block(
             why = check_index(table, idx, nb)
             if why:
                 raise ChunkCorruptError(src.path, key, f"shard index: {why}")
-            cps = np.asarray(src.chunks_per_shard, dtype=np.int64)
             k = np.ravel_multi_index(tuple((ssel.coords - fcoords[i] * cps).T), tuple(cps))
             off = table[k, 0]
-            length = table[k, 1]
             empty = off == EMPTY
-            jobs["src"][rows[~empty]] = base + int(starts[i]) + off[~empty].astype(np.int64)
-            jobs["src_len"][rows[~empty]] = length[~empty]
-            fill_rows.extend(rows[empty].tolist())
+            src_addr[rows[~empty]] = base + int(starts[i]) + off[~empty].astype(np.int64)
+            src_len[rows[~empty]] = table[k, 1][~empty]
+            is_fill[rows[empty]] = True
     if not have.all():
         missing = key_of(int(np.flatnonzero(~have)[0]))
         raise RechunkError(f"{src.path}: chunk {missing} of a block was not read")
-    if fill_rows:
-        todo = np.ones(len(sel), bool)
-        todo[fill_rows] = False
-        for r in fill_rows:
-            box = tuple(
-                slice(int(x), int(y)) for x, y in zip(sel.dst_lo[r], sel.dst_hi[r], strict=True)
-            )
-            out[box] = src.fill_value
-        jobs = np.ascontiguousarray(jobs[todo])
+
+    # the chunks cut along the unit grid: one job per piece
+    lo = sel.coords * inner - blo + sel.src_lo  # block coordinates of each chunk's part
+    hi = sel.coords * inner - blo + sel.src_hi
+    row, uidx, plo, phi = _unit_pieces(lo, hi, ushape)
+    fill_p = is_fill[row]
+    for p in np.flatnonzero(fill_p).tolist():
+        u = tuple(int(x) for x in uidx[p])
+        box = tuple(
+            slice(int(x), int(y))
+            for x, y in zip(plo[p] - uidx[p] * ushape, phi[p] - uidx[p] * ushape, strict=True)
+        )
+        units[u][box] = src.fill_value
+    keep = ~fill_p
+    row, uidx, plo, phi = row[keep], uidx[keep], plo[keep], phi[keep]
+    gstr = np.asarray(units.strides[:ndim], dtype=np.int64)
+    ustr = np.asarray(units.strides[ndim:], dtype=np.int64)
+    cstr = np.asarray(codec.chunk_strides, dtype=np.int64)
+    spec = DecodeSpec(
+        codec.c_codec, codec.nbytes, codec.dtype.itemsize, codec.chunk_strides, tuple(ustr)
+    )
+    jobs = np.zeros(len(row), DECODE_JOB_DTYPE)
+    jobs["src"] = src_addr[row]
+    jobs["src_len"] = src_len[row]
+    jobs["dst"] = (
+        units.ctypes.data + (uidx * gstr).sum(axis=1) + ((plo - uidx * ushape) * ustr).sum(axis=1)
+    )
+    origin = sel.coords[row] * inner - blo  # block coordinates of each chunk's origin
+    jobs["src_off"] = ((plo - origin) * cstr).sum(axis=1)
+    jobs["shape"][:, :ndim] = phi - plo
+    jobs["tag"] = row
+    big = inner > 1
+    whole = ((phi - plo) == inner).all(axis=1)
+    jobs["direct"] = whole & bool((ustr[big] == cstr[big]).all())
     if decode_chunks(spec, jobs):
         status = jobs["status"]
         bad_job = jobs[(status != DEC_OK) & (status != DEC_SKIPPED)][0]
@@ -519,10 +575,61 @@ def _rechunk_block(job: dict[str, Any], bid: int, *batches: Batch) -> tuple[int,
     block = tuple(job["block"])
     shape = tuple(src.shape)
     blo, bhi = _block_box(bid, grid, block, shape)
-    out = _buffer(tuple(int(x) for x in bhi - blo), dst.dtype, "block")
+    unit = np.asarray(dst.file_shape, dtype=np.int64)
+    ugrid = _ceil_div(bhi - blo, unit)
+    ushape = tuple(int(x) for x in unit)
+    nunits = int(np.prod(ugrid, dtype=np.int64))
+    if _c_decodable(src):
+        # the block laid out unit by unit: each unit is encoded where it lies
+        units = _buffer((*ugrid, *ushape), dst.dtype, "units")
+        for k in np.ndindex(*ugrid):
+            if ((np.asarray(k) + 1) * unit > bhi - blo).any():
+                units[k] = dst.fill_value  # an edge unit: past the array's end is fill
+        nread, _ = _c_decode_units(src, units, blo, bhi, batches)
+
+        def unit_data(c: np.ndarray) -> np.ndarray:
+            return units[tuple(int(x) for x in c)]
+
+    else:
+        nread, out = _py_decode_block(src, blo, bhi, batches, dst.dtype)
+
+        def unit_data(c: np.ndarray) -> np.ndarray:
+            ulo = c * unit
+            uhi = np.minimum(ulo + unit, bhi - blo)
+            part = out[tuple(slice(int(a), int(b)) for a, b in zip(ulo, uhi, strict=True))]
+            if np.all(uhi - ulo == unit) and part.flags.c_contiguous:
+                return part  # e.g. a unit spanning the block's trailing axes: no copy
+            full = _buffer(ushape, dst.dtype, "unit")
+            if np.any(uhi - ulo < unit):
+                full[...] = dst.fill_value
+            full[tuple(slice(0, int(x)) for x in uhi - ulo)] = part
+            return full
+
+    paths: list[str] = []
+    datas: list[np.ndarray] = []
+    for k in range(nunits):
+        c = np.asarray(np.unravel_index(k, ugrid), dtype=np.int64).reshape(-1)
+        enc = _encode_unit(dst, unit_data(c))
+        if enc is None:
+            continue
+        paths.append(dst.file_path(blo // unit + c))
+        datas.append(enc)
+    written = 0
+    if paths:
+        node = job["owner"] or ray.get_runtime_context().get_node_id()
+        written = int(ray.get(io_actor(node).write_files.remote(paths, datas, fsync=job["fsync"])))
+    return bid, len(paths), nread, written
+
+
+def _py_decode_block(
+    src: Any, blo: np.ndarray, bhi: np.ndarray, batches: Sequence[Batch], dtype: Any
+) -> tuple[int, np.ndarray]:
+    """Decode a block's input files with the codecs' Python objects (numcodecs) into the
+    worker's block buffer; returns the bytes read and the buffer."""
+    out = _buffer(tuple(int(x) for x in bhi - blo), dtype, "block")
     scratch = _buffer((src.codec.nbytes,), np.uint8, "scratch")
-    nread, done = _c_decode_block(src, out, blo, bhi, batches)
-    for batch in () if done else batches:
+    nread = 0
+    for batch in batches:
         errs = batch.index["error"]
         starts = batch.index["start"].tolist()
         sizes = batch.index["nbytes"].tolist()
@@ -539,33 +646,7 @@ def _rechunk_block(job: dict[str, Any], bid: int, *batches: Batch) -> tuple[int,
             view = batch.data[starts[i] : starts[i] + sizes[i]]
             nread += sizes[i]
             _decode_file(src, view, coords, out, blo, bhi, scratch, batch.path(i))
-    # the output units of the block
-    unit = np.asarray(dst.file_shape, dtype=np.int64)
-    ugrid = _ceil_div(bhi - blo, unit)
-    paths: list[str] = []
-    datas: list[np.ndarray] = []
-    for k in range(int(np.prod(ugrid, dtype=np.int64))):
-        c = np.asarray(np.unravel_index(k, ugrid), dtype=np.int64).reshape(-1)
-        ulo = blo + c * unit
-        uhi = np.minimum(ulo + unit, bhi)
-        part = out[tuple(slice(int(a), int(b)) for a, b in zip(ulo - blo, uhi - blo, strict=True))]
-        if np.all(uhi - ulo == unit) and part.flags.c_contiguous:
-            full = part  # e.g. a unit spanning the block's trailing axes: no copy
-        else:
-            full = _buffer(tuple(int(x) for x in unit), dst.dtype, "unit")
-            if np.any(uhi - ulo < unit):
-                full[...] = dst.fill_value
-            full[tuple(slice(0, int(x)) for x in uhi - ulo)] = part
-        enc = _encode_unit(dst, full)
-        if enc is None:
-            continue
-        paths.append(dst.file_path(ulo // unit))
-        datas.append(enc)
-    written = 0
-    if paths:
-        node = job["owner"] or ray.get_runtime_context().get_node_id()
-        written = int(ray.get(io_actor(node).write_files.remote(paths, datas, fsync=job["fsync"])))
-    return bid, len(paths), nread, written
+    return nread, out
 
 
 # -- the journal of finished blocks ------------------------------------------------------
