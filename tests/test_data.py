@@ -90,6 +90,40 @@ def test_crops_equal_zarr_python(ray_local: None, arrays: Any, fmt: str) -> None
         np.testing.assert_array_equal(rows[i][1], exp)
 
 
+def test_many_small_blocks_are_kept_as_they_are(ray_local: None, arrays: Any) -> None:
+    """Blocks of 2 crops, 60 per read task: Ray Data does not merge them (the dataset's
+    own target block size is set, the global one is not touched), and the buffers the
+    read task recycles never show up as wrong rows."""
+    path, data = arrays["v2"]
+    before = ray.data.DataContext.get_current().target_max_block_size
+    crop_bytes = int(np.prod(CROP)) * 2
+    ds = ld.read_zarr_crops(path, CROP, 120, seed=4, parallelism=1, block_bytes=2 * crop_bytes)
+    assert ds.context.target_max_block_size == 2 * crop_bytes
+    assert ray.data.DataContext.get_current().target_max_block_size == before
+    mat = ds.materialize()
+    assert mat.num_blocks() == 60
+    rows = _rows(mat)
+    assert sorted(rows) == list(range(120))
+    for lo, crop in rows.values():
+        box = tuple(slice(int(s), int(s) + c) for s, c in zip(lo, CROP, strict=True))
+        np.testing.assert_array_equal(crop, data[box])
+
+
+def test_block_pool_reuses_only_unreferenced_buffers() -> None:
+    pool = ld._BlockPool(keep=2)
+    a = pool.take((2, 3), np.float32)
+    b = pool.take((2, 3), np.float32)
+    assert a is not b  # a is still held
+    view = b[1]
+    del b
+    c = pool.take((2, 3), np.float32)
+    assert c is not pool.bufs[1]  # b lives on in a view
+    del a
+    assert pool.take((2, 3), np.float32) is pool.bufs[0]
+    assert pool.take((4, 3), np.float32).shape == (4, 3)  # another shape: a new buffer
+    assert len(pool.bufs) == 2 and view.base is pool.bufs[1] and c is not None
+
+
 def test_same_seed_same_crops_whatever_the_parallelism(ray_local: None, arrays: Any) -> None:
     path, _ = arrays["v3"]
     one = _rows(ld.read_zarr_crops(path, CROP, 25, seed=9, parallelism=1))
