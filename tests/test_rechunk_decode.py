@@ -224,3 +224,19 @@ def test_unit_pieces_tile_each_box() -> None:
         vol = np.prod(phi[mine] - plo[mine], axis=1).sum()
         assert vol == np.prod(hi[i] - lo[i])  # disjoint (one per unit) and covering
         assert len({tuple(u) for u in uidx[mine]}) == mine.sum()
+
+
+def test_worker_buffers_are_released_when_idle() -> None:
+    import time
+
+    from lsio_ray.ray import rechunk as r
+
+    buf = r._buffer((16,), np.float32, "test")
+    r._keep_buffers(0.2)
+    assert r._buffer((16,), np.float32, "test") is buf  # kept for the next block
+    r._keep_buffers(0.2)  # each block restarts the clock
+    deadline = time.monotonic() + 5
+    while r._SCRATCH and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not r._SCRATCH
+    assert r._buffer((16,), np.float32, "test") is not buf

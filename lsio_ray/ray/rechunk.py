@@ -45,6 +45,7 @@ import errno
 import json
 import math
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -253,18 +254,40 @@ def _same(a: np.ndarray, fill: np.ndarray) -> bool:
 
 
 _SCRATCH: dict[tuple[Any, ...], np.ndarray] = {}
+_SCRATCH_TTL = 3.0  # seconds a worker keeps its buffers after its last block
+_scratch_timer: threading.Timer | None = None
+_scratch_lock = threading.Lock()
 
 
 def _buffer(shape: tuple[int, ...], dtype: Any, what: str) -> np.ndarray:
     """A buffer of ``shape`` reused by the blocks a worker process runs one after the
-    other (fresh 64 MiB blocks cost ~10% of a task in page faults)."""
+    other (fresh 64 MiB blocks cost ~10% of a task in page faults); released
+    ``_SCRATCH_TTL`` seconds after the worker's last block (:func:`_keep_buffers`)."""
     key = (what, shape, np.dtype(dtype).str)
-    buf = _SCRATCH.get(key)
-    if buf is None:
-        if len(_SCRATCH) > 8:  # a few shapes per job (edge blocks); never grow unbounded
-            _SCRATCH.clear()
-        buf = _SCRATCH[key] = np.empty(shape, dtype=dtype)
+    with _scratch_lock:
+        buf = _SCRATCH.get(key)
+        if buf is None:
+            if len(_SCRATCH) > 8:  # a few shapes per job (edge blocks); never grow unbounded
+                _SCRATCH.clear()
+            buf = _SCRATCH[key] = np.empty(shape, dtype=dtype)
     return buf
+
+
+def _drop_buffers() -> None:
+    with _scratch_lock:
+        _SCRATCH.clear()
+
+
+def _keep_buffers(ttl: float | None = None) -> None:
+    """Keep this worker's buffers for the next block, at most ``ttl`` seconds: an idle
+    worker does not hold a block's worth of memory after the job."""
+    global _scratch_timer
+    with _scratch_lock:
+        if _scratch_timer is not None:
+            _scratch_timer.cancel()
+        _scratch_timer = threading.Timer(_SCRATCH_TTL if ttl is None else ttl, _drop_buffers)
+        _scratch_timer.daemon = True
+        _scratch_timer.start()
 
 
 def _paste(
@@ -614,6 +637,7 @@ def _rechunk_block(job: dict[str, Any], bid: int, *batches: Batch) -> tuple[int,
             continue
         paths.append(dst.file_path(blo // unit + c))
         datas.append(enc)
+    _keep_buffers()
     written = 0
     if paths:
         node = job["owner"] or ray.get_runtime_context().get_node_id()
