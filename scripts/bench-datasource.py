@@ -32,7 +32,8 @@ path), against ``xr.open_zarr(path)["v"].values`` (zarr-python's LocalStore), co
 interleaved.
 
 Results: printed and written to ``$LSIO_DS_BENCH_OUT`` (/tmp/lsio-ds-bench/results.md).
-``LSIO_DS_BENCH_PARTS`` (``crops,xarray``) picks the parts.
+``LSIO_DS_BENCH_PARTS`` (``crops,xarray``) picks the parts; ``LSIO_DS_BENCH_READERS``
+(comma-separated substrings of the reader names) a subset of the crop readers.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ XR_PLANES = int(os.environ.get("LSIO_DS_BENCH_XR_PLANES", "256"))
 OUT = os.environ.get("LSIO_DS_BENCH_OUT", os.path.join(WORK, "results.md"))
 PARTS = [p for p in os.environ.get("LSIO_DS_BENCH_PARTS", "crops,xarray").split(",") if p]
 COLD = os.environ.get("LSIO_DS_BENCH_COLD", "1") == "1"
+READERS = [r for r in os.environ.get("LSIO_DS_BENCH_READERS", "").split(",") if r]
 CROP = (8, 256, 256)
 SEED = 7
 BATCH = 16
@@ -168,6 +170,12 @@ def crops_part(path: str) -> str:
         "tensorstore, one process": lambda: run_ts_local(path, starts),
         "decode limit (2 threads)": limit.run,
     }
+    if READERS:  # a subset (the limit always runs: every ratio needs it)
+        readers = {
+            k: v
+            for k, v in readers.items()
+            if k.startswith("decode") or any(r in k for r in READERS)
+        }
     ref = None
     for name, fn in readers.items():  # warm-up: workers, imports; and the reference sums
         out = fn()

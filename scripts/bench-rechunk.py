@@ -23,7 +23,9 @@ the ~15 processes of a Ray tree costs ~12% of a core, which would slow only the 
 methods: the timed runs are not sampled).  The single-process methods run in a child
 process each (their tree: that child); the Ray methods run in this driver, whose tree
 holds the whole local Ray cluster (GCS, raylet with the object store, workers), so their
-figure includes the idle cluster, given as "idle" next to it.  PSS splits shared pages
+figure includes the idle cluster, given as "idle" next to it: measured right after
+``ray.init``, before any method ran (what a method leaves behind -- an IO actor, warm
+workers -- counts as its memory).  PSS splits shared pages
 (the object store's shared memory) between the processes mapping them, RSS counts them
 once per process.
 
@@ -33,7 +35,8 @@ Outputs are not fsynced (by no method); ``sync`` runs before each measurement.  
 output is checked against the source on 8 sampled boxes.
 
 Results: printed and written to ``$LSIO_RECHUNK_BENCH_OUT``
-(/tmp/lsio-rechunk-bench/results.md).  ``LSIO_RECHUNK_BENCH_METHODS`` picks methods.
+(/tmp/lsio-rechunk-bench/results.md).  ``LSIO_RECHUNK_BENCH_METHODS`` picks methods;
+``LSIO_RECHUNK_BENCH_BLOCK_BYTES`` sets lsio's ``block_bytes`` (default: rechunk's).
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ WORK = os.environ.get("LSIO_RECHUNK_BENCH_DIR", "/tmp/lsio-rechunk-bench")
 REPS = int(os.environ.get("LSIO_RECHUNK_BENCH_REPS", "3"))
 OUT = os.environ.get("LSIO_RECHUNK_BENCH_OUT", os.path.join(WORK, "results.md"))
 NEW_CHUNKS = (16, 256, 256)
+BLOCK_BYTES = int(os.environ.get("LSIO_RECHUNK_BENCH_BLOCK_BYTES", "0"))  # 0: the default
 SLAB = 32
 METHODS = [
     m.strip()
@@ -207,7 +211,8 @@ def run_ray_zarr(task: Any, src: str, dst: str, nz: int) -> None:
 def run_lsio(src: str, dst: str) -> None:
     import lsio_ray
 
-    lsio_ray.rechunk(src, dst, chunks=NEW_CHUNKS, codec="zstd:3", overwrite=True)
+    kw = {"block_bytes": BLOCK_BYTES} if BLOCK_BYTES else {}
+    lsio_ray.rechunk(src, dst, chunks=NEW_CHUNKS, codec="zstd:3", overwrite=True, **kw)
 
 
 # -- checking -------------------------------------------------------------------------------
@@ -254,8 +259,8 @@ def measure_child(method: str, src: str, dst: str, sample: bool) -> dict[str, fl
     return {"wall_s": res["wall_s"], "pss": mem.peak_pss, "rss": mem.peak_rss, "idle_pss": 0}
 
 
-def measure_here(fn: Any, sample: bool) -> dict[str, float]:
-    idle_rss, idle_pss = bc.tree_memory(os.getpid()) if sample else (0, 0)
+def measure_here(fn: Any, sample: bool, idle: tuple[int, int]) -> dict[str, float]:
+    idle_rss, idle_pss = idle if sample else (0, 0)
     mem = bc.TreeMemory(os.getpid())
     if sample:
         mem.start()
@@ -288,6 +293,9 @@ def main() -> int:
         log_to_driver=False,
         configure_logging=False,
     )
+    # the idle cluster, before any method ran (the Ray methods' memory is counted over it)
+    time.sleep(2)
+    idle0 = bc.tree_memory(os.getpid())
     task = ray.remote(num_cpus=1)(_zarr_slab_task)
     here = {
         "lsio": lambda d: run_lsio(src, d),
@@ -319,7 +327,7 @@ def main() -> int:
             if m in SUBPROCESS:
                 r = measure_child(m, src, dst, sample)
             else:
-                r = measure_here(lambda m=m, dst=dst: here[m](dst), sample)
+                r = measure_here(lambda m=m, dst=dst: here[m](dst), sample, idle0)
             if m != "limit":
                 verify(src, dst, shape, seed=rep)
             if sample:
