@@ -15,8 +15,11 @@ order, as ``lsio_ray.zarr.open(path).random_crops(crop_shape, count, seed=seed)`
 split into read tasks by index ranges, so the same seed gives the same crops whatever
 the number of read tasks or nodes.  Each read task opens the array with
 :func:`lsio_ray.zarr.open` and reads its share through the engine with ``prefetch``
-crops in flight, emitting blocks of about ``block_bytes`` (Ray costs ~1 ms per object:
-blocks of megabytes, not one crop each).
+crops in flight (across block boundaries), each crop straight into its row of a block,
+emitting blocks of about ``block_bytes`` (Ray costs ~1 ms per object: blocks of
+megabytes, not one crop each).  The dataset's own ``DataContext`` gets a
+``target_max_block_size`` of one block, so Ray Data passes these blocks on as they are
+instead of merging them into 128 MiB ones (a copy of every crop, and a later first row).
 
 ``decode_block=N`` (crops only) decodes each read task's crops N at a time with the
 decode-aware sampler (:class:`lsio_ray.zarr.sampler.ScatterTask`): every chunk the N
