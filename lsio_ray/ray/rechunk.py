@@ -543,6 +543,9 @@ def _c_decode_units(
     big = inner > 1
     whole = ((phi - plo) == inner).all(axis=1)
     jobs["direct"] = whole & bool((ustr[big] == cstr[big]).all())
+    # Ownership: every src points into a batch's object-store buffer and every dst into
+    # ``units``; both are held by this frame (the arguments) for the whole call, and the
+    # decoder keeps no pointer after it returns (no pool buffers: nothing to release).
     if decode_chunks(spec, jobs):
         status = jobs["status"]
         bad_job = jobs[(status != DEC_OK) & (status != DEC_SKIPPED)][0]
