@@ -195,8 +195,8 @@ class _ReadRange:
         pool = _BlockPool()
         # The window of `prefetch` crops in flight runs on across block boundaries: a block
         # is yielded (and copied into the object store by Ray) while the next one's crops
-        # are being read and decoded -- draining the window at every block left the cores
-        # idle ~10% of the time.
+        # are being read and decoded (draining the window at every block stalled the
+        # decode threads at each boundary).
         blocks: collections.deque[tuple[int, int, np.ndarray, np.ndarray]] = collections.deque()
         window: collections.deque[Any] = collections.deque()
         ends: collections.deque[int] = collections.deque()  # crop index of each read
