@@ -240,3 +240,35 @@ def test_worker_buffers_are_released_when_idle() -> None:
         time.sleep(0.05)
     assert not r._SCRATCH
     assert r._buffer((16,), np.float32, "test") is not buf
+
+
+def test_python_path_sharded_and_its_corrupt_index(tmp_path: Path) -> None:
+    """A sharded source the C decoder does not take (gzip inner chunks) goes through
+    ``_decode_file``; its shard index is checked the same way."""
+    data = _data((16, 24), "int32") + 3
+    lay = _make(
+        tmp_path / "gs.zarr",
+        data,
+        chunks=(4, 6),
+        shards=(8, 12),
+        zarr_format=3,
+        compressors=GzipCodec(level=1),
+        fill_value=0,
+    )
+    assert lay.codec.c_codec is None
+    blo, bhi = np.asarray([2, 3], np.int64), np.asarray([15, 22], np.int64)
+    out = np.zeros(tuple(bhi - blo), data.dtype)
+    scratch = np.empty(lay.codec.nbytes, np.uint8)
+    batches = _batches(lay, blo, bhi, parts=1)
+    b = batches[0]
+    for i in range(len(b)):
+        s, n = int(b.index["start"][i]), int(b.index["nbytes"][i])
+        coords = np.asarray(b.metadata[i], np.int64)
+        _decode_file(lay, b.data[s : s + n], coords, out, blo, bhi, scratch, b.path(i))
+    np.testing.assert_array_equal(out, data[2:15, 3:22])
+    s, n = int(b.index["start"][0]), int(b.index["nbytes"][0])
+    bad = b.data[s : s + n].copy()
+    bad[-12:-4] = 0xFF  # the index's last entry
+    with pytest.raises(ChunkCorruptError, match="shard index") as ei:
+        _decode_file(lay, bad, np.asarray(b.metadata[0]), out, blo, bhi, scratch, b.path(0))
+    assert lay.key(np.asarray(b.metadata[0])) in str(ei.value)

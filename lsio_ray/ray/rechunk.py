@@ -304,6 +304,29 @@ def _paste(
     out[dst] = arr[src]
 
 
+def _shard_table(src: Any, view: np.ndarray, key: str) -> np.ndarray:
+    """The decoded index (offset, length per inner chunk) of one stored shard whose bytes
+    are ``view``; a short shard or a bad index raises
+    :class:`~lsio_ray.zarr.errors.ChunkCorruptError` naming ``key``."""
+    from lsio_ray.zarr.codecs import CorruptData
+    from lsio_ray.zarr.errors import ChunkCorruptError
+    from lsio_ray.zarr.shards import check_index
+
+    idx = src.index
+    nb = view.nbytes
+    if nb < idx.nbytes:
+        raise ChunkCorruptError(src.path, key, f"shard of {nb} bytes is shorter than its index")
+    raw = view[: idx.nbytes] if idx.location == "start" else view[nb - idx.nbytes :]
+    try:
+        table = idx.decode(raw)
+    except CorruptData as exc:  # e.g. the index's crc32c
+        raise ChunkCorruptError(src.path, key, f"shard index: {exc}") from None
+    why = check_index(table, idx, nb)
+    if why:
+        raise ChunkCorruptError(src.path, key, f"shard index: {why}")
+    return table
+
+
 def _decode_file(
     src: Any,
     view: np.ndarray,
@@ -318,7 +341,7 @@ def _decode_file(
     from lsio_ray.zarr.codecs import CorruptData
     from lsio_ray.zarr.errors import ChunkCorruptError
     from lsio_ray.zarr.plan import select_chunks
-    from lsio_ray.zarr.shards import EMPTY, check_index
+    from lsio_ray.zarr.shards import EMPTY
 
     file_shape = np.asarray(src.file_shape, dtype=np.int64)
     flo = coords * file_shape
@@ -328,15 +351,7 @@ def _decode_file(
             arr = src.codec.decode(view, scratch)
             _paste(out, blo, bhi, arr, flo)
             return
-        idx = src.index
-        n = idx.nbytes
-        if view.nbytes < n:
-            raise CorruptData(f"shard of {view.nbytes} bytes is shorter than its index")
-        raw = view[:n] if idx.location == "start" else view[view.nbytes - n :]
-        table = idx.decode(raw)
-        why = check_index(table, idx, view.nbytes)
-        if why:
-            raise CorruptData(f"shard index: {why}")
+        table = _shard_table(src, view, key)
         a = np.maximum(blo, flo) - flo
         b = np.minimum(bhi, np.minimum(flo + file_shape, np.asarray(src.shape))) - flo
         sel = select_chunks(a, b, src.chunks)
@@ -416,10 +431,9 @@ def _c_decode_units(
         decode_chunks,
         decode_error,
     )
-    from lsio_ray.zarr.codecs import CorruptData
     from lsio_ray.zarr.errors import ChunkCorruptError
     from lsio_ray.zarr.plan import select_chunks
-    from lsio_ray.zarr.shards import EMPTY, check_index
+    from lsio_ray.zarr.shards import EMPTY
 
     codec = src.codec
     ndim = len(blo)
@@ -471,7 +485,6 @@ def _c_decode_units(
             is_fill[rows[~ok]] = True
             nread += int(sizes[ok].sum())
             continue
-        idx = src.index
         cps = np.asarray(src.chunks_per_shard, dtype=np.int64)
         for i in range(nb_items):
             # the inner chunks of this shard that lie in the block
@@ -487,19 +500,7 @@ def _c_decode_units(
             nb = int(sizes[i])
             nread += nb
             view = batch.data[int(starts[i]) : int(starts[i]) + nb]
-            key = str(src.key(fcoords[i]))
-            if nb < idx.nbytes:
-                raise ChunkCorruptError(
-                    src.path, key, f"shard of {nb} bytes is shorter than its index"
-                )
-            raw = view[: idx.nbytes] if idx.location == "start" else view[nb - idx.nbytes :]
-            try:
-                table = idx.decode(raw)
-            except CorruptData as exc:  # e.g. the index's crc32c
-                raise ChunkCorruptError(src.path, key, f"shard index: {exc}") from None
-            why = check_index(table, idx, nb)
-            if why:
-                raise ChunkCorruptError(src.path, key, f"shard index: {why}")
+            table = _shard_table(src, view, str(src.key(fcoords[i])))
             k = np.ravel_multi_index(tuple((ssel.coords - fcoords[i] * cps).T), tuple(cps))
             off = table[k, 0]
             empty = off == EMPTY
