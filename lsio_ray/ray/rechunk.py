@@ -25,7 +25,11 @@ a shard.
 
 **Memory.**  At most ``window`` blocks are being read (their batches sit in the object
 store) and at most one task per core runs: a node holds about (blocks being read +
-blocks computing) x (block_bytes + its encoded bytes).
+blocks computing) x (block_bytes + its encoded bytes) of live data.  What stays resident
+is more: the object store keeps the pages its objects have touched, and each worker and
+the IO actor are Python processes with numpy and zarr loaded.  Measured on the 2 GiB
+benchmark job (64 MiB blocks, 2 CPUs), the node's processes peaked ~1 GiB above an idle
+Ray cluster, about half of it object store pages (BENCHMARKS.md, issue 4).
 
 **Resume.**  Each output unit is written atomically (temp file, rename).  When a block's
 units are all written, its number is appended to a journal
