@@ -272,3 +272,25 @@ def test_python_path_sharded_and_its_corrupt_index(tmp_path: Path) -> None:
     with pytest.raises(ChunkCorruptError, match="shard index") as ei:
         _decode_file(lay, bad, np.asarray(b.metadata[0]), out, blo, bhi, scratch, b.path(0))
     assert lay.key(np.asarray(b.metadata[0])) in str(ei.value)
+
+
+def test_decode_chunks_takes_no_pool_buffers() -> None:
+    """The engine-free entry refuses jobs that name pool buffers or are not one array."""
+    from lsio_ray._core import DECODE_JOB_DTYPE, DecodeSpec, decode_chunks
+
+    spec = DecodeSpec("raw", 16, 4, (4,), (4,))
+    src = np.arange(4, dtype=np.float32)
+    dst = np.zeros(4, np.float32)
+    jobs = np.zeros(2, DECODE_JOB_DTYPE)
+    jobs["src"], jobs["src_len"], jobs["dst"] = src.ctypes.data, 16, dst.ctypes.data
+    jobs["shape"][:, 0], jobs["direct"] = 4, 1
+    assert decode_chunks(spec, jobs[:1].copy()) == 0
+    np.testing.assert_array_equal(dst, src)
+    jobs["buf_id"][1] = 7
+    with pytest.raises(ValueError, match="pool buffers"):
+        decode_chunks(spec, jobs)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        decode_chunks(spec, np.zeros(4, DECODE_JOB_DTYPE)[::2])
+    short = jobs[:1].copy()
+    short["src_len"] = 12  # raw bytes of the wrong size: a status, not a crash
+    assert decode_chunks(spec, short) == 1 and short["status"][0] != 0
