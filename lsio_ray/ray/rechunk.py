@@ -458,14 +458,6 @@ def _c_decode_units(
     def rows_of(coords: np.ndarray) -> np.ndarray:
         return np.ravel_multi_index(tuple((coords - c0).T), counts).astype(np.int64)
 
-    def key_of(row: int) -> str:
-        c = sel.coords[row]
-        if src.shards is None:
-            return str(src.key(c))
-        cps = np.asarray(src.chunks_per_shard, dtype=np.int64)
-        shard = c // cps
-        return f"{src.key(shard)} (inner chunk {tuple(int(x) for x in c - shard * cps)})"
-
     nread = 0
     fshape = np.asarray(src.file_shape, dtype=np.int64)
     for batch in batches:
@@ -512,7 +504,7 @@ def _c_decode_units(
             src_len[rows[~empty]] = table[k, 1][~empty]
             is_fill[rows[empty]] = True
     if not have.all():
-        missing = key_of(int(np.flatnonzero(~have)[0]))
+        missing = src.chunk_key(sel.coords[int(np.flatnonzero(~have)[0])])
         raise RechunkError(f"{src.path}: chunk {missing} of a block was not read")
 
     # the chunks cut along the unit grid: one job per piece
@@ -555,7 +547,9 @@ def _c_decode_units(
         status = jobs["status"]
         bad_job = jobs[(status != DEC_OK) & (status != DEC_SKIPPED)][0]
         raise ChunkCorruptError(
-            src.path, key_of(int(bad_job["tag"])), f"cannot decode: {decode_error(spec, bad_job)}"
+            src.path,
+            src.chunk_key(sel.coords[int(bad_job["tag"])]),
+            f"cannot decode: {decode_error(spec, bad_job)}",
         )
     return nread, True
 

@@ -99,6 +99,17 @@ class ArrayLayout:
             return self._zero
         return self._prefix + self._sep.join(parts)
 
+    def chunk_key(self, coords: Any) -> str:
+        """How errors name the chunk at chunk-grid coordinates ``coords``: its key, or for
+        a sharded array its shard's key and its place in the shard."""
+        if self.shards is None:
+            return self.key(coords)
+        cps = np.asarray(self.chunks_per_shard, dtype=np.int64)
+        c = np.asarray(coords, dtype=np.int64)
+        shard = c // cps
+        inner = tuple(int(x) for x in c - shard * cps)
+        return f"{self.key(shard)} (inner chunk {inner})"
+
     def file_path(self, coords: Any) -> str:
         """The absolute path of the file at grid coordinates ``coords``."""
         return os.path.join(self.path, self.key(coords))

@@ -437,14 +437,7 @@ class ReadTask(Task):
 
     # -- errors --------------------------------------------------------------------------
     def _chunk_key(self, i: int) -> str:
-        lay = self.layout
-        coords = self.sel.coords[i]
-        if lay.shards is None:
-            return lay.key(coords)
-        cps = np.asarray(lay.chunks_per_shard)
-        shard = coords // cps
-        inner = tuple(int(c) for c in coords - shard * cps)
-        return f"{lay.key(shard)} (inner chunk {inner})"
+        return self.layout.chunk_key(self.sel.coords[i])
 
     def _os_error(self, plan: FilePlan, row: Any, key: str) -> BaseException:
         r = int(row["tag"]) & (INDEX_TAG - 1)
