@@ -125,3 +125,38 @@ def test_builder_oversized_chunk() -> None:
     b.flush()
     assert [len(d) for _, d, _ in made] == [50, 200, 50]
     assert made[1][1].tolist() == src[50:250].tolist()
+
+
+def test_process_io_keeps_batches_until_recycled(tmp_path: Path) -> None:
+    """In-process (recycle=False), every batch of a piece keeps its own buffer while the
+    caller holds the batches; recycled buffers are reused by the next piece."""
+    from lsio_ray.ray.actor import close_process_io, process_io
+
+    io = process_io({"pool_bytes": "1M"}, ahead_bytes=1 << 20)
+    try:
+        assert process_io({"pool_bytes": "1M"}, ahead_bytes=1 << 20) is io  # one per process
+        files = _files(tmp_path, [20_000] * 30)
+        group = OpGroup([get_ranges(p) for p, _ in files])
+        ((_node, spec),) = split_runs(group, ["n"] * len(group.operations))
+        batches = list(io.run(spec, 64 << 10))
+        assert len(batches) > 3
+        assert len({b.data.ctypes.data for b in batches}) == len(batches)  # none reused
+        got = [b.view(i).tobytes() for b in batches for i in range(len(b))]
+        assert got == [d for _, d in files]
+        first = {
+            b.data.base.ctypes.data if b.data.base is not None else b.data.ctypes.data
+            for b in batches
+        }
+        io.recycle(batches)
+        again = list(io.run(spec, 64 << 10))
+        reused = {
+            b.data.base.ctypes.data if b.data.base is not None else b.data.ctypes.data
+            for b in again
+        }
+        assert reused & first  # the cache handed recycled buffers out again
+        assert [b.view(i).tobytes() for b in again for i in range(len(b))] == got
+        assert io.stats()["engine"]["buffers_out"] == 0
+    finally:
+        close_process_io()
+    assert process_io({"pool_bytes": "1M"}, ahead_bytes=1 << 20) is not io
+    close_process_io()

@@ -1,4 +1,5 @@
-"""Failures during a cluster-wide job: an IO actor killed, then a worker node removed.
+"""Failures during a cluster-wide job: an IO actor killed (the actors' streams), then a
+worker node removed (blocks whose tasks read their own inputs).
 
 Each job must finish with the same output as an undisturbed run (the coordinator resumes
 streams, the job re-runs blocks whose inputs were lost).  One 3-node cluster for the
@@ -65,7 +66,12 @@ def test_io_actor_killed_mid_job(lc: LocalCluster, reference: dict[str, bytes]) 
             ray.kill(io_actor(victim), no_restart=False)
 
     res = rechunk(
-        lc.extra["src"], lc.shared / "killed.zarr", coordinator=coord, progress=kill_once, **KW
+        lc.extra["src"],
+        lc.shared / "killed.zarr",
+        coordinator=coord,
+        progress=kill_once,
+        io="actors",  # every block through the actors' streams (auto: the tasks read)
+        **KW,
     )
     assert res.blocks_skipped == 0 and len(done) == res.blocks
     assert _files(lc.shared / "killed.zarr") == reference
@@ -85,7 +91,7 @@ def test_worker_node_removed_mid_job(lc: LocalCluster, reference: dict[str, byte
     res = rechunk(
         lc.extra["src"], lc.shared / "removed.zarr", coordinator=coord, progress=remove_once, **KW
     )
-    assert len(done) == res.blocks
+    assert len(done) == res.blocks == res.blocks_in_task
     assert victim.node_id not in coord.nodes
     assert _files(lc.shared / "removed.zarr") == reference
     np.testing.assert_array_equal(

@@ -104,11 +104,12 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("io", ["auto", "actors"])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_matches_zarr_python(lc: LocalCluster, coord: Coordinator, case: str) -> None:
+def test_matches_zarr_python(lc: LocalCluster, coord: Coordinator, case: str, io: str) -> None:
     spec = CASES[case]
     data = _data(spec["shape"], spec["dtype"])
-    base = lc.shared / case
+    base = lc.shared / f"{case}-{io}"
     src = _src(base / "src.zarr", data, **spec["src"])
     chunk_files = [
         p
@@ -127,8 +128,12 @@ def test_matches_zarr_python(lc: LocalCluster, coord: Coordinator, case: str) ->
         zarr_format=d["zarr_format"],
         coordinator=coord,
         block_bytes=9_000,
+        io=io,
     )
     assert res.blocks > 1 and res.blocks_skipped == 0
+    # shared storage: with io="auto" every task reads its own block, none through actors
+    assert res.blocks_in_task == (res.blocks if io == "auto" else 0)
+    assert sum(res.bytes_read_by_node.values()) == res.bytes_read > 0
     ref = _reference(
         base / "ref.zarr",
         data,
@@ -282,21 +287,47 @@ def test_unreadable_input_names_file_and_node(lc: LocalCluster, coord: Coordinat
     assert any(n in msg for n in lc.nodes)
 
 
-def test_reads_on_the_node_holding_the_source(lc: LocalCluster) -> None:
+@pytest.mark.parametrize("io", ["auto", "actors"])
+def test_reads_on_the_node_holding_the_source(lc: LocalCluster, io: str) -> None:
     holder = lc.nodes[1]
     src = _src(
-        lc.disks[holder] / "src.zarr", _data((24, 24), "int32"), chunks=(5, 7), zarr_format=3
+        lc.disks[holder] / f"src-{io}.zarr", _data((24, 24), "int32"), chunks=(5, 7), zarr_format=3
     )
     c = Coordinator(roots=lc.roots, batch_bytes=16 << 10)
     c.reset_stats()
-    rechunk(src, lc.shared / "from-node1.zarr", chunks=(12, 12), coordinator=c)
+    dst = lc.shared / f"from-node1-{io}.zarr"
+    res = rechunk(src, dst, chunks=(12, 12), coordinator=c, io=io)
     stats = c.stats()
+    meta = (Path(src) / "zarr.json").stat().st_size
     stored = sum(p.stat().st_size for p in Path(src).rglob("*") if p.is_file())
-    assert stats[holder]["bytes_read"] == stored  # the chunks and zarr.json, all there
+    # every chunk read on the holder: by its IO actor, or by the tasks running there
+    assert res.bytes_read_by_node == {holder: stored - meta}
+    if io == "auto":
+        assert res.blocks_in_task == res.blocks
+        assert stats[holder]["bytes_read"] == meta  # the actor read the metadata only
+    else:
+        assert res.blocks_in_task == 0
+        assert stats[holder]["bytes_read"] == stored  # the chunks and zarr.json, all there
     assert stats[lc.nodes[0]]["bytes_read"] == 0
-    np.testing.assert_array_equal(
-        zarr.open_array(str(lc.shared / "from-node1.zarr"))[...], zarr.open_array(str(src))[...]
-    )
+    np.testing.assert_array_equal(zarr.open_array(str(dst))[...], zarr.open_array(str(src))[...])
+
+
+def test_output_on_another_node_is_written_by_its_actor(lc: LocalCluster) -> None:
+    """Inputs on one node, output on the other: the tasks read where the inputs are
+    and hand the encoded units to the output node's IO actor."""
+    reader, writer = lc.nodes[1], lc.nodes[0]
+    data = _data((30, 20), "int16")
+    src = _src(lc.disks[reader] / "xsrc.zarr", data, chunks=(4, 5), zarr_format=2)
+    dst = lc.disks[writer] / "xdst.zarr"
+    c = Coordinator(roots=lc.roots)
+    c.reset_stats()
+    res = rechunk(src, dst, chunks=(10, 10), codec="zstd:1", coordinator=c)
+    assert res.blocks_in_task == res.blocks > 1
+    assert set(res.bytes_read_by_node) == {reader}
+    stats = c.stats()
+    assert stats[writer]["bytes_written"] >= res.bytes_written > 0
+    assert stats[reader]["bytes_written"] == 0
+    np.testing.assert_array_equal(zarr.open_array(str(dst))[...], data)
 
 
 def test_cli(lc: LocalCluster) -> None:
@@ -320,13 +351,15 @@ def test_cli(lc: LocalCluster) -> None:
                 "zstd:1",
                 "--json",
                 "--no-progress",
+                "--io",
+                "actors",
                 "--address",
                 lc.cluster.address,
             ]
         )
     assert rc == 0
     res = json.loads(out.getvalue())
-    assert res["blocks"] >= 1
+    assert res["blocks"] >= 1 and res["blocks_in_task"] == 0
     z = zarr.open_array(str(base / "dst.zarr"))
     assert z.metadata.zarr_format == 2 and z.chunks == (10, 15)
     np.testing.assert_array_equal(z[...], data)

@@ -37,7 +37,7 @@ import os
 import resource
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -48,7 +48,7 @@ from lsio_ray.ray.batches import INDEX_DTYPE, Batch, BatchBuilder, default_batch
 from lsio_ray.ray.errors import OutputError
 from lsio_ray.ray.spec import PieceSpec, piece_of_ops
 
-__all__ = ["NAMESPACE", "IOActor", "actor_name", "io_actor"]
+__all__ = ["NAMESPACE", "IOActor", "actor_name", "close_process_io", "io_actor", "process_io"]
 
 NAMESPACE = "lsio_ray"
 """The Ray namespace the IO actors are registered in."""
@@ -291,7 +291,8 @@ class _PieceRun:
             t0 = time.perf_counter()
             yield batch
             self.actor._times["yield_s"] += time.perf_counter() - t0
-            self.actor._buffers.give(batch.data)
+            if self.actor._recycle:
+                self.actor._buffers.give(batch.data)
 
     def close(self) -> None:
         """Cancel what is left and give every held buffer back (idempotent)."""
@@ -346,6 +347,10 @@ class IOActor:
     ``pool_bytes``, ``depth``...; defaults from :mod:`lsio_ray.config`).
     ``ahead_bytes``/``ahead_ranges``: how far a piece's submissions may run ahead of the
     batches it has yielded.  ``record_paths``: remember every file read (for tests).
+    ``recycle``: a batch's buffer is reused once the next batch is asked for (right for
+    a Ray generator, whose batches Ray has copied by then); False for an instance used
+    in-process (:func:`process_io`), whose caller keeps batches and hands their buffers
+    back with :meth:`recycle`.
     """
 
     def __init__(
@@ -355,6 +360,7 @@ class IOActor:
         ahead_bytes: int = 64 << 20,
         ahead_ranges: int = 8192,
         record_paths: bool = False,
+        recycle: bool = True,
     ) -> None:
         settings = dict(engine or {})
         settings["ring_thread"] = True
@@ -368,7 +374,8 @@ class IOActor:
         self._ahead_bytes = int(ahead_bytes)
         self._ahead_ranges = int(ahead_ranges)
         self._record: list[str] | None = [] if record_paths else None
-        self._buffers = _BufferCache(keep=8)
+        self._recycle = recycle
+        self._buffers = _BufferCache(keep=8 if recycle else 2)
         self._times: dict[str, float] = dict.fromkeys(("wait_s", "copy_s", "yield_s"), 0.0)
         self._counts: dict[str, int] = dict.fromkeys(
             (
@@ -483,6 +490,12 @@ class IOActor:
                     yield batch
         finally:
             self._finish(run)
+
+    def recycle(self, batches: Iterable[Batch]) -> None:
+        """Take back the buffers of batches served in-process (``recycle=False``): the
+        caller is done with them, and they may be reused by later batches."""
+        for batch in batches:
+            self._buffers.give(batch.data)
 
     def write_files(self, paths: list[str], datas: list[Any], *, fsync: bool = False) -> int:
         """Write whole files atomically (temp file, write, rename), making parent
@@ -692,3 +705,38 @@ def io_actor(
     handle = _remote_class().options(**opts).remote(engine, record_paths=record_paths)
     _HANDLES[node_id] = handle
     return handle
+
+
+_PROCESS_IO: tuple[tuple[Any, ...], IOActor] | None = None
+_process_io_lock = threading.Lock()
+
+
+def process_io(engine: dict[str, Any] | None = None, *, ahead_bytes: int = 16 << 20) -> IOActor:
+    """This process's own IO service: an :class:`IOActor` instance run in-process (not a
+    Ray actor), for a task that reads and writes its node's files itself, with no hop
+    through an actor and the object store.  Its batches are not recycled behind the
+    caller's back: give them back with :meth:`IOActor.recycle`.  Made on first use with
+    ``engine`` settings (made again if they change); freed by :func:`close_process_io`.
+    Reads and writes through it are the calling process's: they count on its node, not
+    in the node's IO actor's statistics."""
+    global _PROCESS_IO
+    key = (tuple(sorted((engine or {}).items())), int(ahead_bytes))
+    with _process_io_lock:
+        if _PROCESS_IO is not None and _PROCESS_IO[0] == key:
+            return _PROCESS_IO[1]
+        old, _PROCESS_IO = _PROCESS_IO, None
+        if old is not None:
+            old[1].shutdown()
+        io = IOActor(engine, ahead_bytes=int(ahead_bytes), recycle=False)
+        _PROCESS_IO = (key, io)
+        return io
+
+
+def close_process_io() -> None:
+    """Free the process's own IO service (its engine and buffer pool), if it has one.
+    Buffers it handed out stay valid; the pool is unmapped when the last comes back."""
+    global _PROCESS_IO
+    with _process_io_lock:
+        old, _PROCESS_IO = _PROCESS_IO, None
+    if old is not None:
+        old[1].shutdown()

@@ -52,15 +52,15 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from lsio_ray.ops import OpGroup, get_ranges
+from lsio_ray.ops import Operation, OpGroup, get_ranges
 from lsio_ray.ray.batches import Batch
 from lsio_ray.ray.coordinator import Coordinator, _unwrap, is_system_error
-from lsio_ray.ray.errors import RayLayerError
+from lsio_ray.ray.errors import NodeLostError, RayLayerError
 from lsio_ray.ray.tasks import on_node
 
 __all__ = ["RechunkError", "RechunkResult", "block_shape", "parse_codec", "rechunk"]
@@ -90,6 +90,12 @@ class RechunkResult:
     bytes_written: int
     seconds: float
     retries: int
+    bytes_read_by_node: dict[str, int] = field(default_factory=dict)
+    """Chunk bytes read per node (the metadata documents, read by the IO actors, are
+    not counted)."""
+    blocks_in_task: int = 0
+    """Blocks whose task did its own IO (``io="auto"``); the others went through the
+    IO actors' streams."""
 
 
 # -- codecs ------------------------------------------------------------------------------
@@ -277,16 +283,36 @@ def _buffer(shape: tuple[int, ...], dtype: Any, what: str) -> np.ndarray:
     return buf
 
 
+_scratch_busy = False
+
+
 def _drop_buffers() -> None:
+    from lsio_ray.ray.actor import close_process_io
+
     with _scratch_lock:
+        if _scratch_busy:  # a block started meanwhile: it keeps them
+            return
         _SCRATCH.clear()
+        close_process_io()
+
+
+def _hold_buffers() -> None:
+    """A block starts: its worker's buffers (and in-process IO) must not be dropped
+    under it by the timer of the previous block."""
+    global _scratch_busy, _scratch_timer
+    with _scratch_lock:
+        _scratch_busy = True
+        if _scratch_timer is not None:
+            _scratch_timer.cancel()
+            _scratch_timer = None
 
 
 def _keep_buffers(ttl: float | None = None) -> None:
     """Keep this worker's buffers for the next block, at most ``ttl`` seconds: an idle
     worker does not hold a block's worth of memory after the job."""
-    global _scratch_timer
+    global _scratch_busy, _scratch_timer
     with _scratch_lock:
+        _scratch_busy = False
         if _scratch_timer is not None:
             _scratch_timer.cancel()
         _scratch_timer = threading.Timer(_SCRATCH_TTL if ttl is None else ttl, _drop_buffers)
@@ -588,11 +614,54 @@ def _encode_unit(dst: Any, unit: np.ndarray) -> np.ndarray | None:
     return np.concatenate(body) if body else np.zeros(0, np.uint8)
 
 
-def _rechunk_block(job: dict[str, Any], bid: int, *batches: Batch) -> tuple[int, int, int, int]:
-    """One block: decode its inputs, encode and write its output units (a Ray task)."""
+def _block_ops(src: Any, grid: Sequence[int], block: Sequence[int], bid: int) -> list[Operation]:
+    """The reads of block ``bid``: every input file it touches, whole, each carrying its
+    file-grid coordinates as metadata."""
+    from lsio_ray.zarr.plan import select_chunks
+
+    lo, hi = _block_box(bid, grid, block, src.shape)
+    coords = select_chunks(lo, hi, tuple(int(x) for x in src.file_shape)).coords
+    return [
+        get_ranges(src.file_path(c), metadata=coords[i : i + 1])
+        for i, c in enumerate(coords.tolist())
+    ]
+
+
+def _local_engine(coord: Coordinator, src: Any) -> dict[str, Any]:
+    """Engine settings for a worker's in-process IO: the IO actors' settings, with a
+    pool of at least 32 MiB and four times the largest input file can be (each is read
+    whole; a compressed chunk can be a little bigger than its decoded bytes)."""
+    settings = dict(coord._engine or {})
+    nbytes = int(np.prod(src.file_shape, dtype=np.int64)) * src.dtype.itemsize
+    bound = nbytes + nbytes // 64 + (1 << 20)
+    settings["pool_bytes"] = max(32 << 20, 1 << (4 * bound - 1).bit_length())
+    return settings
+
+
+def _rechunk_block(
+    job: dict[str, Any], bid: int, in_task: bool, *batches: Batch
+) -> tuple[int, int, int, int, dict[str, int]]:
+    """One block (a Ray task): decode its inputs, encode and write its output units.
+
+    ``in_task``: the task reads the block's input files itself, through this worker's
+    in-process IO service (:func:`~lsio_ray.ray.actor.process_io`), and writes its units
+    the same way when the output is on this node; else ``batches`` are the block's
+    inputs as the IO actors streamed them, and the units go to the output's IO actor.
+    Returns (block, units written, bytes read, bytes written, bytes read per node)."""
+    _hold_buffers()
+    try:
+        return _run_block(job, bid, in_task, batches)
+    finally:
+        _keep_buffers()
+
+
+def _run_block(
+    job: dict[str, Any], bid: int, in_task: bool, batches: Sequence[Batch]
+) -> tuple[int, int, int, int, dict[str, int]]:
     import ray
 
-    from lsio_ray.ray.actor import io_actor
+    from lsio_ray.ray.actor import process_io
+    from lsio_ray.ray.spec import piece_of_ops
 
     src = _layout(job["src"], job["src_docs"])
     dst = _layout(job["dst"], job["dst_docs"])
@@ -600,6 +669,42 @@ def _rechunk_block(job: dict[str, Any], bid: int, *batches: Batch) -> tuple[int,
     block = tuple(job["block"])
     shape = tuple(src.shape)
     blo, bhi = _block_box(bid, grid, block, shape)
+    here = ray.get_runtime_context().get_node_id()
+    io = None
+    if in_task:
+        # Ownership: the batches' buffers are this worker's (copied out of the engine's
+        # pool, which got its buffers back at once); they go back to the service's
+        # cache once the block is decoded, below.
+        io = process_io(job["local_engine"], ahead_bytes=job["local_ahead"])
+        ops = _block_ops(src, grid, block, bid)
+        spec = piece_of_ops(ops, list(range(len(ops))), list(range(len(ops))), bid)
+        batches = tuple(io.run(spec, job["local_batch"]))
+    reads: dict[str, int] = {}
+    for b in batches:
+        reads[b.node_id] = reads.get(b.node_id, 0) + int(b.index["nbytes"].sum())
+    try:
+        return _decode_encode_write(job, bid, src, dst, blo, bhi, batches, io, here, reads)
+    finally:
+        if io is not None and owner in (None, here):
+            io.recycle(batches)
+
+
+def _decode_encode_write(
+    job: dict[str, Any],
+    bid: int,
+    src: Any,
+    dst: Any,
+    blo: np.ndarray,
+    bhi: np.ndarray,
+    batches: Sequence[Batch],
+    io: Any,
+    here: str,
+    reads: dict[str, int],
+) -> tuple[int, int, int, int, dict[str, int]]:
+    import ray
+
+    from lsio_ray.ray.actor import io_actor
+
     unit = np.asarray(dst.file_shape, dtype=np.int64)
     ugrid = _ceil_div(bhi - blo, unit)
     ushape = tuple(int(x) for x in unit)
@@ -639,12 +744,17 @@ def _rechunk_block(job: dict[str, Any], bid: int, *batches: Batch) -> tuple[int,
             continue
         paths.append(dst.file_path(blo // unit + c))
         datas.append(enc)
-    _keep_buffers()
     written = 0
     if paths:
-        node = job["owner"] or ray.get_runtime_context().get_node_id()
-        written = int(ray.get(io_actor(node).write_files.remote(paths, datas, fsync=job["fsync"])))
-    return bid, len(paths), nread, written
+        owner = job["owner"]
+        if io is not None and owner in (None, here):
+            written = io.write_files(paths, datas, fsync=job["fsync"])
+        else:
+            node = owner or here
+            written = int(
+                ray.get(io_actor(node).write_files.remote(paths, datas, fsync=job["fsync"]))
+            )
+    return bid, len(paths), nread, written, reads
 
 
 def _py_decode_block(
@@ -777,6 +887,7 @@ def rechunk(
     max_attempts: int = 4,
     fsync: bool = False,
     progress: bool | Callable[[int, int], None] = False,
+    io: str = "auto",
 ) -> RechunkResult:
     """Re-chunk (and/or convert) the Zarr array ``src`` into a new array ``dst``.
 
@@ -787,10 +898,17 @@ def rechunk(
     ``roots``/``coordinator``: file locality (see :class:`~lsio_ray.ray.Coordinator`).
     ``block_bytes``: the decoded size of one block (the memory per task); ``window``:
     blocks being read at once (default: two per node).  ``progress``: a tqdm bar in this
-    process, or a callable ``(done, total)``.  Resumable: see the module docstring.
+    process, or a callable ``(done, total)``.  ``io``: ``"auto"`` (default) lets the task
+    of a block whose input files are all on one node (or on shared storage) read them
+    itself, on that node, and write its output there when the output is on that node
+    (or shared) -- no hop through an IO actor and the object store; other blocks, and
+    every block with ``"actors"``, read through the IO actors' ordered streams and write
+    through the output's IO actor.  Resumable: see the module docstring.
     """
     import ray
 
+    if io not in ("auto", "actors"):
+        raise ValueError(f"io must be 'auto' or 'actors', not {io!r}")
     t0 = time.time()
     if not ray.is_initialized():
         ray.init(address=address, log_to_driver=False, configure_logging=False)
@@ -917,6 +1035,11 @@ def rechunk(
         "block": list(block),
         "owner": owner,
         "fsync": fsync,
+        # in-task IO (io="auto"): the worker's own engine, its pool big enough for the
+        # largest input file (read whole), and batches of a block's size
+        "local_engine": _local_engine(coord, src_l),
+        "local_ahead": 16 << 20,
+        "local_batch": 32 << 20,
     }
     job_ref = ray.put(job)
     task = ray.remote(num_cpus=1, max_retries=0)(_rechunk_block)
@@ -924,27 +1047,32 @@ def rechunk(
     window = window or max(2, 2 * len(coord.nodes))
     max_running = ncpu + len(coord.nodes)
 
-    file_shape = np.asarray(src_l.file_shape, dtype=np.int64)
-
-    def group_of(bid: int) -> OpGroup:
-        from lsio_ray.zarr.plan import select_chunks
-
-        lo, hi = _block_box(bid, grid, block, src_l.shape)
-        sel = select_chunks(lo, hi, tuple(int(x) for x in file_shape))
-        coords = sel.coords
-        ops = [
-            get_ranges(src_l.file_path(c), metadata=coords[i : i + 1])
-            for i, c in enumerate(coords.tolist())
-        ]
-        return OpGroup(ops, metadata=bid)
+    def place(bid: int) -> tuple[OpGroup, str | None, bool]:
+        """The block's reads, the node its task must run on (None: any), and whether
+        the task does its own IO (its inputs all on one node, or shared)."""
+        group = OpGroup(_block_ops(src_l, grid, block, bid), metadata=bid)
+        if io == "actors":
+            return group, None, False
+        holders = {coord.node_of(op.path) for op in group.operations}
+        if len(holders) > 1:
+            return group, None, False  # inputs on several nodes: the actors' streams
+        node = holders.pop() if holders else None
+        if node is not None and attempts[bid] and not coord._node_alive(node):
+            raise NodeLostError(
+                f"block {bid} of {src_root}: its input {group.operations[0].path} is on "
+                f"node {node}, which is gone"
+            )
+        return group, node, True
 
     step, close_bar = _progress_fn(progress, nblocks, skipped)
     attempts: dict[int, int] = collections.defaultdict(int)
     retry: collections.deque[int] = collections.deque()
     queue: Iterator[int] = iter(todo.tolist())
-    reading: collections.deque[tuple[int, Any]] = collections.deque()
+    reading: collections.deque[tuple[int, Any, str | None]] = collections.deque()
     running: dict[Any, int] = {}
-    units = nread = nwritten = 0
+    units = nread = nwritten = in_task = 0
+    local_blocks: set[int] = set()
+    by_node: dict[str, int] = collections.defaultdict(int)
     retries0 = coord.retries
 
     def next_block() -> int | None:
@@ -955,6 +1083,8 @@ def rechunk(
     def failed(bid: int, exc: BaseException) -> None:
         attempts[bid] += 1
         if is_system_error(exc) and attempts[bid] < max_attempts:
+            if bid in local_blocks:
+                coord._node_alive("")  # forget lost nodes: the retry goes to a live one
             retry.append(bid)
             return
         cause = _unwrap(exc)
@@ -972,7 +1102,11 @@ def rechunk(
                 if bid is None:
                     exhausted = True
                     break
-                reading.append((bid, coord.submit(group_of(bid), order="node")))
+                group, node, local = place(bid)
+                if local:
+                    reading.append((bid, None, node))  # the task reads: nothing to start
+                else:
+                    reading.append((bid, coord.submit(group, order="node"), None))
             if not reading and not running:
                 if retry:
                     exhausted = False
@@ -980,17 +1114,29 @@ def rechunk(
                 break
             launched = False
             if reading and len(running) < max_running:
-                bid, stream = reading.popleft()
-                try:
-                    brefs = stream.refs()
-                except Exception as exc:
-                    failed(bid, exc)
-                else:
-                    where = _majority([b.node_id for b in brefs]) if brefs else None
-                    opts = on_node(where) if where else {}
-                    ref = task.options(**opts).remote(job_ref, bid, *[b.ref for b in brefs])
+                bid, stream, node = reading.popleft()
+                if stream is None:
+                    # its inputs' node (hard: only it has them), else the output's, else
+                    # the next node round-robin (soft: another if that one is lost)
+                    where = node or owner or coord._pick_node()
+                    opts = on_node(where, soft=node is None)
+                    ref = task.options(**opts).remote(job_ref, bid, True)
+                    local_blocks.add(bid)
                     running[ref] = bid
                     launched = True
+                else:
+                    try:
+                        brefs = stream.refs()
+                    except Exception as exc:
+                        failed(bid, exc)
+                    else:
+                        where = _majority([b.node_id for b in brefs]) if brefs else None
+                        opts = on_node(where) if where else {}
+                        ref = task.options(**opts).remote(
+                            job_ref, bid, False, *[b.ref for b in brefs]
+                        )
+                        running[ref] = bid
+                        launched = True
                 if retry:
                     exhausted = False
             if running:
@@ -1003,7 +1149,7 @@ def rechunk(
                 for ref in ready:
                     bid = running.pop(ref)
                     try:
-                        _, n_units, n_in, n_out = ray.get(ref)
+                        _, n_units, n_in, n_out, reads = ray.get(ref)
                     except Exception as exc:
                         failed(bid, exc)
                         exhausted = False
@@ -1011,6 +1157,9 @@ def rechunk(
                     units += n_units
                     nread += n_in
                     nwritten += n_out
+                    for n, b in reads.items():
+                        by_node[n] += b
+                    in_task += bid in local_blocks
                     journal.add(bid)
                     step(1)
             journal.flush()
@@ -1024,8 +1173,9 @@ def rechunk(
                     ray.cancel(ref)
                 except Exception:
                     pass
-            for _, stream in reading:
-                stream.cancel()
+            for _, stream, _ in reading:
+                if stream is not None:
+                    stream.cancel()
             close_bar()
         raise
     close_bar()
@@ -1061,4 +1211,6 @@ def rechunk(
         bytes_written=nwritten,
         seconds=time.time() - t0,
         retries=coord.retries - retries0 + sum(attempts.values()),
+        bytes_read_by_node=dict(by_node),
+        blocks_in_task=in_task,
     )

@@ -53,6 +53,7 @@ def cmd_rechunk(args: argparse.Namespace) -> int:
             block_bytes=args.block_bytes,
             batch_bytes=args.batch_bytes,
             progress=show,
+            io=args.io,
         )
     except (RechunkError, FileExistsError, FileNotFoundError) as exc:
         print(f"lsio-ray rechunk: error: {exc}", file=sys.stderr)
@@ -125,6 +126,14 @@ def add_rechunk_parser(subparsers: Any) -> argparse.ArgumentParser:
         type=argtypes.size,
         default=None,
         help="bytes per Ray object of read chunks (16M)",
+    )
+    p.add_argument(
+        "--io",
+        choices=("auto", "actors"),
+        default="auto",
+        help="auto: a block's task reads (and writes) its own node's files itself when its "
+        "inputs are on one node or shared; actors: every block through the IO actors' "
+        "streams (auto)",
     )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
