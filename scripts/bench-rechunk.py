@@ -7,7 +7,9 @@ into chunks (16,256,256), zstd 3, unsharded v3, side by side in one run, interle
 ``$LSIO_RECHUNK_BENCH_REPS`` (3) repetitions:
 
 * ``lsio_ray.rechunk`` on a local Ray cluster started by this process
-  (``ray.init(address="local", num_cpus=2, include_dashboard=False)``);
+  (``ray.init(address="local", num_cpus=2, include_dashboard=False)``); with
+  ``lsio-actors`` (not in the default set) also ``io="actors"``, every block through
+  the IO actors' streams;
 * ``ray tasks + zarr-python``: what a Ray user writes today -- one task (num_cpus=1) per
   output chunk-row (16 planes), reading the source and writing the destination with
   zarr-python;
@@ -208,11 +210,11 @@ def run_ray_zarr(task: Any, src: str, dst: str, nz: int) -> None:
     assert sum(ray.get(refs)) == nz
 
 
-def run_lsio(src: str, dst: str) -> None:
+def run_lsio(src: str, dst: str, io: str = "auto") -> None:
     import lsio_ray
 
     kw = {"block_bytes": BLOCK_BYTES} if BLOCK_BYTES else {}
-    lsio_ray.rechunk(src, dst, chunks=NEW_CHUNKS, codec="zstd:3", overwrite=True, **kw)
+    lsio_ray.rechunk(src, dst, chunks=NEW_CHUNKS, codec="zstd:3", overwrite=True, io=io, **kw)
 
 
 # -- checking -------------------------------------------------------------------------------
@@ -299,10 +301,12 @@ def main() -> int:
     task = ray.remote(num_cpus=1)(_zarr_slab_task)
     here = {
         "lsio": lambda d: run_lsio(src, d),
+        "lsio-actors": lambda d: run_lsio(src, d, io="actors"),
         "ray+zarr-python": lambda d: run_ray_zarr(task, src, d, shape[0]),
     }
     label = {
         "lsio": "lsio_ray.rechunk (Ray, 2 CPUs)",
+        "lsio-actors": "lsio_ray.rechunk io=actors (Ray, 2 CPUs)",
         "ray+zarr-python": "Ray tasks + zarr-python (2 CPUs)",
         "tensorstore": "tensorstore, one process",
         "zarr-python": "zarr-python, one process",

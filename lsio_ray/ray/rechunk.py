@@ -6,7 +6,7 @@
 
 Any layout to any other: Zarr v2 or v3, sharded or not, any chunk shape, any codec.
 zarr-python parses and writes the metadata documents and its codec objects (numcodecs)
-decode and encode; all of the data IO goes through the nodes' IO actors.
+decode and encode; the C decoder decodes raw, zstd and blosc inputs.
 
 **Plan.**  The output is made in *blocks*: boxes that hold whole output units (chunks,
 or shards when sharded) and, where memory allows, whole input files too -- per axis the
@@ -15,21 +15,31 @@ the most units until one block's decoded bytes fit ``block_bytes``, or doubled o
 axis with the most room while they still fit and the array still makes four blocks per
 CPU of the cluster (each block costs a Ray task and an op group: several ms of CPU,
 which small blocks of one output chunk did not amortise).  Each block is one
-op group (every input file it touches, read whole) and one Ray task on the node that
-read them: decode the inputs into the block (in C, one call per block, for raw, zstd and
-blosc chunks; numcodecs for the rest), cut the output units out of it, encode them,
-write them through the IO actor of the node that owns the output.  Missing input
+op group (every input file it touches, read whole) and one Ray task: decode the inputs
+into the block (in C, one call per block, for raw, zstd and blosc chunks; numcodecs for
+the rest), cut the output units out of it, encode them, write them.  Missing input
 chunk files are the fill value, as Zarr says; output units that are all fill value are
 not written (zarr-python's ``write_empty_chunks=False``), nor are empty inner chunks of
 a shard.
 
-**Memory.**  At most ``window`` blocks are being read (their batches sit in the object
-store) and at most one task per core runs: a node holds about (blocks being read +
-blocks computing) x (block_bytes + its encoded bytes) of live data.  What stays resident
-is more: the object store keeps the pages its objects have touched, and each worker and
-the IO actor are Python processes with numpy and zarr loaded.  Measured on the 2 GiB
-benchmark job (64 MiB blocks, 2 CPUs), the node's processes peaked ~1 GiB above an idle
-Ray cluster, about half of it object store pages (BENCHMARKS.md, issue 4).
+**Where the IO runs** (``io=``).  With ``"auto"`` (the default) a block whose input files
+are all on one node, or all on shared storage, is read by its own task, on that node,
+through the worker's in-process IO service (:func:`~lsio_ray.ray.actor.process_io`),
+and its units are written the same way when the output is on that node or shared
+(else through the output node's IO actor): nothing crosses the object store.  Blocks
+whose inputs span nodes, and every block with ``"actors"``, are read by the IO actors
+of the nodes holding the files (the coordinator's ordered ObjectRef streams) and
+written through the output node's IO actor.
+
+**Memory.**  At most one task per core runs; with ``io="actors"`` at most ``window``
+more blocks are being read, their batches in the object store.  A node holds about
+(blocks computing [+ blocks being read]) x (block_bytes + its encoded bytes) of live
+data.  What stays resident is more: each worker is a Python process with numpy and
+zarr loaded, and keeps its buffers and IO engine for the next block (released 3 s after
+its last); the object store keeps the pages its objects touched.  Measured on the 2 GiB
+benchmark job (64 MiB blocks, 2 CPUs), the node's processes peaked ~490 MiB above an
+idle Ray cluster with ``io="auto"``, ~930 MiB with ``io="actors"`` (about half of that
+object store pages; BENCHMARKS.md, issue 4).
 
 **Resume.**  Each output unit is written atomically (temp file, rename).  When a block's
 units are all written, its number is appended to a journal
@@ -685,7 +695,7 @@ def _run_block(
     try:
         return _decode_encode_write(job, bid, src, dst, blo, bhi, batches, io, here, reads)
     finally:
-        if io is not None and owner in (None, here):
+        if io is not None:
             io.recycle(batches)
 
 
