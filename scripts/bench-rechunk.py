@@ -25,9 +25,10 @@ the ~15 processes of a Ray tree costs ~12% of a core, which would slow only the 
 methods: the timed runs are not sampled).  The single-process methods run in a child
 process each (their tree: that child); the Ray methods run in this driver, whose tree
 holds the whole local Ray cluster (GCS, raylet with the object store, workers), so their
-figure includes the idle cluster, given as "idle" next to it: measured right after
-``ray.init``, before any method ran (what a method leaves behind -- an IO actor, warm
-workers -- counts as its memory).  PSS splits shared pages
+figure includes the idle cluster, given as "idle" next to it.  For its memory run each
+Ray method gets a fresh cluster of its own, measured idle 2 s after ``ray.init``; the
+run starts its workers (and IO actor) cold, and all of that counts as its memory, but
+no other method's leftovers do.  PSS splits shared pages
 (the object store's shared memory) between the processes mapping them, RSS counts them
 once per process.
 
@@ -288,16 +289,20 @@ def main() -> int:
     shape = tuple(meta["shape"])
     nbytes = int(np.prod(shape)) * 4
     os.makedirs(WORK, exist_ok=True)
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        configure_logging=False,
-    )
-    # the idle cluster, before any method ran (the Ray methods' memory is counted over it)
-    time.sleep(2)
-    idle0 = bc.tree_memory(os.getpid())
+
+    def start_cluster() -> tuple[int, int]:
+        """A fresh local cluster; returns its idle (RSS, PSS) 2 s after start-up."""
+        ray.init(
+            address="local",
+            num_cpus=2,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+        )
+        time.sleep(2)
+        return bc.tree_memory(os.getpid())
+
+    start_cluster()
     task = ray.remote(num_cpus=1)(_zarr_slab_task)
     here = {
         "lsio": lambda d: run_lsio(src, d),
@@ -314,14 +319,16 @@ def main() -> int:
     }
     results: dict[str, list[dict[str, float]]] = {m: [] for m in METHODS}
     memory: dict[str, dict[str, float]] = {}
-    # warm-up: Ray workers, imports, page cache of the source (not measured)
+    # warm-up: Ray workers, imports, page cache of the source (not timed)
     for m in METHODS:
         if m in here:
             d = os.path.join(WORK, f"warm-{m}.zarr")
             shutil.rmtree(d, ignore_errors=True)
             here[m](d)
             shutil.rmtree(d, ignore_errors=True)
-    # REPS timed reps, then one memory rep (sampled, not timed)
+    # REPS timed reps, then one memory rep (sampled, not timed); in the memory rep each
+    # Ray method runs on a cluster of its own, started for it, so that no other method's
+    # leftovers (object store pages, an IO actor, warm workers) count as its memory
     for rep in range(REPS + 1):
         sample = rep == REPS
         for m in METHODS:
@@ -330,8 +337,12 @@ def main() -> int:
             os.sync()
             if m in SUBPROCESS:
                 r = measure_child(m, src, dst, sample)
+            elif sample:
+                ray.shutdown()
+                idle = start_cluster()
+                r = measure_here(lambda m=m, dst=dst: here[m](dst), sample, idle)
             else:
-                r = measure_here(lambda m=m, dst=dst: here[m](dst), sample, idle0)
+                r = measure_here(lambda m=m, dst=dst: here[m](dst), sample, (0, 0))
             if m != "limit":
                 verify(src, dst, shape, seed=rep)
             if sample:
