@@ -369,3 +369,22 @@ def test_cli(lc: LocalCluster) -> None:
             == 1
         )  # exists already
     shutil.rmtree(base)
+
+
+def test_in_task_io_on_the_pread_backend(lc: LocalCluster) -> None:
+    """The tasks' own IO follows the coordinator's engine settings: here the pread
+    fallback (what runs where io_uring is refused), for reads and atomic writes."""
+    import lsio_ray.zarr as lz
+    from lsio_ray.ray.rechunk import _local_engine
+
+    base = lc.shared / "pread"
+    data = _data((40, 30), "float32", seed=5)
+    src = _src(base / "src.zarr", data, chunks=(6, 7), zarr_format=3)
+    c = Coordinator(engine={"backend": "pread"})
+    settings = _local_engine(c, lz.open(str(src)).layout)
+    assert settings["backend"] == "pread" and settings["pool_bytes"] >= 32 << 20
+    res = rechunk(
+        src, base / "dst.zarr", chunks=(20, 15), codec="zstd:1", coordinator=c, block_bytes=1_000
+    )
+    assert res.blocks_in_task == res.blocks > 1
+    np.testing.assert_array_equal(zarr.open_array(str(base / "dst.zarr"))[...], data)
