@@ -156,8 +156,9 @@ RECHUNK = [
     (
         "md",
         "# Re-chunking on a local Ray cluster\n\n"
-        "`lsio_ray.rechunk` reads the source in blocks through each node's IO actor, "
-        "decodes and re-encodes in Ray tasks, and writes the new chunks (or shards) through "
+        "`lsio_ray.rechunk` cuts the array in blocks, one Ray task each: the task reads the "
+        "block's input files on the node that holds them, decodes, re-encodes and writes "
+        "the new chunks (or shards) -- itself when the output is on its node, else through "
         "the IO actor of the node that owns the output -- resumably. Here: time-major chunks "
         "of a (t, y, x) stack become pixel-major chunks (long time series per chunk). The "
         "notebook makes its own data and its own local Ray.",
