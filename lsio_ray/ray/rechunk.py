@@ -907,7 +907,8 @@ def rechunk(
     the source's).  ``address``: the Ray cluster to join when not connected yet;
     ``roots``/``coordinator``: file locality (see :class:`~lsio_ray.ray.Coordinator`).
     ``block_bytes``: the decoded size of one block (the memory per task); ``window``:
-    blocks being read at once (default: two per node).  ``progress``: a tqdm bar in this
+    blocks planned ahead of the running tasks -- for blocks read through the IO actors,
+    the blocks being read at once (default: two per node).  ``progress``: a tqdm bar in this
     process, or a callable ``(done, total)``.  ``io``: ``"auto"`` (default) lets the task
     of a block whose input files are all on one node (or on shared storage) read them
     itself, on that node, and write its output there when the output is on that node
