@@ -1375,15 +1375,15 @@ static int release_locked(lsio_engine *e, uint64_t id) {
     return rc;
 }
 
-/* Issuing stalled on an empty pool: wake the thread that issues (the reaper, the ring
- * thread or the pread workers) once a sixteenth of the pool has come back since it
+/* io_uring, issuing stalled on an empty pool: wake the thread driving the ring (a
+ * reaper or the ring thread) once a sixteenth of the pool has come back since it
  * stalled -- or all of it, when less was out -- not at every release.  Waking it at
  * every release made it sleep and wake ~1,500 times per time series of 2,048 chunks,
- * each time preempting a decoding thread for one or two reads (bench: scripts/ab-loop.py
- * series; 1,500 -> 100 wake-ups, the IO thread's CPU 80 -> 54 ms per series).  io_uring
- * only: a ring waiting while starved wakes by itself every STARVED_POLL_MS (uring_drive),
- * so a skipped wake costs at most that, and the last release always wakes.  The pread
- * workers are woken at every release, as before. */
+ * each time preempting a decoding thread for one or two reads; now ~100, and the zarr
+ * loader's IO thread uses 54-59 ms of CPU per series instead of 75-82 (BENCHMARKS.md,
+ * issue 3).  A ring waiting while starved wakes by itself every STARVED_POLL_MS
+ * (uring_drive), so a skipped wake costs at most that, and the last release always
+ * wakes.  The pread workers are still woken at every release. */
 static int refilled(const lsio_engine *e) {
     uint64_t want = e->pool.bytes / 16;
     if (want > e->starved_in_use) want = e->starved_in_use;
