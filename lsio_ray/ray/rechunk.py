@@ -37,9 +37,9 @@ more blocks are being read, their batches in the object store.  A node holds abo
 data.  What stays resident is more: each worker is a Python process with numpy and
 zarr loaded, and keeps its buffers and IO engine for the next block (released 3 s after
 its last); the object store keeps the pages its objects touched.  Measured on the 2 GiB
-benchmark job (64 MiB blocks, 2 CPUs), the node's processes peaked ~490 MiB above an
-idle Ray cluster with ``io="auto"``, ~930 MiB with ``io="actors"`` (about half of that
-object store pages; BENCHMARKS.md, issue 4).
+benchmark job (64 MiB blocks, 2 CPUs), the node's processes peaked ~380 MiB above an
+idle Ray cluster with ``io="auto"`` (two workers of ~185 MiB each), ~700 MiB with
+``io="actors"`` (much of it object store pages; BENCHMARKS.md, issue 4).
 
 **Resume.**  Each output unit is written atomically (temp file, rename).  When a block's
 units are all written, its number is appended to a journal
@@ -1127,9 +1127,11 @@ def rechunk(
             if reading and len(running) < max_running:
                 bid, stream, node = reading.popleft()
                 if stream is None:
-                    # its inputs' node (hard: only it has them), else the output's, else
-                    # the next node round-robin (soft: another if that one is lost)
-                    where = node or owner or coord._pick_node()
+                    # its inputs' node (hard: only it has them), else the next node
+                    # round-robin (soft: another if that one is lost) -- the codecs are
+                    # the bottleneck, so shared inputs spread over every node's cores,
+                    # even when the output is one node's (its actor then writes)
+                    where = node or coord._pick_node()
                     opts = on_node(where, soft=node is None)
                     ref = task.options(**opts).remote(job_ref, bid, True)
                     local_blocks.add(bid)
