@@ -50,16 +50,9 @@ def _busy(a: list[int], b: list[int]) -> float:
 
 
 def _ray_init() -> None:
-    import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        configure_logging=False,
-    )
+    bc.init_local_ray()
 
 
 def rechunk(args: argparse.Namespace) -> None:

@@ -359,13 +359,7 @@ def main() -> int:
     os.makedirs(WORK, exist_ok=True)
     parts = []
     if "crops" in PARTS:
-        ray.init(
-            address="local",
-            num_cpus=2,
-            include_dashboard=False,
-            log_to_driver=False,
-            configure_logging=False,
-        )
+        bc.init_local_ray()
         ray.data.DataContext.get_current().enable_progress_bars = False
         import logging
 

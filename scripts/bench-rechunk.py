@@ -292,13 +292,7 @@ def main() -> int:
 
     def start_cluster() -> tuple[int, int]:
         """A fresh local cluster; returns its idle (RSS, PSS) 2 s after start-up."""
-        ray.init(
-            address="local",
-            num_cpus=2,
-            include_dashboard=False,
-            log_to_driver=False,
-            configure_logging=False,
-        )
+        bc.init_local_ray()
         time.sleep(2)
         return bc.tree_memory(os.getpid())
 

@@ -122,6 +122,20 @@ class TreeMemory:
         return self
 
 
+def init_local_ray(cpus: int = 2) -> None:
+    """Start the benchmarks' local Ray cluster in this process: ``cpus`` CPUs, no
+    dashboard, worker logs kept out of the output."""
+    import ray
+
+    ray.init(
+        address="local",
+        num_cpus=cpus,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+    )
+
+
 def summary(values: list[float]) -> tuple[float, float, float]:
     """(min, median, max)."""
     return min(values), statistics.median(values), max(values)
