@@ -70,7 +70,7 @@ import numpy as np
 from lsio_ray.ops import Operation, OpGroup, get_ranges
 from lsio_ray.ray.batches import Batch
 from lsio_ray.ray.coordinator import Coordinator, _unwrap, is_system_error
-from lsio_ray.ray.errors import NodeLostError, RayLayerError
+from lsio_ray.ray.errors import RayLayerError
 from lsio_ray.ray.tasks import on_node
 
 __all__ = ["RechunkError", "RechunkResult", "block_shape", "parse_codec", "rechunk"]
@@ -1069,7 +1069,7 @@ def rechunk(
             return group, None, False  # inputs on several nodes: the actors' streams
         node = holders.pop() if holders else None
         if node is not None and attempts[bid] and not coord._node_alive(node):
-            raise NodeLostError(
+            raise RechunkError(
                 f"block {bid} of {src_root}: its input {group.operations[0].path} is on "
                 f"node {node}, which is gone"
             )
