@@ -11,6 +11,7 @@ import zarr
 from _zarr_helpers import BACKENDS, check_equal, make_data
 
 import lsio_ray.zarr as lz
+from lsio_ray.zarr import stream
 from lsio_ray.zarr.loader import Loader
 from lsio_ray.zarr.stream import random_boxes
 
@@ -148,3 +149,55 @@ def test_reuse_ring(array, loader: Loader) -> None:
     blocks = [b.copy() for _, b in a.time_series(..., prefetch=2, reuse=True)]
     check_equal(np.concatenate(blocks), data, "reused time series")
     drained(loader)
+
+
+@pytest.mark.parametrize("reuse", [False, True])
+def test_same_shape_boxes_in_groups(array, loader: Loader, reuse: bool) -> None:
+    """Boxes read a group at a time (prefetch 16: groups of 8) come back in order and
+    equal; without reuse each box is an array of its own, not a view of a group."""
+    path, data = array
+    a = lz.open(path, loader=loader)
+    starts = stream.random_box_starts(data.shape, (5, 13, 11), 45, 3)
+    starts[7] = starts[3]  # two boxes of one group over the same chunks
+    got = []
+    for crop in stream.same_shape_boxes(a, starts, (5, 13, 11), 16, reuse):
+        got.append(crop.copy() if reuse else crop)
+        if not reuse:
+            assert crop.base is None and crop.flags.c_contiguous
+    assert len(got) == len(starts)
+    for lo, crop in zip(starts, got, strict=True):
+        box = tuple(slice(x, x + n) for x, n in zip(lo, (5, 13, 11), strict=True))
+        check_equal(crop, data[box], f"at {lo}")
+    drained(loader)
+
+
+def test_same_shape_boxes_fill_and_other_codecs(tmp_path, loader: Loader) -> None:
+    """Missing chunks read as the fill value in the grouped path; a codec without the C
+    decoder (gzip) reads box by box, equally."""
+    data = make_data("i2", (12, 30, 30), seed=4)
+    for name, kw in [("zstd", {}), ("gzip", {"compressors": zarr.codecs.GzipCodec()})]:
+        path = tmp_path / f"{name}.zarr"
+        z = zarr.create_array(str(path), data=data, chunks=(3, 10, 10), fill_value=-7, **kw)
+        (path / "c" / "1" / "1" / "1").unlink()  # chunk (1,1,1): now the fill value
+        want = z[...]
+        assert (want[3:6, 10:20, 10:20] == -7).all()
+        a = lz.open(str(path), loader=loader)
+        starts = stream.random_box_starts(data.shape, (4, 12, 12), 30, 8)
+        got = list(stream.same_shape_boxes(a, starts, (4, 12, 12), 16))
+        for lo, crop in zip(starts, got, strict=True):
+            box = tuple(slice(x, x + n) for x, n in zip(lo, (4, 12, 12), strict=True))
+            check_equal(crop, want[box], name)
+    drained(loader)
+
+
+def test_same_shape_boxes_bounds(array, loader: Loader) -> None:
+    path, _ = array
+    a = lz.open(path, loader=loader)
+    starts = np.zeros((20, 3), np.int64)
+    starts[13] = (0, 35, 0)  # reaches row 35 + 6 > 40
+    with pytest.raises(IndexError, match="axis 1 with size 40"):
+        next(stream.same_shape_boxes(a, starts, (2, 6, 6), 16))
+    with pytest.raises(ValueError, match="dimensions"):
+        next(stream.same_shape_boxes(a, np.zeros((2, 3), np.int64), (2, 6), 16))
+    with pytest.raises(ValueError, match="prefetch"):
+        next(stream.same_shape_boxes(a, starts[:1], (2, 6, 6), 0))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -11,7 +11,7 @@ import numpy as np
 from lsio_ray.zarr import stream
 from lsio_ray.zarr.layout import ArrayLayout, load_layout
 from lsio_ray.zarr.loader import Loader, default_loader
-from lsio_ray.zarr.plan import Region, normalize, region_of_box
+from lsio_ray.zarr.plan import Region, normalize
 from lsio_ray.zarr.read import ReadTask
 from lsio_ray.zarr.shards import ShardIndexCache
 
@@ -190,10 +190,24 @@ class Array:
     ) -> Iterator[np.ndarray]:
         """Yield ``self[region]`` for each region, in order, with ``prefetch`` in flight.
 
-        ``reuse=True`` recycles a ring of ``prefetch + 1`` output buffers: each yielded
-        array is overwritten once the next one is asked for (copy it to keep it)."""
+        ``reuse=True`` recycles a ring of output buffers: each yielded array is
+        overwritten once the next one is asked for (copy it to keep it).  A list (or
+        other sequence) of plain boxes of one shape is read a group at a time
+        (:func:`~lsio_ray.zarr.stream.same_shape_boxes`)."""
+        if isinstance(regions, Sequence):
+            return self._crops_of(regions, prefetch, reuse)
         regs = (normalize(r, self.shape) for r in regions)
         return stream.ordered(self, regs, prefetch, reuse)
+
+    def _crops_of(self, regions: Sequence[Any], prefetch: int, reuse: bool) -> Iterator[np.ndarray]:
+        regs = [normalize(r, self.shape) for r in regions]  # (raises at the first next())
+        if regs and all(r.post is None and not r.drop for r in regs):
+            shape = regs[0].box_shape
+            if all(r.box_shape == shape for r in regs):
+                starts = np.array([r.lo for r in regs], dtype=np.int64).reshape(-1, self.ndim)
+                yield from stream.same_shape_boxes(self, starts, shape, prefetch, reuse)
+                return
+        yield from stream.ordered(self, iter(regs), prefetch, reuse)
 
     def random_crops(
         self,
@@ -207,9 +221,9 @@ class Array:
         """Yield ``count`` crops of ``shape`` at uniformly random offsets (``seed`` makes
         them reproducible), in order, with ``prefetch`` in flight (``reuse`` as for
         :meth:`crops`)."""
-        boxes = stream.random_boxes(self.shape, tuple(shape), count, seed)
-        regs = (region_of_box(lo, hi) for lo, hi in boxes)
-        return stream.ordered(self, regs, prefetch, reuse)
+        crop = tuple(int(c) for c in shape)
+        starts = stream.random_box_starts(self.shape, crop, count, seed)
+        return stream.same_shape_boxes(self, starts, crop, prefetch, reuse)
 
     def decode_aware_crops(
         self,

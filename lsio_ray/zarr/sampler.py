@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import collections
 import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -136,13 +136,32 @@ class ScatterTask(ReadTask):
     """Read each distinct chunk under a block of equal-shaped boxes once, decode it once,
     and copy it into every box that needs it -- all in ``lsio_decode_batch`` (the jobs of
     one chunk are consecutive, so C decodes it into its scratch buffer once and copies
-    from there).  ``out`` has shape ``(B, *box)``; ``los`` the ``(B, ndim)`` corners.
+    from there).  ``los``: the ``(B, ndim)`` corners.  The boxes go into ``out``, of shape
+    ``(B, *box)``, or, given ``boxes``, into those B arrays of the box's shape (all with
+    the same strides; ``out`` is then None).
 
     Only for arrays whose codec the C decoder handles (``layout.codec.c_codec``)."""
 
-    def __init__(self, array: Array, loader: Loader, out: np.ndarray, los: np.ndarray) -> None:
-        self._los = np.asarray(los, dtype=np.int64).reshape(len(out), array.ndim)
-        super().__init__(array, loader, out, None, None)
+    def __init__(
+        self,
+        array: Array,
+        loader: Loader,
+        out: np.ndarray | None,
+        los: np.ndarray,
+        boxes: Sequence[np.ndarray] | None = None,
+    ) -> None:
+        if (out is None) == (boxes is None):
+            raise ValueError("give either out or boxes")
+        outs = list(boxes) if boxes is not None else list(out)  # type: ignore[arg-type]
+        if outs and any(
+            b.shape != outs[0].shape or b.strides != outs[0].strides or b.dtype != array.dtype
+            for b in outs
+        ):
+            raise ValueError("the boxes must share one shape, dtype and strides")
+        self._outs = outs
+        self._bases = np.array([b.ctypes.data for b in outs], dtype=np.int64)
+        self._los = np.asarray(los, dtype=np.int64).reshape(len(outs), array.ndim)
+        super().__init__(array, loader, out, None, None)  # type: ignore[arg-type]
         if self._jobs is None and self.remaining:
             raise ValueError(f"{array.path}: ScatterTask needs the C decoder's codecs")
 
@@ -150,7 +169,7 @@ class ScatterTask(ReadTask):
         lay = self.layout
         nd = lay.ndim
         chunk = np.asarray(lay.chunks, dtype=np.int64)
-        box = np.asarray(self.out.shape[1:], dtype=np.int64)
+        box = np.asarray(self._outs[0].shape if self._outs else (), dtype=np.int64)
         los = self._los
         his = los + box
         first, last = los // chunk, (his - 1) // chunk
@@ -183,16 +202,12 @@ class ScatterTask(ReadTask):
         return len(self._pair_k)
 
     def _dst(self) -> np.ndarray:
-        return self.out[0]  # the job boxes are in one box (plus k * out.strides[0])
+        return self._outs[0]  # every box has these strides (the jobs add each box's base)
 
     def _template(self, strides: np.ndarray, cstr: np.ndarray) -> np.ndarray:
         k = self._pair_k
         jobs = np.zeros(len(k), DECODE_JOB_DTYPE)
-        jobs["dst"] = (
-            self.out.ctypes.data
-            + k * self.out.strides[0]
-            + ((self._pair_a - self._los[k]) * strides).sum(axis=1)
-        )
+        jobs["dst"] = self._bases[k] + ((self._pair_a - self._los[k]) * strides).sum(axis=1)
         jobs["src_off"] = (self._pair_src * cstr).sum(axis=1)
         jobs["shape"][:, : self.layout.ndim] = self._pair_b - self._pair_a
         jobs["tag"] = self._pair_chunk
@@ -214,7 +229,7 @@ class ScatterTask(ReadTask):
                             slice(int(x), int(y))
                             for x, y in zip(self._pair_a[r] - lo, self._pair_b[r] - lo, strict=True)
                         )
-                        self.out[k][box] = fill
+                        self._outs[k][box] = fill
         except Exception as exc:
             self.fail(exc)
         finally:
