@@ -42,7 +42,8 @@ def ray_local() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def arrays(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, np.ndarray]]:
-    """A v3 sharded and a v2 array of the same data."""
+    """A v3 sharded, a v2 and a v3 gzip array (no C decoder: crop by crop) of the same
+    data."""
     root = tmp_path_factory.mktemp("data")
     data = np.random.default_rng(1).integers(0, 1000, SHAPE).astype("uint16")
     out = {}
@@ -61,6 +62,15 @@ def arrays(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, np.
     )
     z[...] = data
     out["v2"] = (str(root / "v2.zarr"), data)
+    z = zarr.create_array(
+        str(root / "gzip.zarr"),
+        shape=SHAPE,
+        chunks=(5, 16, 16),
+        dtype=data.dtype,
+        compressors=zarr.codecs.GzipCodec(),
+    )
+    z[...] = data
+    out["gzip"] = (str(root / "gzip.zarr"), data)
     return out
 
 
@@ -73,7 +83,7 @@ def _rows(ds: Any) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     return rows
 
 
-@pytest.mark.parametrize("fmt", ["v3", "v2"])
+@pytest.mark.parametrize("fmt", ["v3", "v2", "gzip"])
 def test_crops_equal_zarr_python(ray_local: None, arrays: Any, fmt: str) -> None:
     path, _ = arrays[fmt]
     ds = ld.read_zarr_crops(path, CROP, 37, seed=3, parallelism=3, block_bytes=4096)
