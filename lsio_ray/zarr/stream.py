@@ -2,7 +2,9 @@
 
 :func:`ordered` keeps ``prefetch`` reads started ahead of the consumer and yields their
 results in the order asked; underneath, the chunks of all of them are read and decoded
-in whatever order they land.  Crops, random crops and time series are built on it.
+in whatever order they land.  Crops and time series are built on it.
+:func:`same_shape_boxes` does the same for boxes of one shape (random crops, a list of
+equal crops), a group of boxes per read task.
 Closing the generator early cancels the reads still in flight.
 """
 
