@@ -214,8 +214,10 @@ class _ReadRange:
         # crops are read a group at a time (one ScatterTask, straight into the block's
         # rows) where the C decoder applies: one plan and one set of decode calls per
         # group instead of per crop (stream.same_shape_boxes)
-        grouped = arr.layout.codec.c_codec is not None and 0 < arr.ndim <= 8
-        group = max(1, min(stream.GROUP, self.prefetch // 2)) if grouped else 1
+        nbytes = int(np.prod(self.crop, dtype=np.int64)) * arr.dtype.itemsize
+        group = stream.group_size(self.prefetch, nbytes)
+        grouped = arr.layout.codec.c_codec is not None and 0 < arr.ndim <= 8 and group > 1
+        group = group if grouped else 1
         try:
             for lo_idx in range(self.a, self.b, self.rows):
                 hi_idx = min(self.b, lo_idx + self.rows)

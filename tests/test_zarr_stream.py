@@ -201,3 +201,11 @@ def test_same_shape_boxes_bounds(array, loader: Loader) -> None:
         next(stream.same_shape_boxes(a, np.zeros((2, 3), np.int64), (2, 6), 16))
     with pytest.raises(ValueError, match="prefetch"):
         next(stream.same_shape_boxes(a, starts[:1], (2, 6, 6), 0))
+
+
+def test_group_size() -> None:
+    """Small boxes are grouped (at most GROUP, two groups in flight); big ones are not."""
+    assert stream.group_size(16, 2 << 20) == stream.GROUP == 8
+    assert stream.group_size(16, 4 << 20) == 4  # GROUP_BYTES
+    assert stream.group_size(16, 128 << 20) == 1  # a time series or a slab: box by box
+    assert stream.group_size(3, 100) == 1 and stream.group_size(8, 100) == 4
