@@ -214,10 +214,7 @@ class _ReadRange:
         # crops are read a group at a time (one ScatterTask, straight into the block's
         # rows) where the C decoder applies: one plan and one set of decode calls per
         # group instead of per crop (stream.same_shape_boxes)
-        nbytes = int(np.prod(self.crop, dtype=np.int64)) * arr.dtype.itemsize
-        group = stream.group_size(self.prefetch, nbytes)
-        grouped = arr.layout.codec.c_codec is not None and 0 < arr.ndim <= 8 and group > 1
-        group = group if grouped else 1
+        group = stream.group_for(arr, self.crop, self.prefetch)
         try:
             for lo_idx in range(self.a, self.b, self.rows):
                 hi_idx = min(self.b, lo_idx + self.rows)
@@ -226,7 +223,7 @@ class _ReadRange:
                 blocks.append((lo_idx, hi_idx, lo, out))
                 for k in range(0, len(lo), group):
                     los = lo[k : k + group]
-                    if grouped:
+                    if group > 1:
                         rows = [out[k + j] for j in range(len(los))]
                         task = ScatterTask(arr, arr.loader, None, los, boxes=rows)
                         window.append(arr.loader.start(task))

@@ -670,7 +670,7 @@ def _run_block(
 ) -> tuple[int, int, int, int, dict[str, int]]:
     import ray
 
-    from lsio_ray.ray.actor import process_io
+    from lsio_ray.ray.actor import io_actor, process_io
     from lsio_ray.ray.spec import piece_of_ops
 
     src = _layout(job["src"], job["src_docs"])
@@ -692,58 +692,40 @@ def _run_block(
     reads: dict[str, int] = {}
     for b in batches:
         reads[b.node_id] = reads.get(b.node_id, 0) + int(b.index["nbytes"].sum())
-    try:
-        return _decode_encode_write(job, bid, src, dst, blo, bhi, batches, io, here, reads)
-    finally:
-        if io is not None:
-            io.recycle(batches)
-
-
-def _decode_encode_write(
-    job: dict[str, Any],
-    bid: int,
-    src: Any,
-    dst: Any,
-    blo: np.ndarray,
-    bhi: np.ndarray,
-    batches: Sequence[Batch],
-    io: Any,
-    here: str,
-    reads: dict[str, int],
-) -> tuple[int, int, int, int, dict[str, int]]:
-    import ray
-
-    from lsio_ray.ray.actor import io_actor
-
     unit = np.asarray(dst.file_shape, dtype=np.int64)
     ugrid = _ceil_div(bhi - blo, unit)
     ushape = tuple(int(x) for x in unit)
     nunits = int(np.prod(ugrid, dtype=np.int64))
-    if _c_decodable(src):
-        # the block laid out unit by unit: each unit is encoded where it lies
-        units = _buffer((*ugrid, *ushape), dst.dtype, "units")
-        for k in np.ndindex(*ugrid):
-            if ((np.asarray(k) + 1) * unit > bhi - blo).any():
-                units[k] = dst.fill_value  # an edge unit: past the array's end is fill
-        nread, _ = _c_decode_units(src, units, blo, bhi, batches)
+    try:
+        if _c_decodable(src):
+            # the block laid out unit by unit: each unit is encoded where it lies
+            units = _buffer((*ugrid, *ushape), dst.dtype, "units")
+            for k in np.ndindex(*ugrid):
+                if ((np.asarray(k) + 1) * unit > bhi - blo).any():
+                    units[k] = dst.fill_value  # an edge unit: past the array's end is fill
+            nread, _ = _c_decode_units(src, units, blo, bhi, batches)
 
-        def unit_data(c: np.ndarray) -> np.ndarray:
-            return units[tuple(int(x) for x in c)]
+            def unit_data(c: np.ndarray) -> np.ndarray:
+                return units[tuple(int(x) for x in c)]
 
-    else:
-        nread, out = _py_decode_block(src, blo, bhi, batches, dst.dtype)
+        else:
+            nread, out = _py_decode_block(src, blo, bhi, batches, dst.dtype)
 
-        def unit_data(c: np.ndarray) -> np.ndarray:
-            ulo = c * unit
-            uhi = np.minimum(ulo + unit, bhi - blo)
-            part = out[tuple(slice(int(a), int(b)) for a, b in zip(ulo, uhi, strict=True))]
-            if np.all(uhi - ulo == unit) and part.flags.c_contiguous:
-                return part  # e.g. a unit spanning the block's trailing axes: no copy
-            full = _buffer(ushape, dst.dtype, "unit")
-            if np.any(uhi - ulo < unit):
-                full[...] = dst.fill_value
-            full[tuple(slice(0, int(x)) for x in uhi - ulo)] = part
-            return full
+            def unit_data(c: np.ndarray) -> np.ndarray:
+                ulo = c * unit
+                uhi = np.minimum(ulo + unit, bhi - blo)
+                part = out[tuple(slice(int(a), int(b)) for a, b in zip(ulo, uhi, strict=True))]
+                if np.all(uhi - ulo == unit) and part.flags.c_contiguous:
+                    return part  # e.g. a unit spanning the block's trailing axes: no copy
+                full = _buffer(ushape, dst.dtype, "unit")
+                if np.any(uhi - ulo < unit):
+                    full[...] = dst.fill_value
+                full[tuple(slice(0, int(x)) for x in uhi - ulo)] = part
+                return full
+
+    finally:
+        if io is not None:  # decoded: the inputs' buffers may serve the next block
+            io.recycle(batches)
 
     paths: list[str] = []
     datas: list[np.ndarray] = []

@@ -165,6 +165,11 @@ class ScatterTask(ReadTask):
         if self._jobs is None and self.remaining:
             raise ValueError(f"{array.path}: ScatterTask needs the C decoder's codecs")
 
+    @property
+    def boxes(self) -> list[np.ndarray]:
+        """The B boxes, in the order of ``los`` (views of ``out``, or the ``boxes``)."""
+        return self._outs
+
     def _select(self, lo: Any, hi: Any) -> Selection:
         lay = self.layout
         nd = lay.ndim

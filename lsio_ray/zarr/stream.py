@@ -40,6 +40,15 @@ def group_size(prefetch: int, box_nbytes: int) -> int:
     return max(1, min(GROUP, int(prefetch) // 2, GROUP_BYTES // max(1, int(box_nbytes))))
 
 
+def group_for(array: Array, box: Sequence[int], prefetch: int) -> int:
+    """Boxes of shape ``box`` per read task of ``array`` (:func:`group_size`); 1 (box by
+    box, :class:`~lsio_ray.zarr.read.ReadTask`) for codecs the C decoder does not handle,
+    which :class:`~lsio_ray.zarr.sampler.ScatterTask` needs."""
+    if array.layout.codec.c_codec is None or not 0 < array.ndim <= 8:
+        return 1
+    return group_size(prefetch, int(np.prod(box, dtype=np.int64)) * array.dtype.itemsize)
+
+
 def _pairs(
     array: Array, regions: Iterator[Region], prefetch: int, reuse: bool = False
 ) -> Iterator[tuple[Region, np.ndarray]]:
@@ -118,14 +127,14 @@ def same_shape_boxes(
     if bad.size:  # the first one named, as box by box would
         lo = starts[bad[0]]
         array._check_box(tuple(lo.tolist()), tuple((lo + size).tolist()))
-    group = group_size(prefetch, int(np.prod(size)) * array.dtype.itemsize)
-    if array.layout.codec.c_codec is None or not 0 < array.ndim <= 8 or group == 1:
+    group = group_for(array, box, prefetch)
+    if group == 1:
         regs = (region_of_box(lo, lo + size) for lo in starts)
         yield from ordered(array, regs, prefetch, reuse)
         return
     tasks = max(2, -(-int(prefetch) // group))  # one group decodes while one is consumed
     firsts = iter(range(0, len(starts), group))
-    window: deque[ScatterTask] = deque()
+    window: deque[tuple[ScatterTask, np.ndarray | None]] = deque()  # (task, its buffer)
     free: list[np.ndarray] = []  # reuse: group buffers not lent out
 
     def push() -> None:
@@ -133,28 +142,28 @@ def same_shape_boxes(
         if a is None:
             return
         los = starts[a : a + group]
+        buf = None
         if reuse:
             buf = free.pop() if free else np.empty((group, *box), dtype=array.dtype)
             task = ScatterTask(array, array.loader, buf[: len(los)], los)
         else:  # each box its own array, as the caller keeps it
             outs = [np.empty(box, dtype=array.dtype) for _ in range(len(los))]
             task = ScatterTask(array, array.loader, None, los, boxes=outs)
-        window.append(array.loader.start(task))
+        window.append((array.loader.start(task), buf))
 
     try:
         for _ in range(tasks):
             push()
         while window:
-            task = window[0]
+            task, buf = window[0]
             task.wait()
-            yield from task._outs
+            yield from task.boxes
             window.popleft()
-            if reuse:  # the consumer asked past the group's last box: its buffer is free
-                base = task.out.base if task.out.base is not None else task.out
-                free.append(base)
+            if buf is not None:  # the consumer asked past the group's last box: reuse it
+                free.append(buf)
             push()
     finally:
-        abandon(window)
+        abandon(task for task, _ in window)
 
 
 def random_box_starts(
