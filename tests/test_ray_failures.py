@@ -1,5 +1,6 @@
 """Failures during a cluster-wide job: an IO actor killed (the actors' streams), then a
-worker node removed (blocks whose tasks read their own inputs).
+worker node removed (blocks whose tasks read their own inputs), then the node holding a
+node-local input removed (the job fails, naming the file and the node).
 
 Each job must finish with the same output as an undisturbed run (the coordinator resumes
 streams, the job re-runs blocks whose inputs were lost).  One 3-node cluster for the
@@ -20,7 +21,7 @@ zarr = pytest.importorskip("zarr")
 from _ray_helpers import LocalCluster, local_cluster  # noqa: E402
 
 from lsio_ray.ray import Coordinator, io_actor  # noqa: E402
-from lsio_ray.ray.rechunk import rechunk  # noqa: E402
+from lsio_ray.ray.rechunk import RechunkError, rechunk  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +98,34 @@ def test_worker_node_removed_mid_job(lc: LocalCluster, reference: dict[str, byte
     np.testing.assert_array_equal(
         zarr.open_array(str(lc.shared / "removed.zarr"))[...], lc.extra["data"]
     )
+
+
+def test_node_local_input_lost_with_its_node(lc: LocalCluster) -> None:
+    """The node holding a node-local input dies mid-job: its files went with it, so the
+    job fails with an error naming the file and the node (no hang, no endless retry)."""
+    victim, handle = lc.nodes[1], lc.handles[1]
+    data = np.random.default_rng(2).integers(0, 1000, (48, 64, 16), dtype=np.int32)
+    src = lc.disks[victim] / "src.zarr"
+    z = zarr.create_array(str(src), shape=data.shape, dtype=data.dtype, chunks=(4, 16, 16))
+    z[...] = data
+    coord = Coordinator(roots={victim: [str(lc.disks[victim])]})
+    done: list[int] = []
+
+    def remove_once(n: int, total: int) -> None:
+        done.append(n)
+        if len(done) == 2:
+            lc.cluster.remove_node(handle)
+
+    with pytest.raises(RechunkError) as ei:
+        rechunk(
+            src,
+            lc.shared / "lost.zarr",
+            chunks=(12, 8, 8),
+            codec="zstd:1",
+            coordinator=coord,
+            progress=remove_once,
+            block_bytes=30_000,
+        )
+    msg = str(ei.value)
+    assert victim in msg and str(src) in msg and "gone" in msg
+    assert len(done) >= 2
