@@ -388,3 +388,21 @@ def test_in_task_io_on_the_pread_backend(lc: LocalCluster) -> None:
     )
     assert res.blocks_in_task == res.blocks > 1
     np.testing.assert_array_equal(zarr.open_array(str(base / "dst.zarr"))[...], data)
+
+
+def test_metadata_on_the_drivers_node_needs_no_io_actor(lc: LocalCluster) -> None:
+    """Shared source and destination, every block read and written by its own task: the
+    driver reads the metadata and keeps the journal itself, and no IO actor is started
+    (the memory of a Python process with the engine, on every node)."""
+    data = _data((26, 18), "float32", seed=4)
+    src = _src(lc.shared / "noactor-src.zarr", data, chunks=(5, 6), zarr_format=3)
+    dst = lc.shared / "noactor-dst.zarr"
+    c = Coordinator(roots=lc.roots)
+    res = rechunk(src, dst, chunks=(13, 9), codec="zstd:1", coordinator=c, block_bytes=1000)
+    assert res.blocks_in_task == res.blocks > 1
+    assert c._actors == {}
+    np.testing.assert_array_equal(zarr.open_array(str(dst))[...], data)
+    dst.joinpath("zarr.json").unlink()  # the metadata of an unfinished run: refused
+    with pytest.raises(FileExistsError, match="non-empty directory"):
+        rechunk(src, dst, chunks=(13, 9), codec="zstd:1", coordinator=c)
+    assert c._actors == {}

@@ -1,8 +1,9 @@
-"""The re-chunk task's C decode of a block (``_c_decode_units``), without Ray.
+"""The re-chunk task's C decode of a block (``_CBlock``), without Ray.
 
 Batches are built here by hand from the files on disk, as the IO actor would send them;
-the block, decoded unit by unit, must equal zarr-python's read of the same box on every
-layout the C decoder takes (units aligned with the chunks, decoded in place, or cutting
+the block, decoded sub-block by sub-block into one reused buffer, unit by unit, must
+equal zarr-python's read of the same box on every layout the C decoder takes (units
+merging chunks, decoded in place one unit at a time; units splitting them; units cutting
 through them), and the Python path must be left to the codecs it does not take.
 """
 
@@ -20,8 +21,9 @@ import zarr
 from zarr.codecs import BloscCodec, GzipCodec
 
 import lsio_ray.zarr as lz
+from lsio_ray.ray import rechunk as rk
 from lsio_ray.ray.batches import INDEX_DTYPE, Batch
-from lsio_ray.ray.rechunk import _c_decode_units, _decode_file, _unit_pieces
+from lsio_ray.ray.rechunk import _CBlock, _decode_file, _unit_pieces
 from lsio_ray.zarr.errors import ChunkCorruptError
 from lsio_ray.zarr.plan import select_chunks
 
@@ -82,24 +84,35 @@ SENTINEL = 77
 
 def _decode(
     lay: Any, blo: np.ndarray, bhi: np.ndarray, unit: tuple[int, ...], batches: list[Batch]
-) -> tuple[np.ndarray, int, bool]:
-    """Decode through ``_c_decode_units`` and put the block back together; checks that
-    nothing past the block's end (in its edge units) was written."""
+) -> tuple[np.ndarray, _CBlock]:
+    """Decode through ``_CBlock.subblocks`` and put the block back together; checks that
+    every unit comes once and that edge units hold the fill value past the block's end.
+    The reused buffer starts full of SENTINEL: a piece left undecoded shows."""
     ext = bhi - blo
     u = np.asarray(unit, np.int64)
     grid = tuple(int(x) for x in -(-ext // u))
-    units = np.full((*grid, *unit), SENTINEL, lay.dtype)
-    nread, done = _c_decode_units(lay, units, blo, bhi, batches)
-    out = np.empty(tuple(int(x) for x in ext), lay.dtype)
-    for k in np.ndindex(*grid):
-        lo = np.asarray(k) * u
-        hi = np.minimum(lo + u, ext)
-        inside = tuple(slice(0, int(x)) for x in hi - lo)
-        out[tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))] = units[k][inside]
-        past = units[k].copy()
-        past[inside] = SENTINEL
-        assert (past == SENTINEL).all(), f"unit {k}: written past the block's end"
-    return out, nread, done
+    cb = _CBlock(lay, blo, bhi, batches, unit)
+    rk._buffer(cb.bshape, lay.dtype, "units")[...] = SENTINEL
+    fill = lay.fill_value
+    out = np.full(tuple(int(x) for x in ext), SENTINEL, lay.dtype)
+    seen: set[tuple[int, ...]] = set()
+    for first, units in cb.subblocks(lay.dtype, fill):
+        assert units.shape[len(u) :] == unit
+        for k in np.ndindex(*units.shape[: len(u)]):
+            g = tuple(int(x) for x in first + np.asarray(k))
+            assert g not in seen, f"unit {g} twice"
+            seen.add(g)
+            lo = np.asarray(g) * u
+            hi = np.minimum(lo + u, ext)
+            inside = tuple(slice(0, int(x)) for x in hi - lo)
+            out[tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))] = units[k][
+                inside
+            ]
+            past = units[k].copy()
+            past[inside] = fill
+            assert (past == fill).all(), f"unit {g}: not the fill value past the block's end"
+    assert seen == set(np.ndindex(*grid))
+    return out, cb
 
 
 BOXES = [((0, 0, 0), None), ((3, 5, 1), (37, 41, 7)), ((16, 0, 4), (32, 32, 8))]
@@ -110,7 +123,7 @@ BOXES = [((0, 0, 0), None), ((3, 5, 1), (37, 41, 7)), ((16, 0, 4), (32, 32, 8))]
     ["v3-zstd", "v3-sharded", "v2-blosc", "v2-raw-F"],
 )
 @pytest.mark.parametrize("box", range(len(BOXES)))
-@pytest.mark.parametrize("unit", ["aligned", "cutting"])
+@pytest.mark.parametrize("unit", ["merging", "splitting", "cutting"])
 def test_c_block_equals_zarr(tmp_path: Path, kind: str, box: int, unit: str) -> None:
     data = _data((40, 50, 8), "float32" if kind != "v2-raw-F" else "int16")
     kw: dict[str, Any] = {
@@ -138,14 +151,22 @@ def test_c_block_equals_zarr(tmp_path: Path, kind: str, box: int, unit: str) -> 
     lo, hi = BOXES[box]
     blo = np.asarray(lo, np.int64)
     bhi = np.asarray(hi if hi is not None else data.shape, np.int64)
-    # aligned: two chunks deep, else the chunk's shape (whole chunks decode in place);
-    # cutting: a unit grid that cuts through the chunks
-    ushape = (2 * lay.chunks[0], *lay.chunks[1:]) if unit == "aligned" else (5, 7, 3)
-    out, nread, done = _decode(lay, blo, bhi, ushape, _batches(lay, blo, bhi))
-    assert done and nread > 0
+    # merging: two chunks deep, else the chunk's shape (whole chunks decode in place, a
+    # unit at a time); splitting: half a chunk deep; cutting: a grid through the chunks
+    ushape = {
+        "merging": (2 * lay.chunks[0], *lay.chunks[1:]),
+        "splitting": (max(1, lay.chunks[0] // 2), *lay.chunks[1:]),
+        "cutting": (5, 7, 3),
+    }[unit]
+    out, cb = _decode(lay, blo, bhi, ushape, _batches(lay, blo, bhi))
+    assert cb.nread > 0
     np.testing.assert_array_equal(
         out, want_all[tuple(slice(int(a), int(b)) for a, b in zip(blo, bhi, strict=True))]
     )
+    if unit == "merging" and box != 1:  # unit-aligned blocks: one unit per sub-block
+        assert cb.bshape == (1, 1, 1, *ushape)
+    if unit == "splitting" and lay.chunks[0] % 2 == 0 and box != 1:  # a chunk's two units
+        assert cb.bshape == (2, 1, 1, *ushape)
 
 
 def test_python_path_for_other_codecs(tmp_path: Path) -> None:
@@ -155,9 +176,8 @@ def test_python_path_for_other_codecs(tmp_path: Path) -> None:
     )
     blo, bhi = np.zeros(2, np.int64), np.asarray(data.shape, np.int64)
     assert lay.codec.c_codec is None
-    units = np.zeros((4, 5, 5, 6), data.dtype)
-    assert _c_decode_units(lay, units, blo, bhi, _batches(lay, blo, bhi)) == (0, False)
-    assert not units.any()  # untouched: the Python path does the block
+    with pytest.raises(ValueError, match="C decoder"):
+        _CBlock(lay, blo, bhi, _batches(lay, blo, bhi), (5, 6))
     out = np.zeros(data.shape, data.dtype)
     scratch = np.empty(lay.codec.nbytes, np.uint8)
     for batch in _batches(lay, blo, bhi):

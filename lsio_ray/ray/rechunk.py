@@ -16,8 +16,10 @@ axis with the most room while they still fit and the array still makes four bloc
 CPU of the cluster (each block costs a Ray task and an op group: several ms of CPU,
 which small blocks of one output chunk did not amortise).  Each block is one
 op group (every input file it touches, read whole) and one Ray task: decode the inputs
-into the block (in C, one call per block, for raw, zstd and blosc chunks; numcodecs for
-the rest), cut the output units out of it, encode them, write them.  Missing input
+(in C for raw, zstd and blosc chunks, one call per sub-block: the smallest box of whole
+units that no input chunk crosses, e.g. one output chunk when chunks are merged;
+numcodecs into the whole block for the rest), encode each output unit, and write the
+encoded units a few MiB at a time.  Missing input
 chunk files are the fill value, as Zarr says; output units that are all fill value are
 not written (zarr-python's ``write_empty_chunks=False``), nor are empty inner chunks of
 a shard.
@@ -32,14 +34,16 @@ of the nodes holding the files (the coordinator's ordered ObjectRef streams) and
 written through the output node's IO actor.
 
 **Memory.**  At most one task per core runs; with ``io="actors"`` at most ``window``
-more blocks are being read, their batches in the object store.  A node holds about
-(blocks computing [+ blocks being read]) x (block_bytes + its encoded bytes) of live
-data.  What stays resident is more: each worker is a Python process with numpy and
-zarr loaded, and keeps its buffers and IO engine for the next block (released 3 s after
-its last); the object store keeps the pages its objects touched.  Measured on the 2 GiB
-benchmark job (64 MiB blocks, 2 CPUs), the node's processes peaked ~380 MiB above an
-idle Ray cluster with ``io="auto"`` (two workers of ~185 MiB each), ~700 MiB with
-``io="actors"`` (much of it object store pages; BENCHMARKS.md, issue 4).
+more blocks are being read, their batches in the object store.  A task holds its
+block's stored inputs, one sub-block decoded (C path; the whole block on the numcodecs
+path) and at most ~8 MiB of encoded units not yet written.  What stays resident is
+more: each worker is a Python process with numpy and zarr loaded, and keeps its buffers
+and IO engine for the next block (released 3 s after its last); the object store keeps
+the pages its objects touched.  The driver reads the metadata and keeps the journal
+itself when they are on its node (or shared), so a job whose blocks all do their own IO
+starts no IO actor.  Measured on the 2 GiB benchmark job (64 MiB blocks, 2 CPUs), the
+node's processes peaked ~180 MiB above an idle Ray cluster with ``io="auto"``, ~700 MiB
+with ``io="actors"`` (much of it object store pages; BENCHMARKS.md, issue 4).
 
 **Resume.**  Each output unit is written atomically (temp file, rename).  When a block's
 units are all written, its number is appended to a journal
@@ -441,153 +445,219 @@ def _c_decodable(src: Any) -> bool:
     return codec.c_codec is not None and 0 < len(codec.shape) <= 8 and src.ndim == len(codec.shape)
 
 
-def _c_decode_units(
-    src: Any,
-    units: np.ndarray,
-    blo: np.ndarray,
-    bhi: np.ndarray,
-    batches: Sequence[Batch],
-) -> tuple[int, bool]:
-    """Decode every input chunk of a block straight from its batch into ``units``, the
-    block laid out unit by unit (shape: unit grid + unit shape, C order), with the C
-    decoder (:func:`lsio_ray._core.decode_chunks`: one call, no GIL, a reused zstd
-    context, no Python per chunk).
+class _CBlock:
+    """A block's input chunks, resolved from its batches, decoded sub-block by sub-block
+    with the C decoder (:func:`lsio_ray._core.decode_chunks`: one call per sub-block, no
+    GIL, a reused zstd context, no Python per chunk).
 
-    Laid out so, each output unit is one contiguous array, encoded where it lies (no
-    copy), and a stored chunk that fits in a unit with the unit's own strides (e.g.
-    (1,256,256) chunks into (16,256,256) units) is decoded straight into place (no
-    scratch, no box copy); the others are decoded once and copied piece by piece.
+    The block is cut into *sub-blocks*: the smallest boxes of whole output units that no
+    input chunk crosses (per axis, the least common multiple of the chunk and unit
+    shapes, counted from the array's origin; the whole block when that is larger).
+    :meth:`subblocks` decodes one at a time into a buffer of the worker's laid out unit
+    by unit (unit grid + unit shape, C order), so each unit is one contiguous array to
+    encode where it lies, and a stored chunk that fits in a unit with the unit's own
+    strides (e.g. (1,256,256) chunks into (16,256,256) units) is decoded straight into
+    place (no scratch, no box copy).  A merge of chunks into bigger units decodes one
+    unit at a time: the worker holds one unit, not the block (64 MiB), and the unit is
+    still in cache when it is encoded.  Every chunk is decoded once (a chunk crossing
+    the block's own edge is decoded by each block it touches, as before).
 
-    Returns ``(bytes read, done)``; ``done`` is False when this codec or layout needs
-    the Python path (then nothing was written).  Missing files and empty inner chunks
-    of a shard are the fill value; what edge units hold past the array's end is not
-    written.  A corrupt chunk or shard index raises
-    :class:`~lsio_ray.zarr.errors.ChunkCorruptError` naming it."""
-    from lsio_ray._core import (
-        DEC_OK,
-        DEC_SKIPPED,
-        DECODE_JOB_DTYPE,
-        DecodeSpec,
-        decode_chunks,
-        decode_error,
-    )
-    from lsio_ray.zarr.errors import ChunkCorruptError
-    from lsio_ray.zarr.plan import select_chunks
-    from lsio_ray.zarr.shards import EMPTY
+    ``nread``: the stored bytes of the block's inputs.  Missing files and empty inner
+    chunks of a shard are the fill value; past the array's end, edge units hold the
+    fill value.  A corrupt chunk or shard index raises
+    :class:`~lsio_ray.zarr.errors.ChunkCorruptError` naming it.  Ownership: the jobs
+    point into the batches' buffers, which the caller keeps until the last sub-block is
+    decoded; nothing is kept after :meth:`subblocks` returns.
+    """
 
-    codec = src.codec
-    ndim = len(blo)
-    if not _c_decodable(src):
-        return 0, False
-    ushape = np.asarray(units.shape[ndim:], dtype=np.int64)
-    inner = np.asarray(src.chunks, dtype=np.int64)
-    sel = select_chunks(blo, bhi, src.chunks)
-    n = len(sel)
-    # per stored chunk: where its bytes are (0: a fill chunk), and that it was read
-    src_addr = np.zeros(n, np.uint64)
-    src_len = np.zeros(n, np.uint64)
-    have = np.zeros(n, bool)
-    is_fill = np.zeros(n, bool)
-    c0 = sel.coords[0] if n else np.zeros(ndim, np.int64)
-    counts = tuple(int(x) for x in (sel.coords.max(axis=0) - c0 + 1)) if n else ()
+    def __init__(
+        self,
+        src: Any,
+        blo: np.ndarray,
+        bhi: np.ndarray,
+        batches: Sequence[Batch],
+        unit: Sequence[int],
+    ) -> None:
+        from lsio_ray._core import DECODE_JOB_DTYPE, DecodeSpec
+        from lsio_ray.zarr.plan import select_chunks
+        from lsio_ray.zarr.shards import EMPTY
 
-    def rows_of(coords: np.ndarray) -> np.ndarray:
-        return np.ravel_multi_index(tuple((coords - c0).T), counts).astype(np.int64)
+        if not _c_decodable(src):
+            raise ValueError(f"{src.path}: the C decoder does not take this array's chunks")
+        codec = src.codec
+        self.src = src
+        ndim = len(blo)
+        self.ushape = ushape = np.asarray(unit, dtype=np.int64)
+        self.ext = ext = np.asarray(bhi, np.int64) - np.asarray(blo, np.int64)
+        self.ugrid = ugrid = np.asarray(_ceil_div(ext, ushape), dtype=np.int64)
+        inner = np.asarray(src.chunks, dtype=np.int64)
+        sel = select_chunks(blo, bhi, src.chunks)
+        self.sel = sel
+        n = len(sel)
+        # per stored chunk: where its bytes are (0: a fill chunk), and that it was read
+        src_addr = np.zeros(n, np.uint64)
+        src_len = np.zeros(n, np.uint64)
+        have = np.zeros(n, bool)
+        is_fill = np.zeros(n, bool)
+        c0 = sel.coords[0] if n else np.zeros(ndim, np.int64)
+        counts = tuple(int(x) for x in (sel.coords.max(axis=0) - c0 + 1)) if n else ()
 
-    nread = 0
-    fshape = np.asarray(src.file_shape, dtype=np.int64)
-    for batch in batches:
-        nb_items = len(batch)
-        if not nb_items:
-            continue
-        errs = batch.index["error"]
-        starts = batch.index["start"]
-        sizes = batch.index["nbytes"]
-        fcoords = np.asarray(batch.metadata, dtype=np.int64).reshape(nb_items, ndim)
-        for i in np.flatnonzero(errs != 0).tolist():
-            if int(errs[i]) != -errno.ENOENT:  # a missing file is the fill value
-                raise batch.error(i)  # type: ignore[misc]
-        base = batch.data.ctypes.data
-        if src.shards is None:
-            ok = errs == 0
-            rows = rows_of(fcoords)
-            src_addr[rows[ok]] = base + starts[ok]
-            src_len[rows[ok]] = sizes[ok]
-            have[rows] = True
-            is_fill[rows[~ok]] = True
-            nread += int(sizes[ok].sum())
-            continue
-        cps = np.asarray(src.chunks_per_shard, dtype=np.int64)
-        for i in range(nb_items):
-            # the inner chunks of this shard that lie in the block
-            flo = fcoords[i] * fshape
-            a = np.maximum(blo, flo)
-            b = np.minimum(np.minimum(bhi, flo + fshape), np.asarray(src.shape))
-            ssel = select_chunks(a, b, src.chunks)
-            rows = rows_of(ssel.coords)
-            have[rows] = True
-            if errs[i]:
-                is_fill[rows] = True
+        def rows_of(coords: np.ndarray) -> np.ndarray:
+            return np.ravel_multi_index(tuple((coords - c0).T), counts).astype(np.int64)
+
+        nread = 0
+        fshape = np.asarray(src.file_shape, dtype=np.int64)
+        for batch in batches:
+            nb_items = len(batch)
+            if not nb_items:
                 continue
-            nb = int(sizes[i])
-            nread += nb
-            view = batch.data[int(starts[i]) : int(starts[i]) + nb]
-            table = _shard_table(src, view, str(src.key(fcoords[i])))
-            k = np.ravel_multi_index(tuple((ssel.coords - fcoords[i] * cps).T), tuple(cps))
-            off = table[k, 0]
-            empty = off == EMPTY
-            src_addr[rows[~empty]] = base + int(starts[i]) + off[~empty].astype(np.int64)
-            src_len[rows[~empty]] = table[k, 1][~empty]
-            is_fill[rows[empty]] = True
-    if not have.all():
-        missing = src.chunk_key(sel.coords[int(np.flatnonzero(~have)[0])])
-        raise RechunkError(f"{src.path}: chunk {missing} of a block was not read")
+            errs = batch.index["error"]
+            starts = batch.index["start"]
+            sizes = batch.index["nbytes"]
+            fcoords = np.asarray(batch.metadata, dtype=np.int64).reshape(nb_items, ndim)
+            for i in np.flatnonzero(errs != 0).tolist():
+                if int(errs[i]) != -errno.ENOENT:  # a missing file is the fill value
+                    raise batch.error(i)  # type: ignore[misc]
+            base = batch.data.ctypes.data
+            if src.shards is None:
+                ok = errs == 0
+                rows = rows_of(fcoords)
+                src_addr[rows[ok]] = base + starts[ok]
+                src_len[rows[ok]] = sizes[ok]
+                have[rows] = True
+                is_fill[rows[~ok]] = True
+                nread += int(sizes[ok].sum())
+                continue
+            cps = np.asarray(src.chunks_per_shard, dtype=np.int64)
+            for i in range(nb_items):
+                # the inner chunks of this shard that lie in the block
+                flo = fcoords[i] * fshape
+                a = np.maximum(blo, flo)
+                b = np.minimum(np.minimum(bhi, flo + fshape), np.asarray(src.shape))
+                ssel = select_chunks(a, b, src.chunks)
+                rows = rows_of(ssel.coords)
+                have[rows] = True
+                if errs[i]:
+                    is_fill[rows] = True
+                    continue
+                nb = int(sizes[i])
+                nread += nb
+                view = batch.data[int(starts[i]) : int(starts[i]) + nb]
+                table = _shard_table(src, view, str(src.key(fcoords[i])))
+                k = np.ravel_multi_index(tuple((ssel.coords - fcoords[i] * cps).T), tuple(cps))
+                off = table[k, 0]
+                empty = off == EMPTY
+                src_addr[rows[~empty]] = base + int(starts[i]) + off[~empty].astype(np.int64)
+                src_len[rows[~empty]] = table[k, 1][~empty]
+                is_fill[rows[empty]] = True
+        if not have.all():
+            missing = src.chunk_key(sel.coords[int(np.flatnonzero(~have)[0])])
+            raise RechunkError(f"{src.path}: chunk {missing} of a block was not read")
+        self.nread = nread
 
-    # the chunks cut along the unit grid: one job per piece
-    lo = sel.coords * inner - blo + sel.src_lo  # block coordinates of each chunk's part
-    hi = sel.coords * inner - blo + sel.src_hi
-    row, uidx, plo, phi = _unit_pieces(lo, hi, ushape)
-    fill_p = is_fill[row]
-    for p in np.flatnonzero(fill_p).tolist():
-        u = tuple(int(x) for x in uidx[p])
-        box = tuple(
-            slice(int(x), int(y))
-            for x, y in zip(plo[p] - uidx[p] * ushape, phi[p] - uidx[p] * ushape, strict=True)
+        # the sub-block grid (units per sub-block, and where the block's first unit lies
+        # in its sub-block: sub-blocks are counted from the array's origin)
+        lcm = np.array([math.lcm(int(a), int(b)) for a, b in zip(inner, ushape, strict=True)])
+        self.sg = sg = np.minimum(lcm // ushape, np.maximum(ugrid, 1))
+        shift = (np.asarray(blo, np.int64) // ushape) % sg
+        self.shift = shift
+        self.sgrid = _ceil_div(ugrid + shift, sg)
+
+        # the chunks cut along the unit grid: one job per piece, sorted by sub-block
+        lo = sel.coords * inner - blo + sel.src_lo  # block coordinates of each chunk's part
+        hi = sel.coords * inner - blo + sel.src_hi
+        row, uidx, plo, phi = _unit_pieces(lo, hi, ushape)
+        sub = (uidx + shift) // sg
+        sid = np.ravel_multi_index(tuple(sub.T), self.sgrid).astype(np.int64)
+        order = np.argsort(sid, kind="stable")
+        row, uidx, plo, phi, sid, sub = (x[order] for x in (row, uidx, plo, phi, sid, sub))
+        nsub = int(np.prod(self.sgrid, dtype=np.int64))
+        fill_p = is_fill[row]
+        self.fill_sid = sid[fill_p]
+        self.fill_uidx, self.fill_plo, self.fill_phi = uidx[fill_p], plo[fill_p], phi[fill_p]
+        keep = ~fill_p
+        row, uidx, plo, phi, sid, sub = (x[keep] for x in (row, uidx, plo, phi, sid, sub))
+        self.bounds = np.searchsorted(sid, np.arange(nsub + 1))
+        self.fill_bounds = np.searchsorted(self.fill_sid, np.arange(nsub + 1))
+        # the buffer: one sub-block, unit by unit; a piece's place in it
+        self.bshape = (*(int(x) for x in sg), *(int(x) for x in ushape))
+        itemsize = codec.dtype.itemsize
+        ustr = np.zeros(ndim, np.int64)
+        gstr = np.zeros(ndim, np.int64)
+        acc = itemsize
+        for d in range(ndim - 1, -1, -1):
+            ustr[d] = acc
+            acc *= int(ushape[d])
+        for d in range(ndim - 1, -1, -1):
+            gstr[d] = acc
+            acc *= int(sg[d])
+        cstr = np.asarray(codec.chunk_strides, dtype=np.int64)
+        self.spec = DecodeSpec(
+            codec.c_codec, codec.nbytes, itemsize, codec.chunk_strides, tuple(int(x) for x in ustr)
         )
-        units[u][box] = src.fill_value
-    keep = ~fill_p
-    row, uidx, plo, phi = row[keep], uidx[keep], plo[keep], phi[keep]
-    gstr = np.asarray(units.strides[:ndim], dtype=np.int64)
-    ustr = np.asarray(units.strides[ndim:], dtype=np.int64)
-    cstr = np.asarray(codec.chunk_strides, dtype=np.int64)
-    spec = DecodeSpec(
-        codec.c_codec, codec.nbytes, codec.dtype.itemsize, codec.chunk_strides, tuple(ustr)
-    )
-    jobs = np.zeros(len(row), DECODE_JOB_DTYPE)
-    jobs["src"] = src_addr[row]
-    jobs["src_len"] = src_len[row]
-    jobs["dst"] = (
-        units.ctypes.data + (uidx * gstr).sum(axis=1) + ((plo - uidx * ushape) * ustr).sum(axis=1)
-    )
-    origin = sel.coords[row] * inner - blo  # block coordinates of each chunk's origin
-    jobs["src_off"] = ((plo - origin) * cstr).sum(axis=1)
-    jobs["shape"][:, :ndim] = phi - plo
-    jobs["tag"] = row
-    big = inner > 1
-    whole = ((phi - plo) == inner).all(axis=1)
-    jobs["direct"] = whole & bool((ustr[big] == cstr[big]).all())
-    # Ownership: every src points into a batch's object-store buffer and every dst into
-    # ``units``; both are held by this frame (the arguments) for the whole call, and the
-    # decoder keeps no pointer after it returns (no pool buffers: nothing to release).
-    if decode_chunks(spec, jobs):
-        status = jobs["status"]
-        bad_job = jobs[(status != DEC_OK) & (status != DEC_SKIPPED)][0]
-        raise ChunkCorruptError(
-            src.path,
-            src.chunk_key(sel.coords[int(bad_job["tag"])]),
-            f"cannot decode: {decode_error(spec, bad_job)}",
-        )
-    return nread, True
+        # block-relative index of each piece's sub-block's first unit
+        u0 = np.maximum(sub * sg - shift, 0)
+        jobs = np.zeros(len(row), DECODE_JOB_DTYPE)
+        jobs["src"] = src_addr[row]
+        jobs["src_len"] = src_len[row]
+        jobs["dst"] = ((uidx - u0) * gstr).sum(axis=1) + ((plo - uidx * ushape) * ustr).sum(
+            axis=1
+        )  # the buffer's address is added by subblocks()
+        origin = sel.coords[row] * inner - blo  # block coordinates of each chunk's origin
+        jobs["src_off"] = ((plo - origin) * cstr).sum(axis=1)
+        jobs["shape"][:, :ndim] = phi - plo
+        jobs["tag"] = row
+        big = inner > 1
+        whole = ((phi - plo) == inner).all(axis=1)
+        jobs["direct"] = whole & bool((ustr[big] == cstr[big]).all())
+        self.jobs = jobs
+
+    def subblocks(self, dtype: Any, fill: Any) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Decode the sub-blocks one after the other, each into the same buffer (of the
+        worker's, reused by its next block), and yield ``(first, units)``: the block
+        grid index of its first unit, and its units (shape: the sub-block's unit grid +
+        the unit shape).  ``units`` is valid until the next one is asked for."""
+        from lsio_ray._core import DEC_OK, DEC_SKIPPED, decode_chunks, decode_error
+        from lsio_ray.zarr.errors import ChunkCorruptError
+
+        src = self.src
+        buf = _buffer(self.bshape, dtype, "units")
+        base = np.uint64(buf.ctypes.data)
+        for s in range(int(np.prod(self.sgrid, dtype=np.int64))):
+            sc = np.asarray(np.unravel_index(s, self.sgrid), dtype=np.int64).reshape(-1)
+            first = np.maximum(sc * self.sg - self.shift, 0)
+            last = np.minimum((sc + 1) * self.sg - self.shift, self.ugrid)
+            units = buf[tuple(slice(0, int(x)) for x in last - first)]
+            for k in np.ndindex(*(int(x) for x in last - first)):
+                if ((first + np.asarray(k, np.int64) + 1) * self.ushape > self.ext).any():
+                    units[k] = fill  # an edge unit: past the array's end is fill
+            f0, f1 = int(self.fill_bounds[s]), int(self.fill_bounds[s + 1])
+            for p in range(f0, f1):
+                u = self.fill_uidx[p]
+                box = tuple(
+                    slice(int(x), int(y))
+                    for x, y in zip(
+                        self.fill_plo[p] - u * self.ushape,
+                        self.fill_phi[p] - u * self.ushape,
+                        strict=True,
+                    )
+                )
+                units[tuple(int(x) for x in u - first)][box] = fill
+            j0, j1 = int(self.bounds[s]), int(self.bounds[s + 1])
+            if j1 > j0:
+                jobs = self.jobs[j0:j1].copy()
+                jobs["dst"] += base
+                # Ownership: every src points into a batch the caller holds, every dst
+                # into ``buf``, held here; the decoder keeps no pointer after it returns.
+                if decode_chunks(self.spec, jobs):
+                    status = jobs["status"]
+                    bad = jobs[(status != DEC_OK) & (status != DEC_SKIPPED)][0]
+                    raise ChunkCorruptError(
+                        src.path,
+                        src.chunk_key(self.sel.coords[int(bad["tag"])]),
+                        f"cannot decode: {decode_error(self.spec, bad)}",
+                    )
+            yield first, units
 
 
 def _c_order(a: np.ndarray) -> np.ndarray:
@@ -693,60 +763,88 @@ def _run_block(
     for b in batches:
         reads[b.node_id] = reads.get(b.node_id, 0) + int(b.index["nbytes"].sum())
     unit = np.asarray(dst.file_shape, dtype=np.int64)
-    ugrid = _ceil_div(bhi - blo, unit)
     ushape = tuple(int(x) for x in unit)
-    nunits = int(np.prod(ugrid, dtype=np.int64))
+    owner = job["owner"]
+    node = owner or here
+    local_io = io if io is not None and owner in (None, here) else None
+
+    def sink(paths: list[str], datas: list[np.ndarray], fsync: bool) -> int:
+        if local_io is not None:
+            return local_io.write_files(paths, datas, fsync=fsync)
+        return int(ray.get(io_actor(node).write_files.remote(paths, datas, fsync=fsync)))
+
+    out = _UnitWriter(sink, job["fsync"])
     try:
         if _c_decodable(src):
-            # the block laid out unit by unit: each unit is encoded where it lies
-            units = _buffer((*ugrid, *ushape), dst.dtype, "units")
-            for k in np.ndindex(*ugrid):
-                if ((np.asarray(k) + 1) * unit > bhi - blo).any():
-                    units[k] = dst.fill_value  # an edge unit: past the array's end is fill
-            nread, _ = _c_decode_units(src, units, blo, bhi, batches)
-
-            def unit_data(c: np.ndarray) -> np.ndarray:
-                return units[tuple(int(x) for x in c)]
-
+            cblock = _CBlock(src, blo, bhi, batches, unit)
+            nread = cblock.nread
+            for first, units in cblock.subblocks(dst.dtype, dst.fill_value):
+                for k in np.ndindex(*units.shape[: len(ushape)]):
+                    c = first + np.asarray(k, dtype=np.int64)
+                    out.add(dst.file_path(blo // unit + c), _encode_unit(dst, units[k]), units)
         else:
-            nread, out = _py_decode_block(src, blo, bhi, batches, dst.dtype)
-
-            def unit_data(c: np.ndarray) -> np.ndarray:
+            nread, whole = _py_decode_block(src, blo, bhi, batches, dst.dtype)
+            for k in np.ndindex(*_ceil_div(bhi - blo, unit)):
+                c = np.asarray(k, dtype=np.int64)
                 ulo = c * unit
                 uhi = np.minimum(ulo + unit, bhi - blo)
-                part = out[tuple(slice(int(a), int(b)) for a, b in zip(ulo, uhi, strict=True))]
-                if np.all(uhi - ulo == unit) and part.flags.c_contiguous:
-                    return part  # e.g. a unit spanning the block's trailing axes: no copy
-                full = _buffer(ushape, dst.dtype, "unit")
-                if np.any(uhi - ulo < unit):
-                    full[...] = dst.fill_value
-                full[tuple(slice(0, int(x)) for x in uhi - ulo)] = part
-                return full
-
+                part = whole[tuple(slice(int(a), int(b)) for a, b in zip(ulo, uhi, strict=True))]
+                if not (np.all(uhi - ulo == unit) and part.flags.c_contiguous):
+                    full = _buffer(ushape, dst.dtype, "unit")
+                    if np.any(uhi - ulo < unit):
+                        full[...] = dst.fill_value
+                    full[tuple(slice(0, int(x)) for x in uhi - ulo)] = part
+                    part = full
+                out.add(dst.file_path(blo // unit + c), _encode_unit(dst, part), part)
+        out.flush()
     finally:
         if io is not None:  # decoded: the inputs' buffers may serve the next block
             io.recycle(batches)
+    return bid, out.units, nread, out.written, reads
 
-    paths: list[str] = []
-    datas: list[np.ndarray] = []
-    for k in range(nunits):
-        c = np.asarray(np.unravel_index(k, ugrid), dtype=np.int64).reshape(-1)
-        enc = _encode_unit(dst, unit_data(c))
+
+class _UnitWriter:
+    """A block's encoded units, written as they come, ``flush_bytes`` at a time (one
+    engine batch, or one call to the output node's IO actor, each): the task holds a
+    few MiB of encoded bytes, not the block's."""
+
+    def __init__(
+        self,
+        sink: Callable[[list[str], list[np.ndarray], bool], int],
+        fsync: bool,
+        flush_bytes: int = 8 << 20,
+    ) -> None:
+        self._sink = sink
+        self._fsync = fsync
+        self._flush_bytes = flush_bytes
+        self._paths: list[str] = []
+        self._datas: list[np.ndarray] = []
+        self._pending = 0
+        self.units = 0
+        self.written = 0
+
+    def add(self, path: str, enc: np.ndarray | None, source: np.ndarray) -> None:
+        """Queue one unit's stored bytes (None: all fill value, not written).  ``source``
+        is the buffer the unit was encoded from: bytes still sharing its memory (a
+        codec-less unit) are copied, since the buffer is reused before they are written."""
         if enc is None:
-            continue
-        paths.append(dst.file_path(blo // unit + c))
-        datas.append(enc)
-    written = 0
-    if paths:
-        owner = job["owner"]
-        if io is not None and owner in (None, here):
-            written = io.write_files(paths, datas, fsync=job["fsync"])
-        else:
-            node = owner or here
-            written = int(
-                ray.get(io_actor(node).write_files.remote(paths, datas, fsync=job["fsync"]))
-            )
-    return bid, len(paths), nread, written, reads
+            return
+        if np.may_share_memory(enc, source):
+            enc = enc.copy()
+        self._paths.append(path)
+        self._datas.append(enc)
+        self._pending += enc.nbytes
+        if self._pending >= self._flush_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what is queued (raises :class:`~lsio_ray.ray.OutputError` on failure)."""
+        if not self._paths:
+            return
+        paths, datas = self._paths, self._datas
+        self._paths, self._datas, self._pending = [], [], 0
+        self.written += self._sink(paths, datas, self._fsync)
+        self.units += len(paths)
 
 
 def _py_decode_block(
@@ -918,294 +1016,310 @@ def rechunk(
             return node
         return here if here in coord.nodes else coord.nodes[0]
 
-    # the source's metadata, read on the node that holds it
-    src_actor = coord.actor(meta_node(src_root))
-    names = ["zarr.json", ".zarray", ".zattrs"]
-    got = ray.get(src_actor.read_files.remote([os.path.join(src_root, n) for n in names]))
-    src_docs = _docs_from(dict(zip(names, got, strict=True)), src_root)
-    src_l = _layout(src_root, src_docs)
-    fmt = int(zarr_format or src_l.zarr_format)
-    if fmt not in (2, 3):
-        raise ValueError(f"zarr_format must be 2 or 3, not {fmt}")
-    chunks_t = tuple(int(c) for c in chunks)
-    if len(chunks_t) != src_l.ndim:
-        raise ValueError(f"chunks {chunks_t} for an array of {src_l.ndim} dimensions")
-    shards_t = None if shards is None else tuple(int(s) for s in shards)
-    if shards_t is not None and fmt != 3:
-        raise ValueError("shards need zarr_format 3")
+    from ray.util.client import ray as ray_client
 
-    # the destination's metadata, as zarr-python would write it
-    from lsio_ray.zarr._zarr_compat import create_metadata_docs
+    from lsio_ray.ray.actor import IOActor
 
-    kwargs: dict[str, Any] = {
-        "shape": src_l.shape,
-        "dtype": src_l.dtype,
-        "chunks": chunks_t,
-        "zarr_format": fmt,
-        "fill_value": src_l.fill_value[()],
-        "attributes": dict(src_l.attrs),
-    }
-    if shards_t is not None:
-        kwargs["shards"] = shards_t
-    if fmt == 3 and src_l.meta.dimension_names is not None:
-        kwargs["dimension_names"] = list(src_l.meta.dimension_names)
-    kwargs.update(parse_codec(codec, fmt))
-    dst_bytes = create_metadata_docs(**kwargs)
-    dst_docs = {k: json.loads(v) for k, v in dst_bytes.items()}
-    dst_l = _layout(dst_root, dst_docs)
+    # this driver's own IO service, for the metadata and the journal when they are on its
+    # node: no IO actor (a process of ~70 MiB) is started for them.  Not under Ray Client,
+    # whose driver runs on another machine than the node it names.
+    own_io: list[IOActor] = []
+    see_here = not ray_client.is_connected()
 
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    block = block_shape(
-        src_l.shape,
-        src_l.file_shape,
-        dst_l.file_shape,
-        src_l.dtype.itemsize,
-        block_bytes,
-        min_blocks=4 * max(1, cpus),
-    )
-    grid = _ceil_div(src_l.shape, block) if src_l.ndim else ()
-    nblocks = int(np.prod(grid, dtype=np.int64)) if all(s > 0 for s in src_l.shape) else 0
-
-    # the destination: fresh, or an unfinished run of this very job
-    owner = coord.node_of(dst_root)
-
-    def on_dst(method: str, *args: Any, **kwargs: Any) -> Any:
-        """Call the destination's IO actor.  On shared storage a node lost mid-job is
-        pruned and the call goes to another node's actor; a node-local destination
-        lost with its node fails the job."""
-        for attempt in range(max_attempts):
-            node = owner or meta_node(dst_root)
-            try:
-                return ray.get(getattr(coord.actor(node), method).remote(*args, **kwargs))
-            except Exception as exc:
-                if owner is not None or not is_system_error(exc) or attempt + 1 == max_attempts:
-                    raise
-                coord._node_alive(node)
-
-    state = os.path.join(dst_root, STATE_DIR)
-    job_doc = {
-        "version": _JOB_VERSION,
-        "src": src_root,
-        "src_docs": src_docs,
-        "dst_docs": dst_docs,
-        "block": list(block),
-    }
-    job_bytes = json.dumps(job_doc, sort_keys=True).encode()
-    listing = on_dst("listdir", dst_root)
-    prev = on_dst("read_files", [os.path.join(state, "job.json"), os.path.join(state, "done")])
-    resuming = prev[0] is not None and prev[0] == job_bytes
-    if listing and not resuming:
-        if not overwrite:
-            what = (
-                "an unfinished conversion with other settings"
-                if prev[0] is not None
-                else "a Zarr array"
-                if {"zarr.json", ".zarray"} & set(listing)
-                else "a non-empty directory"
-            )
-            raise FileExistsError(
-                errno.EEXIST,
-                f"the destination holds {what}; pass overwrite=True (--overwrite) to replace it",
-                dst_root,
-            )
-        on_dst("remove_tree", dst_root)
-    if not resuming:
-        on_dst(
-            "write_files", [os.path.join(state, "job.json")], [np.frombuffer(job_bytes, np.uint8)]
-        )
-        prev = [job_bytes, None]
-    done = _decode_journal(prev[1], nblocks)
-    journal = _Journal(on_dst, os.path.join(state, "done"), len(prev[1] or b""), fsync)
-    todo = np.flatnonzero(~done)
-    skipped = nblocks - len(todo)
-
-    job = {
-        "src": src_root,
-        "dst": dst_root,
-        "src_docs": src_docs,
-        "dst_docs": dst_docs,
-        "grid": list(grid),
-        "block": list(block),
-        "owner": owner,
-        "fsync": fsync,
-        # in-task IO (io="auto"): the worker's own engine, its pool big enough for the
-        # largest input file (read whole), and batches of a block's size
-        "local_engine": _local_engine(coord, src_l),
-        "local_ahead": 16 << 20,
-        "local_batch": 32 << 20,
-    }
-    job_ref = ray.put(job)
-    task = ray.remote(num_cpus=1, max_retries=0)(_rechunk_block)
-    ncpu = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    window = window or max(2, 2 * len(coord.nodes))
-    max_running = ncpu + len(coord.nodes)
-
-    def place(bid: int) -> tuple[OpGroup, str | None, bool]:
-        """The block's reads, the node its task must run on (None: any), and whether
-        the task does its own IO (its inputs all on one node, or shared)."""
-        group = OpGroup(_block_ops(src_l, grid, block, bid), metadata=bid)
-        if io == "actors":
-            return group, None, False
-        holders = {coord.node_of(op.path) for op in group.operations}
-        if len(holders) > 1:
-            return group, None, False  # inputs on several nodes: the actors' streams
-        node = holders.pop() if holders else None
-        if node is not None and attempts[bid] and not coord._node_alive(node):
-            raise RechunkError(
-                f"block {bid} of {src_root}: its input {group.operations[0].path} is on "
-                f"node {node}, which is gone"
-            )
-        return group, node, True
-
-    step, close_bar = _progress_fn(progress, nblocks, skipped)
-    attempts: dict[int, int] = collections.defaultdict(int)
-    retry: collections.deque[int] = collections.deque()
-    queue: Iterator[int] = iter(todo.tolist())
-    reading: collections.deque[tuple[int, Any, str | None]] = collections.deque()
-    running: dict[Any, int] = {}
-    units = nread = nwritten = in_task = 0
-    local_blocks: set[int] = set()
-    by_node: dict[str, int] = collections.defaultdict(int)
-    retries0 = coord.retries
-
-    def next_block() -> int | None:
-        if retry:
-            return retry.popleft()
-        return next(queue, None)
-
-    def failed(bid: int, exc: BaseException) -> None:
-        attempts[bid] += 1
-        if is_system_error(exc) and attempts[bid] < max_attempts:
-            if bid in local_blocks:
-                coord._node_alive("")  # forget lost nodes: the retry goes to a live one
-            retry.append(bid)
-            return
-        cause = _unwrap(exc)
-        lo, hi = _block_box(bid, grid, block, src_l.shape)
-        raise RechunkError(
-            f"block {bid} ({lo.tolist()}..{hi.tolist()}) of {src_root}: "
-            f"{type(cause).__name__}: {cause}"
-        ) from cause
+    def call(node: str, method: str, *args: Any, **kwargs: Any) -> Any:
+        """An IO actor method for ``node``'s files: run here when ``node`` is this
+        driver's, else by the node's IO actor."""
+        if node == here and see_here:
+            if not own_io:
+                own_io.append(IOActor(coord._engine, recycle=False))
+            return getattr(own_io[0], method)(*args, **kwargs)
+        return ray.get(getattr(coord.actor(node), method).remote(*args, **kwargs))
 
     try:
-        exhausted = False
-        while True:
-            while not exhausted and len(reading) < window:
-                bid = next_block()
-                if bid is None:
-                    exhausted = True
-                    break
-                group, node, local = place(bid)
-                if local:
-                    reading.append((bid, None, node))  # the task reads: nothing to start
-                else:
-                    reading.append((bid, coord.submit(group, order="node"), None))
-            if not reading and not running:
-                if retry:
-                    exhausted = False
-                    continue
-                break
-            launched = False
-            if reading and len(running) < max_running:
-                bid, stream, node = reading.popleft()
-                if stream is None:
-                    # its inputs' node (hard: only it has them), else the next node
-                    # round-robin (soft: another if that one is lost) -- the codecs are
-                    # the bottleneck, so shared inputs spread over every node's cores,
-                    # even when the output is one node's (its actor then writes)
-                    where = node or coord._pick_node()
-                    opts = on_node(where, soft=node is None)
-                    ref = task.options(**opts).remote(job_ref, bid, True)
-                    local_blocks.add(bid)
-                    running[ref] = bid
-                    launched = True
-                else:
-                    try:
-                        brefs = stream.refs()
-                    except Exception as exc:
-                        failed(bid, exc)
+        # the source's metadata, read on the node that holds it
+        names = ["zarr.json", ".zarray", ".zattrs"]
+        got = call(meta_node(src_root), "read_files", [os.path.join(src_root, n) for n in names])
+        src_docs = _docs_from(dict(zip(names, got, strict=True)), src_root)
+        src_l = _layout(src_root, src_docs)
+        fmt = int(zarr_format or src_l.zarr_format)
+        if fmt not in (2, 3):
+            raise ValueError(f"zarr_format must be 2 or 3, not {fmt}")
+        chunks_t = tuple(int(c) for c in chunks)
+        if len(chunks_t) != src_l.ndim:
+            raise ValueError(f"chunks {chunks_t} for an array of {src_l.ndim} dimensions")
+        shards_t = None if shards is None else tuple(int(s) for s in shards)
+        if shards_t is not None and fmt != 3:
+            raise ValueError("shards need zarr_format 3")
+
+        # the destination's metadata, as zarr-python would write it
+        from lsio_ray.zarr._zarr_compat import create_metadata_docs
+
+        kwargs: dict[str, Any] = {
+            "shape": src_l.shape,
+            "dtype": src_l.dtype,
+            "chunks": chunks_t,
+            "zarr_format": fmt,
+            "fill_value": src_l.fill_value[()],
+            "attributes": dict(src_l.attrs),
+        }
+        if shards_t is not None:
+            kwargs["shards"] = shards_t
+        if fmt == 3 and src_l.meta.dimension_names is not None:
+            kwargs["dimension_names"] = list(src_l.meta.dimension_names)
+        kwargs.update(parse_codec(codec, fmt))
+        dst_bytes = create_metadata_docs(**kwargs)
+        dst_docs = {k: json.loads(v) for k, v in dst_bytes.items()}
+        dst_l = _layout(dst_root, dst_docs)
+
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        block = block_shape(
+            src_l.shape,
+            src_l.file_shape,
+            dst_l.file_shape,
+            src_l.dtype.itemsize,
+            block_bytes,
+            min_blocks=4 * max(1, cpus),
+        )
+        grid = _ceil_div(src_l.shape, block) if src_l.ndim else ()
+        nblocks = int(np.prod(grid, dtype=np.int64)) if all(s > 0 for s in src_l.shape) else 0
+
+        # the destination: fresh, or an unfinished run of this very job
+        owner = coord.node_of(dst_root)
+
+        def on_dst(method: str, *args: Any, **kwargs: Any) -> Any:
+            """Call the destination's IO actor.  On shared storage a node lost mid-job is
+            pruned and the call goes to another node's actor; a node-local destination
+            lost with its node fails the job."""
+            for attempt in range(max_attempts):
+                node = owner or meta_node(dst_root)
+                try:
+                    return call(node, method, *args, **kwargs)
+                except Exception as exc:
+                    if owner is not None or not is_system_error(exc) or attempt + 1 == max_attempts:
+                        raise
+                    coord._node_alive(node)
+
+        state = os.path.join(dst_root, STATE_DIR)
+        job_doc = {
+            "version": _JOB_VERSION,
+            "src": src_root,
+            "src_docs": src_docs,
+            "dst_docs": dst_docs,
+            "block": list(block),
+        }
+        job_bytes = json.dumps(job_doc, sort_keys=True).encode()
+        listing = on_dst("listdir", dst_root)
+        prev = on_dst("read_files", [os.path.join(state, "job.json"), os.path.join(state, "done")])
+        resuming = prev[0] is not None and prev[0] == job_bytes
+        if listing and not resuming:
+            if not overwrite:
+                what = (
+                    "an unfinished conversion with other settings"
+                    if prev[0] is not None
+                    else "a Zarr array"
+                    if {"zarr.json", ".zarray"} & set(listing)
+                    else "a non-empty directory"
+                )
+                raise FileExistsError(
+                    errno.EEXIST,
+                    f"the destination holds {what}; "
+                    "pass overwrite=True (--overwrite) to replace it",
+                    dst_root,
+                )
+            on_dst("remove_tree", dst_root)
+        if not resuming:
+            job_doc_bytes = np.frombuffer(job_bytes, np.uint8)
+            on_dst("write_files", [os.path.join(state, "job.json")], [job_doc_bytes])
+            prev = [job_bytes, None]
+        done = _decode_journal(prev[1], nblocks)
+        journal = _Journal(on_dst, os.path.join(state, "done"), len(prev[1] or b""), fsync)
+        todo = np.flatnonzero(~done)
+        skipped = nblocks - len(todo)
+
+        job = {
+            "src": src_root,
+            "dst": dst_root,
+            "src_docs": src_docs,
+            "dst_docs": dst_docs,
+            "grid": list(grid),
+            "block": list(block),
+            "owner": owner,
+            "fsync": fsync,
+            # in-task IO (io="auto"): the worker's own engine, its pool big enough for the
+            # largest input file (read whole), and batches of a block's size
+            "local_engine": _local_engine(coord, src_l),
+            "local_ahead": 16 << 20,
+            "local_batch": 32 << 20,
+        }
+        job_ref = ray.put(job)
+        task = ray.remote(num_cpus=1, max_retries=0)(_rechunk_block)
+        ncpu = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        window = window or max(2, 2 * len(coord.nodes))
+        max_running = ncpu + len(coord.nodes)
+
+        def place(bid: int) -> tuple[OpGroup, str | None, bool]:
+            """The block's reads, the node its task must run on (None: any), and whether
+            the task does its own IO (its inputs all on one node, or shared)."""
+            group = OpGroup(_block_ops(src_l, grid, block, bid), metadata=bid)
+            if io == "actors":
+                return group, None, False
+            holders = {coord.node_of(op.path) for op in group.operations}
+            if len(holders) > 1:
+                return group, None, False  # inputs on several nodes: the actors' streams
+            node = holders.pop() if holders else None
+            if node is not None and attempts[bid] and not coord._node_alive(node):
+                raise RechunkError(
+                    f"block {bid} of {src_root}: its input {group.operations[0].path} is on "
+                    f"node {node}, which is gone"
+                )
+            return group, node, True
+
+        step, close_bar = _progress_fn(progress, nblocks, skipped)
+        attempts: dict[int, int] = collections.defaultdict(int)
+        retry: collections.deque[int] = collections.deque()
+        queue: Iterator[int] = iter(todo.tolist())
+        reading: collections.deque[tuple[int, Any, str | None]] = collections.deque()
+        running: dict[Any, int] = {}
+        units = nread = nwritten = in_task = 0
+        local_blocks: set[int] = set()
+        by_node: dict[str, int] = collections.defaultdict(int)
+        retries0 = coord.retries
+
+        def next_block() -> int | None:
+            if retry:
+                return retry.popleft()
+            return next(queue, None)
+
+        def failed(bid: int, exc: BaseException) -> None:
+            attempts[bid] += 1
+            if is_system_error(exc) and attempts[bid] < max_attempts:
+                if bid in local_blocks:
+                    coord._node_alive("")  # forget lost nodes: the retry goes to a live one
+                retry.append(bid)
+                return
+            cause = _unwrap(exc)
+            lo, hi = _block_box(bid, grid, block, src_l.shape)
+            raise RechunkError(
+                f"block {bid} ({lo.tolist()}..{hi.tolist()}) of {src_root}: "
+                f"{type(cause).__name__}: {cause}"
+            ) from cause
+
+        try:
+            exhausted = False
+            while True:
+                while not exhausted and len(reading) < window:
+                    bid = next_block()
+                    if bid is None:
+                        exhausted = True
+                        break
+                    group, node, local = place(bid)
+                    if local:
+                        reading.append((bid, None, node))  # the task reads: nothing to start
                     else:
-                        where = _majority([b.node_id for b in brefs]) if brefs else None
-                        opts = on_node(where) if where else {}
-                        ref = task.options(**opts).remote(
-                            job_ref, bid, False, *[b.ref for b in brefs]
-                        )
-                        running[ref] = bid
-                        launched = True
-                if retry:
-                    exhausted = False
-            if running:
-                # every task already done, else (when there is nothing to launch) block
-                # until the first one is: a core must not idle until all of them end
-                refs = list(running)
-                ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
-                if not ready and not (launched or (reading and len(running) < max_running)):
-                    ready, _ = ray.wait(refs, num_returns=1, timeout=1.0)
-                for ref in ready:
-                    bid = running.pop(ref)
-                    try:
-                        _, n_units, n_in, n_out, reads = ray.get(ref)
-                    except Exception as exc:
-                        failed(bid, exc)
+                        reading.append((bid, coord.submit(group, order="node"), None))
+                if not reading and not running:
+                    if retry:
                         exhausted = False
                         continue
-                    units += n_units
-                    nread += n_in
-                    nwritten += n_out
-                    for n, b in reads.items():
-                        by_node[n] += b
-                    in_task += bid in local_blocks
-                    journal.add(bid)
-                    step(1)
-            journal.flush()
-        journal.flush(force=True)
-    except BaseException:
-        try:
+                    break
+                launched = False
+                if reading and len(running) < max_running:
+                    bid, stream, node = reading.popleft()
+                    if stream is None:
+                        # its inputs' node (hard: only it has them), else the next node
+                        # round-robin (soft: another if that one is lost) -- the codecs are
+                        # the bottleneck, so shared inputs spread over every node's cores,
+                        # even when the output is one node's (its actor then writes)
+                        where = node or coord._pick_node()
+                        opts = on_node(where, soft=node is None)
+                        ref = task.options(**opts).remote(job_ref, bid, True)
+                        local_blocks.add(bid)
+                        running[ref] = bid
+                        launched = True
+                    else:
+                        try:
+                            brefs = stream.refs()
+                        except Exception as exc:
+                            failed(bid, exc)
+                        else:
+                            where = _majority([b.node_id for b in brefs]) if brefs else None
+                            opts = on_node(where) if where else {}
+                            ref = task.options(**opts).remote(
+                                job_ref, bid, False, *[b.ref for b in brefs]
+                            )
+                            running[ref] = bid
+                            launched = True
+                    if retry:
+                        exhausted = False
+                if running:
+                    # every task already done, else (when there is nothing to launch) block
+                    # until the first one is: a core must not idle until all of them end
+                    refs = list(running)
+                    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+                    if not ready and not (launched or (reading and len(running) < max_running)):
+                        ready, _ = ray.wait(refs, num_returns=1, timeout=1.0)
+                    for ref in ready:
+                        bid = running.pop(ref)
+                        try:
+                            _, n_units, n_in, n_out, reads = ray.get(ref)
+                        except Exception as exc:
+                            failed(bid, exc)
+                            exhausted = False
+                            continue
+                        units += n_units
+                        nread += n_in
+                        nwritten += n_out
+                        for n, b in reads.items():
+                            by_node[n] += b
+                        in_task += bid in local_blocks
+                        journal.add(bid)
+                        step(1)
+                journal.flush()
             journal.flush(force=True)
-        finally:
-            for ref in running:
-                try:
-                    ray.cancel(ref)
-                except Exception:
-                    pass
-            for _, stream, _ in reading:
-                if stream is not None:
-                    stream.cancel()
-            close_bar()
-        raise
-    close_bar()
+        except BaseException:
+            try:
+                journal.flush(force=True)
+            finally:
+                for ref in running:
+                    try:
+                        ray.cancel(ref)
+                    except Exception:
+                        pass
+                for _, stream, _ in reading:
+                    if stream is not None:
+                        stream.cancel()
+                close_bar()
+            raise
+        close_bar()
 
-    # finish: metadata last (v2: attributes before .zarray), then forget the journal
-    order = sorted(dst_bytes, key=lambda k: (k == ".zarray", k == "zarr.json", k))
-    for name in order:
-        on_dst(
-            "write_files",
-            [os.path.join(dst_root, name)],
-            [np.frombuffer(dst_bytes[name], np.uint8)],
-            fsync=fsync,
+        # finish: metadata last (v2: attributes before .zarray), then forget the journal
+        order = sorted(dst_bytes, key=lambda k: (k == ".zarray", k == "zarr.json", k))
+        for name in order:
+            on_dst(
+                "write_files",
+                [os.path.join(dst_root, name)],
+                [np.frombuffer(dst_bytes[name], np.uint8)],
+                fsync=fsync,
+            )
+        on_dst("remove_tree", state)
+        # writes interrupted by a crash leave temp files beside the units: all are
+        # where the destination is (its node's disk, or the shared storage)
+        on_dst("remove_temp_files", dst_root)
+        return RechunkResult(
+            src=src_root,
+            dst=dst_root,
+            shape=tuple(src_l.shape),
+            block=block,
+            blocks=nblocks,
+            blocks_skipped=skipped,
+            units_written=units,
+            bytes_read=nread,
+            bytes_written=nwritten,
+            seconds=time.time() - t0,
+            retries=coord.retries - retries0 + sum(attempts.values()),
+            bytes_read_by_node=dict(by_node),
+            blocks_in_task=in_task,
         )
-    on_dst("remove_tree", state)
-    for node in list(coord.nodes):
-        try:
-            ray.get(coord.actor(node).remove_temp_files.remote(dst_root))
-        except Exception as exc:
-            # a node lost near the end: its local disk went with it, and on shared
-            # storage the live nodes' calls remove the same stray files
-            if not is_system_error(exc):
-                raise
-            coord._node_alive(node)
-    return RechunkResult(
-        src=src_root,
-        dst=dst_root,
-        shape=tuple(src_l.shape),
-        block=block,
-        blocks=nblocks,
-        blocks_skipped=skipped,
-        units_written=units,
-        bytes_read=nread,
-        bytes_written=nwritten,
-        seconds=time.time() - t0,
-        retries=coord.retries - retries0 + sum(attempts.values()),
-        bytes_read_by_node=dict(by_node),
-        blocks_in_task=in_task,
-    )
+    finally:
+        for svc in own_io:
+            svc.shutdown()
