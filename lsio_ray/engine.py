@@ -127,6 +127,20 @@ class Chunk:
         """A copy of the bytes (the buffer can be released afterwards)."""
         return self.data.tobytes()
 
+    def detached(self) -> Chunk:
+        """This chunk with its bytes copied out of the pool (the pool buffer is given
+        back now); errors and released chunks come back as they are."""
+        if self._cdata is None or self._array is None:
+            return self
+        out = Chunk.__new__(Chunk)
+        for name in Chunk.__slots__:
+            if name != "__weakref__":
+                setattr(out, name, getattr(self, name))
+        out._array = self._array.copy()
+        out._cdata = None
+        self.release()
+        return out
+
     def release(self) -> None:
         """Give the pool buffer back now (idempotent)."""
         cdata, self._cdata, self._array = self._cdata, None, None
@@ -376,14 +390,23 @@ class GroupResult:
         return chunk
 
     def collect(self) -> list[Chunk]:
-        """All chunks, errors included (as chunks with ``error`` set)."""
+        """All chunks, errors included (as chunks with ``error`` set).
+
+        The chunks view pool buffers while they fill at most half the pool; the rest are
+        copies (their buffers given back at once), so a group larger than the pool
+        cannot wait forever on buffers its own earlier chunks hold."""
         out = []
+        raw = self._s.engine._raw
+        half = raw.stats()["pool_bytes"] // 2
         while True:
             row = self._s.next_row(None)
             if row is None:
                 self._s.engine._forget(self._s)
                 return out
-            out.append(self._s.make_chunk(row))
+            chunk = self._s.make_chunk(row)
+            if chunk._cdata is not None and raw.stats()["pool_in_use"] > half:
+                chunk = chunk.detached()
+            out.append(chunk)
 
     def cancel(self) -> None:
         """Drop what has not landed, give held buffers back. Idempotent."""

@@ -589,3 +589,19 @@ def test_whole_files_of_changing_sizes(make_engine, files):
         assert got == {str(p): d for p, d in fs}
     st = eng.stats()
     assert st["buffers_out"] == 0 and st["pool_in_use"] == 0
+
+
+@pytest.mark.timeout(60)
+def test_collect_a_group_larger_than_the_pool(make_engine, files):
+    """``collect`` holds every chunk of the group: past half the pool they are copies, so
+    a group of 2.5x the pool finishes (it used to wait forever on buffers its own
+    chunks held) and the pool keeps room for reads."""
+    eng = make_engine(pool_bytes="1M")
+    fs = files(40, 64 << 10)
+    chunks = eng.submit(OpGroup([get_ranges(p) for p, _ in fs])).collect()
+    assert [c.tobytes() for c in chunks] == [data for _, data in fs]
+    st = eng.stats()
+    assert 0 < st["pool_in_use"] <= st["pool_bytes"] // 2 + (64 << 10)
+    del chunks
+    gc.collect()
+    assert eng.stats()["pool_in_use"] == 0
