@@ -102,6 +102,78 @@ def test_partial_values_go_out_as_one_group(tmp_path: Path) -> None:
     assert [o.to_bytes() for o in out] == [bytes([i]) * 10 for i in range(20)]
 
 
+def test_concurrent_gets_are_read_together(tmp_path: Path) -> None:
+    """Gets started in one turn of the event loop (as zarr starts them) go to the engine
+    as one group; one key's error fails that get alone; a cancelled get does not
+    disturb the others."""
+    import asyncio
+    import os
+
+    store = Store(tmp_path / "s")
+    for i in range(12):
+        store.set_sync(f"c/{i}", cpu.Buffer.from_bytes(bytes([i]) * (1000 + i)))
+    os.makedirs(tmp_path / "s" / "c" / "dir" / "x")  # a directory: reads as missing
+    bad = tmp_path / "s" / "c" / "locked"
+    bad.write_bytes(b"x")
+    bad.chmod(0)
+    can_lock = not os.access(bad, os.R_OK)  # root reads anything
+    calls: list[int] = []
+    eng = store.engine
+    orig = eng.submit
+
+    def spy(group: Any, **kw: Any) -> Any:
+        calls.append(group.nranges)
+        return orig(group, **kw)
+
+    async def main() -> list[Any]:
+        proto = default_buffer_prototype()
+        keys = [f"c/{i}" for i in range(12)] + ["c/missing", "c/dir", "c/locked"]
+        tasks = [asyncio.ensure_future(store.get(k, proto)) for k in keys]
+        tasks.append(asyncio.ensure_future(store.get("c/3", proto)))
+        await asyncio.sleep(0)  # every get is waiting for the read now
+        tasks[-1].cancel()
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    eng.submit = spy  # type: ignore[method-assign]
+    try:
+        out = sync(main())
+    finally:
+        del eng.submit
+        bad.chmod(0o644)
+    assert calls[0] == 16  # all of them at once (then each alone: "locked" failed)
+    assert [o.to_bytes() for o in out[:12]] == [bytes([i]) * (1000 + i) for i in range(12)]
+    assert out[12] is None and out[13] is None
+    if can_lock:
+        assert isinstance(out[14], PermissionError)
+        assert len(calls) == 1 + 16
+    else:
+        assert out[14].to_bytes() == b"x"
+    assert isinstance(out[15], asyncio.CancelledError)
+
+
+def test_values_past_half_the_pool_are_copies(tmp_path: Path) -> None:
+    """Values are the engine's pool buffers until those held fill half the pool; then
+    copies, so holding many values never starves the reads (a small pool here)."""
+    from lsio_ray import Engine
+
+    with Engine(pool_bytes="1M") as eng:
+        store = Store(tmp_path / "s", engine=eng)
+        blob = np.arange(64 << 10, dtype=np.uint8)  # 64 KiB each: 16 fill the pool
+        for i in range(40):
+            store.set_sync(f"c/{i}", cpu.Buffer.from_array_like(blob + i))
+        keys = [(f"c/{i}", None) for i in range(40)]
+        held = sync(store.get_partial_values(default_buffer_prototype(), keys))
+        st = eng.stats()
+        assert 0 < st["pool_in_use"] <= st["pool_bytes"] // 2 + (64 << 10)
+        for i, v in enumerate(held):
+            np.testing.assert_array_equal(v.as_numpy_array(), blob + i)
+        del held, v
+        import gc
+
+        gc.collect()
+        assert eng.stats()["pool_in_use"] == 0  # every pool buffer back once dropped
+
+
 @pytest.mark.parametrize(
     ("zarr_format", "sharded"),
     [(2, False), (3, False), (3, True)],  # Zarr v2 has no shards
