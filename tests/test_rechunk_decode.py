@@ -314,3 +314,28 @@ def test_decode_chunks_takes_no_pool_buffers() -> None:
     short = jobs[:1].copy()
     short["src_len"] = 12  # raw bytes of the wrong size: a status, not a crash
     assert decode_chunks(spec, short) == 1 and short["status"][0] != 0
+
+
+def test_random_blocks_decode_by_sub_block(tmp_path: Path) -> None:
+    """Random arrays, chunk and unit shapes, blocks placed as the planner places them
+    (whole units, at a multiple of the block shape): reassembled from its sub-blocks,
+    every block equals the array, and every sub-block is no bigger than the lcm grid."""
+    rng = np.random.default_rng(11)
+    for case in range(24):
+        ndim = int(rng.integers(1, 4))
+        shape = tuple(int(x) for x in rng.integers(3, 30, ndim))
+        chunks = tuple(int(rng.integers(1, s + 1)) for s in shape)
+        unit = tuple(int(rng.integers(1, s + 1)) for s in shape)
+        data = _data(shape, "int32") + case
+        lay = _make(tmp_path / f"r{case}.zarr", data, chunks=chunks, zarr_format=3)
+        block = tuple(u * int(rng.integers(1, 4)) for u in unit)
+        grid = tuple(-(-s // b) for s, b in zip(shape, block, strict=True))
+        bid = int(rng.integers(0, int(np.prod(grid))))
+        coords = np.array(np.unravel_index(bid, grid), np.int64).reshape(-1)
+        blo = coords * np.asarray(block)
+        bhi = np.minimum(blo + np.asarray(block), np.asarray(shape))
+        out, cb = _decode(lay, blo, bhi, unit, _batches(lay, blo, bhi))
+        want = data[tuple(slice(int(a), int(b)) for a, b in zip(blo, bhi, strict=True))]
+        np.testing.assert_array_equal(out, want, err_msg=f"case {case}")
+        lcm = [np.lcm(c, u) // u for c, u in zip(chunks, unit, strict=True)]
+        assert all(g <= m for g, m in zip(cb.bshape[:ndim], lcm, strict=True)), case
