@@ -19,9 +19,13 @@ repetitions, reported as min/median/max:
 The overhead table also shows Ray's own floor on the machine: an actor yielding ready
 16 MiB buffers (no IO at all) to the driver, which touches them the same way.
 
+3. **put** (not in the default set) -- what one Ray object costs: ``ray.put`` of a 32 MiB
+   numpy array (dropped at once, 50 in a row) against ``np.copyto`` of the same array,
+   wall and CPU time of this process per object.
+
 Files live under ``$LSIO_RAY_BENCH_DIR`` (default /tmp/lsio-ray-bench) and are reused.
-``LSIO_RAY_BENCH_PARTS`` (``overhead,small``) picks the comparisons; ``LSIO_RAY_BENCH_JSON``
-names a file for every measurement.
+``LSIO_RAY_BENCH_PARTS`` (``overhead,small``; also ``put``) picks the comparisons;
+``LSIO_RAY_BENCH_JSON`` names a file for every measurement.
 """
 
 from __future__ import annotations
@@ -191,6 +195,36 @@ def table(
         print(f"  {name:<34} {min(ts):8.3f} {med:9.3f} {max(ts):8.3f} {unit_count / med:14,.0f}")
 
 
+def put_part(n: int = 50) -> dict[str, list[float]]:
+    """ms of wall and of CPU per 32 MiB object: ``ray.put`` against a plain copy."""
+    import ray
+
+    a = np.ones(32 << 20, np.uint8)
+    b = np.empty_like(a)
+
+    def put() -> None:
+        for _ in range(n):
+            ref = ray.put(a)
+            del ref
+
+    def copy() -> None:
+        for _ in range(n):
+            np.copyto(b, a)
+
+    rows: dict[str, list[float]] = {}
+    put()  # warm-up
+    for _ in range(REPS):
+        for name, fn in (("ray.put", put), ("np.copyto", copy)):
+            t, c = time.perf_counter(), time.process_time()
+            fn()
+            rows.setdefault(f"{name} wall ms", []).append((time.perf_counter() - t) / n * 1e3)
+            rows.setdefault(f"{name} cpu ms", []).append((time.process_time() - c) / n * 1e3)
+    print(f"\nput: one 32 MiB object, {n} in a row, {REPS} reps (min / median / max)")
+    for k, v in rows.items():
+        print(f"  {k}: {min(v):.2f} / {statistics.median(v):.2f} / {max(v):.2f}")
+    return rows
+
+
 def main() -> int:
     import ray
 
@@ -286,6 +320,8 @@ def main() -> int:
             if k.startswith("ray.data"):
                 print(f"  lsio is {statistics.median(ts) / lsio:.1f}x faster than {k}")
         results["small"] = rows
+    if "put" in PARTS:
+        results["put"] = put_part()
     out = os.environ.get("LSIO_RAY_BENCH_JSON")
     if out:
         with open(out, "w") as fh:
