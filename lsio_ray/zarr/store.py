@@ -1,12 +1,15 @@
 """A zarr-python v3 store on the lsio engine: ``zarr.open(store=lsio_ray.zarr.Store(path))``.
 
-Reads go through a local :class:`lsio_ray.Engine` (io_uring or pread threads): one ``get``
-is one range, and :meth:`Store.get_partial_values` hands *all* the ranges of a call to the
-engine as one op group, so they go out in one batch instead of one thread hop per key.
-Writes are atomic (temp file, write, rename) through the engine's ``put_file``.  Listing
-and deletion use the file system directly.  The async methods run the blocking engine
-calls in a worker thread (``asyncio.to_thread``); the ``*_sync`` methods call them
-directly, so zarr's synchronous fast path needs no event loop hop at all.
+Reads go through a local :class:`lsio_ray.Engine` (io_uring or pread threads):
+:meth:`Store.get_partial_values` hands *all* the ranges of a call to the engine as one op
+group, and the ``get`` calls started in one turn of the event loop (zarr starts up to
+``async.concurrency`` at once) are read together the same way: one batch and one thread
+hop instead of one per key.  A value is the engine's pool buffer itself (no copy), given
+back when zarr drops it; once such values fill half the pool, the rest are copies, so
+reads always have room to land.  Writes are atomic (temp file, write, rename) through
+the engine's ``put_file``.  Listing and deletion use the file system directly.  The async
+methods run the blocking engine calls in a worker thread; the ``*_sync`` methods call
+them directly, so zarr's synchronous fast path needs no event loop hop at all.
 
 >>> import zarr, lsio_ray.zarr as lz
 >>> z = zarr.open(store=lz.Store("data.zarr"), mode="r")
