@@ -29,6 +29,7 @@ import asyncio
 import os
 import shutil
 import threading
+import weakref
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -127,11 +128,12 @@ class Store(_ZarrStore):
             )
         self.root = Path(os.path.abspath(os.fspath(root)))
         self._engine = engine
-        # gets waiting for the next read, per event loop (see get)
-        self._pending: dict[
+        # gets waiting for the next read, per event loop (see get); a loop closed before
+        # its read took them does not keep them
+        self._pending: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop,
             list[tuple[BufferPrototype, str, ByteRequest | None, asyncio.Future[Buffer | None]]],
-        ] = {}
+        ] = weakref.WeakKeyDictionary()
 
     # -- identity, pickling, mode --------------------------------------------------------
     @property
@@ -144,12 +146,12 @@ class Store(_ZarrStore):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_engine"] = None
-        state["_pending"] = {}
+        del state["_pending"]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._pending = {}
+        self._pending = weakref.WeakKeyDictionary()
 
     def with_read_only(self, read_only: bool = False) -> Self:
         """A new (unopened) store on the same root and engine with the given mode."""
@@ -311,7 +313,12 @@ class Store(_ZarrStore):
                     else:
                         fut.set_result(value)
 
-        loop.run_in_executor(None, read).add_done_callback(done)
+        try:
+            loop.run_in_executor(None, read).add_done_callback(done)
+        except RuntimeError as exc:  # e.g. the loop's executor is shut down
+            for _, _, _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc)
 
     async def get_partial_values(
         self,
