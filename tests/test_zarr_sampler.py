@@ -166,3 +166,61 @@ def test_corrupt_chunk_fails_the_block_and_frees_buffers(tmp_path):
         next(stream)
         stream.close()  # closing early cancels the blocks ahead and waits for them
         assert loader.engine.stats()["buffers_out"] == 0
+
+
+# -- clustered crops ------------------------------------------------------------------------
+
+
+def test_clustered_starts_are_uniform_per_crop() -> None:
+    """Each crop's corner is uniform over all valid corners (cells weighted by their
+    size, the short last cell included): a chi-square test over 60,000 corners of a 1-D
+    array and of each axis of a 2-D one.  Weighting the cells equally instead puts ~30%
+    too many corners in the short last cell and fails."""
+    from lsio_ray.zarr.stream import clustered_box_starts
+
+    def uniform(counts: np.ndarray) -> bool:
+        """Chi-square against uniform, below its mean + 6 standard deviations."""
+        e = counts.sum() / len(counts)
+        stat = float(((counts - e) ** 2 / e).sum())
+        dof = len(counts) - 1
+        return stat < dof + 6 * (2 * dof) ** 0.5
+
+    starts = clustered_box_starts((50,), (5,), 60_000, 1, per_cell=4, cell=(8,))
+    counts = np.bincount(starts[:, 0], minlength=46)
+    assert len(counts) == 46 and counts.min() > 0
+    assert uniform(counts)
+    two = clustered_box_starts((37, 29), (4, 6), 60_000, 2, per_cell=7, cell=(5, 9))
+    for d, span in enumerate((34, 24)):
+        c = np.bincount(two[:, d], minlength=span)
+        assert len(c) == span and uniform(c)
+    # the crops of a cell are within one cell of corners of each other
+    cells = two[: len(two) // 7 * 7].reshape(-1, 7, 2)  # the last cell is cut short
+    assert ((cells.max(axis=1) - cells.min(axis=1)) < np.array([5, 9])).all()
+    assert (cells // np.array([5, 9]) == cells[:, :1] // np.array([5, 9])).all()
+
+
+def test_clustered_crops_read_right(arr) -> None:
+    """The crops are the array's boxes at the planned corners, in plan order, seeded; a
+    count that is not a multiple of ``per_cell`` ends with a short cell."""
+    from lsio_ray.zarr.stream import clustered_box_starts
+
+    a, want = arr
+    crop = (3, 20, 17)
+    for reuse in (False, True):
+        got = [
+            c.copy()
+            for c in a.clustered_crops(crop, 23, seed=9, per_cell=5, prefetch=6, reuse=reuse)
+        ]
+        cell = tuple(max(c, k) for c, k in zip(crop, a.chunks, strict=True))
+        starts = clustered_box_starts(a.shape, crop, 23, 9, 5, cell)
+        assert len(got) == 23
+        for g, s in zip(got, starts, strict=True):
+            np.testing.assert_array_equal(
+                g, want[tuple(slice(int(x), int(x) + n) for x, n in zip(s, crop, strict=True))]
+            )
+    again = list(a.clustered_crops(crop, 23, seed=9, per_cell=5))
+    assert all(np.array_equal(x, y) for x, y in zip(again, got, strict=True))
+    with pytest.raises(ValueError, match="per_cell"):
+        next(a.clustered_crops(crop, 4, seed=1, per_cell=0))
+    with pytest.raises(ValueError, match="cell"):
+        next(a.clustered_crops(crop, 4, seed=1, cell=(0, 1, 1)))

@@ -24,7 +24,13 @@ from lsio_ray.zarr.read import ReadTask
 if TYPE_CHECKING:
     from lsio_ray.zarr.array import Array
 
-__all__ = ["ordered", "random_boxes", "same_shape_boxes", "time_series"]
+__all__ = [
+    "clustered_box_starts",
+    "ordered",
+    "random_boxes",
+    "same_shape_boxes",
+    "time_series",
+]
 
 GROUP = 8
 """Most boxes per read task in :func:`same_shape_boxes`."""
@@ -44,9 +50,15 @@ def group_for(array: Array, box: Sequence[int], prefetch: int) -> int:
     """Boxes of shape ``box`` per read task of ``array`` (:func:`group_size`); 1 (box by
     box, :class:`~lsio_ray.zarr.read.ReadTask`) for codecs the C decoder does not handle,
     which :class:`~lsio_ray.zarr.sampler.ScatterTask` needs."""
-    if array.layout.codec.c_codec is None or not 0 < array.ndim <= 8:
+    if not _scatterable(array):
         return 1
     return group_size(prefetch, int(np.prod(box, dtype=np.int64)) * array.dtype.itemsize)
+
+
+def _scatterable(array: Array) -> bool:
+    """Whether :class:`~lsio_ray.zarr.sampler.ScatterTask` reads this array (the C
+    decoder's codecs, 1 to 8 dimensions)."""
+    return array.layout.codec.c_codec is not None and 0 < array.ndim <= 8
 
 
 def _pairs(
@@ -101,13 +113,19 @@ def ordered(
 
 
 def same_shape_boxes(
-    array: Array, starts: np.ndarray, box: Sequence[int], prefetch: int, reuse: bool = False
+    array: Array,
+    starts: np.ndarray,
+    box: Sequence[int],
+    prefetch: int,
+    reuse: bool = False,
+    group: int | None = None,
 ) -> Iterator[np.ndarray]:
     """Yield the boxes of shape ``box`` at corners ``starts`` (``(n, ndim)``), in order,
     about ``prefetch`` boxes in flight (``reuse`` as for :func:`ordered`).
 
     For the C decoder's codecs small boxes are read a group at a time
-    (:func:`group_size`), one :class:`~lsio_ray.zarr.sampler.ScatterTask` per group: one
+    (:func:`group_size`, or ``group`` boxes when given: boxes ``k * group`` to
+    ``(k + 1) * group``), one :class:`~lsio_ray.zarr.sampler.ScatterTask` per group: one
     plan and one set of decode calls per group instead of per box, and a chunk under
     several boxes of a group is read and decoded once (A/B, 400 (8, 256, 256) crops of
     (1, 256, 256) zstd chunks: 0.3-0.7 ms less CPU per crop).  Big boxes and other
@@ -127,7 +145,11 @@ def same_shape_boxes(
     if bad.size:  # the first one named, as box by box would
         lo = starts[bad[0]]
         array._check_box(tuple(lo.tolist()), tuple((lo + size).tolist()))
-    group = group_for(array, box, prefetch)
+    if group is not None and int(group) < 1:
+        raise ValueError(f"group must be at least 1, not {group}")
+    if group is None or not _scatterable(array):
+        group = group_for(array, box, prefetch)
+    group = int(group)
     if group == 1:
         regs = (region_of_box(lo, lo + size) for lo in starts)
         yield from ordered(array, regs, prefetch, reuse)
@@ -183,6 +205,56 @@ def random_box_starts(
     span = np.asarray(shape, dtype=np.int64) - np.asarray(crop, dtype=np.int64) + 1
     rng = np.random.default_rng(seed)
     return rng.integers(0, span, size=(int(count), len(shape))).astype(np.int64)
+
+
+def clustered_box_starts(
+    shape: Sequence[int],
+    crop_shape: Sequence[int],
+    count: int,
+    seed: int | None,
+    per_cell: int,
+    cell: Sequence[int],
+) -> np.ndarray:
+    """``(count, ndim)`` start corners of crops drawn ``per_cell`` at a time from one
+    *cell*: the set of valid start corners is tiled from the origin by boxes of ``cell``
+    (the last ones cut short by the array's end); a cell is picked with probability
+    proportional to how many corners it holds, then ``per_cell`` corners uniformly inside
+    it (crops ``k * per_cell`` to ``(k + 1) * per_cell`` share cell ``k``).
+
+    Every crop's corner is exactly uniform over all valid corners, as with
+    :func:`random_box_starts`: a corner ``s`` in a cell of ``m`` corners is drawn with
+    probability ``m / total * 1 / m``.  What changes is independence: the crops of one
+    cell lie within ``cell + crop - 1`` of each other, so a cell's region is decoded once
+    for ``per_cell`` crops.  Per axis the cell index is drawn on its own (the weight of a
+    cell is the product of its per-axis sizes), so huge grids cost nothing to sample."""
+    shape = tuple(int(s) for s in shape)
+    crop = tuple(int(c) for c in crop_shape)
+    cells = tuple(int(c) for c in cell)
+    if len(crop) != len(shape) or len(cells) != len(shape):
+        raise ValueError(
+            f"crop shape {crop} and cell {cells} must have the array's {len(shape)} dimensions"
+        )
+    if any(c <= 0 or c > s for c, s in zip(crop, shape, strict=True)):
+        raise ValueError(f"crop shape {crop} does not fit in the array's shape {shape}")
+    if any(c <= 0 for c in cells):
+        raise ValueError(f"cell {cells} must be positive")
+    if int(per_cell) < 1:
+        raise ValueError(f"per_cell must be at least 1, not {per_cell}")
+    if count < 0:
+        raise ValueError(f"count must not be negative, not {count}")
+    k = int(per_cell)
+    ncells = -(-int(count) // k)
+    rng = np.random.default_rng(seed)
+    out = np.empty((ncells, k, len(shape)), np.int64)
+    for d, (n, c, g) in enumerate(zip(shape, crop, cells, strict=True)):
+        span = n - c + 1
+        g = min(g, span)
+        sizes = np.full(-(-span // g), g, np.int64)
+        sizes[-1] = span - g * (len(sizes) - 1)
+        which = rng.choice(len(sizes), size=ncells, p=sizes / span)
+        off = rng.integers(0, sizes[which][:, None], size=(ncells, k))
+        out[:, :, d] = which[:, None] * g + off
+    return out.reshape(-1, len(shape))[: int(count)]
 
 
 def random_boxes(
