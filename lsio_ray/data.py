@@ -27,6 +27,13 @@ crops touch is read and decoded once.  The rows are exactly the same -- same cro
 order, same ``index`` -- so there is no statistical trade-off; the cost is memory (N
 crops per read task) and the latency of a group before its first row.
 
+``per_cell=K`` (crops only) draws the crops K at a time from one cell of start corners
+(:meth:`lsio_ray.zarr.Array.clustered_crops`): every crop's position is still exactly
+uniform over the array, but the K crops of a cell lie close together, and the cell's
+chunks are decoded once for all K -- several times the crop rate, at the price of
+minibatches holding about ``B / K`` independent places instead of ``B``.  Read tasks
+and blocks are cut at cell boundaries, so no cell is split between two reads.
+
 Placement: when a :class:`~lsio_ray.ray.Coordinator` is given and its locality (declared
 roots or discovery) says one node holds the array, every read task is pinned to that
 node (the files cannot be read anywhere else); otherwise Ray's default scheduling is
@@ -47,7 +54,7 @@ import numpy as np
 from ray.data.block import BlockAccessor, BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
-from lsio_ray.zarr.stream import random_box_starts
+from lsio_ray.zarr.stream import clustered_box_starts, random_box_starts
 
 if TYPE_CHECKING:
     import ray.data
@@ -107,11 +114,17 @@ class ZarrBoxesDatasource(Datasource):
         node: str | None = None,
         name: str = "ZarrCrops",
         decode_block: int = 0,
+        per_cell: int = 0,
     ) -> None:
         super().__init__()
         self.decode_block = int(decode_block)
         if self.decode_block < 0:
             raise ValueError(f"decode_block must not be negative, not {decode_block}")
+        self.per_cell = int(per_cell)
+        if self.per_cell < 0:
+            raise ValueError(f"per_cell must not be negative, not {per_cell}")
+        if self.per_cell and self.decode_block:
+            raise ValueError("decode_block and per_cell are two samplers: give one of them")
         self.path = os.path.abspath(os.fspath(path))
         self.crop_shape = tuple(int(c) for c in crop_shape)
         self.count = int(count)
@@ -131,8 +144,12 @@ class ZarrBoxesDatasource(Datasource):
 
     @property
     def rows_per_block(self) -> int:
-        """Crops per output block (about ``block_bytes`` each)."""
-        return max(1, self.block_bytes // max(1, self.crop_nbytes))
+        """Crops per output block (about ``block_bytes`` each; whole cells with
+        ``per_cell``)."""
+        rows = max(1, self.block_bytes // max(1, self.crop_nbytes))
+        if self.per_cell:
+            rows = max(1, rows // self.per_cell) * self.per_cell
+        return rows
 
     def get_name(self) -> str:
         """The name Ray shows for the read stage."""
@@ -148,6 +165,10 @@ class ZarrBoxesDatasource(Datasource):
         """One read task per contiguous index range of the plan (at most ``parallelism``)."""
         n = max(1, min(int(parallelism), self.count)) if self.count else 0
         edges = np.linspace(0, self.count, n + 1).round().astype(np.int64) if n else []
+        if self.per_cell and n:  # whole cells per read task
+            edges = edges // self.per_cell * self.per_cell
+            edges[-1] = self.count
+            edges = np.unique(edges)
         tasks = []
         for a, b in itertools.pairwise(edges):
             a, b = int(a), int(b)
@@ -182,6 +203,7 @@ class _ReadRange:
         self.prefetch = src.prefetch
         self.rows = src.rows_per_block
         self.decode_block = src.decode_block
+        self.per_cell = src.per_cell
 
     def __call__(self) -> Iterator[Any]:
         import lsio_ray.zarr as lz
@@ -215,6 +237,10 @@ class _ReadRange:
         # rows) where the C decoder applies: one plan and one set of decode calls per
         # group instead of per crop (stream.same_shape_boxes)
         group = stream.group_for(arr, self.crop, self.prefetch)
+        prefetch = self.prefetch
+        if self.per_cell and group > 1:  # a cell is a group: its chunks decoded once
+            group = self.per_cell
+            prefetch = max(prefetch, 2 * group)  # one cell decodes while one is copied
         try:
             for lo_idx in range(self.a, self.b, self.rows):
                 hi_idx = min(self.b, lo_idx + self.rows)
@@ -230,7 +256,7 @@ class _ReadRange:
                     else:  # each crop straight into its row of the block
                         window.append(arr.start_read(los[0], los[0] + size, out[k]))
                     ends.append(lo_idx + k + len(los))
-                    if len(window) * group >= self.prefetch:
+                    if len(window) * group >= prefetch:
                         window.popleft().wait()
                         done = ends.popleft()
                         yield from ready()
@@ -344,6 +370,8 @@ def read_zarr_crops(
     block_bytes: int = DEFAULT_BLOCK_BYTES,
     coordinator: Coordinator | None = None,
     decode_block: int = 0,
+    per_cell: int = 0,
+    cell: Iterable[int] | None = None,
     **read_args: Any,
 ) -> ray.data.Dataset:
     """A dataset of ``count`` random crops of ``crop_shape`` from the array at ``path``.
@@ -363,13 +391,25 @@ def read_zarr_crops(
     row.  0 (default) reads crop by crop.  Codecs the C decoder does not handle (see
     ``Array.layout.codec.c_codec``) read crop by crop either way.
 
+    ``per_cell``: the clustered sampler (``Array.clustered_crops``, the same crops for
+    the same seed, ``per_cell`` and ``cell``): crops drawn ``per_cell`` at a time from
+    one ``cell`` of start corners (default per axis: the larger of the chunk and the
+    crop), each still uniform over the array, the cell's chunks decoded once.  The
+    trade-off: a cell's crops are neighbours, so a minibatch of ``B`` crops holds about
+    ``B / per_cell`` independent places.  0 (default): independent crops.
+
     Other keyword arguments go to ``ray.data.read_datasource`` (``num_cpus``,
     ``concurrency``, ...)."""
     import lsio_ray.zarr as lz
 
     arr = lz.open(path)
     crop = tuple(int(c) for c in crop_shape)
-    plan = random_box_starts(arr.shape, crop, count, seed)
+    if int(per_cell) > 0:
+        if cell is None:
+            cell = tuple(max(c, k) for c, k in zip(crop, arr.chunks, strict=False))
+        plan = clustered_box_starts(arr.shape, crop, count, seed, int(per_cell), tuple(cell))
+    else:
+        plan = random_box_starts(arr.shape, crop, count, seed)
     src = ZarrBoxesDatasource(
         arr.path,
         crop,
@@ -381,6 +421,7 @@ def read_zarr_crops(
         node=_node_of(arr.path, coordinator),
         name="ZarrCrops",
         decode_block=decode_block,
+        per_cell=max(0, int(per_cell)),
     )
     return _read(src, parallelism, read_args)
 

@@ -11,7 +11,9 @@ across readers), ``$LSIO_DS_BENCH_REPS`` (3) interleaved repetitions, each reade
 
 * ``lsio read_zarr_crops``: ``lsio_ray.data.read_zarr_crops(path, crop, count, seed=7)``;
   also with ``parallelism=2``, and with ``decode_block=512`` (the decode-aware sampler:
-  each read task decodes each chunk its crops touch once);
+  each read task decodes each chunk its crops touch once); and with ``per_cell=16`` (the
+  clustered sampler: other crops, each still uniform, 16 from each cell, checked equal
+  to ``Array.clustered_crops`` in the driver, which is also timed);
 * ``ray.data.range + zarr-python``: ``ray.data.range(count).map_batches(fn)``, ``fn``
   opening the array with zarr-python and reading its crops (batch_size 16);
 * ``ray.data.range + tensorstore``: the same with tensorstore (all reads of a batch issued,
@@ -71,12 +73,18 @@ def _sums(crops: np.ndarray) -> list[float]:
 
 
 def run_lsio_data(
-    path: str, parallelism: int | None = None, decode_block: int = 0
+    path: str, parallelism: int | None = None, decode_block: int = 0, per_cell: int = 0
 ) -> dict[int, float]:
     import lsio_ray.data
 
     ds = lsio_ray.data.read_zarr_crops(
-        path, CROP, COUNT, seed=SEED, parallelism=parallelism, decode_block=decode_block
+        path,
+        CROP,
+        COUNT,
+        seed=SEED,
+        parallelism=parallelism,
+        decode_block=decode_block,
+        per_cell=per_cell,
     )
     out: dict[int, float] = {}
     for b in ds.iter_batches(batch_size=BATCH, batch_format="numpy"):
@@ -134,6 +142,14 @@ def run_local(path: str) -> dict[int, float]:
     }
 
 
+def run_clustered_local(path: str, per_cell: int) -> dict[int, float]:
+    import lsio_ray.zarr as lz
+
+    arr = lz.open(path)
+    crops = arr.clustered_crops(CROP, COUNT, seed=SEED, per_cell=per_cell)
+    return {i: float(c.sum(dtype=np.float64)) for i, c in enumerate(crops)}
+
+
 def run_ts_local(path: str, starts: np.ndarray) -> dict[int, float]:
     import tensorstore as ts
 
@@ -164,6 +180,12 @@ def crops_part(path: str) -> str:
         "lsio read_zarr_crops (Ray Data)": lambda: run_lsio_data(path),
         "lsio read_zarr_crops, parallelism=2": lambda: run_lsio_data(path, 2),
         "lsio read_zarr_crops, decode_block=512": lambda: run_lsio_data(path, None, 512),
+        "lsio read_zarr_crops, per_cell=16 (clustered)": lambda: run_lsio_data(
+            path, None, 0, 16
+        ),
+        "lsio clustered_crops, per_cell=16, local (no Ray)": lambda: run_clustered_local(
+            path, 16
+        ),
         "ray.data.range + zarr-python": lambda: run_ray_range(_zarr_fn(path, starts)),
         "ray.data.range + tensorstore": lambda: run_ray_range(_ts_fn(path, starts)),
         "lsio local engine (no Ray)": lambda: run_local(path),
@@ -176,16 +198,15 @@ def crops_part(path: str) -> str:
             for k, v in readers.items()
             if k.startswith("decode") or any(r in k for r in READERS)
         }
-    ref = None
+    refs: dict[bool, np.ndarray] = {}  # the clustered readers draw other crops
     for name, fn in readers.items():  # warm-up: workers, imports; and the reference sums
         out = fn()
         if name.startswith("decode"):
             continue
         got = np.array([out[i] for i in range(COUNT)])
-        if ref is None:
-            ref = got
-        elif not np.allclose(got, ref, rtol=1e-9, atol=1e-6):
-            raise AssertionError(f"{name}: crops differ from the first reader's")
+        ref = refs.setdefault("per_cell" in name, got)
+        if not np.allclose(got, ref, rtol=1e-9, atol=1e-6):
+            raise AssertionError(f"{name}: crops differ from the first such reader's")
     can_drop = COLD and bc.drop_caches()
     times: dict[tuple[str, str], list[float]] = {}
     for rep in range(REPS):

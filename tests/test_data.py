@@ -164,6 +164,32 @@ def test_decode_aware_rows_are_the_same_rows(ray_local: None, arrays: Any, fmt: 
         ld.read_zarr_crops(path, CROP, 5, decode_block=-1)
 
 
+@pytest.mark.parametrize("fmt", ["v3", "v2"])
+def test_clustered_rows_are_the_arrays_clustered_crops(
+    ray_local: None, arrays: Any, fmt: str
+) -> None:
+    """``per_cell``: the rows are ``Array.clustered_crops`` with the same seed, whatever
+    the number of read tasks (cut at cell boundaries), and each is the array's box."""
+    path, _ = arrays[fmt]
+    arr = lz.open(path)
+    want = list(arr.clustered_crops(CROP, 43, seed=6, per_cell=5))
+    cell = tuple(max(c, k) for c, k in zip(CROP, arr.chunks, strict=True))
+    starts = lz.stream.clustered_box_starts(arr.shape, CROP, 43, 6, 5, cell)
+    for par in (1, 3):
+        ds = ld.read_zarr_crops(
+            path, CROP, 43, seed=6, parallelism=par, per_cell=5, block_bytes=3000
+        )
+        rows = _rows(ds)
+        assert rows.keys() == set(range(43))
+        for i in rows:
+            np.testing.assert_array_equal(rows[i][0], starts[i])
+            np.testing.assert_array_equal(rows[i][1], want[i])
+    with pytest.raises(ValueError, match="two samplers"):
+        ld.read_zarr_crops(path, CROP, 5, per_cell=2, decode_block=4)
+    small = _rows(ld.read_zarr_crops(path, CROP, 3, seed=6, parallelism=2, per_cell=5))
+    assert small.keys() == {0, 1, 2}  # fewer crops than one cell: one read task, all rows
+
+
 def test_streaming_split_covers_every_crop_once(ray_local: None, arrays: Any) -> None:
     path, _ = arrays["v3"]
     ds = ld.read_zarr_crops(path, CROP, 40, seed=5, parallelism=4, block_bytes=2048)
