@@ -2,7 +2,8 @@
 
 Random (8, 256, 256) crops of the (512, 1024, 1024) float32 zstd-3 array made by
 scripts/bench-zarr.py, warm page cache, the same seed and so the same crop offsets for
-every reader; readers interleaved, REPS repetitions, min / median / max crops/s.
+every reader (but the clustered sampler, whose crops are drawn 16 from each cell, each
+still uniform); readers interleaved, REPS repetitions, min / median / max crops/s.
 
     python scripts/bench-sampler.py [PATH] [--count 4096] [--block 512] [--reps 3]
 
@@ -53,6 +54,14 @@ def run_aware(path: str, count: int, seed: int, block: int, reuse: bool = False)
         )
 
 
+def run_clustered(path: str, count: int, seed: int, per_cell: int, reuse: bool = False) -> int:
+    with lz.open(path) as a:
+        return sum(
+            c.nbytes
+            for c in a.clustered_crops(CROP, count, seed=seed, per_cell=per_cell, reuse=reuse)
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
@@ -75,6 +84,12 @@ def main() -> None:
         ),
         f"lsio decode_aware_crops (block {args.block}, reuse)": lambda s: run_aware(
             args.path, args.count, s, args.block, True
+        ),
+        "lsio clustered_crops (per_cell 16)": lambda s: run_clustered(
+            args.path, args.count, s, 16
+        ),
+        "lsio clustered_crops (per_cell 16, reuse)": lambda s: run_clustered(
+            args.path, args.count, s, 16, True
         ),
     }
     rates: dict[str, list[float]] = {k: [] for k in readers}

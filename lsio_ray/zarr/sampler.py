@@ -28,6 +28,13 @@ The saving grows with the block: with ``c`` chunks per crop and ``N`` chunks in 
 a block of ``B`` crops decodes about ``N (1 - exp(-B c / N))`` distinct chunks instead of
 ``B c``: for (512, 1024, 1024) float32 in (1, 256, 256) chunks (N = 8192, c ~ 36) that is
 2.5x fewer decodes at B = 512 and 4.4x at B = 1000.
+
+A stronger trade-off lives in :meth:`lsio_ray.zarr.Array.clustered_crops` (and
+``read_zarr_crops(per_cell=...)``): crops drawn ``per_cell`` at a time from one small cell
+of positions.  Each crop's position is still exactly uniform over the array, but the
+crops of a cell are neighbours, so a minibatch holds fewer independent places; in
+exchange a cell's chunks are decoded once for all its crops (4.9x tensorstore's crop
+rate against this sampler's 1.7x, BENCHMARKS.md, issue 3).
 """
 
 from __future__ import annotations
