@@ -246,7 +246,9 @@ class Array:
         places.  ``cell``: per axis, default the larger of the chunk and the crop (for
         (8, 256, 256) crops of (1, 256, 256) chunks a cell's region is (15, 511, 511):
         at most 60 chunk decodes for 16 crops, against ~36 for each crop drawn alone).
-        ``seed``, ``prefetch`` and ``reuse`` as for :meth:`random_crops`."""
+        Memory: a cell's crops are read as one group, and at least two groups are in
+        flight (``max(prefetch, 2 * per_cell)`` crops).  ``seed``, ``prefetch`` and
+        ``reuse`` as for :meth:`random_crops`."""
         crop = tuple(int(c) for c in shape)
         if cell is None:
             cell = tuple(max(int(c), int(k)) for c, k in zip(crop, self.chunks, strict=False))
