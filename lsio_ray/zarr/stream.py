@@ -194,15 +194,7 @@ def random_box_starts(
     """``(count, ndim)`` start corners of crops at uniform random offsets, drawn from
     ``seed`` alone: the one definition of where seeded random crops lie (used by
     ``Array.random_crops``, the decode-aware sampler and the Ray Data reader)."""
-    shape = tuple(int(s) for s in shape)
-    crop = tuple(int(c) for c in crop_shape)
-    if len(crop) != len(shape):
-        raise ValueError(f"crop shape {crop} has {len(crop)} dimensions, the array {len(shape)}")
-    if any(c <= 0 or c > s for c, s in zip(crop, shape, strict=True)):
-        raise ValueError(f"crop shape {crop} does not fit in the array's shape {shape}")
-    if count < 0:
-        raise ValueError(f"count must not be negative, not {count}")
-    span = np.asarray(shape, dtype=np.int64) - np.asarray(crop, dtype=np.int64) + 1
+    span = _crop_span(shape, crop_shape, count)
     rng = np.random.default_rng(seed)
     return rng.integers(0, span, size=(int(count), len(shape))).astype(np.int64)
 
@@ -227,34 +219,40 @@ def clustered_box_starts(
     cell lie within ``cell + crop - 1`` of each other, so a cell's region is decoded once
     for ``per_cell`` crops.  Per axis the cell index is drawn on its own (the weight of a
     cell is the product of its per-axis sizes), so huge grids cost nothing to sample."""
-    shape = tuple(int(s) for s in shape)
-    crop = tuple(int(c) for c in crop_shape)
+    spans = _crop_span(shape, crop_shape, count)
     cells = tuple(int(c) for c in cell)
-    if len(crop) != len(shape) or len(cells) != len(shape):
-        raise ValueError(
-            f"crop shape {crop} and cell {cells} must have the array's {len(shape)} dimensions"
-        )
-    if any(c <= 0 or c > s for c, s in zip(crop, shape, strict=True)):
-        raise ValueError(f"crop shape {crop} does not fit in the array's shape {shape}")
+    if len(cells) != len(spans):
+        raise ValueError(f"cell {cells} must have the array's {len(spans)} dimensions")
     if any(c <= 0 for c in cells):
         raise ValueError(f"cell {cells} must be positive")
     if int(per_cell) < 1:
         raise ValueError(f"per_cell must be at least 1, not {per_cell}")
-    if count < 0:
-        raise ValueError(f"count must not be negative, not {count}")
     k = int(per_cell)
     ncells = -(-int(count) // k)
     rng = np.random.default_rng(seed)
-    out = np.empty((ncells, k, len(shape)), np.int64)
-    for d, (n, c, g) in enumerate(zip(shape, crop, cells, strict=True)):
-        span = n - c + 1
+    out = np.empty((ncells, k, len(spans)), np.int64)
+    for d, (span, g) in enumerate(zip(spans.tolist(), cells, strict=True)):
         g = min(g, span)
         sizes = np.full(-(-span // g), g, np.int64)
         sizes[-1] = span - g * (len(sizes) - 1)
         which = rng.choice(len(sizes), size=ncells, p=sizes / span)
         off = rng.integers(0, sizes[which][:, None], size=(ncells, k))
         out[:, :, d] = which[:, None] * g + off
-    return out.reshape(-1, len(shape))[: int(count)]
+    return out.reshape(-1, len(spans))[: int(count)]
+
+
+def _crop_span(shape: Sequence[int], crop_shape: Sequence[int], count: int) -> np.ndarray:
+    """Per axis, how many start corners a crop of ``crop_shape`` has in ``shape``
+    (raises ``ValueError`` for a crop that does not fit, or a negative count)."""
+    shape = tuple(int(s) for s in shape)
+    crop = tuple(int(c) for c in crop_shape)
+    if len(crop) != len(shape):
+        raise ValueError(f"crop shape {crop} has {len(crop)} dimensions, the array {len(shape)}")
+    if any(c <= 0 or c > s for c, s in zip(crop, shape, strict=True)):
+        raise ValueError(f"crop shape {crop} does not fit in the array's shape {shape}")
+    if count < 0:
+        raise ValueError(f"count must not be negative, not {count}")
+    return np.asarray(shape, dtype=np.int64) - np.asarray(crop, dtype=np.int64) + 1
 
 
 def random_boxes(
