@@ -445,6 +445,81 @@ def _c_decodable(src: Any) -> bool:
     return codec.c_codec is not None and 0 < len(codec.shape) <= 8 and src.ndim == len(codec.shape)
 
 
+def _chunk_sources(
+    src: Any, sel: Any, blo: np.ndarray, bhi: np.ndarray, batches: Sequence[Batch]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Where each stored chunk ``sel`` selects in the block lies in ``batches``: its
+    address and length (unsharded: the file; sharded: the inner chunk, through the
+    shard's index), whether it is the fill value (a missing file, an empty inner chunk),
+    and the stored bytes read.  A file that failed otherwise raises its error; a chunk no
+    batch holds raises :class:`RechunkError`."""
+    from lsio_ray.zarr.plan import select_chunks
+    from lsio_ray.zarr.shards import EMPTY
+
+    ndim = len(blo)
+    n = len(sel)
+    # per stored chunk: where its bytes are (0: a fill chunk), and that it was read
+    src_addr = np.zeros(n, np.uint64)
+    src_len = np.zeros(n, np.uint64)
+    have = np.zeros(n, bool)
+    is_fill = np.zeros(n, bool)
+    c0 = sel.coords[0] if n else np.zeros(ndim, np.int64)
+    counts = tuple(int(x) for x in (sel.coords.max(axis=0) - c0 + 1)) if n else ()
+
+    def rows_of(coords: np.ndarray) -> np.ndarray:
+        return np.ravel_multi_index(tuple((coords - c0).T), counts).astype(np.int64)
+
+    nread = 0
+    fshape = np.asarray(src.file_shape, dtype=np.int64)
+    for batch in batches:
+        nb_items = len(batch)
+        if not nb_items:
+            continue
+        errs = batch.index["error"]
+        starts = batch.index["start"]
+        sizes = batch.index["nbytes"]
+        fcoords = np.asarray(batch.metadata, dtype=np.int64).reshape(nb_items, ndim)
+        for i in np.flatnonzero(errs != 0).tolist():
+            if int(errs[i]) != -errno.ENOENT:  # a missing file is the fill value
+                raise batch.error(i)  # type: ignore[misc]
+        base = batch.data.ctypes.data
+        if src.shards is None:
+            ok = errs == 0
+            rows = rows_of(fcoords)
+            src_addr[rows[ok]] = base + starts[ok]
+            src_len[rows[ok]] = sizes[ok]
+            have[rows] = True
+            is_fill[rows[~ok]] = True
+            nread += int(sizes[ok].sum())
+            continue
+        cps = np.asarray(src.chunks_per_shard, dtype=np.int64)
+        for i in range(nb_items):
+            # the inner chunks of this shard that lie in the block
+            flo = fcoords[i] * fshape
+            a = np.maximum(blo, flo)
+            b = np.minimum(np.minimum(bhi, flo + fshape), np.asarray(src.shape))
+            ssel = select_chunks(a, b, src.chunks)
+            rows = rows_of(ssel.coords)
+            have[rows] = True
+            if errs[i]:
+                is_fill[rows] = True
+                continue
+            nb = int(sizes[i])
+            nread += nb
+            view = batch.data[int(starts[i]) : int(starts[i]) + nb]
+            table = _shard_table(src, view, str(src.key(fcoords[i])))
+            k = np.ravel_multi_index(tuple((ssel.coords - fcoords[i] * cps).T), tuple(cps))
+            off = table[k, 0]
+            empty = off == EMPTY
+            src_addr[rows[~empty]] = base + int(starts[i]) + off[~empty].astype(np.int64)
+            src_len[rows[~empty]] = table[k, 1][~empty]
+            is_fill[rows[empty]] = True
+    if not have.all():
+        missing = src.chunk_key(sel.coords[int(np.flatnonzero(~have)[0])])
+        raise RechunkError(f"{src.path}: chunk {missing} of a block was not read")
+    return src_addr, src_len, is_fill, nread
+
+
 class _CBlock:
     """A block's input chunks, resolved from its batches, decoded sub-block by sub-block
     with the C decoder (:func:`lsio_ray._core.decode_chunks`: one call per sub-block, no
@@ -480,7 +555,6 @@ class _CBlock:
     ) -> None:
         from lsio_ray._core import DECODE_JOB_DTYPE, DecodeSpec
         from lsio_ray.zarr.plan import select_chunks
-        from lsio_ray.zarr.shards import EMPTY
 
         if not _c_decodable(src):
             raise ValueError(f"{src.path}: the C decoder does not take this array's chunks")
@@ -493,67 +567,7 @@ class _CBlock:
         inner = np.asarray(src.chunks, dtype=np.int64)
         sel = select_chunks(blo, bhi, src.chunks)
         self.sel = sel
-        n = len(sel)
-        # per stored chunk: where its bytes are (0: a fill chunk), and that it was read
-        src_addr = np.zeros(n, np.uint64)
-        src_len = np.zeros(n, np.uint64)
-        have = np.zeros(n, bool)
-        is_fill = np.zeros(n, bool)
-        c0 = sel.coords[0] if n else np.zeros(ndim, np.int64)
-        counts = tuple(int(x) for x in (sel.coords.max(axis=0) - c0 + 1)) if n else ()
-
-        def rows_of(coords: np.ndarray) -> np.ndarray:
-            return np.ravel_multi_index(tuple((coords - c0).T), counts).astype(np.int64)
-
-        nread = 0
-        fshape = np.asarray(src.file_shape, dtype=np.int64)
-        for batch in batches:
-            nb_items = len(batch)
-            if not nb_items:
-                continue
-            errs = batch.index["error"]
-            starts = batch.index["start"]
-            sizes = batch.index["nbytes"]
-            fcoords = np.asarray(batch.metadata, dtype=np.int64).reshape(nb_items, ndim)
-            for i in np.flatnonzero(errs != 0).tolist():
-                if int(errs[i]) != -errno.ENOENT:  # a missing file is the fill value
-                    raise batch.error(i)  # type: ignore[misc]
-            base = batch.data.ctypes.data
-            if src.shards is None:
-                ok = errs == 0
-                rows = rows_of(fcoords)
-                src_addr[rows[ok]] = base + starts[ok]
-                src_len[rows[ok]] = sizes[ok]
-                have[rows] = True
-                is_fill[rows[~ok]] = True
-                nread += int(sizes[ok].sum())
-                continue
-            cps = np.asarray(src.chunks_per_shard, dtype=np.int64)
-            for i in range(nb_items):
-                # the inner chunks of this shard that lie in the block
-                flo = fcoords[i] * fshape
-                a = np.maximum(blo, flo)
-                b = np.minimum(np.minimum(bhi, flo + fshape), np.asarray(src.shape))
-                ssel = select_chunks(a, b, src.chunks)
-                rows = rows_of(ssel.coords)
-                have[rows] = True
-                if errs[i]:
-                    is_fill[rows] = True
-                    continue
-                nb = int(sizes[i])
-                nread += nb
-                view = batch.data[int(starts[i]) : int(starts[i]) + nb]
-                table = _shard_table(src, view, str(src.key(fcoords[i])))
-                k = np.ravel_multi_index(tuple((ssel.coords - fcoords[i] * cps).T), tuple(cps))
-                off = table[k, 0]
-                empty = off == EMPTY
-                src_addr[rows[~empty]] = base + int(starts[i]) + off[~empty].astype(np.int64)
-                src_len[rows[~empty]] = table[k, 1][~empty]
-                is_fill[rows[empty]] = True
-        if not have.all():
-            missing = src.chunk_key(sel.coords[int(np.flatnonzero(~have)[0])])
-            raise RechunkError(f"{src.path}: chunk {missing} of a block was not read")
-        self.nread = nread
+        src_addr, src_len, is_fill, self.nread = _chunk_sources(src, sel, blo, bhi, batches)
 
         # the sub-block grid (units per sub-block, and where the block's first unit lies
         # in its sub-block: sub-blocks are counted from the array's origin)
