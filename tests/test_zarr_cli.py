@@ -70,3 +70,19 @@ def test_bench_crops_text(array: str, capsys: pytest.CaptureFixture[str]) -> Non
     assert "crops/s" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["bench", "crops", array, "--shape", "0,8"])
+
+
+def test_bench_crops_clustered(array: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--per-cell``: the clustered sampler, counted as one decode per chunk per cell."""
+    argv = ["bench", "crops", array, "--shape", "4,20,20", "--count", "32", "--json"]
+    assert main(argv) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert main([*argv, "--per-cell", "8"]) == 0
+    clustered = json.loads(capsys.readouterr().out)
+    assert plain["sampler"] == "random" and clustered["sampler"] == "clustered"
+    assert clustered["per_cell"] == 8 and clustered["count"] == 32
+    # 4 cells of 8 neighbouring crops share chunks: far fewer decodes than 32 crops alone
+    assert 0 < clustered["chunks_decoded"] < plain["chunks_decoded"] / 2
+    small = ["bench", "crops", array, "--shape", "2,8,8", "--count", "5", "--per-cell", "2"]
+    assert main(small) == 0
+    assert "2 per cell" in capsys.readouterr().out

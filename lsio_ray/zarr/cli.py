@@ -75,29 +75,46 @@ def bench_crops(
     backend: str | None = None,
     threads: int | None = None,
     warmup: int = 0,
+    per_cell: int = 0,
 ) -> dict[str, Any]:
     """Read ``count`` random crops of ``shape`` and measure: crops/s, MiB/s of crops
-    delivered, MiB/s of chunks decoded, wall and CPU seconds."""
+    delivered, MiB/s of chunks decoded, wall and CPU seconds.  ``per_cell``: the
+    clustered sampler (``Array.clustered_crops``: crops drawn ``per_cell`` at a time from
+    one cell, its chunks decoded once); 0, independent crops (``Array.random_crops``)."""
     import numpy as np
 
     from lsio_ray.zarr.array import open_array
     from lsio_ray.zarr.loader import Loader
     from lsio_ray.zarr.plan import select_chunks
-    from lsio_ray.zarr.stream import random_boxes
+    from lsio_ray.zarr.stream import clustered_box_starts, random_box_starts
 
     loader = Loader(backend=backend, threads=threads)
     try:
         arr = open_array(path, loader=loader)
+
+        def crops(n: int, s: int) -> Any:
+            if per_cell:
+                return arr.clustered_crops(shape, n, seed=s, per_cell=per_cell, prefetch=prefetch)
+            return arr.random_crops(shape, n, seed=s, prefetch=prefetch)
+
         if warmup:
-            for _ in arr.random_crops(shape, warmup, seed=seed + 1, prefetch=prefetch):
+            for _ in crops(warmup, seed + 1):
                 pass
+        size = np.asarray(shape, dtype=np.int64)
+        if per_cell:  # a cell's crops are one read: each chunk decoded once per cell
+            cell = tuple(max(int(c), int(k)) for c, k in zip(shape, arr.chunks, strict=True))
+            starts = clustered_box_starts(arr.shape, shape, count, seed, per_cell, cell)
+        else:
+            starts = random_box_starts(arr.shape, shape, count, seed)
         decoded = 0
-        for lo, hi in random_boxes(arr.shape, tuple(shape), count, seed):
-            decoded += len(select_chunks(lo, hi, arr.chunks))
+        for g in range(0, count, per_cell or 1):
+            group = starts[g : g + (per_cell or 1)]
+            coords = [select_chunks(lo, lo + size, arr.chunks).coords for lo in group]
+            decoded += len(np.unique(np.concatenate(coords), axis=0))
         r0 = resource.getrusage(resource.RUSAGE_SELF)
         t0 = time.perf_counter()
         nbytes = 0
-        for crop in arr.random_crops(shape, count, seed=seed, prefetch=prefetch):
+        for crop in crops(count, seed):
             nbytes += crop.nbytes
         wall = time.perf_counter() - t0
         r1 = resource.getrusage(resource.RUSAGE_SELF)
@@ -111,6 +128,8 @@ def bench_crops(
         "count": count,
         "seed": seed,
         "prefetch": prefetch,
+        "sampler": "clustered" if per_cell else "random",
+        "per_cell": per_cell,
         "backend": loader.backend,
         "threads": loader.threads,
         "wall_s": wall,
@@ -136,13 +155,16 @@ def cmd_bench_crops(args: argparse.Namespace) -> int:
         backend=args.backend,
         threads=args.threads,
         warmup=args.warmup,
+        per_cell=args.per_cell,
     )
     if args.json:
         print(json.dumps(res, indent=1))
         return 0
     print(
         f"{res['count']} crops of {tuple(res['shape'])} from {res['path']} "
-        f"({res['backend']}, {res['threads']} decode threads, prefetch {res['prefetch']})"
+        f"({res['backend']}, {res['threads']} decode threads, prefetch {res['prefetch']}"
+        + (f", {res['per_cell']} per cell" if res["per_cell"] else "")
+        + ")"
     )
     print(
         f"  {res['crops_per_s']:.1f} crops/s, {res['mib_per_s']:.1f} MiB/s of crops, "
@@ -181,6 +203,13 @@ def add_bench_crops_parser(bench_subparsers: Any) -> argparse.ArgumentParser:
         help="decode threads (default: one per core)",
     )
     p.add_argument("--warmup", type=int, default=0, help="crops read before measuring (0)")
+    p.add_argument(
+        "--per-cell",
+        type=argtypes.positive,
+        default=0,
+        help="clustered crops: N at a time from one cell, each still uniform, the cell's "
+        "chunks decoded once (default: independent crops)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_bench_crops)
     return p
