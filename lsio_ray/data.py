@@ -54,7 +54,7 @@ import numpy as np
 from ray.data.block import BlockAccessor, BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
-from lsio_ray.zarr.stream import clustered_box_starts, random_box_starts
+from lsio_ray.zarr.stream import clustered_box_starts, default_cell, random_box_starts
 
 if TYPE_CHECKING:
     import ray.data
@@ -406,7 +406,7 @@ def read_zarr_crops(
     crop = tuple(int(c) for c in crop_shape)
     if int(per_cell) > 0:
         if cell is None:
-            cell = tuple(max(c, k) for c, k in zip(crop, arr.chunks, strict=False))
+            cell = default_cell(crop, arr.chunks)
         plan = clustered_box_starts(arr.shape, crop, count, seed, int(per_cell), tuple(cell))
     else:
         plan = random_box_starts(arr.shape, crop, count, seed)

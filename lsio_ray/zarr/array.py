@@ -251,7 +251,7 @@ class Array:
         ``reuse`` as for :meth:`random_crops`."""
         crop = tuple(int(c) for c in shape)
         if cell is None:
-            cell = tuple(max(int(c), int(k)) for c, k in zip(crop, self.chunks, strict=False))
+            cell = stream.default_cell(crop, self.chunks)
         starts = stream.clustered_box_starts(self.shape, crop, count, seed, per_cell, cell)
         return stream.same_shape_boxes(self, starts, crop, prefetch, reuse, group=per_cell)
 

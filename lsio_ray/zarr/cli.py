@@ -86,7 +86,7 @@ def bench_crops(
     from lsio_ray.zarr.array import open_array
     from lsio_ray.zarr.loader import Loader
     from lsio_ray.zarr.plan import select_chunks
-    from lsio_ray.zarr.stream import clustered_box_starts, random_box_starts
+    from lsio_ray.zarr.stream import clustered_box_starts, default_cell, random_box_starts
 
     loader = Loader(backend=backend, threads=threads)
     try:
@@ -102,7 +102,7 @@ def bench_crops(
                 pass
         size = np.asarray(shape, dtype=np.int64)
         if per_cell:  # a cell's crops are one read: each chunk decoded once per cell
-            cell = tuple(max(int(c), int(k)) for c, k in zip(shape, arr.chunks, strict=True))
+            cell = default_cell(shape, arr.chunks)
             starts = clustered_box_starts(arr.shape, shape, count, seed, per_cell, cell)
         else:
             starts = random_box_starts(arr.shape, shape, count, seed)
