@@ -21,6 +21,7 @@ def test_demo_quick(tmp_path):
         "lsio pread",
         "== zarr",
         "equal to zarr-python",
+        "clustered crops (16 per cell",
         "== ray",
         "equals the source, element for element",
         "demo done",
