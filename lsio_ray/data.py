@@ -54,7 +54,7 @@ import numpy as np
 from ray.data.block import BlockAccessor, BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
-from lsio_ray.zarr.stream import clustered_box_starts, default_cell, random_box_starts
+from lsio_ray.zarr.stream import random_box_starts
 
 if TYPE_CHECKING:
     import ray.data
@@ -405,9 +405,7 @@ def read_zarr_crops(
     arr = lz.open(path)
     crop = tuple(int(c) for c in crop_shape)
     if int(per_cell) > 0:
-        if cell is None:
-            cell = default_cell(crop, arr.chunks)
-        plan = clustered_box_starts(arr.shape, crop, count, seed, int(per_cell), tuple(cell))
+        plan = arr.clustered_starts(crop, count, seed=seed, per_cell=int(per_cell), cell=cell)
     else:
         plan = random_box_starts(arr.shape, crop, count, seed)
     src = ZarrBoxesDatasource(

@@ -194,14 +194,10 @@ def demo_zarr(root: str, opts: DemoOptions, report: Report) -> None:
             raise AssertionError(f"crop at {lo} differs from zarr-python's read")
     if len(crops) != count or any(c.shape != (8, 128, 128) for c in crops):
         raise AssertionError("random_crops returned the wrong number or shape of crops")
-    from lsio_ray.zarr.stream import clustered_box_starts, default_cell
-
     t = time.perf_counter()
     clustered = list(a.clustered_crops((8, 128, 128), count, seed=1, per_cell=16, prefetch=32))
     dt = time.perf_counter() - t
-    starts = clustered_box_starts(
-        shape, (8, 128, 128), count, 1, 16, default_cell((8, 128, 128), a.chunks)
-    )
+    starts = a.clustered_starts((8, 128, 128), count, seed=1, per_cell=16)
     for k in range(0, count, max(1, count // 5)):  # spot-check against zarr-python
         sl = tuple(slice(int(o), int(o) + c) for o, c in zip(starts[k], (8, 128, 128), strict=True))
         if not np.array_equal(clustered[k], ref[sl]):

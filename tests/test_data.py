@@ -173,8 +173,7 @@ def test_clustered_rows_are_the_arrays_clustered_crops(
     path, _ = arrays[fmt]
     arr = lz.open(path)
     want = list(arr.clustered_crops(CROP, 43, seed=6, per_cell=5))
-    cell = lz.stream.default_cell(CROP, arr.chunks)
-    starts = lz.stream.clustered_box_starts(arr.shape, CROP, 43, 6, 5, cell)
+    starts = arr.clustered_starts(CROP, 43, seed=6, per_cell=5)
     for par in (1, 3):
         ds = ld.read_zarr_crops(
             path, CROP, 43, seed=6, parallelism=par, per_cell=5, block_bytes=3000

@@ -250,10 +250,26 @@ class Array:
         flight (``max(prefetch, 2 * per_cell)`` crops).  ``seed``, ``prefetch`` and
         ``reuse`` as for :meth:`random_crops`."""
         crop = tuple(int(c) for c in shape)
-        if cell is None:
-            cell = stream.default_cell(crop, self.chunks)
-        starts = stream.clustered_box_starts(self.shape, crop, count, seed, per_cell, cell)
+        starts = self.clustered_starts(crop, count, seed=seed, per_cell=per_cell, cell=cell)
         return stream.same_shape_boxes(self, starts, crop, prefetch, reuse, group=per_cell)
+
+    def clustered_starts(
+        self,
+        shape: Iterable[int],
+        count: int,
+        *,
+        seed: int | None = None,
+        per_cell: int = 16,
+        cell: Iterable[int] | None = None,
+    ) -> np.ndarray:
+        """The ``(count, ndim)`` corners :meth:`clustered_crops` reads, in order, for the
+        same arguments.  ``cell`` default: per axis the larger of the chunk and the crop,
+        so a cell's region (cell + crop - 1) spans at most two chunks per axis where crops
+        are smaller than chunks."""
+        crop = tuple(int(c) for c in shape)
+        if cell is None:
+            cell = tuple(max(c, int(k)) for c, k in zip(crop, self.chunks, strict=False))
+        return stream.clustered_box_starts(self.shape, crop, count, seed, per_cell, cell)
 
     def decode_aware_crops(
         self,

@@ -86,7 +86,7 @@ def bench_crops(
     from lsio_ray.zarr.array import open_array
     from lsio_ray.zarr.loader import Loader
     from lsio_ray.zarr.plan import select_chunks
-    from lsio_ray.zarr.stream import clustered_box_starts, default_cell, random_box_starts
+    from lsio_ray.zarr.stream import random_box_starts
 
     loader = Loader(backend=backend, threads=threads)
     try:
@@ -102,8 +102,7 @@ def bench_crops(
                 pass
         size = np.asarray(shape, dtype=np.int64)
         if per_cell:  # a cell's crops are one read: each chunk decoded once per cell
-            cell = default_cell(shape, arr.chunks)
-            starts = clustered_box_starts(arr.shape, shape, count, seed, per_cell, cell)
+            starts = arr.clustered_starts(shape, count, seed=seed, per_cell=per_cell)
         else:
             starts = random_box_starts(arr.shape, shape, count, seed)
         decoded = 0

@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "clustered_box_starts",
-    "default_cell",
     "ordered",
     "random_boxes",
     "same_shape_boxes",
@@ -240,14 +239,6 @@ def clustered_box_starts(
         off = rng.integers(0, sizes[which][:, None], size=(ncells, k))
         out[:, :, d] = which[:, None] * g + off
     return out.reshape(-1, len(spans))[: int(count)]
-
-
-def default_cell(crop_shape: Sequence[int], chunks: Sequence[int]) -> tuple[int, ...]:
-    """The default cell of :func:`clustered_box_starts` for an array of ``chunks``: per
-    axis the larger of the chunk and the crop, so a cell's region (cell + crop - 1)
-    spans at most two chunks per axis, or the crop and its neighbours where crops are
-    bigger than chunks."""
-    return tuple(max(int(c), int(k)) for c, k in zip(crop_shape, chunks, strict=False))
 
 
 def _crop_span(shape: Sequence[int], crop_shape: Sequence[int], count: int) -> np.ndarray:
