@@ -1032,21 +1032,21 @@ def rechunk(
 
     from ray.util.client import ray as ray_client
 
-    from lsio_ray.ray.actor import IOActor
+    from lsio_ray.ray.actor import close_process_io, process_io
 
-    # this driver's own IO service, for the metadata and the journal when they are on its
-    # node: no IO actor (a process of ~70 MiB) is started for them.  Not under Ray Client,
-    # whose driver runs on another machine than the node it names.
-    own_io: list[IOActor] = []
+    # the metadata and the journal, when on this driver's node, go through this process's
+    # own IO service (process_io): no IO actor (a process of ~70 MiB) is started for them.
+    # Not under Ray Client, whose driver runs on another machine than the node it names.
     see_here = not ray_client.is_connected()
+    used_here = False
 
     def call(node: str, method: str, *args: Any, **kwargs: Any) -> Any:
         """An IO actor method for ``node``'s files: run here when ``node`` is this
         driver's, else by the node's IO actor."""
+        nonlocal used_here
         if node == here and see_here:
-            if not own_io:
-                own_io.append(IOActor(coord._engine, recycle=False))
-            return getattr(own_io[0], method)(*args, **kwargs)
+            used_here = True
+            return getattr(process_io(coord._engine), method)(*args, **kwargs)
         return ray.get(getattr(coord.actor(node), method).remote(*args, **kwargs))
 
     try:
@@ -1335,5 +1335,5 @@ def rechunk(
             blocks_in_task=in_task,
         )
     finally:
-        for svc in own_io:
-            svc.shutdown()
+        if used_here:
+            close_process_io()
