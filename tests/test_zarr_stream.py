@@ -152,6 +152,50 @@ def test_reuse_ring(array, loader: Loader) -> None:
 
 
 @pytest.mark.parametrize("reuse", [False, True])
+def test_window_bytes_caps_big_regions(
+    array, loader: Loader, monkeypatch: pytest.MonkeyPatch, reuse: bool
+) -> None:
+    """Outputs in flight stay under WINDOW_BYTES whatever prefetch says, with two reads
+    at least; small regions after big ones fill the window up to prefetch again."""
+    path, data = array
+    a = lz.open(path, loader=loader)
+    key = {
+        "big": (slice(0, 12), slice(None), slice(None)),  # 12 * 40 * 36 * 4 = 69,120 bytes
+        "small": (slice(0, 1), slice(0, 5), slice(0, 5)),  # 100 bytes
+    }
+    size = {"big": 69_120, "small": 100}
+    started = 0
+    real = a.start_read
+
+    def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
+        nonlocal started
+        started += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(a, "start_read", counting)
+
+    def windows(keys: list[str], budget: int) -> list[list[str]]:
+        """Read keys with prefetch 8; the regions started and not yet yielded, at each
+        yield (the one yielded is the consumer's, not the window's)."""
+        nonlocal started
+        monkeypatch.setattr(stream, "WINDOW_BYTES", budget)
+        started = 0
+        seen = []
+        regions = (key[k] for k in keys)
+        for done, g in enumerate(a.crops(regions, prefetch=8, reuse=reuse)):
+            check_equal(g, data[key[keys[done]]], f"region {done}")
+            seen.append(keys[done + 1 : started])
+        return seen
+
+    for w in windows(["big"] * 6 + ["small"] * 10, 150_000):  # two big ones, not three
+        assert len(w) <= 2 or sum(size[k] for k in w) <= 150_000, w
+    assert max(map(len, windows(["big"] * 6 + ["small"] * 10, 150_000))) == 8
+    assert [len(w) for w in windows(["big"] * 5, 1)] == [2, 2, 2, 1, 0]  # two at least
+    assert [len(w) for w in windows(["big"] * 5, 1 << 30)] == [4, 3, 2, 1, 0]
+    drained(loader)
+
+
+@pytest.mark.parametrize("reuse", [False, True])
 def test_same_shape_boxes_in_groups(array, loader: Loader, reuse: bool) -> None:
     """Boxes read a group at a time (prefetch 16: groups of 8) come back in order and
     equal; without reuse each box is an array of its own, not a view of a group."""

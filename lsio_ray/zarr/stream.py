@@ -38,6 +38,13 @@ GROUP_BYTES = 16 << 20
 """Most decoded bytes per group: big boxes (slabs, time series) gain nothing from
 grouping -- their planning is small beside their decoding -- and lose the direct decode
 into the output and the finer pipelining of one box per task."""
+WINDOW_BYTES = 256 << 20
+"""Most output bytes :func:`ordered` keeps in flight, whatever ``prefetch`` says (but
+always two boxes, so one decodes while the other is consumed).  A big box decodes in
+parallel chunk by chunk, so two in flight keep the cores busy; more only spread the
+decoders over more outputs (16 time series of (512, 256, 256) float32 at the default
+prefetch 8: 3-6% faster with this cap, peak RSS the same -- the engine's pool already
+bounds how far the reads run ahead)."""
 
 
 def group_size(prefetch: int, box_nbytes: int) -> int:
@@ -69,27 +76,41 @@ def _pairs(
     window: deque[tuple[Region, ReadTask]] = deque()
     free: dict[tuple[int, ...], list[np.ndarray]] = {}
     lent: np.ndarray | None = None  # the buffer the consumer holds (reuse=True)
+    itemsize = array.dtype.itemsize
+    held = 0  # output bytes of the reads in the window
+    waiting: list[Region] = []  # the next region, taken but not started (over budget)
 
-    def push() -> None:
-        reg = next(regions, None)
-        if reg is None:
-            return
-        out = None
-        if reuse:
-            spare = free.get(reg.box_shape)
-            out = spare.pop() if spare else np.empty(reg.box_shape, dtype=array.dtype)
-        window.append((reg, array.start_read(reg.lo, reg.hi, out)))
+    def nbytes(reg: Region) -> int:
+        return int(np.prod(reg.box_shape, dtype=np.int64)) * itemsize
 
+    def fill() -> None:
+        """Start regions until ``prefetch`` are in flight or the next is over budget."""
+        nonlocal held
+        while len(window) < prefetch:
+            reg = waiting.pop() if waiting else next(regions, None)
+            if reg is None:
+                return
+            if len(window) >= 2 and held + nbytes(reg) > WINDOW_BYTES:
+                waiting.append(reg)  # started once the window has room
+                return
+            held += nbytes(reg)
+            out = None
+            if reuse:
+                spare = free.get(reg.box_shape)
+                out = spare.pop() if spare else np.empty(reg.box_shape, dtype=array.dtype)
+            window.append((reg, array.start_read(reg.lo, reg.hi, out)))
+
+    prefetch = int(prefetch)
     try:
-        for _ in range(int(prefetch)):
-            push()
+        fill()
         while window:
             if lent is not None:  # the consumer asked for the next one: take it back
                 free.setdefault(lent.shape, []).append(lent)
                 lent = None
             reg, task = window.popleft()
+            held -= nbytes(reg)
             task.wait()
-            push()
+            fill()
             if reuse:
                 lent = task.out
             yield reg, array._finish_region(reg, task.out)
@@ -103,7 +124,8 @@ def _pairs(
 def ordered(
     array: Array, regions: Iterator[Region], prefetch: int, reuse: bool = False
 ) -> Iterator[np.ndarray]:
-    """Yield ``array[region]`` for each region in order, ``prefetch`` reads in flight.
+    """Yield ``array[region]`` for each region in order, ``prefetch`` reads in flight
+    (fewer for big regions: at most :data:`WINDOW_BYTES` of outputs, but two at least).
 
     With ``reuse`` the results live in a ring of ``prefetch + 1`` buffers per shape: a
     yielded array is overwritten once the next one is asked for (no page faults on fresh
