@@ -30,7 +30,10 @@ run by default) is the same through numcodecs, what zarr-python's pipeline calls
 Environment: ``LSIO_ZARR_BENCH_SHAPE`` (default 512,1024,1024),
 ``LSIO_ZARR_BENCH_LAYOUTS``, ``LSIO_ZARR_BENCH_WORKLOADS``, ``LSIO_ZARR_BENCH_READERS``
 (comma lists), ``LSIO_ZARR_BENCH_PREFETCH`` (16), ``LSIO_ZARR_BENCH_JSON`` (a path to
-write every measurement to).  The page cache is warm after the first repetition: on two
+write every measurement to), ``LSIO_ZARR_BENCH_CACHE`` (``warm``; ``warm,cold`` adds a
+cold-cache run of every reader, the page cache dropped before it -- root only; the
+limits decode from memory, so they have no cold run and the cold rows' "% limit" is
+against the same limit).  The page cache is warm after the first repetition: on two
 cores these workloads are bound by decoding, not by the disk.
 """
 
@@ -53,6 +56,9 @@ import numpy as np
 import lsio_ray.zarr as lz
 from lsio_ray.zarr.plan import select_chunks
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_common as bc
+
 ROOT = os.environ.get("LSIO_ZARR_BENCH_DIR", "/tmp/lsio-zarr-bench")
 SHAPE = tuple(int(s) for s in os.environ.get("LSIO_ZARR_BENCH_SHAPE", "512,1024,1024").split(","))
 REPS = int(os.environ.get("LSIO_ZARR_BENCH_REPS", "3"))
@@ -71,6 +77,9 @@ def _list(name: str, default: str) -> list[str]:
 LAYOUTS = _list("LSIO_ZARR_BENCH_LAYOUTS", "v3-chunks,v3-shards,v2-blosc")
 WORKLOADS = _list("LSIO_ZARR_BENCH_WORKLOADS", "crops,slabs,series")
 READERS = _list("LSIO_ZARR_BENCH_READERS", "lsio,lsio-reuse,tensorstore,zarr-python,limit")
+CACHES = _list("LSIO_ZARR_BENCH_CACHE", "warm")
+if not set(CACHES) <= {"warm", "cold"}:
+    raise SystemExit(f"LSIO_ZARR_BENCH_CACHE takes warm and cold, not {CACHES}")
 
 
 # -- the dataset -------------------------------------------------------------------------
@@ -342,10 +351,13 @@ def main() -> int:
         "tensorstore": run_tensorstore,
         "zarr-python": run_zarr,
     }
+    if "cold" in CACHES and not bc.drop_caches():
+        raise SystemExit("cold runs need to drop the page cache: run as root")
+    runs = [(r, c) for r in READERS for c in CACHES if c == "warm" or not r.startswith("limit")]
     for rep in range(REPS):
         for name in LAYOUTS:
             for w in WORKLOADS:
-                for reader in READERS:
+                for reader, cache in runs:
                     if reader == "limit":
                         fn: Callable[[], int] = limits[name, w].run
                     elif reader == "limit-numcodecs":
@@ -354,10 +366,13 @@ def main() -> int:
                         fn = functools.partial(
                             readers[reader], paths[name], plans[w], prefetch_for(w)
                         )
+                    if cache == "cold":
+                        bc.drop_caches()
                     m = measure(fn)
                     m["items"] = len(plans[w])
-                    results.setdefault((name, w, reader), []).append(m)
-                    print(f"# rep {rep} {name} {w} {reader}: {m['wall_s']:.2f} s", file=sys.stderr)
+                    label = reader if cache == "warm" else f"{reader} cold"
+                    results.setdefault((name, w, label), []).append(m)
+                    print(f"# rep {rep} {name} {w} {label}: {m['wall_s']:.2f} s", file=sys.stderr)
     print_table(results, plans)
     out = os.environ.get("LSIO_ZARR_BENCH_JSON")
     if out:
@@ -376,7 +391,7 @@ def main() -> int:
 def print_table(results: dict, plans: dict) -> None:
     print(f"shape {SHAPE} float32, {CORES} cores, {REPS} repetitions, prefetch {PREFETCH}")
     print(
-        f"{'layout':<10} {'workload':<7} {'reader':<12} {'items/s min/med/max':>24} "
+        f"{'layout':<10} {'workload':<7} {'reader':<16} {'items/s min/med/max':>24} "
         f"{'MiB/s med':>10} {'cpu/wall':>8} {'cpu ms/item':>11} {'% limit':>8}"
     )
     for (name, w, reader), runs in results.items():
@@ -394,7 +409,7 @@ def print_table(results: dict, plans: dict) -> None:
             pct = f"{100 * med / lim_rate:.0f}%"
         rate = f"{rates[0]:.1f}/{med:.1f}/{rates[-1]:.1f}"
         print(
-            f"{name:<10} {w:<7} {reader:<12} {rate:>24} {mib:>10.0f} {cpu:>8.2f} "
+            f"{name:<10} {w:<7} {reader:<16} {rate:>24} {mib:>10.0f} {cpu:>8.2f} "
             f"{cpu_item:>11.1f} {pct:>8}"
         )
 
