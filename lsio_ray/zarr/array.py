@@ -188,7 +188,9 @@ class Array:
     def crops(
         self, regions: Iterable[Any], prefetch: int = 8, *, reuse: bool = False
     ) -> Iterator[np.ndarray]:
-        """Yield ``self[region]`` for each region, in order, with ``prefetch`` in flight.
+        """Yield ``self[region]`` for each region, in order, with ``prefetch`` in flight
+        (fewer when they are big: at most
+        :data:`~lsio_ray.zarr.stream.WINDOW_BYTES` of outputs, two regions at least).
 
         ``reuse=True`` recycles a ring of output buffers: each yielded array is
         overwritten once the next one is asked for (copy it to keep it).  A list (or
@@ -312,7 +314,9 @@ class Array:
     ) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(start, block)`` along ``axis`` in order: each block is ``rows`` rows of
         chunks of the region (cut at chunk boundaries); decoding runs ahead, out of
-        order, ``prefetch`` blocks deep (``reuse`` as for :meth:`crops`)."""
+        order, ``prefetch`` blocks deep but at most
+        :data:`~lsio_ray.zarr.stream.WINDOW_BYTES` of them (``reuse`` as for
+        :meth:`crops`)."""
         reg = normalize(region, self.shape)
         if reg.post is not None or reg.drop:
             raise ValueError("time_series takes a region of plain slices (no steps, no ints)")
