@@ -16,6 +16,7 @@
 | register_buffers  | LSIO_REGISTER_BUFFERS   | False                            |
 | fixed_files       | LSIO_FIXED_FILES        | True (when the kernel has them)  |
 | link_open         | LSIO_LINK_OPEN          | True (open linked to first read) |
+| direct            | LSIO_DIRECT             | False (zarr chunk reads O_DIRECT) |
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ _SPEC: dict[str, tuple[str, Any, Any]] = {
     "register_buffers": ("LSIO_REGISTER_BUFFERS", False, _bool),
     "fixed_files": ("LSIO_FIXED_FILES", True, _bool),
     "link_open": ("LSIO_LINK_OPEN", True, _bool),
+    "direct": ("LSIO_DIRECT", False, _bool),
 }
 
 _local = threading.local()

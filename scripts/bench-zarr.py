@@ -18,8 +18,11 @@ each reader and prints min/median/max:
 * ``series``: 16 time series ``[:, y:y+256, x:x+256]`` at unaligned y, x;
 
 read by ``lsio`` (``Array.crops``, a fresh array per result), ``lsio-reuse`` (the same
-with ``reuse=True``: a ring of output buffers), tensorstore (reads kept ``prefetch``
-deep) and zarr-python (one read at a time: it is concurrent inside a read);
+with ``reuse=True``: a ring of output buffers), ``lsio-direct`` and
+``lsio-reuse-direct`` (the same two with ``direct=True``: O_DIRECT reads, no page
+cache; "warm" then means only that the device's own cache may hold the data),
+tensorstore (reads kept ``prefetch`` deep) and zarr-python (one read at a time: it is
+concurrent inside a read);
 
 and, in the same run, the decode limit: every chunk the workload touches (as often as it
 touches it) decoded on all cores from bytes already in memory into one reused buffer,
@@ -185,8 +188,9 @@ def prefetch_for(workload: str) -> int:
 # -- readers -----------------------------------------------------------------------------
 
 
-def run_lsio(path: str, bxs: list, prefetch: int, reuse: bool = False) -> int:
-    arr = lz.open(path)
+def run_lsio(path: str, bxs: list, prefetch: int, reuse: bool = False, direct: bool = False) -> int:
+    arr = lz.open(path, direct=direct)
+    assert arr.direct == direct, "this file system refuses O_DIRECT"
     regions = [tuple(slice(a, b) for a, b in zip(lo, hi, strict=True)) for lo, hi in bxs]
     n = 0
     for crop in arr.crops(regions, prefetch=prefetch, reuse=reuse):
@@ -198,6 +202,16 @@ def run_lsio_reuse(path: str, bxs: list, prefetch: int) -> int:
     """lsio_ray with a ring of reused output buffers (``reuse=True``): no page faults on
     fresh output memory."""
     return run_lsio(path, bxs, prefetch, reuse=True)
+
+
+def run_lsio_direct(path: str, bxs: list, prefetch: int) -> int:
+    """lsio_ray reading with O_DIRECT (``direct=True``): no page cache."""
+    return run_lsio(path, bxs, prefetch, direct=True)
+
+
+def run_lsio_reuse_direct(path: str, bxs: list, prefetch: int) -> int:
+    """``reuse=True`` and ``direct=True``."""
+    return run_lsio(path, bxs, prefetch, reuse=True, direct=True)
 
 
 def run_tensorstore(path: str, bxs: list, prefetch: int) -> int:
@@ -282,7 +296,10 @@ class Limit:
         eng = getattr(Limit, "_engine", None) or RawEngine(backend="pread", pool_bytes=1 << 20)
         Limit._engine = eng
         spec = DecodeSpec(
-            codec.c_codec, codec.nbytes, codec.dtype.itemsize, codec.chunk_strides,
+            codec.c_codec,
+            codec.nbytes,
+            codec.dtype.itemsize,
+            codec.chunk_strides,
             codec.chunk_strides,
         )
         srcs = {k: np.frombuffer(v, np.uint8) for k, v in self.blobs.items()}
@@ -348,6 +365,8 @@ def main() -> int:
     readers: dict[str, Callable[[str, list, int], int]] = {
         "lsio": run_lsio,
         "lsio-reuse": run_lsio_reuse,
+        "lsio-direct": run_lsio_direct,
+        "lsio-reuse-direct": run_lsio_reuse_direct,
         "tensorstore": run_tensorstore,
         "zarr-python": run_zarr,
     }
@@ -391,7 +410,7 @@ def main() -> int:
 def print_table(results: dict, plans: dict) -> None:
     print(f"shape {SHAPE} float32, {CORES} cores, {REPS} repetitions, prefetch {PREFETCH}")
     print(
-        f"{'layout':<10} {'workload':<7} {'reader':<16} {'items/s min/med/max':>24} "
+        f"{'layout':<10} {'workload':<7} {'reader':<20} {'items/s min/med/max':>24} "
         f"{'MiB/s med':>10} {'cpu/wall':>8} {'cpu ms/item':>11} {'% limit':>8}"
     )
     for (name, w, reader), runs in results.items():
@@ -409,7 +428,7 @@ def print_table(results: dict, plans: dict) -> None:
             pct = f"{100 * med / lim_rate:.0f}%"
         rate = f"{rates[0]:.1f}/{med:.1f}/{rates[-1]:.1f}"
         print(
-            f"{name:<10} {w:<7} {reader:<16} {rate:>24} {mib:>10.0f} {cpu:>8.2f} "
+            f"{name:<10} {w:<7} {reader:<20} {rate:>24} {mib:>10.0f} {cpu:>8.2f} "
             f"{cpu_item:>11.1f} {pct:>8}"
         )
 

@@ -8,14 +8,20 @@ values, NaN included) and edge chunks, on both engine backends.
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
 import zarr
 from _zarr_helpers import BACKENDS, DTYPE_SPECS, LAYOUTS, Spec, check_equal, regions, write_fixture
+from lsio_ray._lsio import lib
 
 import lsio_ray.zarr as lz
+import lsio_ray.zarr.read as read_mod
+from lsio_ray import config
 from lsio_ray.zarr.loader import Loader
 
 
@@ -42,10 +48,11 @@ def fixture_array(root: str, spec: Spec) -> str:
     return _written[spec.name][0]
 
 
-def check_array(path: str, loader: Loader) -> None:
+def check_array(path: str, loader: Loader, direct: bool = False) -> None:
     ref = zarr.open_array(path, mode="r")
     full = ref[...]
-    a = lz.open(path, loader=loader)
+    a = lz.open(path, loader=loader, direct=direct)
+    assert a.direct is direct
     assert a.shape == ref.shape
     assert a.dtype == full.dtype
     assert a.chunks == ref.chunks
@@ -75,6 +82,49 @@ def check_array(path: str, loader: Loader) -> None:
 @pytest.mark.parametrize("spec", LAYOUTS, ids=[s.name for s in LAYOUTS])
 def test_layouts(spec: Spec, root: str, loader: Loader) -> None:
     check_array(fixture_array(root, spec), loader)
+
+
+@pytest.mark.parametrize("spec", LAYOUTS, ids=[s.name for s in LAYOUTS])
+def test_layouts_direct(
+    spec: Spec, root: str, loader: Loader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same reads with O_DIRECT: whole chunk files, shard indexes at either end and
+    inner chunks at unaligned offsets (the engine reads an aligned superset)."""
+    flags: list[int] = []
+    real = read_mod.file_plan
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        flags.append(kwargs.get("flags", 0))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(read_mod, "file_plan", recording)
+    check_array(fixture_array(root, spec), loader, direct=True)
+    assert flags and all(f == lib.LSIO_F_DIRECT for f in flags), flags
+
+
+def test_direct_setting_and_fallback(
+    root: str, loader: Loader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``direct`` defaults to the config setting (env LSIO_DIRECT); a file system that
+    refuses O_DIRECT gets buffered reads instead of failing."""
+    path = fixture_array(root, LAYOUTS[0])
+    assert lz.open(path, loader=loader).direct is False
+    with config.set(direct=True):
+        assert lz.open(path, loader=loader).direct is True
+    monkeypatch.setenv("LSIO_DIRECT", "1")
+    assert lz.open(path, loader=loader).direct is True
+    assert lz.open(path, loader=loader, direct=False).direct is False
+    real_open = os.open
+
+    def no_direct(p: Any, fl: int, *args: Any) -> int:
+        if fl & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument", p)
+        return real_open(p, fl, *args)
+
+    monkeypatch.setattr(os, "open", no_direct)
+    a = lz.open(path, loader=loader, direct=True)
+    assert a.direct is False
+    check_equal(a[...], zarr.open_array(path, mode="r")[...], "buffered fallback")
 
 
 @pytest.mark.parametrize("spec", DTYPE_SPECS, ids=[s.name for s in DTYPE_SPECS])

@@ -141,6 +141,7 @@ class ReadTask(Task):
             np.ones(n, np.int64),
             np.zeros(n, np.int64),
             np.full(n, -1, np.int64),
+            flags=self.array._read_flags,
         )
 
     def _plan_index(self) -> None:
@@ -179,6 +180,7 @@ class ReadTask(Task):
             off,
             np.full(n, idx.nbytes, np.int64),
             INDEX_TAG,
+            flags=self.array._read_flags,
         )
 
     def _shard_coords(self, keys: np.ndarray) -> np.ndarray:
@@ -233,7 +235,10 @@ class ReadTask(Task):
         file_nr = np.diff(np.r_[file_first, nr])
         self.file_shard = range_shard[file_first]
         blob, width = self.layout.paths_blob(self._shard_coords(self.shard_keys[self.file_shard]))
-        self.plan = file_plan(self.group, blob, width, file_nr, r_start, r_end - r_start)
+        self.plan = file_plan(
+            self.group, blob, width, file_nr, r_start, r_end - r_start,
+            flags=self.array._read_flags,
+        )
 
     # -- IO-thread interface -------------------------------------------------------------
     def has_batches(self) -> bool:
