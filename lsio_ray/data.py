@@ -99,6 +99,8 @@ class ZarrBoxesDatasource(Datasource):
     ``starts(a, b)`` returns the ``(b - a, ndim)`` start corners of boxes ``a`` to ``b``
     of the plan (``count`` boxes in all); each box has shape ``crop_shape``.  Read tasks
     take contiguous index ranges of the plan.  ``node``: pin read tasks to this node id.
+    ``direct``: open the array with ``direct=`` (O_DIRECT reads; None: the workers'
+    setting).
     """
 
     def __init__(
@@ -115,8 +117,10 @@ class ZarrBoxesDatasource(Datasource):
         name: str = "ZarrCrops",
         decode_block: int = 0,
         per_cell: int = 0,
+        direct: bool | None = None,
     ) -> None:
         super().__init__()
+        self.direct = direct
         self.decode_block = int(decode_block)
         if self.decode_block < 0:
             raise ValueError(f"decode_block must not be negative, not {decode_block}")
@@ -204,6 +208,7 @@ class _ReadRange:
         self.rows = src.rows_per_block
         self.decode_block = src.decode_block
         self.per_cell = src.per_cell
+        self.direct = src.direct
 
     def __call__(self) -> Iterator[Any]:
         import lsio_ray.zarr as lz
@@ -211,7 +216,7 @@ class _ReadRange:
         from lsio_ray.zarr.loader import abandon
         from lsio_ray.zarr.sampler import ScatterTask
 
-        arr = lz.open(self.path)
+        arr = lz.open(self.path, direct=self.direct)
         if self.decode_block > 1 and arr.layout.codec.c_codec is not None and arr.ndim:
             yield from self._decode_aware(arr)
             return
@@ -372,6 +377,7 @@ def read_zarr_crops(
     decode_block: int = 0,
     per_cell: int = 0,
     cell: Iterable[int] | None = None,
+    direct: bool | None = None,
     **read_args: Any,
 ) -> ray.data.Dataset:
     """A dataset of ``count`` random crops of ``crop_shape`` from the array at ``path``.
@@ -398,6 +404,9 @@ def read_zarr_crops(
     trade-off: a cell's crops are neighbours, so a minibatch of ``B`` crops holds about
     ``B / per_cell`` independent places.  0 (default): independent crops.
 
+    ``direct``: read tasks read with O_DIRECT (``lsio_ray.zarr.open(..., direct=)``;
+    default: the workers' ``direct`` setting, env ``LSIO_DIRECT``).
+
     Other keyword arguments go to ``ray.data.read_datasource`` (``num_cpus``,
     ``concurrency``, ...)."""
     import lsio_ray.zarr as lz
@@ -420,6 +429,7 @@ def read_zarr_crops(
         name="ZarrCrops",
         decode_block=decode_block,
         per_cell=max(0, int(per_cell)),
+        direct=direct,
     )
     return _read(src, parallelism, read_args)
 
@@ -433,6 +443,7 @@ def read_zarr_windows(
     prefetch: int = 16,
     block_bytes: int = DEFAULT_BLOCK_BYTES,
     coordinator: Coordinator | None = None,
+    direct: bool | None = None,
     **read_args: Any,
 ) -> ray.data.Dataset:
     """A full scan: every whole window of ``window_shape`` at multiples of ``stride``
@@ -455,6 +466,7 @@ def read_zarr_windows(
         block_bytes=block_bytes,
         node=_node_of(arr.path, coordinator),
         name="ZarrWindows",
+        direct=direct,
     )
     return _read(src, parallelism, read_args)
 

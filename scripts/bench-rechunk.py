@@ -9,7 +9,8 @@ into chunks (16,256,256), zstd 3, unsharded v3, side by side in one run, interle
 * ``lsio_ray.rechunk`` on a local Ray cluster started by this process
   (``ray.init(address="local", num_cpus=2, include_dashboard=False)``); with
   ``lsio-actors`` (not in the default set) also ``io="actors"``, every block through
-  the IO actors' streams;
+  the IO actors' streams; with ``lsio-direct`` (not in the default set either)
+  ``direct=True``, the input files read with O_DIRECT;
 * ``ray tasks + zarr-python``: what a Ray user writes today -- one task (num_cpus=1) per
   output chunk-row (16 planes), reading the source and writing the destination with
   zarr-python;
@@ -211,11 +212,13 @@ def run_ray_zarr(task: Any, src: str, dst: str, nz: int) -> None:
     assert sum(ray.get(refs)) == nz
 
 
-def run_lsio(src: str, dst: str, io: str = "auto") -> None:
+def run_lsio(src: str, dst: str, io: str = "auto", direct: bool = False) -> None:
     import lsio_ray
 
     kw = {"block_bytes": BLOCK_BYTES} if BLOCK_BYTES else {}
-    lsio_ray.rechunk(src, dst, chunks=NEW_CHUNKS, codec="zstd:3", overwrite=True, io=io, **kw)
+    lsio_ray.rechunk(
+        src, dst, chunks=NEW_CHUNKS, codec="zstd:3", overwrite=True, io=io, direct=direct, **kw
+    )
 
 
 # -- checking -------------------------------------------------------------------------------
@@ -301,11 +304,13 @@ def main() -> int:
     here = {
         "lsio": lambda d: run_lsio(src, d),
         "lsio-actors": lambda d: run_lsio(src, d, io="actors"),
+        "lsio-direct": lambda d: run_lsio(src, d, direct=True),
         "ray+zarr-python": lambda d: run_ray_zarr(task, src, d, shape[0]),
     }
     label = {
         "lsio": "lsio_ray.rechunk (Ray, 2 CPUs)",
         "lsio-actors": "lsio_ray.rechunk io=actors (Ray, 2 CPUs)",
+        "lsio-direct": "lsio_ray.rechunk direct=True (Ray, 2 CPUs)",
         "ray+zarr-python": "Ray tasks + zarr-python (2 CPUs)",
         "tensorstore": "tensorstore, one process",
         "zarr-python": "zarr-python, one process",

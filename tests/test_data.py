@@ -83,10 +83,14 @@ def _rows(ds: Any) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     return rows
 
 
-@pytest.mark.parametrize("fmt", ["v3", "v2", "gzip"])
-def test_crops_equal_zarr_python(ray_local: None, arrays: Any, fmt: str) -> None:
+@pytest.mark.parametrize(
+    ("fmt", "direct"), [("v3", None), ("v2", None), ("gzip", None), ("v3", True)]
+)
+def test_crops_equal_zarr_python(
+    ray_local: None, arrays: Any, fmt: str, direct: bool | None
+) -> None:
     path, _ = arrays[fmt]
-    ds = ld.read_zarr_crops(path, CROP, 37, seed=3, parallelism=3, block_bytes=4096)
+    ds = ld.read_zarr_crops(path, CROP, 37, seed=3, parallelism=3, block_bytes=4096, direct=direct)
     rows = _rows(ds)
     assert sorted(rows) == list(range(37))
     ref = zarr.open(path, mode="r")
@@ -98,6 +102,32 @@ def test_crops_equal_zarr_python(ray_local: None, arrays: Any, fmt: str) -> None
     expected = list(lz.open(path).random_crops(CROP, 37, seed=3))
     for i, exp in enumerate(expected):
         np.testing.assert_array_equal(rows[i][1], exp)
+
+
+@pytest.mark.parametrize("direct", [None, True, False])
+def test_read_tasks_open_the_array_with_direct(
+    arrays: Any, monkeypatch: pytest.MonkeyPatch, direct: bool | None
+) -> None:
+    """A read task's body (run here, without Ray) opens the array with ``direct``, for
+    crops and for windows."""
+    path, _ = arrays["v3"]
+    seen: list[bool | None] = []
+    real = lz.open
+
+    def recording(p: Any, **kw: Any) -> Any:
+        seen.append(kw.get("direct"))
+        return real(p, **kw)
+
+    monkeypatch.setattr(lz, "open", recording)
+    monkeypatch.setattr(ld, "_read", lambda src, parallelism, args: src)  # no Ray Data
+    for src in (
+        ld.read_zarr_crops(path, CROP, 5, seed=1, direct=direct),
+        ld.read_zarr_windows(path, CROP, direct=direct),
+    ):
+        seen.clear()
+        task = src.get_read_tasks(1)[0]
+        blocks = list(task.read_fn())
+        assert blocks and seen == [direct]
 
 
 def test_many_small_blocks_are_kept_as_they_are(ray_local: None, arrays: Any) -> None:
@@ -152,9 +182,7 @@ def test_decode_aware_rows_are_the_same_rows(ray_local: None, arrays: Any, fmt: 
     assert lz.open(path).layout.codec.c_codec is not None  # the decode-aware path runs
     plain = _rows(ld.read_zarr_crops(path, CROP, 41, seed=5, parallelism=2, block_bytes=4096))
     aware = _rows(
-        ld.read_zarr_crops(
-            path, CROP, 41, seed=5, parallelism=2, block_bytes=4096, decode_block=9
-        )
+        ld.read_zarr_crops(path, CROP, 41, seed=5, parallelism=2, block_bytes=4096, decode_block=9)
     )
     assert plain.keys() == aware.keys() == set(range(41))
     for i in plain:

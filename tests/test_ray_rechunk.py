@@ -192,6 +192,46 @@ def test_resume_is_byte_identical(lc: LocalCluster, coord: Coordinator) -> None:
     np.testing.assert_array_equal(zarr.open_array(str(base / "part.zarr"))[...], data)
 
 
+@pytest.mark.parametrize("io", ["auto", "actors"])
+def test_direct_reads_write_the_same_bytes(
+    lc: LocalCluster, coord: Coordinator, io: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``direct=True`` reads every input file with O_DIRECT (in the tasks' own IO, and
+    through the IO actors) and writes exactly the bytes of a buffered run; a source on
+    a file system refusing O_DIRECT is read buffered."""
+    import lsio_ray.zarr.array as zarr_array
+    from lsio_ray.ray import rechunk as rechunk_mod
+
+    base = lc.shared / f"direct-{io}"
+    data = _data((37, 40, 9), "float32", seed=8)
+    src = _src(base / "src.zarr", data, chunks=(5, 16, 4), shards=(10, 32, 8), zarr_format=3)
+    kw = dict(chunks=(12, 8, 9), codec="zstd:1", coordinator=coord, block_bytes=20_000, io=io)
+    flags: list[bool] = []
+    real = rechunk_mod._block_ops
+
+    def recording(*args: Any) -> Any:
+        ops = real(*args)
+        flags.extend(op.direct for op in ops)
+        return ops
+
+    monkeypatch.setattr(rechunk_mod, "_block_ops", recording)
+    buffered = rechunk(src, base / "buffered.zarr", **kw)
+    assert flags and not any(flags)
+    flags.clear()
+    direct = rechunk(src, base / "direct.zarr", direct=True, **kw)
+    assert direct.blocks == buffered.blocks > 1
+    assert direct.bytes_read == buffered.bytes_read
+    assert flags and all(flags)  # planned by the driver (the tasks plan theirs alike)
+    assert _files(base / "direct.zarr") == _files(base / "buffered.zarr")
+    np.testing.assert_array_equal(zarr.open_array(str(base / "direct.zarr"))[...], data)
+    flags.clear()
+    monkeypatch.setattr(zarr_array, "supports_direct", lambda path: False)
+    refused = rechunk(src, base / "refused.zarr", direct=True, **kw)
+    assert flags and not any(flags)
+    assert refused.blocks == buffered.blocks
+    assert _files(base / "refused.zarr") == _files(base / "buffered.zarr")
+
+
 _KILLED_DRIVER = """
 import os, signal, sys, time
 import ray

@@ -71,6 +71,7 @@ from typing import Any
 
 import numpy as np
 
+from lsio_ray import config
 from lsio_ray.ops import Operation, OpGroup, get_ranges
 from lsio_ray.ray.batches import Batch
 from lsio_ray.ray.coordinator import Coordinator, _unwrap, is_system_error
@@ -708,15 +709,17 @@ def _encode_unit(dst: Any, unit: np.ndarray) -> np.ndarray | None:
     return np.concatenate(body) if body else np.zeros(0, np.uint8)
 
 
-def _block_ops(src: Any, grid: Sequence[int], block: Sequence[int], bid: int) -> list[Operation]:
+def _block_ops(
+    src: Any, grid: Sequence[int], block: Sequence[int], bid: int, direct: bool = False
+) -> list[Operation]:
     """The reads of block ``bid``: every input file it touches, whole, each carrying its
-    file-grid coordinates as metadata."""
+    file-grid coordinates as metadata (``direct``: with O_DIRECT)."""
     from lsio_ray.zarr.plan import select_chunks
 
     lo, hi = _block_box(bid, grid, block, src.shape)
     coords = select_chunks(lo, hi, tuple(int(x) for x in src.file_shape)).coords
     return [
-        get_ranges(src.file_path(c), metadata=coords[i : i + 1])
+        get_ranges(src.file_path(c), metadata=coords[i : i + 1], direct=direct)
         for i, c in enumerate(coords.tolist())
     ]
 
@@ -770,7 +773,7 @@ def _run_block(
         # pool, which got its buffers back at once); they go back to the service's
         # cache once the block is decoded, below.
         io = process_io(job["local_engine"], ahead_bytes=job["local_ahead"])
-        ops = _block_ops(src, grid, block, bid)
+        ops = _block_ops(src, grid, block, bid, job["direct"])
         spec = piece_of_ops(ops, list(range(len(ops))), list(range(len(ops))), bid)
         batches = tuple(io.run(spec, job["local_batch"]))
     reads: dict[str, int] = {}
@@ -992,6 +995,7 @@ def rechunk(
     fsync: bool = False,
     progress: bool | Callable[[int, int], None] = False,
     io: str = "auto",
+    direct: bool | None = None,
 ) -> RechunkResult:
     """Re-chunk (and/or convert) the Zarr array ``src`` into a new array ``dst``.
 
@@ -1008,17 +1012,27 @@ def rechunk(
     itself, on that node, and write its output there when the output is on that node
     (or shared) -- no hop through an IO actor and the object store; other blocks, and
     every block with ``"actors"``, read through the IO actors' ordered streams and write
-    through the output's IO actor.  Resumable: see the module docstring.
+    through the output's IO actor.  ``direct``: read the input files with O_DIRECT (each
+    is read once: no page-cache copy, and the page cache is left to the output; default:
+    the ``direct`` setting of :mod:`lsio_ray.config`, env ``LSIO_DIRECT``; off where the
+    driver sees the source on a file system refusing it).  Resumable: see the module
+    docstring.
     """
     import ray
 
     if io not in ("auto", "actors"):
         raise ValueError(f"io must be 'auto' or 'actors', not {io!r}")
     t0 = time.time()
+    if direct is None:
+        direct = bool(config.get("direct"))
     if not ray.is_initialized():
         ray.init(address=address, log_to_driver=False, configure_logging=False)
     coord = coordinator or Coordinator(roots=roots, batch_bytes=batch_bytes)
     src_root = os.path.abspath(os.fspath(src))
+    if direct and os.path.isdir(src_root):
+        from lsio_ray.zarr.array import supports_direct
+
+        direct = supports_direct(src_root)
     dst_root = os.path.abspath(os.fspath(dst))
     if src_root == dst_root or dst_root.startswith(src_root + os.sep):
         raise ValueError(f"the destination {dst_root} must not be inside the source")
@@ -1159,6 +1173,7 @@ def rechunk(
             "block": list(block),
             "owner": owner,
             "fsync": fsync,
+            "direct": direct,
             # in-task IO (io="auto"): the worker's own engine, its pool big enough for the
             # largest input file (read whole), and batches of a block's size
             "local_engine": _local_engine(coord, src_l),
@@ -1174,7 +1189,7 @@ def rechunk(
         def place(bid: int) -> tuple[OpGroup, str | None, bool]:
             """The block's reads, the node its task must run on (None: any), and whether
             the task does its own IO (its inputs all on one node, or shared)."""
-            group = OpGroup(_block_ops(src_l, grid, block, bid), metadata=bid)
+            group = OpGroup(_block_ops(src_l, grid, block, bid, direct), metadata=bid)
             if io == "actors":
                 return group, None, False
             holders = {coord.node_of(op.path) for op in group.operations}

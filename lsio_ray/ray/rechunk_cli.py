@@ -54,6 +54,7 @@ def cmd_rechunk(args: argparse.Namespace) -> int:
             batch_bytes=args.batch_bytes,
             progress=show,
             io=args.io,
+            direct=args.direct or None,
         )
     except (RechunkError, FileExistsError, FileNotFoundError) as exc:
         print(f"lsio-ray rechunk: error: {exc}", file=sys.stderr)
@@ -134,6 +135,11 @@ def add_rechunk_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="auto: a block's task reads (and writes) its own node's files itself when its "
         "inputs are on one node or shared; actors: every block through the IO actors' "
         "streams (auto)",
+    )
+    p.add_argument(
+        "--direct",
+        action="store_true",
+        help="read the input files with O_DIRECT (default: env LSIO_DIRECT)",
     )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
