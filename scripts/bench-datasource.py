@@ -13,13 +13,14 @@ across readers), ``$LSIO_DS_BENCH_REPS`` (3) interleaved repetitions, each reade
   also with ``parallelism=2``, and with ``decode_block=512`` (the decode-aware sampler:
   each read task decodes each chunk its crops touch once); and with ``per_cell=16`` (the
   clustered sampler: other crops, each still uniform, 16 from each cell, checked equal
-  to ``Array.clustered_crops`` in the driver, which is also timed);
+  to ``Array.clustered_crops`` in the driver, which is also timed); and with
+  ``direct=True`` (O_DIRECT reads);
 * ``ray.data.range + zarr-python``: ``ray.data.range(count).map_batches(fn)``, ``fn``
   opening the array with zarr-python and reading its crops (batch_size 16);
 * ``ray.data.range + tensorstore``: the same with tensorstore (all reads of a batch issued,
   then awaited);
 * ``lsio local engine``: ``lsio_ray.zarr.open(path).random_crops(...)`` in the driver
-  (no Ray: Ray Data's overhead is the difference);
+  (no Ray: Ray Data's overhead is the difference), also with ``direct=True``;
 * ``tensorstore, one process``: the crops read in the driver, 16 in flight;
 * ``decode limit``: every chunk the crops touch (as often as they touch it) decoded by
   numcodecs on 2 threads from bytes already in memory, nothing else.
@@ -73,7 +74,11 @@ def _sums(crops: np.ndarray) -> list[float]:
 
 
 def run_lsio_data(
-    path: str, parallelism: int | None = None, decode_block: int = 0, per_cell: int = 0
+    path: str,
+    parallelism: int | None = None,
+    decode_block: int = 0,
+    per_cell: int = 0,
+    direct: bool = False,
 ) -> dict[int, float]:
     import lsio_ray.data
 
@@ -85,6 +90,7 @@ def run_lsio_data(
         parallelism=parallelism,
         decode_block=decode_block,
         per_cell=per_cell,
+        direct=direct,
     )
     out: dict[int, float] = {}
     for b in ds.iter_batches(batch_size=BATCH, batch_format="numpy"):
@@ -132,10 +138,10 @@ def run_ray_range(fn: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[int, f
     return out
 
 
-def run_local(path: str) -> dict[int, float]:
+def run_local(path: str, direct: bool = False) -> dict[int, float]:
     import lsio_ray.zarr as lz
 
-    arr = lz.open(path)
+    arr = lz.open(path, direct=direct)
     return {
         i: float(c.sum(dtype=np.float64))
         for i, c in enumerate(arr.random_crops(CROP, COUNT, seed=SEED, prefetch=16))
@@ -179,6 +185,7 @@ def crops_part(path: str) -> str:
     readers: dict[str, Callable[[], Any]] = {
         "lsio read_zarr_crops (Ray Data)": lambda: run_lsio_data(path),
         "lsio read_zarr_crops, parallelism=2": lambda: run_lsio_data(path, 2),
+        "lsio read_zarr_crops, direct=True": lambda: run_lsio_data(path, direct=True),
         "lsio read_zarr_crops, decode_block=512": lambda: run_lsio_data(path, None, 512),
         "lsio read_zarr_crops, per_cell=16 (clustered)": lambda: run_lsio_data(
             path, None, 0, 16
@@ -189,6 +196,7 @@ def crops_part(path: str) -> str:
         "ray.data.range + zarr-python": lambda: run_ray_range(_zarr_fn(path, starts)),
         "ray.data.range + tensorstore": lambda: run_ray_range(_ts_fn(path, starts)),
         "lsio local engine (no Ray)": lambda: run_local(path),
+        "lsio local engine, direct=True (no Ray)": lambda: run_local(path, direct=True),
         "tensorstore, one process": lambda: run_ts_local(path, starts),
         "decode limit (2 threads)": limit.run,
     }
