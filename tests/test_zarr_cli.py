@@ -63,6 +63,10 @@ def test_bench_crops_json(array: str, backend: str, capsys: pytest.CaptureFixtur
     for key in ("crops_per_s", "mib_per_s", "wall_s", "cpu_user_s", "cpu_sys_s"):
         assert isinstance(res[key], float) and res[key] >= 0, key
     assert res["count"] == 30 and res["backend"] == backend and res["chunks_decoded"] > 30
+    assert res["direct"] is False
+    assert main([*argv, "--direct"]) == 0
+    direct = json.loads(capsys.readouterr().out)
+    assert direct["direct"] is True and direct["chunks_decoded"] == res["chunks_decoded"]
 
 
 def test_bench_crops_text(array: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -86,3 +90,5 @@ def test_bench_crops_clustered(array: str, capsys: pytest.CaptureFixture[str]) -
     small = ["bench", "crops", array, "--shape", "2,8,8", "--count", "5", "--per-cell", "2"]
     assert main(small) == 0
     assert "2 per cell" in capsys.readouterr().out
+    assert main([*small, "--direct"]) == 0
+    assert "2 per cell, O_DIRECT)" in capsys.readouterr().out

@@ -76,11 +76,13 @@ def bench_crops(
     threads: int | None = None,
     warmup: int = 0,
     per_cell: int = 0,
+    direct: bool | None = None,
 ) -> dict[str, Any]:
     """Read ``count`` random crops of ``shape`` and measure: crops/s, MiB/s of crops
     delivered, MiB/s of chunks decoded, wall and CPU seconds.  ``per_cell``: the
     clustered sampler (``Array.clustered_crops``: crops drawn ``per_cell`` at a time from
-    one cell, its chunks decoded once); 0, independent crops (``Array.random_crops``)."""
+    one cell, its chunks decoded once); 0, independent crops (``Array.random_crops``).
+    ``direct``: O_DIRECT reads (``lsio_ray.zarr.open(..., direct=)``)."""
     import numpy as np
 
     from lsio_ray.zarr.array import open_array
@@ -90,7 +92,7 @@ def bench_crops(
 
     loader = Loader(backend=backend, threads=threads)
     try:
-        arr = open_array(path, loader=loader)
+        arr = open_array(path, loader=loader, direct=direct)
 
         def crops(n: int, s: int) -> Any:
             if per_cell:
@@ -129,6 +131,7 @@ def bench_crops(
         "prefetch": prefetch,
         "sampler": "clustered" if per_cell else "random",
         "per_cell": per_cell,
+        "direct": arr.direct,
         "backend": loader.backend,
         "threads": loader.threads,
         "wall_s": wall,
@@ -155,6 +158,7 @@ def cmd_bench_crops(args: argparse.Namespace) -> int:
         threads=args.threads,
         warmup=args.warmup,
         per_cell=args.per_cell,
+        direct=args.direct or None,
     )
     if args.json:
         print(json.dumps(res, indent=1))
@@ -163,6 +167,7 @@ def cmd_bench_crops(args: argparse.Namespace) -> int:
         f"{res['count']} crops of {tuple(res['shape'])} from {res['path']} "
         f"({res['backend']}, {res['threads']} decode threads, prefetch {res['prefetch']}"
         + (f", {res['per_cell']} per cell" if res["per_cell"] else "")
+        + (", O_DIRECT" if res["direct"] else "")
         + ")"
     )
     print(
@@ -208,6 +213,11 @@ def add_bench_crops_parser(bench_subparsers: Any) -> argparse.ArgumentParser:
         default=0,
         help="clustered crops: N at a time from one cell, each still uniform, the cell's "
         "chunks decoded once (default: independent crops)",
+    )
+    p.add_argument(
+        "--direct",
+        action="store_true",
+        help="read with O_DIRECT (default: env LSIO_DIRECT)",
     )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_bench_crops)
