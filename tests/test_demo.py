@@ -22,6 +22,7 @@ def test_demo_quick(tmp_path):
         "== zarr",
         "equal to zarr-python",
         "clustered crops (16 per cell",
+        "the same crops with direct=True",
         "== ray",
         "equals the source, element for element",
         "demo done",
