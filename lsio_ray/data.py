@@ -405,7 +405,9 @@ def read_zarr_crops(
     ``B / per_cell`` independent places.  0 (default): independent crops.
 
     ``direct``: read tasks read with O_DIRECT (``lsio_ray.zarr.open(..., direct=)``;
-    default: the workers' ``direct`` setting, env ``LSIO_DIRECT``).
+    default: the workers' ``direct`` setting, env ``LSIO_DIRECT``).  Each worker process
+    that runs such a task then holds the process-wide direct loader, whose pool
+    (``pool_bytes``, 256 MiB) is registered with io_uring and so resident.
 
     Other keyword arguments go to ``ray.data.read_datasource`` (``num_cpus``,
     ``concurrency``, ...)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,7 +23,7 @@ from lsio_ray._lsio import lib
 import lsio_ray.zarr as lz
 import lsio_ray.zarr.read as read_mod
 from lsio_ray import config
-from lsio_ray.zarr.loader import Loader
+from lsio_ray.zarr.loader import Loader, default_loader
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -32,6 +33,23 @@ def loader(request: pytest.FixtureRequest) -> Iterator[Loader]:
     assert ld.backend == request.param
     yield ld
     ld.close()
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def direct_loader(request: pytest.FixtureRequest) -> Iterator[Loader]:
+    """A loader per backend whose engine registers its pool, as the process-wide one for
+    ``direct=True`` arrays does."""
+    ld = Loader(backend=request.param, register_buffers=True)
+    if request.param == "uring" and may_register(ld.engine.pool_bytes):
+        assert "registered_buffers" in ld.engine.features
+    yield ld
+    ld.close()
+
+
+def may_register(nbytes: int) -> bool:
+    """Whether this process may pin ``nbytes`` for io_uring (root, or RLIMIT_MEMLOCK)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    return os.geteuid() == 0 or soft == resource.RLIM_INFINITY or soft >= nbytes
 
 
 @pytest.fixture(scope="module")
@@ -86,10 +104,11 @@ def test_layouts(spec: Spec, root: str, loader: Loader) -> None:
 
 @pytest.mark.parametrize("spec", LAYOUTS, ids=[s.name for s in LAYOUTS])
 def test_layouts_direct(
-    spec: Spec, root: str, loader: Loader, monkeypatch: pytest.MonkeyPatch
+    spec: Spec, root: str, direct_loader: Loader, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The same reads with O_DIRECT: whole chunk files, shard indexes at either end and
-    inner chunks at unaligned offsets (the engine reads an aligned superset)."""
+    inner chunks at unaligned offsets (the engine reads an aligned superset), into
+    registered buffers (fixed-buffer reads) on io_uring."""
     flags: list[int] = []
     real = read_mod.file_plan
 
@@ -98,8 +117,25 @@ def test_layouts_direct(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(read_mod, "file_plan", recording)
-    check_array(fixture_array(root, spec), loader, direct=True)
+    check_array(fixture_array(root, spec), direct_loader, direct=True)
     assert flags and all(f == lib.LSIO_F_DIRECT for f in flags), flags
+
+
+def test_direct_arrays_share_a_loader_with_registered_buffers(root: str) -> None:
+    """Arrays opened with direct=True and no loader share the process-wide direct
+    loader, whose engine registered its pool (where this process may pin it); buffered
+    arrays keep the other one."""
+    path = fixture_array(root, LAYOUTS[0])
+    a = lz.open(path, direct=True)
+    b = lz.open(path, direct=True)
+    c = lz.open(path)
+    assert a.loader is b.loader is default_loader(direct=True)
+    assert c.loader is default_loader() is not a.loader
+    eng = a.loader.engine
+    if eng.backend == "uring" and may_register(eng.pool_bytes):
+        assert "registered_buffers" in eng.features
+    assert "registered_buffers" not in c.loader.engine.features
+    check_equal(a[...], zarr.open_array(path, mode="r")[...], "default direct loader")
 
 
 def test_direct_setting_and_fallback(

@@ -60,7 +60,7 @@ class Array:
     def loader(self) -> Loader:
         """The loader (engine, IO thread, decode pool) this array reads through."""
         if self._loader is None or self._loader.closed:
-            self._loader = default_loader()
+            self._loader = default_loader(self.direct)
         return self._loader
 
     @property
@@ -398,7 +398,9 @@ def open_array(
     """Open the Zarr array at ``path`` (a directory holding ``zarr.json`` or ``.zarray``).
 
     ``loader`` shares an engine and decode pool between arrays (default: the
-    process-wide one); ``backend="uring"`` or ``"pread"`` gives this array a loader of
+    process-wide one -- for ``direct=True`` arrays the process-wide direct one, whose
+    engine registers its buffers: :func:`~lsio_ray.zarr.loader.default_loader`);
+    ``backend="uring"`` or ``"pread"`` gives this array a loader of
     its own with that engine backend.  Other options: ``index_cache_bytes``,
     ``coalesce_gap`` (bytes between inner chunks read as one range; -1 never merges),
     ``max_coalesce``, ``direct``.
