@@ -1013,12 +1013,12 @@ def rechunk(
     (or shared) -- no hop through an IO actor and the object store; other blocks, and
     every block with ``"actors"``, read through the IO actors' ordered streams and write
     through the output's IO actor.  ``direct``: read the input files with O_DIRECT (each
-    is read once: no page-cache copy, and the page cache is left to the output; for
-    inputs read cold or larger than memory -- measured 3-9% faster cold, 0-4% slower
-    from a warm cache, as a task waits for the device before decoding its block;
-    default: the ``direct`` setting of
-    :mod:`lsio_ray.config`, env ``LSIO_DIRECT``; off where the driver sees the source
-    on a file system refusing it).  Resumable: see the module docstring.
+    is read once: no page-cache copy, and the page cache is left to the output).  It is
+    for inputs read cold or larger than memory: measured 3-9% faster cold, 0-4% slower
+    from a warm cache, as a task waits for the device before decoding its block.
+    Default: the ``direct`` setting of :mod:`lsio_ray.config` (env ``LSIO_DIRECT``); off
+    where the driver sees the source on a file system refusing it.  Resumable: see the
+    module docstring.
     """
     import ray
 

@@ -408,11 +408,12 @@ def open_array(
     ``direct=True`` (default: the ``direct`` setting of :mod:`lsio_ray.config`, env
     ``LSIO_DIRECT``) reads chunks and shards with ``O_DIRECT``: the device writes
     straight into the engine's buffers, with no page-cache copy and no page cache
-    filled (BENCHMARKS.md: 10-17% faster cold here, and less CPU even against a warm
-    cache).  Data read again is read from the device again, so leave it off for data
-    that fits in memory and is read many times from a slow disk.  Where the file system
-    refuses ``O_DIRECT`` (tmpfs) the array reads through the page cache
-    (``Array.direct`` says which)."""
+    filled (BENCHMARKS.md, issue 3: up to ~20% faster here, most of all cold, and less
+    CPU even against a warm cache).  Data read again is read from the device again, so
+    leave it off for data that fits in memory and is read many times from a slow disk.
+    Where the file system refuses ``O_DIRECT`` (tmpfs before Linux 6.6, some network
+    file systems) the array reads through the page cache (``Array.direct`` says
+    which)."""
     layout = load_layout(path)
     own = loader is None and backend is not None
     if own:
