@@ -344,6 +344,13 @@ class RawEngine:
         lib.lsio_engine_stats(self._p(), st)
         return {name: int(getattr(st, name)) for name, _ in ffi.typeof("lsio_stats").fields}
 
+    def pool_in_use(self) -> int:
+        """Pool bytes held now (``stats()["pool_in_use"]`` without building the dict:
+        cheap enough to ask once per chunk)."""
+        st = ffi.new("lsio_stats *")
+        lib.lsio_engine_stats(self._p(), st)
+        return int(st.pool_in_use)
+
 
 def view(ptr: int, length: int) -> np.ndarray:
     """A uint8 numpy view of ``length`` bytes at address ``ptr`` (no copy, no ownership)."""

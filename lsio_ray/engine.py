@@ -404,7 +404,7 @@ class GroupResult:
                 self._s.engine._forget(self._s)
                 return out
             chunk = self._s.make_chunk(row)
-            if chunk._cdata is not None and raw.stats()["pool_in_use"] > half:
+            if chunk._cdata is not None and raw.pool_in_use() > half:
                 chunk = chunk.detached()
             out.append(chunk)
 

@@ -45,7 +45,6 @@ class Array:
         self.direct = bool(direct) and supports_direct(layout.path)
         """Whether chunks and shards are read with O_DIRECT (asked for, and the file
         system allows it)."""
-        self._read_flags = lib.LSIO_F_DIRECT if self.direct else 0
         self._loader = loader
         self._own_loader = False
         self.index_cache = ShardIndexCache(index_cache_bytes)
@@ -56,6 +55,11 @@ class Array:
         self.max_coalesce = max_coalesce
 
     # -- metadata ------------------------------------------------------------------------
+    @property
+    def _read_flags(self) -> int:
+        """The engine's file flags for this array's reads."""
+        return lib.LSIO_F_DIRECT if self.direct else 0
+
     @property
     def loader(self) -> Loader:
         """The loader (engine, IO thread, decode pool) this array reads through."""
@@ -375,16 +379,17 @@ class Array:
 def supports_direct(path: str | os.PathLike[str]) -> bool:
     """Whether the file system holding the directory ``path`` opens files ``O_DIRECT``
     (tried on the array's metadata file)."""
+    if not hasattr(os, "O_DIRECT"):
+        return False
     for name in ("zarr.json", ".zarray"):
-        meta = os.path.join(path, name)
         try:
-            fd = os.open(meta, os.O_RDONLY | getattr(os, "O_DIRECT", 0))
+            fd = os.open(os.path.join(path, name), os.O_RDONLY | os.O_DIRECT)
         except FileNotFoundError:
             continue
         except OSError:
             return False
         os.close(fd)
-        return hasattr(os, "O_DIRECT")
+        return True
     return False
 
 

@@ -457,8 +457,9 @@ def default_loader(direct: bool = False) -> Loader:
     ``direct=True``: the one arrays opened with ``direct=True`` share.  Its engine
     registers its pool with io_uring (``register_buffers``), so an O_DIRECT read into it
     is a fixed-buffer read: the kernel does not look up and pin the buffer's pages for
-    every read (``gup_fast_fallback`` in ``perf``).  Measured here on random crops with
-    O_DIRECT: 6-10% more crops/s (BENCHMARKS.md, issue 3).  The cost, once per process:
+    every read (``gup_fast_fallback`` in ``perf``).  Measured here on random crops (A/B, 600
+    crops): 9-12% more crops/s than buffered reads, 5-11% more than unregistered O_DIRECT
+    reads (BENCHMARKS.md, issue 3).  The cost, once per process:
     the pool (``pool_bytes``, 256 MiB) is made resident and pinned when the engine
     starts, 0.1-0.7 s here.  Where registering is not allowed (``RLIMIT_MEMLOCK``) the
     engine reads without it."""

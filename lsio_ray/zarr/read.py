@@ -134,15 +134,15 @@ class ReadTask(Task):
     def _plan_chunks(self) -> None:
         n = len(self.sel)
         blob, width = self.layout.paths_blob(self.sel.coords)
-        self.plan = file_plan(
-            self.group,
-            blob,
-            width,
-            np.ones(n, np.int64),
-            np.zeros(n, np.int64),
-            np.full(n, -1, np.int64),
-            flags=self.array._read_flags,
+        self.plan = self._file_plan(
+            blob, width, np.ones(n, np.int64), np.zeros(n, np.int64), np.full(n, -1, np.int64)
         )
+
+    def _file_plan(self, blob: bytes, width: int, *args: Any) -> FilePlan:
+        """:func:`~lsio_ray.zarr.batches.file_plan` for this task's group, with the
+        array's read flags (O_DIRECT for ``direct=True`` arrays): every read a task plans
+        goes through here."""
+        return file_plan(self.group, blob, width, *args, flags=self.array._read_flags)
 
     def _plan_index(self) -> None:
         lay = self.layout
@@ -172,15 +172,8 @@ class ReadTask(Task):
         blob, width = lay.paths_blob(coords_s)
         n = len(missing)
         off = np.full(n, -idx.nbytes if idx.location == "end" else 0, np.int64)
-        self.plan = file_plan(
-            self.group,
-            blob,
-            width,
-            np.ones(n, np.int64),
-            off,
-            np.full(n, idx.nbytes, np.int64),
-            INDEX_TAG,
-            flags=self.array._read_flags,
+        self.plan = self._file_plan(
+            blob, width, np.ones(n, np.int64), off, np.full(n, idx.nbytes, np.int64), INDEX_TAG
         )
 
     def _shard_coords(self, keys: np.ndarray) -> np.ndarray:
@@ -235,10 +228,7 @@ class ReadTask(Task):
         file_nr = np.diff(np.r_[file_first, nr])
         self.file_shard = range_shard[file_first]
         blob, width = self.layout.paths_blob(self._shard_coords(self.shard_keys[self.file_shard]))
-        self.plan = file_plan(
-            self.group, blob, width, file_nr, r_start, r_end - r_start,
-            flags=self.array._read_flags,
-        )
+        self.plan = self._file_plan(blob, width, file_nr, r_start, r_end - r_start)
 
     # -- IO-thread interface -------------------------------------------------------------
     def has_batches(self) -> bool:

@@ -73,15 +73,11 @@ def _pairs(
 ) -> Iterator[tuple[Region, np.ndarray]]:
     if int(prefetch) < 1:
         raise ValueError(f"prefetch must be at least 1, not {prefetch}")
-    window: deque[tuple[Region, ReadTask]] = deque()
+    window: deque[tuple[Region, ReadTask, int]] = deque()  # (region, read, output bytes)
     free: dict[tuple[int, ...], list[np.ndarray]] = {}
     lent: np.ndarray | None = None  # the buffer the consumer holds (reuse=True)
-    itemsize = array.dtype.itemsize
     held = 0  # output bytes of the reads in the window
     waiting: list[Region] = []  # the next region, taken but not started (over budget)
-
-    def nbytes(reg: Region) -> int:
-        return int(np.prod(reg.box_shape, dtype=np.int64)) * itemsize
 
     def fill() -> None:
         """Start regions until ``prefetch`` are in flight or the next is over budget."""
@@ -90,15 +86,16 @@ def _pairs(
             reg = waiting.pop() if waiting else next(regions, None)
             if reg is None:
                 return
-            if len(window) >= 2 and held + nbytes(reg) > WINDOW_BYTES:
+            nb = int(np.prod(reg.box_shape, dtype=np.int64)) * array.dtype.itemsize
+            if len(window) >= 2 and held + nb > WINDOW_BYTES:
                 waiting.append(reg)  # started once the window has room
                 return
-            held += nbytes(reg)
+            held += nb
             out = None
             if reuse:
                 spare = free.get(reg.box_shape)
                 out = spare.pop() if spare else np.empty(reg.box_shape, dtype=array.dtype)
-            window.append((reg, array.start_read(reg.lo, reg.hi, out)))
+            window.append((reg, array.start_read(reg.lo, reg.hi, out), nb))
 
     prefetch = int(prefetch)
     try:
@@ -107,8 +104,8 @@ def _pairs(
             if lent is not None:  # the consumer asked for the next one: take it back
                 free.setdefault(lent.shape, []).append(lent)
                 lent = None
-            reg, task = window.popleft()
-            held -= nbytes(reg)
+            reg, task, nb = window.popleft()
+            held -= nb
             task.wait()
             fill()
             if reuse:
@@ -118,7 +115,7 @@ def _pairs(
         # cancel what is still in flight, then wait for its decode work to stop, so that
         # when the stream ends (an error, or the consumer closing it) no pool buffer is
         # still held and no thread writes into memory the caller may reuse
-        abandon(task for _, task in window)
+        abandon(task for _, task, _ in window)
 
 
 def ordered(
