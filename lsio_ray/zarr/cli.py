@@ -85,12 +85,17 @@ def bench_crops(
     ``direct``: O_DIRECT reads (``lsio_ray.zarr.open(..., direct=)``)."""
     import numpy as np
 
+    from lsio_ray import config
     from lsio_ray.zarr.array import open_array
     from lsio_ray.zarr.loader import Loader
     from lsio_ray.zarr.plan import select_chunks
     from lsio_ray.zarr.stream import random_box_starts
 
-    loader = Loader(backend=backend, threads=threads)
+    if direct is None:
+        direct = bool(config.get("direct"))
+    # a loader of the bench's own, registered for direct reads as the process-wide direct
+    # one is (lsio_ray.zarr.loader.default_loader)
+    loader = Loader(backend=backend, threads=threads, register_buffers=True if direct else None)
     try:
         arr = open_array(path, loader=loader, direct=direct)
 
