@@ -40,7 +40,9 @@ output is checked against the source on 8 sampled boxes.
 
 Results: printed and written to ``$LSIO_RECHUNK_BENCH_OUT``
 (/tmp/lsio-rechunk-bench/results.md).  ``LSIO_RECHUNK_BENCH_METHODS`` picks methods;
-``LSIO_RECHUNK_BENCH_BLOCK_BYTES`` sets lsio's ``block_bytes`` (default: rechunk's).
+``LSIO_RECHUNK_BENCH_BLOCK_BYTES`` sets lsio's ``block_bytes`` (default: rechunk's);
+``LSIO_RECHUNK_BENCH_COLD=1`` drops the page cache before every timed run (root only),
+so each reads its source from the disk.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ import bench_common as bc
 
 WORK = os.environ.get("LSIO_RECHUNK_BENCH_DIR", "/tmp/lsio-rechunk-bench")
 REPS = int(os.environ.get("LSIO_RECHUNK_BENCH_REPS", "3"))
+COLD = os.environ.get("LSIO_RECHUNK_BENCH_COLD", "0") == "1"
 OUT = os.environ.get("LSIO_RECHUNK_BENCH_OUT", os.path.join(WORK, "results.md"))
 NEW_CHUNKS = (16, 256, 256)
 BLOCK_BYTES = int(os.environ.get("LSIO_RECHUNK_BENCH_BLOCK_BYTES", "0"))  # 0: the default
@@ -334,6 +337,8 @@ def main() -> int:
             dst = os.path.join(WORK, f"{m}.zarr")
             shutil.rmtree(dst, ignore_errors=True)
             os.sync()
+            if COLD and not sample and not bc.drop_caches():
+                raise SystemExit("LSIO_RECHUNK_BENCH_COLD=1 needs to drop the page cache: root")
             if m in SUBPROCESS:
                 r = measure_child(m, src, dst, sample)
             elif sample:
@@ -383,8 +388,9 @@ def main() -> int:
         )
     head = (
         f"Re-chunk {shape} float32 ({mib:,.0f} MiB decoded), chunks (1,256,256) zstd-3 -> "
-        f"{NEW_CHUNKS} zstd-3, {os.cpu_count()} cores, {REPS} interleaved reps, warm page "
-        f"cache, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+        f"{NEW_CHUNKS} zstd-3, {os.cpu_count()} cores, {REPS} interleaved reps, "
+        f"{'cold' if COLD else 'warm'} page cache, "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
     )
     table = bc.md_table(
         [
