@@ -31,6 +31,12 @@
  *    buffer, made on first use and freed by a pthread key destructor when the thread
  *    exits (lsio_decode_thread_free frees them earlier).  Nothing is shared between
  *    threads except the engine's pool (whose release is thread-safe) and the counters.
+ *  - No job reads or writes outside the memory it was given: before anything is copied,
+ *    the job's box (shape, src_off and the chunk strides) must lie inside the decoded
+ *    chunk's spec->nbytes, and its destination box (dst and the destination strides, or
+ *    nbytes from dst for a direct job) inside [jobs[i].dst_lo, dst_lo + dst_len);
+ *    else the job fails with LSIO_DEC_E_BOUNDS.  The extents are computed with
+ *    overflow checks, so a crafted shape or stride cannot wrap around them.
  *  - Nothing is written outside a job's box: a chunk whose decoded size differs from
  *    spec->nbytes fails (LSIO_DEC_E_SIZE) -- zstd is given exactly nbytes of room, so a
  *    frame that is too big fails inside zstd and one that is too small is detected from
@@ -191,6 +197,64 @@ static void copy_box(char *dst, const int64_t *ds, const char *src, const int64_
         copy_box(dst + i * ds[0], ds + 1, src + i * ss[0], ss + 1, shape + 1, ndim - 1, isz);
 }
 
+/* 1 if every element of the box -- `shape` elements of `isz` bytes with byte strides
+ * `strides`, the first at byte offset `off` -- lies in [0, limit).  An empty box (a zero
+ * in its shape) fits anywhere; a negative extent never does.  Overflow-checked. */
+static int box_fits(int64_t off, const int64_t *strides, const int64_t *shape, int ndim,
+                    uint64_t isz, uint64_t limit)
+{
+    int64_t lo = off, hi = off;
+    for (int d = 0; d < ndim; d++) {
+        if (shape[d] < 0)
+            return 0;
+        if (shape[d] == 0)
+            return 1;
+    }
+    for (int d = 0; d < ndim; d++) {
+        int64_t reach;
+        if (__builtin_mul_overflow(shape[d] - 1, strides[d], &reach))
+            return 0;
+        if (reach < 0 ? __builtin_add_overflow(lo, reach, &lo)
+                      : __builtin_add_overflow(hi, reach, &hi))
+            return 0;
+    }
+    return lo >= 0 && isz <= limit && (uint64_t)hi <= limit - isz;
+}
+
+/* LSIO_DEC_OK if job j stays inside the decoded chunk and the destination, else
+ * LSIO_DEC_E_BOUNDS with j->detail saying which side (1 source, 2 destination, 3 shape). */
+static int32_t check_job(const lsio_decode_spec *spec, lsio_decode_job *j)
+{
+    if (j->dst < j->dst_lo || j->dst - j->dst_lo > (uint64_t)INT64_MAX) {
+        j->detail = 2;
+        return LSIO_DEC_E_BOUNDS;
+    }
+    int64_t dst_off = (int64_t)(j->dst - j->dst_lo);
+    if (j->direct) { /* the whole chunk, nbytes from dst */
+        if (spec->nbytes > j->dst_len || (uint64_t)dst_off > j->dst_len - spec->nbytes) {
+            j->detail = 2;
+            return LSIO_DEC_E_BOUNDS;
+        }
+        return LSIO_DEC_OK;
+    }
+    for (int d = 0; d < spec->ndim; d++)
+        if (j->shape[d] < 0) {
+            j->detail = 3;
+            return LSIO_DEC_E_BOUNDS;
+        }
+    if (!box_fits(j->src_off, spec->chunk_strides, j->shape, spec->ndim, spec->itemsize,
+                  spec->nbytes)) {
+        j->detail = 1;
+        return LSIO_DEC_E_BOUNDS;
+    }
+    if (!box_fits(dst_off, spec->dst_strides, j->shape, spec->ndim, spec->itemsize,
+                  j->dst_len)) {
+        j->detail = 2;
+        return LSIO_DEC_E_BOUNDS;
+    }
+    return LSIO_DEC_OK;
+}
+
 static void end_job(lsio_engine *e, lsio_decode_job *j)
 {
     if (!j->buf_id)
@@ -229,8 +293,10 @@ int64_t lsio_decode_batch(lsio_engine *e, const lsio_decode_spec *spec, lsio_dec
             continue;
         }
         const void *src = (const void *)(uintptr_t)j->src;
-        int32_t st;
-        if (j->direct) {
+        int32_t st = check_job(spec, j);
+        if (st != LSIO_DEC_OK) {
+            /* nothing copied */
+        } else if (j->direct) {
             st = decode_into(t, spec->codec, src, j->src_len, (void *)(uintptr_t)j->dst,
                              spec->nbytes, &j->detail);
         } else {
@@ -291,6 +357,10 @@ const char *lsio_decode_strerror(int32_t codec, int32_t status, int64_t detail)
         return "invalid decode arguments";
     case LSIO_DEC_E_SKIPPED:
         return "skipped after an earlier error in the batch";
+    case LSIO_DEC_E_BOUNDS:
+        return detail == 1   ? "the box reaches outside the decoded chunk"
+               : detail == 2 ? "the box reaches outside the destination array"
+                             : "the box has a negative extent";
     case LSIO_DEC_E_CODEC:
         if (codec == LSIO_CODEC_ZSTD)
             return ZSTD_getErrorString((ZSTD_ErrorCode)detail);

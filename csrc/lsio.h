@@ -185,6 +185,9 @@ const char *lsio_strerror(int err);
 #define LSIO_DEC_E_NOMEM -3   /* no memory for a context or scratch buffer */
 #define LSIO_DEC_E_ARG -4     /* invalid spec (ndim, itemsize, codec) */
 #define LSIO_DEC_E_SKIPPED -5 /* not decoded: an earlier job of the batch failed */
+#define LSIO_DEC_E_BOUNDS -6  /* the job's box reaches outside the decoded chunk
+                                 (spec.nbytes) or its destination (job.dst_lo/dst_len);
+                                 detail: 1 source side, 2 destination side, 3 bad shape */
 
 typedef struct lsio_decode_spec {
     int32_t codec;              /* LSIO_CODEC_* */
@@ -199,6 +202,8 @@ typedef struct lsio_decode_job {
     uint64_t src;         /* address of the stored bytes (in a pool buffer) */
     uint64_t src_len;
     uint64_t dst;         /* address of the box's first element in the destination */
+    uint64_t dst_lo;      /* the destination array's lowest byte address and its extent */
+    uint64_t dst_len;     /* in bytes: the box must lie in [dst_lo, dst_lo + dst_len) */
     int64_t src_off;      /* byte offset of the box's first element in the decoded chunk */
     int64_t shape[8];     /* the box's shape (ndim entries used) */
     uint64_t buf_id;      /* pool buffer to release when done (0: none) */
@@ -210,7 +215,9 @@ typedef struct lsio_decode_job {
 } lsio_decode_job;
 
 /* Decode jobs[0..n) in order; returns how many failed (after the first failure the rest
- * are skipped, LSIO_DEC_E_SKIPPED, but their buffers are still released).  e may be NULL
+ * are skipped, LSIO_DEC_E_SKIPPED, but their buffers are still released).  Before any
+ * byte is copied, each job's box is checked against the decoded chunk's size (source)
+ * and its destination's extent (LSIO_DEC_E_BOUNDS): nothing is read or written outside.  e may be NULL
  * when no job names a pool buffer (every buf_id 0: bytes the caller owns). */
 int64_t lsio_decode_batch(lsio_engine *e, const lsio_decode_spec *spec,
                           lsio_decode_job *jobs, uint64_t n);

@@ -30,6 +30,7 @@ __all__ = [
     "check",
     "decode_chunks",
     "decode_error",
+    "extent",
 ]
 
 BACKENDS = {
@@ -72,6 +73,8 @@ DECODE_JOB_DTYPE = np.dtype(
         ("src", "<u8"),
         ("src_len", "<u8"),
         ("dst", "<u8"),
+        ("dst_lo", "<u8"),
+        ("dst_len", "<u8"),
         ("src_off", "<i8"),
         ("shape", "<i8", (8,)),
         ("buf_id", "<u8"),
@@ -87,6 +90,7 @@ CODECS = {"raw": lib.LSIO_CODEC_RAW, "zstd": lib.LSIO_CODEC_ZSTD, "blosc": lib.L
 DEC_OK = int(lib.LSIO_DEC_OK)
 DEC_SKIPPED = int(lib.LSIO_DEC_E_SKIPPED)
 DEC_SIZE = int(lib.LSIO_DEC_E_SIZE)
+DEC_BOUNDS = int(lib.LSIO_DEC_E_BOUNDS)
 
 
 def _check_layout() -> None:
@@ -140,6 +144,22 @@ class DecodeSpec:
             self.c.dst_strides[d] = int(dst_strides[d])
 
 
+def extent(arr: np.ndarray) -> tuple[int, int]:
+    """``(lowest byte address, bytes spanned)`` of an array's memory, whatever its
+    strides: what a decode job's ``dst_lo`` / ``dst_len`` say of the array it writes into
+    (the C decoder fails a job whose box reaches outside it).  ``(0, 0)`` when empty."""
+    if arr.size == 0:
+        return 0, 0
+    lo = hi = int(arr.ctypes.data)
+    for n, st in zip(arr.shape, arr.strides, strict=True):
+        reach = (n - 1) * st
+        if reach < 0:
+            lo += reach
+        else:
+            hi += reach
+    return lo, hi + arr.itemsize - lo
+
+
 def decode_error(spec: DecodeSpec, job: Any) -> str:
     """What went wrong with one failed row of a decode job array."""
     status, detail = int(job["status"]), int(job["detail"])
@@ -152,8 +172,9 @@ def decode_chunks(spec: DecodeSpec, jobs: np.ndarray) -> int:
     """Decode chunks whose stored bytes are not in a pool buffer (every ``buf_id`` 0,
     e.g. bytes in a Ray object), without the GIL and without an engine.  ``jobs`` is a
     C-contiguous ``DECODE_JOB_DTYPE`` array; returns how many failed (see each row's
-    ``status``; the first failure skips the rest).  The caller keeps every job's source
-    bytes and destination box alive for the call."""
+    ``status``; the first failure skips the rest; a box reaching outside its decoded
+    chunk or its ``dst_lo``/``dst_len`` fails with ``DEC_BOUNDS``).  The caller keeps
+    every job's source bytes and destination alive for the call."""
     if jobs.size == 0:
         return 0
     if not jobs.flags.c_contiguous or jobs.dtype != DECODE_JOB_DTYPE:
@@ -313,12 +334,17 @@ class RawEngine:
     def decode(self, spec: DecodeSpec, jobs: np.ndarray) -> int:
         """Decode a batch of chunks (a C-contiguous ``DECODE_JOB_DTYPE`` array) without
         the GIL; every job's buffer is released, whatever happens.  Returns how many
-        failed (see each row's ``status``; the first failure skips the rest)."""
+        failed (see each row's ``status``; the first failure skips the rest; a box
+        reaching outside its decoded chunk or its ``dst_lo``/``dst_len`` fails with
+        ``DEC_BOUNDS``)."""
         if jobs.size == 0:
             return 0
         return int(
             lib.lsio_decode_batch(
-                self._p(), spec.c, ffi.cast("lsio_decode_job *", ffi.from_buffer(jobs)), jobs.size
+                self._p(),
+                spec.c,
+                ffi.cast("lsio_decode_job *", ffi.from_buffer(jobs)),
+                jobs.size,
             )
         )
 

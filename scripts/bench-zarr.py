@@ -311,7 +311,8 @@ class Limit:
             jobs = np.zeros(len(part), DECODE_JOB_DTYPE)
             jobs["src"] = [srcs[k].ctypes.data for k in part]
             jobs["src_len"] = [srcs[k].nbytes for k in part]
-            jobs["dst"] = scratch.ctypes.data
+            jobs["dst"] = jobs["dst_lo"] = scratch.ctypes.data
+            jobs["dst_len"] = scratch.nbytes
             jobs["direct"] = 1
             if eng.decode(spec, jobs):
                 raise RuntimeError("decode failed")

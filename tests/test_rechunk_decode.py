@@ -303,6 +303,7 @@ def test_decode_chunks_takes_no_pool_buffers() -> None:
     dst = np.zeros(4, np.float32)
     jobs = np.zeros(2, DECODE_JOB_DTYPE)
     jobs["src"], jobs["src_len"], jobs["dst"] = src.ctypes.data, 16, dst.ctypes.data
+    jobs["dst_lo"], jobs["dst_len"] = dst.ctypes.data, dst.nbytes
     jobs["shape"][:, 0], jobs["direct"] = 4, 1
     assert decode_chunks(spec, jobs[:1].copy()) == 0
     np.testing.assert_array_equal(dst, src)

@@ -13,11 +13,19 @@
  *     the rest of the batch is skipped, and every buffer is released anyway.
  *  4. two threads decode 400 boxes each concurrently (per-thread contexts), with
  *     counters shared across the threads: every byte right, no buffer left out.
+ *  5. bounds: source and destination placed against PROT_NONE guard pages; boxes that
+ *     reach past the decoded chunk (the crafted chunk shape [2**57+1, 128, 1] whose
+ *     element count wrapped to a 512-byte chunk), past the destination, below it, with
+ *     a negative shape or strides whose products overflow fail with LSIO_DEC_E_BOUNDS
+ *     before a byte is touched; boxes that exactly fill the guarded pages (forward and
+ *     with negative destination strides) decode right.
  */
 #include "helpers.h"
 
 #include <blosc.h>
 #include <pthread.h>
+#include <sys/mman.h>
+#include <unistd.h>
 #include <zstd.h>
 
 #define C0 4
@@ -71,6 +79,8 @@ static void job(lsio_decode_job *j, const lsio_completion *c, void *dst, int dir
     j->src = (uint64_t)(uintptr_t)c->data;
     j->src_len = c->length;
     j->dst = (uint64_t)(uintptr_t)dst;
+    j->dst_lo = 0; /* these tests check values, not bounds: the whole address space */
+    j->dst_len = UINT64_MAX;
     j->buf_id = c->buf_id;
     j->direct = direct;
     j->shape[0] = C0;
@@ -150,6 +160,8 @@ static int run_codec(lsio_engine *e, int codec) {
     s.dst_strides[1] = C0 * 4;
     s.dst_strides[2] = 4;
     job(&j, &c, tr, 0);
+    j.dst_lo = (uint64_t)(uintptr_t)tr;
+    j.dst_len = sizeof tr;
     j.shape[0] = C2;
     j.shape[1] = C1;
     j.shape[2] = C0;
@@ -394,6 +406,8 @@ static int run_no_engine(void) {
     j[0].src = (uint64_t)(uintptr_t)stored;
     j[0].src_len = n;
     j[0].dst = (uint64_t)(uintptr_t)out;
+    j[0].dst_lo = (uint64_t)(uintptr_t)out;
+    j[0].dst_len = sizeof out;
     j[0].direct = 1;
     j[1] = j[0];
     j[1].src_len = n - 1; /* a truncated frame fails, and only it */
@@ -406,11 +420,137 @@ static int run_no_engine(void) {
     return T_EXIT_PASS;
 }
 
+/* 5 */
+/* `pages` read-write pages between two PROT_NONE guard pages; *base is the first RW byte */
+static uint8_t *guarded(size_t pages, uint8_t **map) {
+    long pg = sysconf(_SC_PAGESIZE);
+    uint8_t *m = mmap(NULL, (pages + 2) * (size_t)pg, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) return NULL;
+    if (mprotect(m + pg, pages * (size_t)pg, PROT_READ | PROT_WRITE) != 0) return NULL;
+    *map = m;
+    return m + pg;
+}
+
+static int bounds_case(const char *what, int codec, const uint8_t *src, uint64_t src_len,
+                       uint8_t *dst_base, uint64_t dst_len, uint64_t nbytes, uint64_t dst,
+                       int64_t src_off, const int64_t *shape, const int64_t *cstr,
+                       const int64_t *dstr, int direct, int32_t want, int64_t want_detail) {
+    lsio_decode_spec s;
+    memset(&s, 0, sizeof s);
+    s.codec = codec;
+    s.ndim = 3;
+    s.nbytes = nbytes;
+    s.itemsize = 4;
+    for (int d = 0; d < 3; d++) {
+        s.chunk_strides[d] = cstr[d];
+        s.dst_strides[d] = dstr[d];
+    }
+    lsio_decode_job j;
+    memset(&j, 0, sizeof j);
+    j.src = (uint64_t)(uintptr_t)src;
+    j.src_len = src_len;
+    j.dst = dst;
+    j.dst_lo = (uint64_t)(uintptr_t)dst_base;
+    j.dst_len = dst_len;
+    j.src_off = src_off;
+    j.direct = direct;
+    for (int d = 0; d < 3; d++) j.shape[d] = shape[d];
+    int64_t failed = lsio_decode_batch(NULL, &s, &j, 1);
+    T_CHECK(j.status == want && failed == (want != LSIO_DEC_OK), "%s: status %d (%s), expected %d",
+            what, j.status, lsio_decode_strerror(codec, j.status, j.detail), want);
+    if (want == LSIO_DEC_E_BOUNDS)
+        T_CHECK(j.detail == want_detail, "%s: detail %lld, expected %lld", what,
+                (long long)j.detail, (long long)want_detail);
+    return T_EXIT_PASS;
+}
+
+static int run_bounds(void) {
+    long pg = sysconf(_SC_PAGESIZE);
+    uint8_t *smap, *dmap;
+    uint8_t *src = guarded(1, &smap), *dst = guarded(1, &dmap);
+    T_CHECK(src && dst, "mmap guard pages");
+    uint64_t P = (uint64_t)pg, D = (uint64_t)(uintptr_t)dst;
+    for (long i = 0; i < pg; i++) src[i] = (uint8_t)(i * 7);
+    /* the raw 512-byte chunk at the very end of the guarded source page */
+    const uint8_t *c512 = src + pg - 512;
+    /* the crafted chunk shape [2**57+1, 128, 1] float32: C strides 512, 4, 4; its
+     * element count wrapped, so the spec says 512 bytes; a crop asks rows 0..2 */
+    int64_t wrap_str[3] = {512, 4, 4}, crop[3] = {3, 128, 1}, dstr[3] = {512, 4, 4};
+    if (bounds_case("wrapped chunk shape, raw", LSIO_CODEC_RAW, c512, 512, dst, P, 512, D, 0,
+                    crop, wrap_str, dstr, 0, LSIO_DEC_E_BOUNDS, 1))
+        return T_EXIT_FAIL;
+    /* the same through zstd: a real 512-byte frame passes the decoded-size check */
+    uint8_t frame[600];
+    size_t fn = ZSTD_compress(frame, sizeof frame, c512, 512, 1);
+    T_CHECK(!ZSTD_isError(fn), "zstd");
+    if (bounds_case("wrapped chunk shape, zstd", LSIO_CODEC_ZSTD, frame, fn, dst, P, 512, D, 0,
+                    crop, wrap_str, dstr, 0, LSIO_DEC_E_BOUNDS, 1))
+        return T_EXIT_FAIL;
+    /* the box fits the chunk but not the destination page */
+    int64_t one[3] = {1, 128, 1};
+    if (bounds_case("past the destination", LSIO_CODEC_RAW, c512, 512, dst, P, 512,
+                    D + P - 256, 0, one, wrap_str, dstr, 0, LSIO_DEC_E_BOUNDS, 2))
+        return T_EXIT_FAIL;
+    if (bounds_case("below the destination", LSIO_CODEC_RAW, c512, 512, dst, P, 512, D - 4, 0,
+                    one, wrap_str, dstr, 0, LSIO_DEC_E_BOUNDS, 2))
+        return T_EXIT_FAIL;
+    if (bounds_case("direct, chunk larger than the destination", LSIO_CODEC_RAW, src, P, dst,
+                    P / 2, P, D, 0, one, wrap_str, dstr, 1, LSIO_DEC_E_BOUNDS, 2))
+        return T_EXIT_FAIL;
+    if (bounds_case("direct, at the destination's end", LSIO_CODEC_RAW, c512, 512, dst, P, 512,
+                    D + P - 256, 0, one, wrap_str, dstr, 1, LSIO_DEC_E_BOUNDS, 2))
+        return T_EXIT_FAIL;
+    if (bounds_case("source offset past the chunk", LSIO_CODEC_RAW, c512, 512, dst, P, 512, D, 4,
+                    one, wrap_str, dstr, 0, LSIO_DEC_E_BOUNDS, 1))
+        return T_EXIT_FAIL;
+    if (bounds_case("negative source offset", LSIO_CODEC_RAW, c512, 512, dst, P, 512, D, -4, one,
+                    wrap_str, dstr, 0, LSIO_DEC_E_BOUNDS, 1))
+        return T_EXIT_FAIL;
+    int64_t neg[3] = {1, -2, 1};
+    if (bounds_case("negative shape", LSIO_CODEC_RAW, c512, 512, dst, P, 512, D, 0, neg, wrap_str,
+                    dstr, 0, LSIO_DEC_E_BOUNDS, 3))
+        return T_EXIT_FAIL;
+    int64_t huge_str[3] = {INT64_MAX / 2, 4, 4}, three[3] = {3, 1, 1};
+    if (bounds_case("stride product overflows", LSIO_CODEC_RAW, c512, 512, dst, P, 512, D, 0,
+                    three, huge_str, dstr, 0, LSIO_DEC_E_BOUNDS, 1))
+        return T_EXIT_FAIL;
+    int64_t back_str[3] = {-(INT64_MAX / 2), 4, 4}, small_str[3] = {4, 4, 4};
+    if (bounds_case("negative stride product overflows", LSIO_CODEC_RAW, c512, 512, dst, P, 512,
+                    D + P - 4, 0, three, small_str, back_str, 0, LSIO_DEC_E_BOUNDS, 2))
+        return T_EXIT_FAIL;
+    /* an empty box fits anywhere and copies nothing */
+    int64_t empty[3] = {0, 128, 1};
+    if (bounds_case("empty box", LSIO_CODEC_RAW, c512, 512, dst, P, 512, D + P, 0, empty,
+                    huge_str, dstr, 0, LSIO_DEC_OK, 0))
+        return T_EXIT_FAIL;
+    /* exact fits against both guard pages: the last 512 bytes of the page, forward... */
+    memset(dst, 0, P);
+    if (bounds_case("exact fit", LSIO_CODEC_RAW, c512, 512, dst, P, 512, D + P - 512, 0, one,
+                    wrap_str, dstr, 0, LSIO_DEC_OK, 0))
+        return T_EXIT_FAIL;
+    T_CHECK(memcmp(dst + pg - 512, c512, 512) == 0, "exact fit: bytes");
+    /* ... and reversed into the first 512 bytes (destination strides negative) */
+    int64_t rev[3] = {512, -4, 4};
+    if (bounds_case("exact fit, reversed", LSIO_CODEC_ZSTD, frame, fn, dst, P, 512, D + 508, 0, one,
+                    wrap_str, rev, 0, LSIO_DEC_OK, 0))
+        return T_EXIT_FAIL;
+    for (int i = 0; i < 128; i++)
+        T_CHECK(memcmp(dst + 508 - 4 * i, c512 + 4 * i, 4) == 0, "reversed element %d", i);
+    if (bounds_case("reversed, one element below", LSIO_CODEC_RAW, c512, 512, dst, P, 512, D + 504,
+                    0, one, wrap_str, rev, 0, LSIO_DEC_E_BOUNDS, 2))
+        return T_EXIT_FAIL;
+    munmap(smap, 3 * (size_t)pg);
+    munmap(dmap, 3 * (size_t)pg);
+    return T_EXIT_PASS;
+}
+
 int main(void) {
     for (int i = 0; i < NEL; i++) chunk[i] = (uint32_t)(i / 7) * 2654435761u % 1000u;
     int skipped = 0;
     t_ctx = "no engine";
     if (run_no_engine() != T_EXIT_PASS) return T_EXIT_FAIL;
+    t_ctx = "bounds";
+    if (run_bounds() != T_EXIT_PASS) return T_EXIT_FAIL;
     for (int v = 0; v < t_nvariants_basic; v++) {
         t_ctx = t_variants_basic[v].name;
         int skip;

@@ -632,12 +632,13 @@ class _CBlock:
         worker's, reused by its next block), and yield ``(first, units)``: the block
         grid index of its first unit, and its units (shape: the sub-block's unit grid +
         the unit shape).  ``units`` is valid until the next one is asked for."""
-        from lsio_ray._core import DEC_OK, DEC_SKIPPED, decode_chunks, decode_error
+        from lsio_ray._core import DEC_OK, DEC_SKIPPED, decode_chunks, decode_error, extent
         from lsio_ray.zarr.errors import ChunkCorruptError
 
         src = self.src
         buf = _buffer(self.bshape, dtype, "units")
         base = np.uint64(buf.ctypes.data)
+        bounds = extent(buf)  # the C decoder refuses a box reaching outside ``buf``
         for s in range(int(np.prod(self.sgrid, dtype=np.int64))):
             sc = np.asarray(np.unravel_index(s, self.sgrid), dtype=np.int64).reshape(-1)
             first = np.maximum(sc * self.sg - self.shift, 0)
@@ -662,6 +663,7 @@ class _CBlock:
             if j1 > j0:
                 jobs = self.jobs[j0:j1].copy()
                 jobs["dst"] += base
+                jobs["dst_lo"], jobs["dst_len"] = bounds
                 # Ownership: every src points into a batch the caller holds, every dst
                 # into ``buf``, held here; the decoder keeps no pointer after it returns.
                 if decode_chunks(self.spec, jobs):

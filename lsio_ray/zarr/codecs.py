@@ -16,6 +16,7 @@ stale bytes in the output.  ``crc32c`` checksums are always verified.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -257,7 +258,7 @@ class ChunkCodec:
         self.perm = perm if perm is not None and perm != tuple(range(len(shape))) else None
         self.order = order
         self.filters = filters
-        self.nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        self.nbytes = math.prod(int(x) for x in shape) * dtype.itemsize
         self.stored_shape = tuple(shape[i] for i in self.perm) if self.perm else shape
         self.inverse = tuple(int(i) for i in np.argsort(self.perm)) if self.perm else None
         self.direct = (
@@ -403,7 +404,7 @@ class ShardIndexCodec:
             else:
                 raise UnsupportedError(array, f"shard index codec {name!r}")
         self.dtype = np.dtype("<u8" if endian == "little" else ">u8")
-        n = int(np.prod(chunks_per_shard, dtype=np.int64))
+        n = math.prod(int(x) for x in chunks_per_shard)
         self.nbytes = 16 * n + 4 * len(self.stages)
 
     def decode(self, src: np.ndarray) -> np.ndarray:

@@ -10,6 +10,7 @@ object per chunk: :meth:`ArrayLayout.paths_blob` returns fixed-width NUL-padded 
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any
 
@@ -19,7 +20,24 @@ from lsio_ray.zarr import _zarr_compat
 from lsio_ray.zarr.codecs import ChunkCodec, ShardIndexCodec, build_chunk_codec
 from lsio_ray.zarr.errors import ArrayMetadataError, UnsupportedError
 
-__all__ = ["ArrayLayout", "load_layout"]
+__all__ = ["MAX_COUNT", "ArrayLayout", "load_layout"]
+
+#: the most elements, bytes or files any shape of an array may describe (an array, a
+#: chunk, a shard, a grid): products are taken with Python ints and anything larger is
+#: refused, so no int64 product downstream (numpy, the C decoder's strides) can wrap
+MAX_COUNT = 2**62
+
+
+def _check_size(path: str, what: str, shape: tuple[int, ...], itemsize: int = 1) -> None:
+    """Refuse a shape whose element (or byte) count exceeds :data:`MAX_COUNT`."""
+    if any(int(n) < 0 for n in shape):
+        raise ArrayMetadataError(path, f"{what} {list(shape)} has a negative extent")
+    n = math.prod(int(x) for x in shape) * itemsize
+    if n > MAX_COUNT:
+        unit = "bytes" if itemsize > 1 else "elements"
+        raise ArrayMetadataError(
+            path, f"{what} {list(shape)} describes {n} {unit}, more than 2**62: refused"
+        )
 
 
 class ArrayLayout:
@@ -44,6 +62,10 @@ class ArrayLayout:
             raise ArrayMetadataError(path, "chunk shape and array shape differ in rank")
         if any(c <= 0 for c in meta.grid_chunks):
             raise ArrayMetadataError(path, f"chunk shape {meta.grid_chunks} has a zero")
+        itemsize = meta.dtype.itemsize
+        _check_size(path, "array shape", self.shape, itemsize)
+        _check_size(path, "chunk shape", meta.grid_chunks, itemsize)
+        _check_size(path, "chunk grid", _ceil_div(self.shape, meta.grid_chunks))
         self.file_shape: tuple[int, ...] = meta.grid_chunks
         self.shards: tuple[int, ...] | None = None
         self.index: ShardIndexCodec | None = None
@@ -59,6 +81,9 @@ class ArrayLayout:
                 raise ArrayMetadataError(
                     path, f"inner chunks {inner} do not tile the shard {self.file_shape}"
                 )
+            _check_size(path, "inner chunk shape", inner, itemsize)
+            # the shard index: 16 bytes per inner chunk
+            _check_size(path, "shard index of", _ceil_div(self.file_shape, inner), 16)
             inner_specs = list(cfg.get("codecs") or [{"name": "bytes"}])
             if any(c["name"] == "sharding_indexed" for c in inner_specs):
                 raise UnsupportedError(path, "nested sharding")
@@ -166,6 +191,10 @@ def _read_json(path: str, name: str) -> Any:
         raise ArrayMetadataError(
             name, f"{os.path.basename(path)} is not valid JSON: {exc}"
         ) from None
+    except RecursionError:
+        raise ArrayMetadataError(
+            name, f"{os.path.basename(path)} is nested too deeply to parse"
+        ) from None
 
 
 def load_layout(path: str | os.PathLike[str]) -> ArrayLayout:
@@ -190,5 +219,8 @@ def load_layout(path: str | os.PathLike[str]) -> ArrayLayout:
         if os.path.exists(os.path.join(root, ".zgroup")):
             raise ArrayMetadataError(root, "is a Zarr v2 group, not an array")
         raise FileNotFoundError(2, "no Zarr array here (no zarr.json or .zarray)", root)
-    meta = _zarr_compat.parse_metadata(root, docs)
+    try:
+        meta = _zarr_compat.parse_metadata(root, docs)
+    except RecursionError:
+        raise ArrayMetadataError(root, "the metadata is nested too deeply to parse") from None
     return ArrayLayout(root, meta)

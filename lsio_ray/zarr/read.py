@@ -37,7 +37,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lsio_ray._core import DEC_OK, DEC_SKIPPED, DECODE_JOB_DTYPE, DecodeSpec, decode_error, view
+from lsio_ray._core import (
+    DEC_OK,
+    DEC_SKIPPED,
+    DECODE_JOB_DTYPE,
+    DecodeSpec,
+    decode_error,
+    extent,
+    view,
+)
 from lsio_ray._lsio import lib
 from lsio_ray.errors import make_error
 from lsio_ray.zarr.batches import INDEX_TAG, FilePlan, file_plan
@@ -124,6 +132,7 @@ class ReadTask(Task):
         jobs = np.zeros(len(sel), DECODE_JOB_DTYPE)
         # (element-wise products, not ``@``: a matmul may wake BLAS threads that then spin)
         jobs["dst"] = out.ctypes.data + (sel.dst_lo * strides).sum(axis=1)
+        jobs["dst_lo"], jobs["dst_len"] = extent(out)  # the C decoder's bounds
         if out.ndim:
             jobs["src_off"] = (sel.src_lo * cstr).sum(axis=1)
             jobs["shape"][:, : out.ndim] = sel.src_hi - sel.src_lo

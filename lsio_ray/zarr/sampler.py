@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lsio_ray._core import DECODE_JOB_DTYPE
+from lsio_ray._core import DECODE_JOB_DTYPE, extent
 from lsio_ray.zarr import stream
 from lsio_ray.zarr.loader import Loader, abandon
 from lsio_ray.zarr.plan import Selection
@@ -167,6 +167,8 @@ class ScatterTask(ReadTask):
             raise ValueError("the boxes must share one shape, dtype and strides")
         self._outs = outs
         self._bases = np.array([b.ctypes.data for b in outs], dtype=np.int64)
+        # each box's memory: the C decoder refuses a job reaching outside its own box
+        self._extents = np.array([extent(b) for b in outs], dtype=np.uint64).reshape(-1, 2)
         self._los = np.asarray(los, dtype=np.int64).reshape(len(outs), array.ndim)
         super().__init__(array, loader, out, None, None)  # type: ignore[arg-type]
         if self._jobs is None and self.remaining:
@@ -220,6 +222,8 @@ class ScatterTask(ReadTask):
         k = self._pair_k
         jobs = np.zeros(len(k), DECODE_JOB_DTYPE)
         jobs["dst"] = self._bases[k] + ((self._pair_a - self._los[k]) * strides).sum(axis=1)
+        jobs["dst_lo"] = self._extents[k, 0]
+        jobs["dst_len"] = self._extents[k, 1]
         jobs["src_off"] = (self._pair_src * cstr).sum(axis=1)
         jobs["shape"][:, : self.layout.ndim] = self._pair_b - self._pair_a
         jobs["tag"] = self._pair_chunk
