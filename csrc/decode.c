@@ -150,7 +150,10 @@ static int32_t decode_into(tls_state *t, int32_t codec, const void *src, size_t 
             return LSIO_DEC_E_CODEC;
         }
         blosc_cbuffer_sizes(src, &declared, &cbytes, &blocksize);
-        if (cbytes != src_len || blosc_cbuffer_validate(src, src_len, &declared) < 0) {
+        /* bytes after the buffer are ignored, as numcodecs (and so zarr-python) does;
+         * a buffer longer than what was read is refused before blosc looks at it */
+        if (cbytes > src_len || cbytes < BLOSC_MIN_HEADER_LENGTH ||
+            blosc_cbuffer_validate(src, cbytes, &declared) < 0) {
             *detail = 2;
             return LSIO_DEC_E_CODEC;
         }

@@ -75,10 +75,17 @@ def parse_metadata(name: str, documents: Mapping[str, Any]) -> ZarrMetadata:
     :class:`ArrayMetadataError` for an invalid document and :class:`UnsupportedError`
     for a valid one lsio_ray cannot read.
     """
-    if "zarr.json" in documents:
-        return _parse_v3(name, documents["zarr.json"])
-    if ".zarray" in documents:
-        return _parse_v2(name, documents[".zarray"], documents.get(".zattrs") or {})
+    try:
+        if "zarr.json" in documents:
+            return _parse_v3(name, documents["zarr.json"])
+        if ".zarray" in documents:
+            return _parse_v2(name, documents[".zarray"], documents.get(".zattrs") or {})
+    except ArrayMetadataError:
+        raise
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, OverflowError) as exc:
+        # a document zarr-python parsed leniently, with a value of the wrong type or
+        # range where lsio_ray reads it (e.g. attributes that are not an object)
+        raise ArrayMetadataError(name, f"invalid metadata: {_why(exc)}") from exc
     raise ArrayMetadataError(name, "no zarr.json or .zarray metadata document")
 
 
@@ -104,6 +111,8 @@ def _parse_v3(name: str, doc: Any) -> ZarrMetadata:
     sep = (kenc.get("configuration") or {}).get(
         "separator", "/" if kenc["name"] == "default" else "."
     )
+    if not isinstance(meta.attributes, dict):
+        raise ArrayMetadataError(name, "attributes is not a JSON object")
     dtype = _native_dtype(name, meta.data_type)
     return ZarrMetadata(
         zarr_format=3,

@@ -106,7 +106,7 @@ def _declared_size(kind: str, src: np.ndarray) -> int | None:
         if n < 16:
             raise CorruptData(f"blosc: {n} bytes is shorter than the 16-byte header")
         nbytes, _, cbytes = (int(v) for v in src[4:16].view("<u4"))
-        if cbytes != n:
+        if cbytes > n:  # bytes after the buffer are ignored, as numcodecs does
             raise CorruptData(f"blosc: header says {cbytes} compressed bytes, got {n}")
         return nbytes
     if kind == "lz4":

@@ -207,7 +207,7 @@ class ReadTask(Task):
                 entries = table[self.local_lin[idx]]
                 off[idx] = entries[:, 0]
                 nb[idx] = entries[:, 1]
-        empty = absent | (off == EMPTY)
+        empty = absent | ((off == EMPTY) & (nb == EMPTY))
         fill_idx = np.flatnonzero(empty)
         read_idx = np.flatnonzero(~empty)
         if fill_idx.size:

@@ -90,13 +90,12 @@ def check_index(table: np.ndarray, codec: ShardIndexCodec, file_size: int) -> st
     """Why an index table cannot be right for a shard of ``file_size`` bytes (-1 if not
     known), or None if it is plausible."""
     off, nb = table[:, 0], table[:, 1]
-    used = off != EMPTY
+    used = (off != EMPTY) | (nb != EMPTY)  # empty: both all ones, as zarr-python reads it
     if not used.any():
         return None
     off, nb = off[used], nb[used]
     if (
-        np.any(nb == EMPTY)
-        or np.any(off > (np.uint64(1) << np.uint64(62)))
+        np.any(off > (np.uint64(1) << np.uint64(62)))
         or np.any(nb > (np.uint64(1) << np.uint64(62)))
     ):
         return "an entry has an impossible offset or length"
