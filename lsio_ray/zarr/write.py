@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from lsio_ray._lsio import lib
+from lsio_ray.paths import check_disjoint
 from lsio_ray.zarr import _zarr_compat
 from lsio_ray.zarr.array import Array
 from lsio_ray.zarr.batches import FilePlan, file_plan
@@ -227,6 +228,19 @@ def write_region(
 # -- creating arrays ---------------------------------------------------------------------
 
 
+def _source_dir(data: Any) -> str | None:
+    """The directory a lazily read array ``data`` comes from: an lsio_ray
+    :class:`~lsio_ray.zarr.Array`, or a zarr-python array on a local store (zarr's
+    ``LocalStore`` or :class:`lsio_ray.zarr.Store`); None for anything else."""
+    if isinstance(data, Array):
+        return data.path
+    store_path = getattr(data, "store_path", None)
+    root = getattr(getattr(store_path, "store", None), "root", None)
+    if isinstance(root, (str, os.PathLike)):
+        return os.path.join(os.fspath(root), *(getattr(store_path, "path", "") or "").split("/"))
+    return None
+
+
 def _prepare_dir(path: str, overwrite: bool) -> None:
     exists = any(os.path.exists(os.path.join(path, m)) for m in ("zarr.json", ".zarray", ".zgroup"))
     if exists and not overwrite:
@@ -335,8 +349,14 @@ def save(
 ) -> Array:
     """Write a whole numpy array as a new Zarr array: every chunk (or shard) first, the
     metadata last, so the array appears complete or not at all.  Arguments as for
-    :func:`create`."""
+    :func:`create`.  ``data`` may be an array read from disk (an lsio_ray or zarr-python
+    array on a local directory): ``path`` must then not be that directory, lie inside it
+    or hold it (symbolic links resolved), else :class:`ValueError` -- with
+    ``overwrite=True`` that would remove the array being saved."""
     root = os.path.abspath(os.fspath(path))
+    source = _source_dir(data)
+    if source is not None:
+        check_disjoint(source, root)  # before reading (and later removing) anything
     arr = np.asarray(data)
     kwargs = _create_kwargs(
         arr.shape,
