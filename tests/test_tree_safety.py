@@ -177,3 +177,145 @@ def test_save_overwrite_never_removes_its_source(tmp_path: Path) -> None:
             assert _tree(tmp_path) == before
     out = lz.save(tmp_path / "out.zarr", lz.open(str(work / "in.zarr")), chunks=(16, 64, 64))
     np.testing.assert_array_equal(out[...], data)
+
+
+# -- 2. store keys never leave the root -------------------------------------------------------
+
+# relative keys escaping the root (which is tmp/root: they all land inside tmp, so a
+# regression cannot harm anything outside the test's directory); absolute keys are
+# added per test, naming files in tmp
+BAD_KEYS = ["../x", "a/../../x", "a//b", "./x", "a/./b", "a/..", "..", "../out/k"]
+
+
+@pytest.fixture
+def jailed(tmp_path: Path) -> tuple[Any, Path, Path]:
+    """A store at ``tmp/root`` (with ``a/k`` inside), ``tmp/x`` and ``tmp/out/k`` outside
+    it, and ``root/link`` a symbolic link to ``tmp/out``."""
+    from zarr.core.buffer import cpu
+
+    from lsio_ray.zarr import Store
+
+    root = tmp_path / "root"
+    store = Store(root)
+    store.set_sync("a/k", cpu.Buffer.from_bytes(b"inside"))
+    (tmp_path / "x").write_bytes(b"outside x")
+    (tmp_path / "abs").write_bytes(b"outside abs")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "k").write_bytes(b"outside k")
+    (tmp_path / "out" / "sub").mkdir()
+    (tmp_path / "out" / "sub" / "k").write_bytes(b"outside sub k")
+    (root / "link").symlink_to(tmp_path / "out", target_is_directory=True)
+    (root / "a" / "filelink").symlink_to(tmp_path / "x")
+    return store, root, tmp_path
+
+
+def _calls(store: Any, key: str) -> dict[str, Any]:
+    """Every Store method on ``key``, as zero-argument callables."""
+    from zarr.core.buffer import cpu, default_buffer_prototype
+    from zarr.core.sync import sync
+
+    proto = default_buffer_prototype()
+    value = cpu.Buffer.from_bytes(b"written")
+
+    async def collect(it: Any) -> list[str]:
+        return [k async for k in it]
+
+    return {
+        "get": lambda: sync(store.get(key, proto)),
+        "get_sync": lambda: store.get_sync(key),
+        "get_partial_values": lambda: sync(store.get_partial_values(proto, [(key, None)])),
+        "set": lambda: sync(store.set(key, value)),
+        "set_sync": lambda: store.set_sync(key, value),
+        "set_if_not_exists": lambda: sync(store.set_if_not_exists(key, value)),
+        "exists": lambda: sync(store.exists(key)),
+        "getsize": lambda: sync(store.getsize(key)),
+        "delete": lambda: sync(store.delete(key)),
+        "delete_sync": lambda: store.delete_sync(key),
+        "delete_dir": lambda: sync(store.delete_dir(key)),
+        "list_prefix": lambda: sync(collect(store.list_prefix(key))),
+        "list_dir": lambda: sync(collect(store.list_dir(key))),
+    }
+
+
+def test_store_refuses_keys_leaving_the_root(jailed: tuple[Any, Path, Path]) -> None:
+    store, _, tmp = jailed
+    before = _tree(tmp)
+    for key in [*BAD_KEYS, str(tmp / "abs"), str(tmp / "out"), str(tmp / "out" / "k")]:
+        for name, call in _calls(store, key).items():
+            with pytest.raises(ValueError, match="store key") as ei:
+                call()
+            assert repr(key) in str(ei.value), (name, key, str(ei.value))
+            assert _tree(tmp) == before, (name, key)
+    for name in ("get", "set", "exists", "delete"):
+        with pytest.raises(ValueError, match="empty"):
+            _calls(store, "")[name]()
+    assert (tmp / "x").read_bytes() == b"outside x"
+    assert (tmp / "abs").read_bytes() == b"outside abs"
+
+
+@pytest.mark.parametrize("key", ["link/k", "link/sub/k", "link/sub", "link", "a/filelink"])
+def test_store_never_follows_links_out_of_the_root(
+    jailed: tuple[Any, Path, Path], key: str
+) -> None:
+    """A symbolic link inside the store leading out of it: nothing is read, written,
+    listed or deleted through it, whatever the method."""
+    store, _, tmp = jailed
+    before = _tree(tmp)
+    for name, call in _calls(store, key).items():
+        with pytest.raises(ValueError, match="leads out of") as ei:
+            call()
+        msg = str(ei.value)
+        assert repr(key) in msg and "symbolic link" in msg, (name, msg)
+        assert _tree(tmp) == before, (name, key)
+    assert (tmp / "out" / "k").read_bytes() == b"outside k"
+    assert (tmp / "x").read_bytes() == b"outside x"
+
+
+def test_store_listing_and_clearing_stay_inside(jailed: tuple[Any, Path, Path]) -> None:
+    """Listings skip links leading out; delete_dir("") and clear remove the links
+    themselves, never what they lead to; a link inside the store that stays inside it
+    still works."""
+    from zarr.core.buffer import cpu
+    from zarr.core.sync import sync
+
+    store, root, tmp = jailed
+    (root / "alias").symlink_to(root / "a", target_is_directory=True)
+    (root / "a" / "k2").symlink_to(root / "a" / "k")
+
+    async def collect(it: Any) -> list[str]:
+        return sorted([k async for k in it])
+
+    assert sync(collect(store.list())) == ["a/k", "a/k2"]
+    assert sync(collect(store.list_prefix(""))) == ["a/k", "a/k2"]
+    assert sync(collect(store.list_dir(""))) == ["a", "alias"]
+    assert sync(collect(store.list_dir("a/"))) == ["k", "k2"]
+    assert store.get_sync("alias/k").to_bytes() == b"inside"  # a link staying inside
+    assert store.get_sync("a/k2").to_bytes() == b"inside"
+    store.set_sync("alias/new", cpu.Buffer.from_bytes(b"via inner link"))
+    assert (root / "a" / "new").read_bytes() == b"via inner link"
+    outside = {k: v for k, v in _tree(tmp).items() if not k.startswith("root")}
+    sync(store.delete_dir(""))
+    assert root.is_dir() and os.listdir(root) == []
+    store.set_sync("b", cpu.Buffer.from_bytes(b"again"))
+    (root / "link").symlink_to(tmp / "out", target_is_directory=True)
+    sync(store.clear())
+    assert root.is_dir() and os.listdir(root) == []
+    assert {k: v for k, v in _tree(tmp).items() if not k.startswith("root")} == outside
+
+
+def test_store_with_a_linked_root(tmp_path: Path) -> None:
+    """A root that is itself a symbolic link is fine: keys resolve inside its target,
+    and clear() empties the target, keeping the link."""
+    from zarr.core.buffer import cpu
+    from zarr.core.sync import sync
+
+    from lsio_ray.zarr import Store
+
+    (tmp_path / "real").mkdir()
+    (tmp_path / "root").symlink_to(tmp_path / "real", target_is_directory=True)
+    store = Store(tmp_path / "root")
+    store.set_sync("c/0", cpu.Buffer.from_bytes(b"v"))
+    (tmp_path / "real" / "c" / "back").symlink_to(tmp_path / "root" / "c")
+    assert store.get_sync("c/back/0").to_bytes() == b"v"
+    sync(store.clear())
+    assert (tmp_path / "root").is_symlink() and os.listdir(tmp_path / "real") == []
