@@ -319,3 +319,123 @@ def test_store_with_a_linked_root(tmp_path: Path) -> None:
     assert store.get_sync("c/back/0").to_bytes() == b"v"
     sync(store.clear())
     assert (tmp_path / "root").is_symlink() and os.listdir(tmp_path / "real") == []
+
+
+# -- 3. stray temp files of dead writers are removed, nothing else ----------------------------
+
+
+@pytest.fixture
+def pids() -> Iterator[tuple[int, int]]:
+    """(a PID that is dead, the PID of a live process other than this one)."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        yield gone.pid, live.pid
+    finally:
+        live.kill()
+        live.wait()
+
+
+def _plant(d: Path, dead: int, live: int) -> tuple[set[str], set[str]]:
+    """Temp-looking entries in ``d``: (names that must go, names that must stay)."""
+    d.mkdir(parents=True, exist_ok=True)
+    old = 1_000_000_000.0  # 2001
+    go = {
+        f"0.lsio-tmp.{dead}.1",  # the engine's format today
+        f"0.lsio-tmp.{dead}.2.k3J9xQ",  # with the random suffix being added in C
+        f"zarr.json.lsio-tmp.{dead}.17",
+    }
+    stay = {
+        f"0.lsio-tmp.{os.getpid()}.3",  # this process: a write of another thread
+        f"0.lsio-tmp.{live}.4",  # a live writer
+        f"1.lsio-tmp.{dead}.5",  # dead, but modified just now (see below)
+        "0.lsio-tmp",  # no PID field
+        f"0.lsio-tmp.{dead}",  # no counter field
+        f"0.lsio-tmpx.{dead}.1",  # not the marker
+        "0.lsio-tmp.abc.1",  # PID not a number
+        "0.lsio-tmp.0.1",  # PID 0
+        "notes.txt",
+        "0",
+    }
+    for name in go | stay:
+        p = d / name
+        p.write_bytes(b"x" * 100)
+        os.utime(p, (old, old))
+    os.utime(d / f"1.lsio-tmp.{dead}.5")  # recent: maybe a writer on another machine
+    (d / f"dir.lsio-tmp.{dead}.1").mkdir()  # not a file
+    os.utime(d / f"dir.lsio-tmp.{dead}.1", (old, old))
+    (d / f"link.lsio-tmp.{dead}.1").symlink_to(d / "notes.txt")  # not a file
+    os.utime(d / f"link.lsio-tmp.{dead}.1", (old, old), follow_symlinks=False)
+    stay |= {f"dir.lsio-tmp.{dead}.1", f"link.lsio-tmp.{dead}.1"}
+    return go, stay
+
+
+def test_temp_file_pid_parsing() -> None:
+    from lsio_ray.paths import temp_file_pid
+
+    assert temp_file_pid("0.lsio-tmp.123.4") == 123
+    assert temp_file_pid("a.b.lsio-tmp.123.4.RANDOM") == 123
+    assert temp_file_pid("x.lsio-tmp.9.lsio-tmp.123.4") == 123
+    for name in ["0", "0.lsio-tmp", "0.lsio-tmp.123", "0.lsio-tmp.123.", "0.lsio-tmp.x.1"]:
+        assert temp_file_pid(name) is None, name
+    assert temp_file_pid("0.lsio-tmp.0.1") is None
+
+
+def test_store_write_removes_stray_temp_files(tmp_path: Path, pids: tuple[int, int]) -> None:
+    """The first write of a Store into a directory removes the temp files there of
+    writers that are gone, and only those; listings never show temp files."""
+    from zarr.core.buffer import cpu
+    from zarr.core.sync import sync
+
+    from lsio_ray.zarr import Store
+
+    dead, live = pids
+    root = tmp_path / "s.zarr"
+    go, stay = _plant(root / "c", dead, live)
+    other_go, _ = _plant(root / "other", dead, live)
+    kept = {n: (root / "c" / n).read_bytes() for n in stay if (root / "c" / n).is_file()}
+    store = Store(root)
+
+    async def collect(it: Any) -> list[str]:
+        return sorted([k async for k in it])
+
+    # temp files (the marker, a PID, a counter) are not keys; look-alikes are
+    kept_temps = {
+        f"0.lsio-tmp.{os.getpid()}.3",
+        f"0.lsio-tmp.{live}.4",
+        f"1.lsio-tmp.{dead}.5",
+        f"dir.lsio-tmp.{dead}.1",
+        f"link.lsio-tmp.{dead}.1",
+    }
+    assert kept_temps <= stay
+    temps = go | kept_temps
+    keys = {f"c/{n}" for n in (go | stay) - temps if (root / "c" / n).is_file()}
+    assert set(sync(collect(store.list_prefix("c")))) == keys
+    assert set(sync(collect(store.list_dir("c")))) == {k[2:] for k in keys}
+    store.set_sync("c/1", cpu.Buffer.from_bytes(b"new"))
+    names = set(os.listdir(root / "c"))
+    assert names == stay | {"1"}, (names, go)
+    assert not go & names
+    for n, data in kept.items():
+        assert (root / "c" / n).read_bytes() == data
+    # directories the store did not write into are left alone
+    assert other_go <= set(os.listdir(root / "other"))
+    sync(store.set("other/x", cpu.Buffer.from_bytes(b"y")))
+    assert not other_go & set(os.listdir(root / "other"))
+
+
+def test_save_removes_stray_temp_files(tmp_path: Path, pids: tuple[int, int]) -> None:
+    """An interrupted save leaves chunks and temp files, no metadata; saving again
+    removes the dead writers' temp files everywhere in the array, and only those."""
+    dead, live = pids
+    path = tmp_path / "a.zarr"
+    go_top, stay_top = _plant(path, dead, live)
+    go_c, stay_c = _plant(path / "c" / "0", dead, live)
+    data = np.arange(64, dtype="f4").reshape(8, 8)
+    out = lz.save(path, data, chunks=(4, 4))
+    np.testing.assert_array_equal(out[...], data)
+    np.testing.assert_array_equal(zarr.open_array(str(path))[...], data)
+    top, c0 = set(os.listdir(path)), set(os.listdir(path / "c" / "0"))
+    assert stay_top <= top and not go_top & top, top
+    assert stay_c <= c0 and not go_c & c0, c0

@@ -50,7 +50,7 @@ from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
 from lsio_ray.engine import Engine
 from lsio_ray.errors import BufferPoolTooSmallError, RangePastEOFError
 from lsio_ray.ops import ByteRange, OpGroup, get_ranges, put_file
-from lsio_ray.paths import is_within
+from lsio_ray.paths import is_within, remove_stray_temp_files, temp_file_pid
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -124,7 +124,14 @@ class Store(_ZarrStore):
     removes links themselves, never what they point to; listings skip links leading
     out.  The check runs on every call, just before the engine opens the path: it is
     not atomic with the open, so another process with write access to the store's
-    directories could still swap a directory for a link in between."""
+    directories could still swap a directory for a link in between.
+
+    Writes are atomic: the value goes to ``KEY.lsio-tmp.PID.N...`` beside the key, then
+    is renamed over it.  A writer killed between the two (``kill -9``, OOM, power loss)
+    leaves that temp file behind, as large as the value.  The first write of a store
+    into a directory removes the temp files there of writers that are gone (PID not
+    alive on this machine, unmodified for a minute; see
+    :func:`lsio_ray.paths.remove_stray_temp_files`); listings never show temp files."""
 
     supports_writes: bool = True
     supports_deletes: bool = True
@@ -146,6 +153,8 @@ class Store(_ZarrStore):
         self._engine = engine
         # key directories ("a/c/0") a read found free of links leading out
         self._checked_dirs: set[str] = set()
+        # directories this store wrote into, their stray temp files removed
+        self._swept_dirs: set[str] = set()
         # gets waiting for the next read, per event loop (see get); a loop closed before
         # its read took them does not keep them
         self._pending: weakref.WeakKeyDictionary[
@@ -166,6 +175,7 @@ class Store(_ZarrStore):
         state["_engine"] = None
         del state["_pending"]
         state["_checked_dirs"] = set()
+        state["_swept_dirs"] = set()
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -435,7 +445,14 @@ class Store(_ZarrStore):
                 f"instance of {type(value)} instead."
             )
         path = self._path(key)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        parent = os.path.dirname(path)
+        os.makedirs(parent, exist_ok=True)
+        if parent not in self._swept_dirs:
+            # temp files of writers killed mid-write (see remove_stray_temp_files)
+            remove_stray_temp_files(parent, recursive=False)
+            if len(self._swept_dirs) >= _CHECKED_DIRS_MAX:
+                self._swept_dirs.clear()
+            self._swept_dirs.add(parent)
         data = np.ascontiguousarray(value.as_numpy_array()).view(np.uint8).ravel()
         for _ in self.engine.submit(OpGroup([put_file(path, data)])):
             pass
@@ -515,6 +532,8 @@ class Store(_ZarrStore):
         out = []
         for d, _, files in os.walk(base):
             for name in files:
+                if temp_file_pid(name) is not None:
+                    continue  # an engine temp file (a write in flight, or a stray)
                 p = os.path.join(d, name)
                 if self._inside(p) and os.path.isfile(p):
                     out.append(os.path.relpath(p, root).replace(os.sep, "/"))
@@ -536,7 +555,11 @@ class Store(_ZarrStore):
         a prefix naming a path outside the store)."""
         base = self._path(prefix, prefix=True)
         try:
-            names = [n for n in os.listdir(base) if self._inside(os.path.join(base, n))]
+            names = [
+                n
+                for n in os.listdir(base)
+                if temp_file_pid(n) is None and self._inside(os.path.join(base, n))
+            ]
         except (FileNotFoundError, NotADirectoryError):
             names = []
         for name in names:

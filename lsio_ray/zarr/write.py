@@ -7,6 +7,11 @@ the region covers only in part is read first (through the normal read path) and
 merged.  Metadata is written the same way, and by :func:`save` only after every chunk,
 so a reader never sees a half-made array.  Encoding runs on the decode pool (numcodecs
 releases the GIL), one bounded batch of units at a time.
+
+A process killed while writing (``kill -9``, OOM) leaves the temp file of each write in
+flight (``NAME.lsio-tmp.PID.N...``, as large as the unit).  :func:`create` and
+:func:`save` remove those of writers that are gone from the array's directory before
+writing (:func:`lsio_ray.paths.remove_stray_temp_files`).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from lsio_ray._lsio import lib
-from lsio_ray.paths import check_disjoint
+from lsio_ray.paths import check_disjoint, remove_stray_temp_files
 from lsio_ray.zarr import _zarr_compat
 from lsio_ray.zarr.array import Array
 from lsio_ray.zarr.batches import FilePlan, file_plan
@@ -248,6 +253,9 @@ def _prepare_dir(path: str, overwrite: bool) -> None:
     if exists or (overwrite and os.path.isdir(path) and os.listdir(path)):
         shutil.rmtree(path)
     os.makedirs(path, exist_ok=True)
+    # temp files of earlier writers killed mid-write (an interrupted save leaves its
+    # chunks and no metadata; saved again without overwrite, they are still there)
+    remove_stray_temp_files(path)
 
 
 def _metadata(path: str, kwargs: dict[str, Any]) -> tuple[dict[str, bytes], ArrayLayout]:
