@@ -439,3 +439,50 @@ def test_save_removes_stray_temp_files(tmp_path: Path, pids: tuple[int, int]) ->
     top, c0 = set(os.listdir(path)), set(os.listdir(path / "c" / "0"))
     assert stay_top <= top and not go_top & top, top
     assert stay_c <= c0 and not go_c & c0, c0
+
+
+# -- 4. codec arguments mean what they mean in zarr-python ------------------------------------
+
+
+def _zarr_docs(path: Path) -> dict[str, Any]:
+    import json
+
+    return {
+        n: json.loads((path / n).read_bytes())
+        for n in ("zarr.json", ".zarray", ".zattrs")
+        if (path / n).exists()
+    }
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+@pytest.mark.parametrize(
+    "codecs",
+    [
+        {},
+        {"compressors": None},
+        {"compressors": "auto"},
+        {"filters": None},
+        {"serializer": "auto"},
+        {"compressors": None, "filters": None},
+    ],
+    ids=["defaults", "compressors-None", "compressors-auto", "filters-None", "serializer", "none"],
+)
+def test_save_and_create_write_zarr_pythons_metadata(
+    tmp_path: Path, zarr_format: int, codecs: dict[str, Any]
+) -> None:
+    """``lz.save`` / ``lz.create`` write the metadata ``zarr.create_array`` writes for the
+    same arguments: ``compressors=None`` is uncompressed (it was zstd)."""
+    data = np.arange(60, dtype="i4").reshape(6, 10)
+    kw: dict[str, Any] = dict(chunks=(3, 5), zarr_format=zarr_format, **codecs)
+    ref = zarr.create_array(str(tmp_path / "ref.zarr"), shape=data.shape, dtype=data.dtype, **kw)
+    ref[...] = data
+    lz.save(tmp_path / "saved.zarr", data, **kw)
+    lz.create(tmp_path / "made.zarr", shape=data.shape, dtype=data.dtype, **kw)
+    want = _zarr_docs(tmp_path / "ref.zarr")
+    assert _zarr_docs(tmp_path / "saved.zarr") == want
+    assert _zarr_docs(tmp_path / "made.zarr") == want
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "saved.zarr"))[...], data)
+    if codecs.get("compressors", "auto") is None:
+        # stored raw: each chunk file is exactly the chunk's bytes
+        first = "0.0" if zarr_format == 2 else "c/0/0"
+        assert (tmp_path / "saved.zarr" / first).stat().st_size == 3 * 5 * 4

@@ -278,11 +278,19 @@ def _write_metadata(loader: Loader, path: str, docs: dict[str, bytes], fsync: bo
         )
 
 
-def _create_kwargs(shape: Any, dtype: Any, chunks: Any, **kw: Any) -> dict[str, Any]:
+def _create_kwargs(
+    shape: Any, dtype: Any, chunks: Any, filters: Any, compressors: Any, serializer: Any, **kw: Any
+) -> dict[str, Any]:
+    """``zarr.create_array`` arguments.  ``filters`` and ``compressors`` go as given, as
+    zarr-python takes them: ``"auto"`` its defaults, None none at all (uncompressed);
+    ``serializer=None`` is ``"auto"``.  The other arguments are passed when not None."""
     out = {
         "shape": tuple(int(s) for s in shape),
         "dtype": dtype,
         "chunks": tuple(int(c) for c in chunks),
+        "filters": filters,
+        "compressors": compressors,
+        "serializer": "auto" if serializer is None else serializer,
     }
     out.update({k: v for k, v in kw.items() if v is not None})
     return out
@@ -296,9 +304,9 @@ def create(
     chunks: Any,
     shards: Any = None,
     zarr_format: int = 3,
-    filters: Any = None,
-    compressors: Any = None,
-    serializer: Any = None,
+    filters: Any = "auto",
+    compressors: Any = "auto",
+    serializer: Any = "auto",
     fill_value: Any = None,
     order: str | None = None,
     attributes: dict[str, Any] | None = None,
@@ -310,9 +318,12 @@ def create(
 ) -> Array:
     """Create an empty array (all fill value) and return it open for writing.
 
-    Arguments are zarr-python's ``create_array`` ones (codec objects from
-    ``zarr.codecs`` or numcodecs for v2); zarr-python builds the metadata, which is
-    written atomically.  ``overwrite=True`` removes what is at ``path`` first."""
+    Arguments are zarr-python's ``create_array`` ones, with its defaults and meanings
+    (codec objects from ``zarr.codecs`` or numcodecs for v2): ``filters``,
+    ``compressors`` and ``serializer`` default to ``"auto"`` (zarr-python's defaults:
+    zstd for v3 and v2), ``compressors=None`` writes the chunks uncompressed.
+    zarr-python builds the metadata, which is written atomically.  ``overwrite=True``
+    removes what is at ``path`` first."""
     root = os.path.abspath(os.fspath(path))
     kwargs = _create_kwargs(
         shape,
@@ -343,9 +354,9 @@ def save(
     chunks: Any,
     shards: Any = None,
     zarr_format: int = 3,
-    filters: Any = None,
-    compressors: Any = None,
-    serializer: Any = None,
+    filters: Any = "auto",
+    compressors: Any = "auto",
+    serializer: Any = "auto",
     fill_value: Any = None,
     order: str | None = None,
     attributes: dict[str, Any] | None = None,
