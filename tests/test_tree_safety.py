@@ -486,3 +486,29 @@ def test_save_and_create_write_zarr_pythons_metadata(
         # stored raw: each chunk file is exactly the chunk's bytes
         first = "0.0" if zarr_format == 2 else "c/0/0"
         assert (tmp_path / "saved.zarr" / first).stat().st_size == 3 * 5 * 4
+
+
+def test_rechunk_checks_a_node_local_destination_on_its_node(tmp_path: Path) -> None:
+    """A destination on another node's local disk is checked there as well (the driver
+    cannot see it); a disjoint one is re-chunked as before."""
+    pytest.importorskip("ray")
+    from _ray_helpers import local_cluster
+
+    from lsio_ray.ray import Coordinator
+    from lsio_ray.ray.rechunk import _check_disjoint_on
+
+    with local_cluster(tmp_path / "cluster", workers=1) as lc:
+        other = lc.nodes[1]
+        src = lc.disks[other] / "in.zarr"
+        data = _source(src)
+        with pytest.raises(ValueError, match=f"on node {other}: .*inside the source"):
+            _check_disjoint_on(other, str(src), str(src / "out"))
+        _check_disjoint_on(other, str(src), str(lc.disks[other] / "out.zarr"))
+        coord = Coordinator(roots=lc.roots)
+        res = lsio_ray.rechunk(
+            src, lc.disks[other] / "out.zarr", chunks=(16, 64, 64), coordinator=coord
+        )
+        assert res.blocks >= 1
+        out = zarr.open_array(str(lc.disks[other] / "out.zarr"))
+        assert out.chunks == (16, 64, 64)
+        np.testing.assert_array_equal(out[...], data)
