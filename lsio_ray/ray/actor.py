@@ -573,17 +573,12 @@ class IOActor:
 
     def remove_temp_files(self, root: str) -> int:
         """Delete the engine's leftover temp files (``*.lsio-tmp.*``) under ``root``,
-        left by writes interrupted by a crash; returns how many were removed."""
-        n = 0
-        for d, _, files in os.walk(root):
-            for f in files:
-                if ".lsio-tmp." in f:
-                    try:
-                        os.unlink(os.path.join(d, f))
-                        n += 1
-                    except FileNotFoundError:
-                        pass
-        return n
+        left by writes interrupted by a crash, whatever their writer: for a finished
+        job that owns ``root`` (:func:`lsio_ray.paths.remove_stray_temp_files` with
+        ``finished=True``); returns how many were removed."""
+        from lsio_ray.paths import remove_stray_temp_files
+
+        return remove_stray_temp_files(root, finished=True)
 
     def _make_parent_dirs(self, spec: PieceSpec) -> None:
         # not cached across calls: another node may remove a directory (shared storage)

@@ -53,7 +53,9 @@ redoes the others whole; encoding is deterministic, so the result is byte-identi
 an uninterrupted run.  The metadata documents are written last, so an unfinished
 destination is never mistaken for an array; then the journal is removed.  A destination
 that exists and is not an unfinished run of the same job is refused unless
-``overwrite=True``.
+``overwrite=True``.  A destination that is the source, lies inside it or holds it
+(symbolic links resolved, links inside the destination tree included) is always refused,
+before Ray starts and before anything is removed or written.
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ import numpy as np
 
 from lsio_ray import config
 from lsio_ray.ops import Operation, OpGroup, get_ranges
+from lsio_ray.paths import check_disjoint
 from lsio_ray.ray.batches import Batch
 from lsio_ray.ray.coordinator import Coordinator, _unwrap, is_system_error
 from lsio_ray.ray.errors import RayLayerError
@@ -974,6 +977,21 @@ def _progress_fn(
     return (lambda k: None), (lambda: None)
 
 
+def _check_disjoint_on(node: str, src: str, dst: str) -> None:
+    """:func:`~lsio_ray.paths.check_disjoint` run on ``node`` (its file system's view);
+    its :class:`ValueError` raised here as is."""
+    import ray
+
+    check = ray.remote(num_cpus=0, max_retries=0)(check_disjoint)
+    try:
+        ray.get(check.options(**on_node(node, soft=False)).remote(src, dst))
+    except Exception as exc:
+        cause = _unwrap(exc)
+        if isinstance(cause, ValueError):
+            raise ValueError(f"on node {node}: {cause}") from None
+        raise
+
+
 def _majority(nodes: list[str]) -> str:
     return collections.Counter(nodes).most_common(1)[0][0]
 
@@ -1021,25 +1039,31 @@ def rechunk(
     Default: the ``direct`` setting of :mod:`lsio_ray.config` (env ``LSIO_DIRECT``); off
     where the driver sees the source on a file system refusing it.  Resumable: see the
     module docstring.
+
+    Raises :class:`ValueError` naming both paths, before Ray is started and before
+    anything is removed or written, when ``dst`` is ``src``, lies inside it or holds it,
+    compared as written and with symbolic links resolved, or holds a symbolic link
+    leading into the source (:func:`lsio_ray.paths.check_disjoint`): ``overwrite=True``
+    never removes the source.  A node-local destination on another node than the
+    driver's is checked on that node as well.
     """
     import ray
 
     if io not in ("auto", "actors"):
         raise ValueError(f"io must be 'auto' or 'actors', not {io!r}")
+    # before Ray starts and anything is removed or written: a destination that is the
+    # source, inside it or holding it (symbolic links resolved) would destroy the source
+    src_root, dst_root = check_disjoint(src, dst)
     t0 = time.time()
     if direct is None:
         direct = bool(config.get("direct"))
     if not ray.is_initialized():
         ray.init(address=address, log_to_driver=False, configure_logging=False)
     coord = coordinator or Coordinator(roots=roots, batch_bytes=batch_bytes)
-    src_root = os.path.abspath(os.fspath(src))
     if direct and os.path.isdir(src_root):
         from lsio_ray.zarr.array import supports_direct
 
         direct = supports_direct(src_root)
-    dst_root = os.path.abspath(os.fspath(dst))
-    if src_root == dst_root or dst_root.startswith(src_root + os.sep):
-        raise ValueError(f"the destination {dst_root} must not be inside the source")
     here = ray.get_runtime_context().get_node_id()
 
     def meta_node(path: str) -> str:
@@ -1117,6 +1141,9 @@ def rechunk(
 
         # the destination: fresh, or an unfinished run of this very job
         owner = coord.node_of(dst_root)
+        if owner is not None and (owner != here or not see_here):
+            # a node-local destination this driver cannot see: check it where it is too
+            _check_disjoint_on(owner, src_root, dst_root)
 
         def on_dst(method: str, *args: Any, **kwargs: Any) -> Any:
             """Call the destination's IO actor.  On shared storage a node lost mid-job is

@@ -32,7 +32,19 @@ def _roots(items: list[str] | None) -> dict[str, list[str]] | None:
 
 
 def cmd_rechunk(args: argparse.Namespace) -> int:
-    """Run ``lsio-ray rechunk``; returns the exit status."""
+    """Run ``lsio-ray rechunk``; returns the exit status.
+
+    A destination that is the source, inside it or holding it (symbolic links
+    resolved, see :func:`lsio_ray.paths.check_disjoint`) is refused with status 1
+    before Ray is imported or started, and before anything is removed."""
+    from lsio_ray.paths import check_disjoint
+
+    try:
+        check_disjoint(args.src, args.dst)
+    except ValueError as exc:
+        print(f"lsio-ray rechunk: error: {exc}", file=sys.stderr)
+        return 1
+
     import ray
 
     from lsio_ray.ray.rechunk import RechunkError, rechunk
@@ -56,7 +68,7 @@ def cmd_rechunk(args: argparse.Namespace) -> int:
             io=args.io,
             direct=args.direct or None,
         )
-    except (RechunkError, FileExistsError, FileNotFoundError) as exc:
+    except (RechunkError, FileExistsError, FileNotFoundError, ValueError) as exc:
         print(f"lsio-ray rechunk: error: {exc}", file=sys.stderr)
         return 1
     if args.json:
@@ -109,7 +121,11 @@ def add_rechunk_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=None,
         help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing DST")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing DST (never one that is, holds or lies inside SRC)",
+    )
     p.add_argument(
         "--root",
         action="append",

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import stat
 import threading
 import weakref
 from collections.abc import AsyncIterator, Iterable
@@ -49,6 +50,7 @@ from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
 from lsio_ray.engine import Engine
 from lsio_ray.errors import BufferPoolTooSmallError, RangePastEOFError
 from lsio_ray.ops import ByteRange, OpGroup, get_ranges, put_file
+from lsio_ray.paths import is_within, remove_stray_temp_files, temp_file_pid
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -56,6 +58,8 @@ if TYPE_CHECKING:
 __all__ = ["Store", "shared_engine"]
 
 _MISSING = (FileNotFoundError, IsADirectoryError, NotADirectoryError)
+
+_CHECKED_DIRS_MAX = 1 << 16  # directories a store remembers as checked (then starts over)
 
 _ENGINE: Engine | None = None
 _ENGINE_LOCK = threading.Lock()
@@ -108,7 +112,26 @@ class Store(_ZarrStore):
 
     ``root``: the directory (made on open unless read-only).  ``engine``: the
     :class:`~lsio_ray.Engine` to use (default: one shared per process).  The store pickles
-    as its root and mode; the engine is not carried over (the receiver uses its own)."""
+    as its root and mode; the engine is not carried over (the receiver uses its own).
+
+    Keys never leave the root, unlike zarr's ``LocalStore``: a key (or prefix) that is
+    absolute or has an empty, ``.`` or ``..`` component (``"../x"``, ``"/etc/x"``,
+    ``"a/../../x"``, ``"a//b"``) raises :class:`ValueError` naming it, in every method.
+    Symbolic links inside the store are followed only while they stay inside the root
+    (realpath'd): a key reaching a link that leads out of it -- to read, write, delete
+    or list -- raises :class:`ValueError` naming the key and the link, and nothing is
+    read or written through it.  Deleting (``delete``, ``delete_dir``, ``clear``)
+    removes links themselves, never what they point to; listings skip links leading
+    out.  The check runs on every call, just before the engine opens the path: it is
+    not atomic with the open, so another process with write access to the store's
+    directories could still swap a directory for a link in between.
+
+    Writes are atomic: the value goes to ``KEY.lsio-tmp.PID.N...`` beside the key, then
+    is renamed over it.  A writer killed between the two (``kill -9``, OOM, power loss)
+    leaves that temp file behind, as large as the value.  The first write of a store
+    into a directory removes the temp files there of writers that are gone (PID not
+    alive on this machine, unmodified for a minute; see
+    :func:`lsio_ray.paths.remove_stray_temp_files`); listings never show temp files."""
 
     supports_writes: bool = True
     supports_deletes: bool = True
@@ -128,6 +151,10 @@ class Store(_ZarrStore):
             )
         self.root = Path(os.path.abspath(os.fspath(root)))
         self._engine = engine
+        # key directories ("a/c/0") a read found free of links leading out
+        self._checked_dirs: set[str] = set()
+        # directories this store wrote into, their stray temp files removed
+        self._swept_dirs: set[str] = set()
         # gets waiting for the next read, per event loop (see get); a loop closed before
         # its read took them does not keep them
         self._pending: weakref.WeakKeyDictionary[
@@ -147,6 +174,8 @@ class Store(_ZarrStore):
         state = self.__dict__.copy()
         state["_engine"] = None
         del state["_pending"]
+        state["_checked_dirs"] = set()
+        state["_swept_dirs"] = set()
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -192,10 +221,79 @@ class Store(_ZarrStore):
     def __repr__(self) -> str:
         return f"lsio_ray.zarr.Store('{self.root.as_posix()}')"
 
-    def _path(self, key: str) -> str:
+    # -- keys: relative paths that stay inside the root --------------------------------
+    def _parts(self, key: str, *, prefix: bool = False) -> list[str]:
+        """The components of ``key`` (a prefix: one trailing ``/`` allowed, ``""`` is the
+        root); :class:`ValueError` naming the key when it is absolute or has an empty,
+        ``.`` or ``..`` component -- it would name a path outside the store."""
         if not isinstance(key, str):
             raise TypeError(f"a store key must be a str, not {type(key)}")
-        return os.path.join(self.root, key)
+        text = key[:-1] if prefix and key.endswith("/") else key
+        if not text:
+            if prefix:
+                return []
+            raise ValueError(f"store key {key!r} is empty ({self})")
+        parts = text.split("/")
+        if any(p in ("", ".", "..") or "\0" in p for p in parts):
+            raise ValueError(
+                f"store key {key!r} is not a path inside {self}: keys are relative, "
+                "with no empty, '.' or '..' component"
+            )
+        return parts
+
+    def _path(self, key: str, *, prefix: bool = False, read: bool = False) -> str:
+        """The file of ``key`` under the root, after checking that it stays there: a
+        valid key (:meth:`_parts`) whose existing components are not symbolic links
+        leading out of the root (:class:`ValueError` naming the key and the link).
+        Links inside the store that stay inside it are followed.
+
+        Every component is checked (an ``lstat`` each) for writes, deletes and
+        listings.  ``read=True``: the directories a read already found free of links
+        leading out are remembered (an ``lstat`` costs as much as a quarter of a small
+        cached chunk's read), so a read checks its file only; they are forgotten when
+        this store deletes anything."""
+        parts = self._parts(key, prefix=prefix)
+        root = os.fspath(self.root)
+        if not parts:
+            return root
+        rel = "/".join(parts)
+        full = f"{root}/{rel}"
+        parent = rel.rpartition("/")[0]
+        if read and parent in self._checked_dirs:
+            to_check = [full]  # the directories were found fine by an earlier read
+        else:
+            to_check = []
+            path = root
+            for name in parts:
+                path = f"{path}/{name}"
+                to_check.append(path)
+        for path in to_check:
+            try:
+                st = os.lstat(path)
+            except OSError:
+                # missing (the rest is too), or unreachable (ENAMETOOLONG, EACCES...):
+                # what lstat cannot reach the engine's open cannot either, and it
+                # reports the error (a missing key, or the OSError) as for any key
+                return full
+            if stat.S_ISLNK(st.st_mode):
+                target = os.path.realpath(path)
+                if not is_within(target, os.path.realpath(root)):
+                    raise ValueError(
+                        f"store key {key!r} leads out of {self}: {path} is a symbolic link "
+                        f"to {target}"
+                    )
+        if read and parent and len(to_check) > 1:
+            if len(self._checked_dirs) >= _CHECKED_DIRS_MAX:
+                self._checked_dirs.clear()
+            self._checked_dirs.add(parent)
+        return full
+
+    def _inside(self, path: str) -> bool:
+        """Whether the entry ``path`` (under the root) is not a symbolic link leading
+        out of the root."""
+        if not os.path.islink(path):
+            return True
+        return is_within(os.path.realpath(path), os.path.realpath(self.root))
 
     # -- reading -------------------------------------------------------------------------
     def _read_many(
@@ -204,7 +302,7 @@ class Store(_ZarrStore):
         """All ranges as one engine group; missing keys give None."""
         if not key_ranges:
             return []
-        ops = [get_ranges(self._path(k), [_to_range(r)]) for k, r in key_ranges]
+        ops = [get_ranges(self._path(k, read=True), [_to_range(r)]) for k, r in key_ranges]
         engine = self.engine
         result = engine.submit(OpGroup(ops), order="operation", errors="return")
         out: list[Buffer | None] = [None] * len(key_ranges)
@@ -230,7 +328,8 @@ class Store(_ZarrStore):
             elif isinstance(chunk.error, (RangePastEOFError, BufferPoolTooSmallError)):
                 # a range cut by the end of the file, or larger than the pool
                 try:
-                    out[i] = prototype.buffer.from_bytes(_read_plain(self._path(key), req))
+                    path = self._path(key, read=True)
+                    out[i] = prototype.buffer.from_bytes(_read_plain(path, req))
                 except _MISSING:
                     out[i] = None
             else:
@@ -346,7 +445,14 @@ class Store(_ZarrStore):
                 f"instance of {type(value)} instead."
             )
         path = self._path(key)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        parent = os.path.dirname(path)
+        os.makedirs(parent, exist_ok=True)
+        if parent not in self._swept_dirs:
+            # temp files of writers killed mid-write (see remove_stray_temp_files)
+            remove_stray_temp_files(parent, recursive=False)
+            if len(self._swept_dirs) >= _CHECKED_DIRS_MAX:
+                self._swept_dirs.clear()
+            self._swept_dirs.add(parent)
         data = np.ascontiguousarray(value.as_numpy_array()).view(np.uint8).ravel()
         for _ in self.engine.submit(OpGroup([put_file(path, data)])):
             pass
@@ -370,14 +476,8 @@ class Store(_ZarrStore):
             await self.set(key, value)
 
     def _delete(self, key: str) -> None:
-        path = self._path(key)
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        else:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+        self._checked_dirs.clear()
+        _remove(self._path(key))
 
     def delete_sync(self, key: str) -> None:
         """Remove ``key`` (a directory: everything under it); missing keys are fine."""
@@ -390,42 +490,93 @@ class Store(_ZarrStore):
         self._check_writable()
         await asyncio.to_thread(self._delete, key)
 
-    async def delete_dir(self, prefix: str) -> None:
-        """Remove every key under ``prefix``."""
-        self._check_writable()
-        path = self._path(prefix)
-        if os.path.isdir(path):
-            await asyncio.to_thread(shutil.rmtree, path)
-        elif os.path.isfile(path):
+    def _delete_dir(self, prefix: str) -> None:
+        self._checked_dirs.clear()
+        path = self._path(prefix, prefix=True)
+        if path == os.fspath(self.root):
+            self._clear_root()
+        elif os.path.isfile(path) and not os.path.islink(path):
             raise ValueError(f"delete_dir was passed a {prefix=!r} that is a file")
+        elif os.path.lexists(path):
+            _remove(path)
+
+    def _clear_root(self) -> None:
+        """Remove everything in the root directory (the directory itself stays: it may
+        be a symbolic link's target, or a mount point)."""
+        self._checked_dirs.clear()
+        try:
+            names = os.listdir(self.root)
+        except FileNotFoundError:
+            names = []
+        for name in names:
+            _remove(os.path.join(self.root, name))
+
+    async def delete_dir(self, prefix: str) -> None:
+        """Remove every key under ``prefix`` (``""``: every key).  Symbolic links are
+        removed, never followed."""
+        self._check_writable()
+        await asyncio.to_thread(self._delete_dir, prefix)
 
     async def clear(self) -> None:
-        """Remove every key."""
+        """Remove every key.  Symbolic links are removed, never followed; the root
+        directory itself stays."""
         self._check_writable()
-        shutil.rmtree(self.root, ignore_errors=True)
+        await asyncio.to_thread(self._clear_root)
         self.root.mkdir(parents=True, exist_ok=True)
 
     # -- listing -------------------------------------------------------------------------
-    def _walk(self, base: Path) -> list[str]:
-        root = self.root.as_posix() + "/"
-        return [p.as_posix().replace(root, "", 1) for p in base.rglob("*") if p.is_file()]
+    def _walk(self, base: str) -> list[str]:
+        """The keys under the directory ``base``: its regular files, and links to
+        files inside the root; links to directories are not descended."""
+        root = os.fspath(self.root)
+        out = []
+        for d, _, files in os.walk(base):
+            for name in files:
+                if temp_file_pid(name) is not None:
+                    continue  # an engine temp file (a write in flight, or a stray)
+                p = os.path.join(d, name)
+                if self._inside(p) and os.path.isfile(p):
+                    out.append(os.path.relpath(p, root).replace(os.sep, "/"))
+        return out
 
     async def list(self) -> AsyncIterator[str]:
         """Every key in the store."""
-        for key in self._walk(self.root):
+        for key in self._walk(os.fspath(self.root)):
             yield key
 
     async def list_prefix(self, prefix: str) -> AsyncIterator[str]:
-        """Every key under ``prefix``."""
-        for key in self._walk(self.root / prefix.rstrip("/")):
+        """Every key under ``prefix`` (:class:`ValueError` for a prefix naming a path
+        outside the store)."""
+        for key in self._walk(self._path(prefix, prefix=True)):
             yield key
 
     async def list_dir(self, prefix: str) -> AsyncIterator[str]:
-        """The keys and "directories" directly under ``prefix``."""
-        base = self.root / prefix
+        """The keys and "directories" directly under ``prefix`` (:class:`ValueError` for
+        a prefix naming a path outside the store)."""
+        base = self._path(prefix, prefix=True)
         try:
-            names = [p.name for p in base.iterdir()]
+            names = [
+                n
+                for n in os.listdir(base)
+                if temp_file_pid(n) is None and self._inside(os.path.join(base, n))
+            ]
         except (FileNotFoundError, NotADirectoryError):
             names = []
         for name in names:
             yield name
+
+
+def _remove(path: str) -> None:
+    """Remove ``path``: a directory with everything under it, else the file or the
+    symbolic link itself (links are never followed); missing is fine."""
+    try:
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    try:
+        if stat.S_ISDIR(st.st_mode):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+    except FileNotFoundError:
+        pass

@@ -7,6 +7,11 @@ the region covers only in part is read first (through the normal read path) and
 merged.  Metadata is written the same way, and by :func:`save` only after every chunk,
 so a reader never sees a half-made array.  Encoding runs on the decode pool (numcodecs
 releases the GIL), one bounded batch of units at a time.
+
+A process killed while writing (``kill -9``, OOM) leaves the temp file of each write in
+flight (``NAME.lsio-tmp.PID.N...``, as large as the unit).  :func:`create` and
+:func:`save` remove those of writers that are gone from the array's directory before
+writing (:func:`lsio_ray.paths.remove_stray_temp_files`).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from lsio_ray._lsio import lib
+from lsio_ray.paths import check_disjoint, remove_stray_temp_files
 from lsio_ray.zarr import _zarr_compat
 from lsio_ray.zarr.array import Array
 from lsio_ray.zarr.batches import FilePlan, file_plan
@@ -227,6 +233,19 @@ def write_region(
 # -- creating arrays ---------------------------------------------------------------------
 
 
+def _source_dir(data: Any) -> str | None:
+    """The directory a lazily read array ``data`` comes from: an lsio_ray
+    :class:`~lsio_ray.zarr.Array`, or a zarr-python array on a local store (zarr's
+    ``LocalStore`` or :class:`lsio_ray.zarr.Store`); None for anything else."""
+    if isinstance(data, Array):
+        return data.path
+    store_path = getattr(data, "store_path", None)
+    root = getattr(getattr(store_path, "store", None), "root", None)
+    if isinstance(root, (str, os.PathLike)):
+        return os.path.join(os.fspath(root), *(getattr(store_path, "path", "") or "").split("/"))
+    return None
+
+
 def _prepare_dir(path: str, overwrite: bool) -> None:
     exists = any(os.path.exists(os.path.join(path, m)) for m in ("zarr.json", ".zarray", ".zgroup"))
     if exists and not overwrite:
@@ -234,6 +253,9 @@ def _prepare_dir(path: str, overwrite: bool) -> None:
     if exists or (overwrite and os.path.isdir(path) and os.listdir(path)):
         shutil.rmtree(path)
     os.makedirs(path, exist_ok=True)
+    # temp files of earlier writers killed mid-write (an interrupted save leaves its
+    # chunks and no metadata; saved again without overwrite, they are still there)
+    remove_stray_temp_files(path)
 
 
 def _metadata(path: str, kwargs: dict[str, Any]) -> tuple[dict[str, bytes], ArrayLayout]:
@@ -256,11 +278,19 @@ def _write_metadata(loader: Loader, path: str, docs: dict[str, bytes], fsync: bo
         )
 
 
-def _create_kwargs(shape: Any, dtype: Any, chunks: Any, **kw: Any) -> dict[str, Any]:
+def _create_kwargs(
+    shape: Any, dtype: Any, chunks: Any, filters: Any, compressors: Any, serializer: Any, **kw: Any
+) -> dict[str, Any]:
+    """``zarr.create_array`` arguments.  ``filters`` and ``compressors`` go as given, as
+    zarr-python takes them: ``"auto"`` its defaults, None none at all (uncompressed);
+    ``serializer=None`` is ``"auto"``.  The other arguments are passed when not None."""
     out = {
         "shape": tuple(int(s) for s in shape),
         "dtype": dtype,
         "chunks": tuple(int(c) for c in chunks),
+        "filters": filters,
+        "compressors": compressors,
+        "serializer": "auto" if serializer is None else serializer,
     }
     out.update({k: v for k, v in kw.items() if v is not None})
     return out
@@ -274,9 +304,9 @@ def create(
     chunks: Any,
     shards: Any = None,
     zarr_format: int = 3,
-    filters: Any = None,
-    compressors: Any = None,
-    serializer: Any = None,
+    filters: Any = "auto",
+    compressors: Any = "auto",
+    serializer: Any = "auto",
     fill_value: Any = None,
     order: str | None = None,
     attributes: dict[str, Any] | None = None,
@@ -288,9 +318,12 @@ def create(
 ) -> Array:
     """Create an empty array (all fill value) and return it open for writing.
 
-    Arguments are zarr-python's ``create_array`` ones (codec objects from
-    ``zarr.codecs`` or numcodecs for v2); zarr-python builds the metadata, which is
-    written atomically.  ``overwrite=True`` removes what is at ``path`` first."""
+    Arguments are zarr-python's ``create_array`` ones, with its defaults and meanings
+    (codec objects from ``zarr.codecs`` or numcodecs for v2): ``filters``,
+    ``compressors`` and ``serializer`` default to ``"auto"`` (zarr-python's defaults:
+    zstd for v3 and v2), ``compressors=None`` writes the chunks uncompressed.
+    zarr-python builds the metadata, which is written atomically.  ``overwrite=True``
+    removes what is at ``path`` first."""
     root = os.path.abspath(os.fspath(path))
     kwargs = _create_kwargs(
         shape,
@@ -321,9 +354,9 @@ def save(
     chunks: Any,
     shards: Any = None,
     zarr_format: int = 3,
-    filters: Any = None,
-    compressors: Any = None,
-    serializer: Any = None,
+    filters: Any = "auto",
+    compressors: Any = "auto",
+    serializer: Any = "auto",
     fill_value: Any = None,
     order: str | None = None,
     attributes: dict[str, Any] | None = None,
@@ -335,8 +368,14 @@ def save(
 ) -> Array:
     """Write a whole numpy array as a new Zarr array: every chunk (or shard) first, the
     metadata last, so the array appears complete or not at all.  Arguments as for
-    :func:`create`."""
+    :func:`create`.  ``data`` may be an array read from disk (an lsio_ray or zarr-python
+    array on a local directory): ``path`` must then not be that directory, lie inside it
+    or hold it (symbolic links resolved), else :class:`ValueError` -- with
+    ``overwrite=True`` that would remove the array being saved."""
     root = os.path.abspath(os.fspath(path))
+    source = _source_dir(data)
+    if source is not None:
+        check_disjoint(source, root)  # before reading (and later removing) anything
     arr = np.asarray(data)
     kwargs = _create_kwargs(
         arr.shape,
