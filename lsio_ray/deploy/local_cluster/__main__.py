@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from lsio_ray.deploy.local_cluster import main
+from lsio_ray.deploy.local_cluster.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())
