@@ -29,6 +29,16 @@ from lsio_ray.deploy.local_cluster.state import (
 )
 
 
+def _find(name: str, root: str | os.PathLike[str] | None) -> tuple[str, ClusterState | None]:
+    """The cluster's name (checked) and state: from ``root``'s state file when given, else
+    through the host index by ``name``; the state file's name wins over ``name``."""
+    state = load_state(root=root) if root is not None else load_state(name=name)
+    if state is not None:
+        name = state.name
+    check_name(name)
+    return name, state
+
+
 def leftovers(name: str, state: ClusterState | None = None) -> dict[str, list[str]]:
     """What of cluster ``name`` exists on this host: namespaces, links, cgroups, processes."""
     return {
@@ -55,10 +65,7 @@ def down(
     Raises:
         ClusterError: something of the cluster still exists afterwards.
     """
-    state = load_state(root=root) if root is not None else load_state(name=name)
-    if state is not None:
-        name = state.name
-    check_name(name)
+    name, state = _find(name, root)
     if state is not None:
         disconnect_driver(state.address)
     kill_all(name, state, grace)
@@ -85,10 +92,7 @@ def down(
 
 def status(name: str = DEFAULT_NAME, root: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """State file contents plus what actually runs: processes per node, GCS liveness."""
-    state = load_state(root=root) if root is not None else load_state(name=name)
-    if state is not None:
-        name = state.name
-    check_name(name)
+    name, state = _find(name, root)
     info: dict[str, Any] = {"name": name, "leftovers": leftovers(name, state)}
     if state is None:
         info["status"] = "unknown (no state file)"
