@@ -2,8 +2,8 @@
 
 The cluster configs for real machines (Ray cluster launcher, KubeRay, Dockerfile) live in
 the repository's ``deploy/`` directory; this package holds the Python side,
-:mod:`lsio_ray.deploy.local_cluster` (imported on demand, so that ``python -m
-lsio_ray.deploy.local_cluster`` runs it cleanly)::
+the subpackage :mod:`lsio_ray.deploy.local_cluster` (imported on demand; ``python -m
+lsio_ray.deploy.local_cluster`` runs its command line)::
 
     from lsio_ray.deploy.local_cluster import LocalCluster
 """
