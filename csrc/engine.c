@@ -1126,20 +1126,36 @@ static void engine_destroy(lsio_engine *e) {
     free(e);
 }
 
+static int switch_ok(int32_t v) { return v >= -1 && v <= 1; }
+
+/* Every size is checked before anything is allocated from it: the slot table is
+ * 4 bytes x max_open, the pool's block tables 14 bytes per 4 KiB of pool_bytes, one
+ * thread per `threads`, and the ring 2 x depth entries.  (A max_open of 10^9 used to
+ * allocate and touch 3.8 GiB.)  Returns 0 or -EINVAL. */
+static int config_check(const lsio_config *cfg) {
+    if (cfg->backend < LSIO_BACKEND_AUTO || cfg->backend > LSIO_BACKEND_PREAD) return -EINVAL;
+    if (cfg->depth > LSIO_MAX_DEPTH || cfg->threads > LSIO_MAX_THREADS ||
+        cfg->max_open > LSIO_MAX_OPEN_FILES || cfg->pool_bytes > (uint64_t)LSIO_MAX_POOL_BYTES)
+        return -EINVAL;
+    long pages = sysconf(_SC_PHYS_PAGES), psize = sysconf(_SC_PAGESIZE);
+    if (pages > 0 && psize > 0 && cfg->pool_bytes > (uint64_t)pages * (uint64_t)psize)
+        return -EINVAL; /* a bound the machine cannot hold is no bound */
+    if (!switch_ok(cfg->register_buffers) || !switch_ok(cfg->fixed_files) ||
+        !switch_ok(cfg->link_open) || cfg->ring_thread < 0 || cfg->ring_thread > 1)
+        return -EINVAL;
+    return 0;
+}
+
 lsio_engine *lsio_engine_new(const lsio_config *cfg_in, int *err) {
     lsio_config cfg;
     if (cfg_in) cfg = *cfg_in;
     else lsio_config_default(&cfg);
     if (cfg.depth == 0) cfg.depth = 64;
-    if (cfg.depth > 4096) cfg.depth = 4096;
     if (cfg.threads == 0) cfg.threads = 4;
     if (cfg.max_open == 0) cfg.max_open = 1024;
     if (cfg.pool_bytes < 4096) cfg.pool_bytes = 4096;
-    *err = 0;
-    if (cfg.backend < 0 || cfg.backend > LSIO_BACKEND_PREAD) {
-        *err = -EINVAL;
-        return NULL;
-    }
+    *err = config_check(&cfg);
+    if (*err) return NULL;
     lsio_engine *e = calloc(1, sizeof *e);
     if (!e) {
         *err = -ENOMEM;

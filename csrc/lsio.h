@@ -62,6 +62,13 @@
 #define LSIO_FEAT_RENAME 16       /* IORING_OP_RENAMEAT/UNLINKAT */
 #define LSIO_FEAT_DIOALIGN 32     /* statx reports STATX_DIOALIGN */
 
+/* configuration bounds: lsio_engine_new refuses larger values with -EINVAL (before it
+ * allocates anything); pool_bytes is also refused when larger than physical memory */
+#define LSIO_MAX_DEPTH 4096
+#define LSIO_MAX_THREADS 1024
+#define LSIO_MAX_OPEN_FILES 65536
+#define LSIO_MAX_POOL_BYTES 1099511627776 /* 1 TiB */
+
 typedef struct lsio_engine lsio_engine;
 
 typedef struct {
@@ -125,7 +132,10 @@ typedef struct {
 void lsio_config_default(lsio_config *cfg);
 
 /* Create an engine.  Returns NULL and sets *err to -errno on failure.  With
- * LSIO_BACKEND_AUTO, a refused io_uring_setup (ENOSYS, EPERM, ...) selects pread. */
+ * LSIO_BACKEND_AUTO, a refused io_uring_setup (ENOSYS, EPERM, ...) selects pread.
+ * Zero depth / threads / max_open / pool_bytes take the defaults; values above the
+ * LSIO_MAX_* bounds (pool_bytes: or above physical memory), an unknown backend and
+ * switches other than -1, 0, 1 are refused with -EINVAL before anything is allocated. */
 lsio_engine *lsio_engine_new(const lsio_config *cfg, int *err);
 
 /* Cancel everything, wait for the kernel and the workers, free the engine.  Buffers the
