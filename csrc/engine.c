@@ -44,6 +44,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -91,6 +92,7 @@ typedef struct file_op {
     int in_ready;
     int tmp_created;
     int final_rename;            /* the S_FINAL issued renames (1) or unlinks (0) the temp */
+    int tmp_tries;               /* temp names found taken (EEXIST) so far */
     int state;
     int fd;                      /* fd, or direct slot when `fixed` */
     int fixed;
@@ -145,7 +147,7 @@ struct lsio_engine {
     int freed;                    /* lsio_engine_free called; struct lives until buffers_out == 0 */
     uint64_t buffers_out;
     uint64_t ops_submitted, submit_calls, starved_count;
-    uint64_t tmp_counter;
+    uint64_t tmp_counter;         /* temp names made without getrandom */
     int64_t whole_hint;           /* guessed length for speculative whole-file reads */
     uint32_t dio_align;           /* O_DIRECT alignment learned from statx (0: not yet).  The
                                      largest seen: alignments are powers of two, so it fits
@@ -168,6 +170,38 @@ struct lsio_engine {
     pthread_t *workers;
     uint32_t nworkers;
 };
+
+/* Temp names: "<path>.lsio-tmp.<16 hex digits>", 64 bits from getrandom, created with
+ * O_CREAT | O_EXCL, which refuses any existing name (symlinks included, never followed).
+ * A name that exists already (EEXIST) is replaced by a fresh one, TMP_TRIES times in
+ * all, then the write fails with -EEXIST.  (The old "<path>.lsio-tmp.<pid>.<n>" could be
+ * guessed and pre-planted to make every put fail.)  Without getrandom (ENOSYS before
+ * Linux 3.17, or no entropy yet with GRND_NONBLOCK) the bits come from the clock, the
+ * pid and a counter, mixed: still distinct names, and the retries still apply.  Other
+ * code finds stray temp files by the ".lsio-tmp." marker: keep it. */
+#define TMP_TRIES 16
+#define TMP_SUFFIX_MAX 32 /* ".lsio-tmp." + 16 hex digits + NUL, rounded up */
+
+static uint64_t mix64(uint64_t x) { /* splitmix64's finaliser */
+    x ^= x >> 30;
+    x *= 0xbf58476d1ce4e5b9ull;
+    x ^= x >> 27;
+    x *= 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+/* Called with mu held (tmp_counter). */
+static void tmp_name(lsio_engine *e, file_op *f) {
+    uint64_t v;
+    if (getrandom(&v, sizeof v, GRND_NONBLOCK) != (ssize_t)sizeof v) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        v = mix64(((uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec) ^
+                  mix64(((uint64_t)getpid() << 32) ^ ++e->tmp_counter));
+    }
+    snprintf(f->tmp_path, strlen(f->path) + TMP_SUFFIX_MAX, "%s.lsio-tmp.%016llx", f->path,
+             (unsigned long long)v);
+}
 
 static void *step_ptr(int kind, void *obj) { return (void *)((uintptr_t)obj | (uintptr_t)kind); }
 
@@ -714,6 +748,11 @@ static void step_done(lsio_engine *e, int kind, file_op *f, range_st *r, int64_t
         if (res < 0) {
             if (f->fixed) free_slot(e, f->fd);
             f->fd = -1;
+            if (res == -EEXIST && f->kind == LSIO_OP_WRITE_FILE && !f->canceled &&
+                ++f->tmp_tries < TMP_TRIES) {
+                tmp_name(e, f); /* the name was taken: file_step opens the next one */
+                break;
+            }
             file_fail(e, f, (int)res);
         } else {
             if (!f->fixed) f->fd = (int)res;
@@ -1311,11 +1350,8 @@ int lsio_submit(lsio_engine *e, const lsio_file *files, uint32_t nfiles,
         f->size = -1;
         f->fixed = (e->features & LSIO_FEAT_FIXED_FILES) != 0;
         if (f->kind == LSIO_OP_WRITE_FILE) {
-            size_t n = strlen(f->path) + 64;
-            f->tmp_path = malloc(n);
-            if (f->tmp_path)
-                snprintf(f->tmp_path, n, "%s.lsio-tmp.%d.%llu", f->path, (int)getpid(),
-                         (unsigned long long)++e->tmp_counter);
+            f->tmp_path = malloc(strlen(f->path) + TMP_SUFFIX_MAX);
+            if (f->tmp_path) tmp_name(e, f);
         }
         for (uint32_t j = 0; j < f->nranges; j++, k++) {
             range_st *r = &b->ranges[k];

@@ -84,3 +84,32 @@ def test_pool_larger_than_memory_refused(backend):
         pytest.skip("more than 1 TiB of memory: the 1 TiB bound is the one that applies")
     out = run_py(_ABSURD, "pool_bytes", str(ram + (1 << 30)), backend, timeout=30)
     assert "pool_bytes" in out, out
+
+
+# ---------------------------------------------------------------------------- temp names
+
+
+def test_put_over_planted_temp_names(make_engine, tmp_path):
+    """Temp names cannot be guessed: symlinks planted at the names the old scheme used
+    (``key.lsio-tmp.PID.N``) and at many more do not make ``put`` fail, and the file they
+    point to is never written."""
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"do not touch")
+    d = tmp_path / "data"
+    d.mkdir()
+    key = d / "key"
+    names = {f"key.lsio-tmp.{os.getpid()}.{n}" for n in range(1, 257)}
+    for n in range(2000):
+        names.add(f"key.lsio-tmp.{n:016x}")
+        names.add(f"key.lsio-tmp.{(n * 0x9E3779B97F4A7C15) % (1 << 64):016x}")
+    planted = [d / n for n in sorted(names)]
+    for p in planted:
+        p.symlink_to(victim)
+    eng = make_engine()
+    for i in range(20):
+        eng.put(key, f"version {i}".encode())
+        assert key.read_bytes() == f"version {i}".encode()
+        assert not key.is_symlink()
+    assert victim.read_bytes() == b"do not touch"
+    assert all(p.is_symlink() for p in planted)
+    assert sum(".lsio-tmp." in n for n in os.listdir(d)) == len(planted)
