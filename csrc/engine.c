@@ -25,10 +25,16 @@
  * it) and belongs to the kernel until its CQE is processed.  On success it passes to
  * the caller inside the completion; on error or cancellation step_done frees it.  A
  * caller's block comes back through lsio_release.  lsio_engine_free cancels every file
- * op (ops already in the kernel are not cancelled there: it waits for them) and reaps
- * until `inflight == 0` before it frees anything, so no block is ever
- * freed while the kernel may still write into it; the arena itself lives until the
- * last caller block is released.
+ * op -- and, on io_uring, the reads and writes already in the kernel (uring_kcancel:
+ * one parked on a pipe would never end by itself) -- then reaps until `inflight == 0`
+ * (and every kernel cancel request has completed) before it frees anything, so no
+ * block is ever freed while the kernel may still write into it; the arena itself lives
+ * until the last caller block is released.  lsio_cancel_group cancels in the kernel the
+ * same way.  Opens, closes, renames and unlinks are never cancelled: they end by
+ * themselves, and no descriptor or temp file is lost.
+ *
+ * Special files (FIFOs, devices, /proc): see stx_verdict -- only regular files are
+ * read, and they are checked before any read is issued.
  */
 #define _GNU_SOURCE
 #include "lsio.h"
@@ -50,6 +56,9 @@
 #include <unistd.h>
 
 #define MAX_IO_BYTES ((int64_t)1 << 30) /* one SQE / syscall moves at most 1 GiB */
+#define PROBE_BYTES 4096                 /* read by a whole-file read of a file of size 0 */
+#define EAGAIN_TRIES 3                   /* -EAGAIN answers a transfer is retried for */
+#define UD_CANCEL 8 /* user_data of IORING_OP_ASYNC_CANCEL requests (kind S_WAKE, no object) */
 #define DEFAULT_ALIGN 4096
 
 /* user_data = object pointer | kind (objects are 8-aligned); S_WAKE has no object.
@@ -77,8 +86,9 @@ typedef struct range_st {
     uint64_t buf_id;
     char *buf;
     uint8_t issued, finished, inflight, retry;
-    uint8_t hinted; /* whole-file read issued with a guessed length before statx answered */
-    uint8_t landed; /* ... and it has landed: waiting for the size to decide */
+    uint8_t probe;  /* whole-file read of a file statx calls empty: is it really? (probe_done) */
+    uint8_t eagain; /* -EAGAIN answers so far (io_uring retries them in io-wq: IOSQE_ASYNC) */
+    uint8_t kcancel_sent; /* an IORING_OP_ASYNC_CANCEL for its in-flight op was issued */
 } range_st;
 
 typedef struct file_op {
@@ -102,7 +112,9 @@ typedef struct file_op {
     uint32_t nfinished;          /* ranges with completion emitted or dropped */
     uint32_t inflight;           /* ops in flight */
     uint32_t nretry;             /* ranges waiting to resume a short transfer */
-    int need_statx, statx_pending, open_pending;
+    int need_statx;              /* a path statx runs (and is checked) before the open */
+    int want_size;               /* reads: the size is needed (ranges from the end, whole file) */
+    int statx_pending, open_pending;
     int error;                   /* file-level error (first one wins) */
     int canceled;
     int fsynced, closed, renamed, unlinked;
@@ -148,7 +160,8 @@ struct lsio_engine {
     uint64_t buffers_out;
     uint64_t ops_submitted, submit_calls, starved_count;
     uint64_t tmp_counter;         /* temp names made without getrandom */
-    int64_t whole_hint;           /* guessed length for speculative whole-file reads */
+    int kcancel;                  /* io_uring: cancelled files have ops in the kernel to cancel */
+    uint32_t kcancels_inflight;   /* IORING_OP_ASYNC_CANCEL requests not completed yet */
     uint32_t dio_align;           /* O_DIRECT alignment learned from statx (0: not yet).  The
                                      largest seen: alignments are powers of two, so it fits
                                      every file system seen so far; a file system needing
@@ -373,10 +386,13 @@ static int range_resolve(file_op *f, range_st *r) {
     r->off = off;
     r->len = len;
     if (f->kind == LSIO_OP_READ && f->size >= 0 && off + len > f->size) return LSIO_E_PAST_EOF;
+    /* to the end of a file statx calls empty: read a block to see (see probe_done) */
+    r->probe = f->kind == LSIO_OP_READ && r->length < 0 && f->size == 0;
     if (f->kind == LSIO_OP_READ && (f->flags & LSIO_F_DIRECT)) {
         int64_t a = f->off_align > f->mem_align ? f->off_align : f->mem_align;
         if (a <= 0) a = DEFAULT_ALIGN;
         r->aoff = off / a * a;
+        if (off + len > INT64_MAX - a) return LSIO_E_PAST_EOF; /* no aligned end fits */
         int64_t end = (off + len + a - 1) / a * a;
         r->alen = end - r->aoff;
         if (r->alen == 0) r->alen = a; /* empty range: still one aligned block, for simplicity */
@@ -384,7 +400,76 @@ static int range_resolve(file_op *f, range_st *r) {
         r->aoff = off;
         r->alen = len;
     }
+    if (r->probe && r->alen < PROBE_BYTES) r->alen = PROBE_BYTES;
     return 0;
+}
+
+/* ---- special files
+ *
+ * Only regular files are read: a FIFO or a socket blocks a read (or its open) until a
+ * writer comes -- for ever, and Engine.close() and interpreter exit with it -- and a
+ * device may never end (/dev/zero) or have side effects.  So every READ file is checked
+ * before anything is read from it: the pread backend opens with O_NONBLOCK (an open of
+ * a FIFO returns at once) and checks the descriptor it got (statx AT_EMPTY_PATH, no
+ * race); io_uring opens into direct descriptors that no statx can look at, so it checks
+ * the path with an IORING_OP_STATX that completes before the open is issued (also
+ * O_NONBLOCK).  Refused: directories (-EISDIR) and everything else not regular
+ * (LSIO_E_NOT_REGULAR), one FILE_ERROR for the file, before any read.  WRITE_RANGES
+ * refuses FIFOs, sockets (and directories) the same way but may write into a device
+ * (e.g. /dev/full, a block device).
+ * The one gap (io_uring): a regular file swapped for a FIFO between that statx and the
+ * open, by someone who can write into its directory, can make that one read wait.  It
+ * never blocks the engine: lsio_cancel_group and lsio_engine_free cancel such reads in
+ * the kernel (IORING_OP_ASYNC_CANCEL, uring_kcancel).
+ * A whole-file read of a regular file whose size is 0 (as statx says) reads one block
+ * to find out (r->probe): really empty, it completes with 0 bytes; with data (/proc,
+ * /sys files report size 0) it fails with LSIO_E_UNSIZED -- never a silent empty
+ * result.  Such files read fine with explicit byte ranges (their size is not used). */
+static int stx_verdict(const file_op *f) {
+    mode_t t = f->stx.stx_mode & S_IFMT;
+    if (!(f->stx.stx_mask & STATX_TYPE)) return LSIO_E_NOT_REGULAR; /* no type, no trust */
+    if (t == S_IFREG) return 0;
+    if (t == S_IFDIR) return -EISDIR;
+    if (f->kind == LSIO_OP_WRITE_RANGES && (t == S_IFCHR || t == S_IFBLK)) return 0;
+    return LSIO_E_NOT_REGULAR;
+}
+
+#define MAX_DIO_ALIGN ((uint32_t)1 << 20) /* larger O_DIRECT alignments are refused */
+
+/* A checked file's statx (f->stx): its size, when needed, and its O_DIRECT alignment. */
+static void file_fail(lsio_engine *e, file_op *f, int err);
+static void stx_apply(lsio_engine *e, file_op *f) {
+    if (f->kind != LSIO_OP_READ) return;
+    if (f->want_size) {
+        if (f->stx.stx_size > (uint64_t)INT64_MAX) {
+            file_fail(e, f, -EFBIG);
+            return;
+        }
+        f->size = (int64_t)f->stx.stx_size;
+    }
+    if (!(f->flags & LSIO_F_DIRECT)) return;
+    f->mem_align = f->off_align = 0;
+    if (f->stx.stx_mask & STATX_DIOALIGN) {
+        /* glibc 2.36's struct statx predates the fields: read them at the kernel's
+         * offsets (stx_dio_mem_align at 0x98, stx_dio_offset_align at 0x9c) */
+        uint32_t v[2];
+        _Static_assert(sizeof(struct statx) >= 0x98 + sizeof v, "struct statx too small");
+        memcpy(v, (const char *)&f->stx + 0x98, sizeof v);
+        f->mem_align = v[0];
+        f->off_align = v[1];
+        if (f->off_align == 0) { /* the file system does not do O_DIRECT */
+            file_fail(e, f, -EINVAL);
+            return;
+        }
+    }
+    /* The alignment sizes the buffer and the aligned range (range_resolve): only powers
+     * of two up to MAX_DIO_ALIGN, whatever a file system reports. */
+    uint32_t a = f->off_align > f->mem_align ? f->off_align : f->mem_align;
+    if (a > MAX_DIO_ALIGN || (a & (a - 1))) {
+        file_fail(e, f, -EINVAL);
+        return;
+    }
+    if (a > e->dio_align) e->dio_align = a;
 }
 
 static int alloc_slot(lsio_engine *e) {
@@ -455,17 +540,22 @@ static int file_step(lsio_engine *e, file_op *f, step *s) {
             f->state = F_FINISHING;
         } else {
             f->state = F_OPENING;
-            f->need_statx = (f->kind == LSIO_OP_READ) && needs_size(e, f);
-            if ((f->flags & LSIO_F_DIRECT) && !f->need_statx) f->mem_align = f->off_align = e->dio_align;
-            if (f->need_statx && !f->statx_pending) {
+            f->want_size = (f->kind == LSIO_OP_READ) && needs_size(e, f);
+            /* The regular-file check (see stx_verdict): io_uring opens into direct
+             * descriptors, which no statx can look at, so the path is checked BEFORE it
+             * is opened; the pread backend checks the descriptor it opened (race-free). */
+            f->need_statx = e->backend == LSIO_BACKEND_URING && f->kind != LSIO_OP_WRITE_FILE;
+            if ((f->flags & LSIO_F_DIRECT) && !f->want_size) f->mem_align = f->off_align = e->dio_align;
+            if (f->need_statx) {
                 f->statx_pending = 1;
-                s->kind = S_STATX; /* the open follows in the next call */
+                s->kind = S_STATX; /* the open waits for it */
                 return 1;
             }
         }
     }
     if (f->state == F_OPENING) {
-        if (!f->open_pending && f->fd < 0 && !f->error) {
+        if (f->statx_pending) return 0;
+        if (!f->open_pending && f->fd < 0 && !f->error && !f->canceled) {
             if (f->fixed) {
                 int slot = alloc_slot(e);
                 if (slot < 0) return 0; /* cannot happen: open_files <= max_open */
@@ -473,39 +563,21 @@ static int file_step(lsio_engine *e, file_op *f, step *s) {
             }
             f->open_pending = 1;
             s->kind = S_OPEN;
-            /* Chain the first read behind the open when its range is explicit -- or when
-             * it is a whole (buffered) file: then read a guessed length (the last whole
-             * file's size) while statx runs beside it, and decide when both have landed
-             * (hinted_decide).  Either way the data comes back one round trip after the
-             * submit instead of two. */
+            /* Chain the first read behind the open: its data comes back one round trip
+             * after the submit instead of two.  (The statx, when one was needed, has
+             * landed: the size is known and the file was found regular.) */
             range_st *r = f->nranges > 0 ? &f->ranges[0] : NULL;
-            int whole = r && f->nranges == 1 && r->offset == 0 && r->length < 0 &&
-                        !(f->flags & LSIO_F_DIRECT) && f->size < 0;
             if (f->fixed && (e->features & LSIO_FEAT_LINKED_OPEN) && f->kind == LSIO_OP_READ &&
-                (!f->need_statx || whole) && r && !r->finished) {
-                int err = 0;
-                if (whole) {
-                    r->off = r->aoff = 0;
-                    r->len = -1;
-                    r->alen = e->whole_hint;
-                } else {
-                    err = range_resolve(f, r);
-                }
-                if (!err) {
-                    int got = range_get_buffer(e, r);
-                    if (got == 1) {
-                        s->r = r;
-                        s->link_read = 1;
-                        r->issued = 1;
-                        r->hinted = (uint8_t)whole;
-                        f->next_range = 1;
-                        f->chained = 1;
-                    }
-                }
+                r && !r->finished && range_resolve(f, r) == 0 && range_get_buffer(e, r) == 1) {
+                s->r = r;
+                s->link_read = 1;
+                r->issued = 1;
+                f->next_range = 1;
+                f->chained = 1;
             }
             return 1;
         }
-        if (f->open_pending || f->statx_pending) return 0;
+        if (f->open_pending) return 0;
         if (!f->error) f->state = F_OPEN;
         else f->state = F_FINISHING;
     }
@@ -668,33 +740,12 @@ static void learn_size_at_eof(file_op *f, int64_t pos, int64_t done) {
     if (stat(f->path, &st) == 0) f->size = st.st_size;
 }
 
-/* A speculative whole-file read has landed and the size is known: deliver it, resume the
- * tail, or (the guess was too small) read the file again into a buffer that fits. */
-static void hinted_decide(lsio_engine *e, file_op *f, range_st *r) {
-    r->hinted = r->landed = 0;
-    r->off = r->aoff = 0;
-    r->len = f->size;
-    if (r->done >= r->len) {
-        emit(e, r, 0, 0);
-        range_finish(e, r);
-        return;
-    }
-    if (r->len > r->alen) { /* buffer too small: drop it and read the whole file again */
-        range_free_buf(e, r);
-        r->done = 0;
-    }
-    r->alen = r->len;
-    r->retry = 1;
-    f->nretry++;
-}
-
-/* Whole-file reads guess the next file's length from the last one (Zarr chunks of one
- * array are alike), within [4 KiB, min(8 MiB, pool / 16)]. */
-static void learn_whole_hint(lsio_engine *e, int64_t size) {
-    int64_t h = 4096, cap = (int64_t)(e->pool.bytes / 16);
-    if (cap > ((int64_t)8 << 20)) cap = (int64_t)8 << 20;
-    while (h < size && h < cap) h <<= 1;
-    e->whole_hint = h;
+/* The block read by a whole-file read of a file of size 0 (r->probe) has landed. */
+static void probe_done(lsio_engine *e, range_st *r, int64_t res) {
+    range_free_buf(e, r); /* nothing to hand out either way */
+    r->probe = 0;
+    emit(e, r, res > 0 ? LSIO_E_UNSIZED : 0, 0);
+    range_finish(e, r);
 }
 
 static void step_start(lsio_engine *e, const step *s) {
@@ -717,31 +768,11 @@ static void step_done(lsio_engine *e, int kind, file_op *f, range_st *r, int64_t
     switch (kind) {
     case S_STATX:
         f->statx_pending = 0;
-        if (res < 0) {
-            file_fail(e, f, (int)res);
-        } else {
-            f->size = (int64_t)f->stx.stx_size;
-            f->mem_align = f->off_align = 0;
-            if (f->stx.stx_mask & STATX_DIOALIGN) {
-                /* glibc 2.36's struct statx predates the fields: read them at the
-                 * kernel's offsets (stx_dio_mem_align at 0x98, stx_dio_offset_align at 0x9c) */
-                uint32_t v[2];
-                memcpy(v, (const char *)&f->stx + 0x98, sizeof v);
-                f->mem_align = v[0];
-                f->off_align = v[1];
-            }
-            if ((f->flags & LSIO_F_DIRECT) && f->stx.stx_mask & STATX_DIOALIGN && f->off_align == 0)
-                file_fail(e, f, -EINVAL); /* the file system does not do O_DIRECT */
-            else if (f->flags & LSIO_F_DIRECT) {
-                uint32_t a = file_align(f);
-                if (a > e->dio_align) e->dio_align = a;
-            }
-            if (f->nranges == 1 && f->ranges[0].offset == 0 && f->ranges[0].length < 0)
-                learn_whole_hint(e, f->size);
-            range_st *r0 = f->nranges ? &f->ranges[0] : NULL;
-            if (r0 && r0->hinted && r0->landed && !r0->finished && !f->error)
-                hinted_decide(e, f, r0);
-        }
+        if (res == -ENOENT && f->kind == LSIO_OP_WRITE_RANGES && (f->flags & LSIO_F_CREATE))
+            break; /* the open creates it */
+        if (res < 0) file_fail(e, f, (int)res);
+        else if ((res = stx_verdict(f)) != 0) file_fail(e, f, (int)res);
+        else stx_apply(e, f);
         break;
     case S_OPEN:
         f->open_pending = 0;
@@ -757,7 +788,8 @@ static void step_done(lsio_engine *e, int kind, file_op *f, range_st *r, int64_t
         } else {
             if (!f->fixed) f->fd = (int)res;
             if (f->kind == LSIO_OP_WRITE_FILE) f->tmp_created = 1;
-            if (f->error) { /* statx failed meanwhile: the fd is closed in finishing */ }
+            /* pread: run_sync checked the descriptor it opened (f->stx) */
+            else if (!f->need_statx) stx_apply(e, f);
         }
         break;
     case S_READ:
@@ -779,8 +811,8 @@ static void step_done(lsio_engine *e, int kind, file_op *f, range_st *r, int64_t
             range_finish(e, r);
             break;
         }
-        if (res == -EAGAIN || res == -EINTR) {
-            r->retry = 1;
+        if (res == -EINTR || (res == -EAGAIN && ++r->eagain <= EAGAIN_TRIES)) {
+            r->retry = 1; /* -EAGAIN: io_uring reissues it in io-wq (IOSQE_ASYNC) */
             f->nretry++;
             break;
         }
@@ -796,9 +828,8 @@ static void step_done(lsio_engine *e, int kind, file_op *f, range_st *r, int64_t
             break;
         }
         r->done += res;
-        if (kind == S_READ && r->hinted) {
-            r->landed = 1;
-            if (f->size >= 0) hinted_decide(e, f, r);
+        if (kind == S_READ && r->probe) {
+            probe_done(e, r, res);
             break;
         }
         if (kind == S_READ) {
@@ -849,12 +880,18 @@ static void step_done(lsio_engine *e, int kind, file_op *f, range_st *r, int64_t
     ready_push(e, f);
 }
 
+#define STX_MASK (STATX_TYPE | STATX_MODE | STATX_SIZE | STATX_DIOALIGN)
+
 static int open_flags(const file_op *f) {
     /* direct descriptors refuse O_CLOEXEC (-EINVAL): they are no fds to inherit */
     int fl = f->fixed ? 0 : O_CLOEXEC;
-    if (f->kind == LSIO_OP_READ) fl |= O_RDONLY;
+    /* O_NONBLOCK: opening a FIFO must not wait for its other end (see stx_verdict).  It
+     * changes nothing for the regular files that pass the checks (their reads ignore it;
+     * an -EAGAIN some kernels still give is retried in io-wq, see EAGAIN_TRIES).  A
+     * WRITE_FILE creates a fresh temp file (O_EXCL): always regular. */
+    if (f->kind == LSIO_OP_READ) fl |= O_RDONLY | O_NONBLOCK | O_NOCTTY;
     else if (f->kind == LSIO_OP_WRITE_FILE) fl |= O_WRONLY | O_CREAT | O_EXCL;
-    else fl |= O_WRONLY | ((f->flags & LSIO_F_CREATE) ? O_CREAT : 0);
+    else fl |= O_WRONLY | O_NONBLOCK | O_NOCTTY | ((f->flags & LSIO_F_CREATE) ? O_CREAT : 0);
     if (f->flags & LSIO_F_DIRECT) fl |= O_DIRECT;
     return fl;
 }
@@ -873,11 +910,20 @@ static int64_t run_sync(lsio_engine *e, const step *s) {
     (void)e;
     switch (s->kind) {
     case S_STATX:
-        res = statx(AT_FDCWD, f->path, 0, STATX_SIZE | STATX_DIOALIGN, &f->stx);
+        res = statx(AT_FDCWD, f->path, 0, STX_MASK, &f->stx);
         return res < 0 ? -errno : 0;
-    case S_OPEN:
-        res = open(f->kind == LSIO_OP_WRITE_FILE ? f->tmp_path : f->path, open_flags(f), 0644);
-        return res < 0 ? -errno : res;
+    case S_OPEN: {
+        if (f->kind == LSIO_OP_WRITE_FILE) {
+            res = open(f->tmp_path, open_flags(f), 0644);
+            return res < 0 ? -errno : res;
+        }
+        int fd = open(f->path, open_flags(f), 0644);
+        if (fd < 0) return -errno;
+        /* the descriptor itself is checked: nothing can be swapped in meanwhile */
+        int err = statx(fd, "", AT_EMPTY_PATH, STX_MASK, &f->stx) < 0 ? -errno : stx_verdict(f);
+        if (err) close(fd);
+        return err ? err : fd;
+    }
     case S_READ:
         res = pread(f->fd, r->buf + r->done, (size_t)io_len(r, 1), r->aoff + r->done);
         return res < 0 ? -errno : res;
@@ -958,6 +1004,7 @@ static void uring_prep_rw(lsio_engine *e, struct io_uring_sqe *sqe, file_op *f, 
         io_uring_prep_write(sqe, f->fd, r->data + r->done, (unsigned)len, (uint64_t)(r->off + r->done));
     }
     if (f->fixed) sqe->flags |= IOSQE_FIXED_FILE;
+    if (r->eagain) sqe->flags |= IOSQE_ASYNC; /* blocking in io-wq: no -EAGAIN there */
     io_uring_sqe_set_data(sqe, step_ptr(is_read ? S_READ : S_WRITE, r));
 }
 
@@ -966,7 +1013,7 @@ static void uring_prep(lsio_engine *e, const step *s) {
     struct io_uring_sqe *sqe = io_uring_get_sqe(&e->ring);
     switch (s->kind) {
     case S_STATX:
-        io_uring_prep_statx(sqe, AT_FDCWD, f->path, 0, STATX_SIZE | STATX_DIOALIGN, &f->stx);
+        io_uring_prep_statx(sqe, AT_FDCWD, f->path, 0, STX_MASK, &f->stx);
         io_uring_sqe_set_data(sqe, step_ptr(S_STATX, f));
         break;
     case S_OPEN: {
@@ -1002,6 +1049,34 @@ static void uring_prep(lsio_engine *e, const step *s) {
     }
 }
 
+/* Cancel, in the kernel, the transfers still in flight for cancelled files: a read the
+ * kernel parked waiting for data (poll-armed; see stx_verdict for how a FIFO could get
+ * there) would otherwise hold lsio_engine_free for ever.  Only reads and writes are
+ * cancelled: an open, close, rename or unlink always runs to its end, so no descriptor
+ * or temp file is lost.  A cancelled transfer completes with -ECANCELED (or its own
+ * result when it was done already) and step_done drops it as for any cancelled file.
+ * Called with mu held by the thread driving the ring. */
+static void uring_kcancel(lsio_engine *e) {
+    e->kcancel = 0;
+    for (file_op *f = e->a_head; f; f = f->next) {
+        if (!f->canceled || !f->inflight) continue;
+        int kind = f->kind == LSIO_OP_READ ? S_READ : S_WRITE;
+        for (uint32_t i = 0; i < f->nranges; i++) {
+            range_st *r = &f->ranges[i];
+            if (!r->inflight || r->kcancel_sent) continue;
+            struct io_uring_sqe *sqe = io_uring_get_sqe(&e->ring);
+            if (!sqe) { /* the SQ is full: the rest on the next round */
+                e->kcancel = 1;
+                return;
+            }
+            io_uring_prep_cancel64(sqe, (uint64_t)(uintptr_t)step_ptr(kind, r), 0);
+            io_uring_sqe_set_data64(sqe, UD_CANCEL);
+            r->kcancel_sent = 1;
+            e->kcancels_inflight++;
+        }
+    }
+}
+
 /* Process every CQE that is there. Called with mu held. Returns how many. */
 static unsigned uring_process(lsio_engine *e) {
     struct io_uring_cqe *cqe;
@@ -1013,7 +1088,8 @@ static unsigned uring_process(lsio_engine *e) {
         int kind = (int)(ud & 7);
         void *obj = (void *)(uintptr_t)(ud & ~(uint64_t)7);
         if (kind == S_WAKE) {
-            e->wake_armed = 0;
+            if (ud == UD_CANCEL) e->kcancels_inflight--;
+            else e->wake_armed = 0;
             continue;
         }
         if (kind == S_READ || kind == S_WRITE) {
@@ -1041,6 +1117,7 @@ static void uring_drive(lsio_engine *e, uint32_t min_complete, int timeout_ms, i
     int64_t deadline = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
     for (;;) {
         step s;
+        if (e->kcancel) uring_kcancel(e);
         while (io_uring_sq_space_left(&e->ring) >= 3 && next_step(e, &s)) {
             step_start(e, &s);
             uring_prep(e, &s);
@@ -1208,7 +1285,6 @@ lsio_engine *lsio_engine_new(const lsio_config *cfg_in, int *err) {
     pthread_cond_init(&e->cq_cond, NULL);
     int rc = pool_init(&e->pool, cfg.pool_bytes);
     if (rc < 0) goto fail;
-    learn_whole_hint(e, 64 << 10); /* first guess: 64 KiB (within the pool's cap) */
     e->cfg.pool_bytes = e->pool.bytes;
     e->slot_free = malloc(cfg.max_open * sizeof(int32_t));
     if (!e->slot_free) {
@@ -1468,6 +1544,7 @@ int lsio_release_many(lsio_engine *e, const uint64_t *ids, uint64_t n) {
 static int64_t cancel_file(lsio_engine *e, file_op *f) {
     if (f->canceled) return 0;
     f->canceled = 1;
+    if (e->backend == LSIO_BACKEND_URING && f->inflight) e->kcancel = 1;
     int64_t n = 0;
     for (uint32_t i = 0; i < f->nranges; i++) n += !f->ranges[i].finished;
     if (f->state != F_QUEUED) ready_push(e, f);
@@ -1507,7 +1584,8 @@ void lsio_engine_free(lsio_engine *e) {
         for (file_op *f = e->q_head; f; f = f->next) cancel_file(e, f);
         for (file_op *f = e->a_head; f; f = f->next) cancel_file(e, f);
         wake_all(e);
-        while (e->files_pending > 0 || e->inflight > 0) pthread_cond_wait(&e->cq_cond, &e->mu);
+        while (e->files_pending > 0 || e->inflight > 0 || e->kcancels_inflight > 0)
+            pthread_cond_wait(&e->cq_cond, &e->mu);
         e->shutting_down = 1;
         wake_all(e);
         pthread_mutex_unlock(&e->mu);
@@ -1524,7 +1602,8 @@ void lsio_engine_free(lsio_engine *e) {
         /* Drive until every file is closed (and temp files unlinked) and the kernel
          * holds nothing of ours; then complete the eventfd read so it cannot touch
          * efd_buf after the ring is gone. */
-        while (e->files_pending > 0 || e->inflight > 0) uring_drive(e, UINT32_MAX, 100, 0);
+        while (e->files_pending > 0 || e->inflight > 0 || e->kcancels_inflight > 0)
+            uring_drive(e, UINT32_MAX, 100, 0);
         while (e->wake_armed) {
             uint64_t one = 1;
             ssize_t w = write(e->efd, &one, sizeof one);
@@ -1563,6 +1642,10 @@ const char *lsio_strerror(int err) {
     case LSIO_E_PAST_EOF: return "byte range reaches past the end of the file";
     case LSIO_E_TOO_BIG: return "byte range is larger than the whole buffer pool";
     case LSIO_E_CANCELED: return "group cancelled";
+    case LSIO_E_NOT_REGULAR: return "not a regular file (a FIFO, socket or device): refused";
+    case LSIO_E_UNSIZED:
+        return "the file reports size 0 but has data (a /proc or /sys file?): a whole-file read "
+               "is refused, read it with an explicit byte range";
     default: return strerror(-err);
     }
 }

@@ -113,3 +113,142 @@ def test_put_over_planted_temp_names(make_engine, tmp_path):
     assert victim.read_bytes() == b"do not touch"
     assert all(p.is_symlink() for p in planted)
     assert sum(".lsio-tmp." in n for n in os.listdir(d)) == len(planted)
+
+
+# ---------------------------------------------------------------------------- special files
+
+_FIFO_READ = """
+import os, sys, time
+from lsio_ray import Engine
+d, backend, kind, writer = sys.argv[1:5]
+fifo = os.path.join(d, "fifo")
+os.mkfifo(fifo)
+if writer == "held":  # a writer that never writes: a read would wait for it forever
+    wfd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
+regular = os.path.join(d, "regular")
+with open(regular, "wb") as f:
+    f.write(b"x" * 5000)
+eng = Engine(backend=backend)
+assert eng.backend == backend
+t0 = time.monotonic()
+try:
+    if kind == "whole":
+        eng.get(fifo)
+    elif kind == "range":
+        eng.read(fifo, 0, 100)
+    else:
+        eng.read(fifo, 100, 200)
+except OSError as exc:
+    assert exc.filename == fifo, exc
+    assert "not a regular file" in str(exc), exc
+    print("refused", type(exc).__name__, exc)
+else:
+    raise SystemExit("a FIFO was read")
+assert time.monotonic() - t0 < 10, time.monotonic() - t0
+assert eng.read(regular, 10, 20) == b"x" * 10  # the engine is fine
+t0 = time.monotonic()
+eng.close()
+assert time.monotonic() - t0 < 10
+print("closed")
+"""
+
+
+@pytest.mark.parametrize("kind", ["whole", "range", "offset-range"])
+@pytest.mark.parametrize("writer", ["none", "held"])
+def test_fifo_read_refused(backend, tmp_path, kind, writer):
+    """A FIFO read (whole file or range, with or without a writer holding it open) fails
+    at once with an error naming the path; Engine.close() and interpreter exit return.
+    It used to block in open()/read() for ever on both backends (only SIGKILL ended it)."""
+    out = run_py(_FIFO_READ, str(tmp_path), backend, kind, writer, timeout=60)
+    assert "refused" in out and "closed" in out, out
+
+
+_ZARR_FIFO = """
+import os, sys, time
+import numpy as np
+import lsio_ray.zarr as lz
+d = sys.argv[1]
+path = os.path.join(d, "a.zarr")
+data = np.arange(32 * 32, dtype="int32").reshape(32, 32)
+lz.save(path, data, chunks=(8, 8), compressors=None)
+chunk = os.path.join(path, "c", "1", "2")
+assert os.path.isfile(chunk), os.listdir(os.path.join(path, "c"))
+os.unlink(chunk)
+os.mkfifo(chunk)
+wfd = None
+if sys.argv[2] == "held":
+    wfd = os.open(chunk, os.O_RDWR | os.O_NONBLOCK)
+arr = lz.open(path)
+t0 = time.monotonic()
+try:
+    arr[...]
+except OSError as exc:
+    assert exc.filename == chunk, (exc.filename, chunk)
+    assert "not a regular file" in str(exc), exc
+    print("refused", exc)
+else:
+    raise SystemExit("a FIFO chunk was read")
+assert time.monotonic() - t0 < 10
+assert (arr[:8, :8] == data[:8, :8]).all()  # the other chunks still read
+print("done")
+# the process-wide loader is closed at exit (atexit): that must return too
+"""
+
+
+@pytest.mark.parametrize("writer", ["none", "held"])
+def test_zarr_chunk_fifo(backend, tmp_path, writer):
+    """A chunk file of an untrusted Zarr array replaced by a FIFO: the read raises an
+    error naming the chunk's path, the rest of the array still reads, and the process
+    exits (the default loader's atexit close used to hang)."""
+    out = run_py(_ZARR_FIFO, str(tmp_path), writer, timeout=90, env={"LSIO_BACKEND": backend})
+    assert "refused" in out and "done" in out, out
+
+
+def test_devices_and_directories_refused(make_engine, tmp_path):
+    """Reads of a character device or a directory fail naming the path: /dev/zero used to
+    'read' as an empty file (size 0), a range of it as zeros."""
+    from lsio_ray import ByteRange, OpGroup, get_ranges
+
+    eng = make_engine()
+    for path, ranges in [
+        ("/dev/zero", None),
+        ("/dev/zero", [ByteRange(0, 4096)]),
+        ("/dev/urandom", [ByteRange(0, 16)]),
+        (str(tmp_path), None),
+    ]:
+        res = eng.submit(OpGroup([get_ranges(path, ranges)]), errors="return")
+        (c,) = res.collect()
+        assert isinstance(c.error, OSError), (path, c.error)
+        assert c.error.filename == path
+        if path == str(tmp_path):
+            assert isinstance(c.error, IsADirectoryError), c.error
+        else:
+            assert "not a regular file" in str(c.error), c.error
+
+
+def test_proc_file_whole_read(make_engine):
+    """/proc/self/status reports size 0 but has data: a whole-file read must not return
+    0 bytes as if it were empty.  It is refused with an error saying so (an explicit byte
+    range reads it); a really empty file still reads as b""."""
+    from lsio_ray import ByteRange, OpGroup, get_ranges
+
+    eng = make_engine()
+    res = eng.submit(OpGroup([get_ranges("/proc/self/status")]), errors="return")
+    (c,) = res.collect()
+    assert isinstance(c.error, OSError), c.error
+    assert c.error.filename == "/proc/self/status"
+    assert "size 0" in str(c.error), c.error
+    (c,) = eng.submit(OpGroup([get_ranges("/proc/self/status", [ByteRange(0, 5)])]))
+    assert c.tobytes() == b"Name:"
+    c.release()
+
+
+def test_empty_file_whole_read(make_engine, tmp_path):
+    """A real empty file still reads whole as b"" (no error)."""
+    p = tmp_path / "empty"
+    p.write_bytes(b"")
+    eng = make_engine()
+    (c,) = eng.get(p)
+    assert c.length == 0 and c.tobytes() == b""
+    c.release()
+    assert eng.stats()["buffers_out"] == 0
