@@ -1576,6 +1576,15 @@ int64_t lsio_cancel_group(lsio_engine *e, uint64_t group) {
     return n;
 }
 
+int64_t lsio_group_pending(lsio_engine *e, uint64_t group) {
+    int64_t n = 0;
+    pthread_mutex_lock(&e->mu);
+    for (file_op *f = e->q_head; f; f = f->next) n += f->group == group;
+    for (file_op *f = e->a_head; f; f = f->next) n += f->group == group;
+    pthread_mutex_unlock(&e->mu);
+    return n;
+}
+
 void lsio_engine_free(lsio_engine *e) {
     if (!e) return;
     if (e->ring_thread_running) {

@@ -186,6 +186,13 @@ int lsio_release_many(lsio_engine *e, const uint64_t *buf_ids, uint64_t n);
  * counted).  Thread-safe. */
 int64_t lsio_cancel_group(lsio_engine *e, uint64_t group);
 
+/* How many file ops of a group the engine still holds: queued, in flight, or finishing
+ * (closing, unlinking a temp file), cancelled ones included.  0 means the engine has
+ * nothing of the group's left: no kernel op, no descriptor, no temp file, and no
+ * pointer to its write data (which the caller may free then).  A cancelled group gets
+ * there only while the ring is driven (lsio_reap, or the ring thread).  Thread-safe. */
+int64_t lsio_group_pending(lsio_engine *e, uint64_t group);
+
 /* Wake a thread blocked in lsio_reap (it returns what it has, possibly nothing).  If no
  * thread is in lsio_reap, the next call returns at once instead (so a wake-up is never
  * lost).  Thread-safe. */

@@ -342,6 +342,12 @@ class RawEngine:
         """Drop a group's queued ranges; returns how many were dropped."""
         return int(lib.lsio_cancel_group(self._p(), group))
 
+    def group_pending(self, group: int) -> int:
+        """File ops of ``group`` the engine still holds (queued, in flight, closing or
+        removing a temp file -- cancelled ones included); 0 once it holds nothing of the
+        group's, not even a pointer to its write data."""
+        return int(lib.lsio_group_pending(self._p(), group))
+
     def wake(self) -> None:
         """Make a thread blocked in ``reap`` return."""
         if self._ptr is not None:

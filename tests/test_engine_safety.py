@@ -9,9 +9,11 @@ subprocess under a timeout, so they fail instead of hanging the suite.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 
 import pytest
 
@@ -252,3 +254,66 @@ def test_empty_file_whole_read(make_engine, tmp_path):
     assert c.length == 0 and c.tobytes() == b""
     c.release()
     assert eng.stats()["buffers_out"] == 0
+
+
+# ---------------------------------------------------------------------------- failed writes
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 2 MiB tmpfs (we run as root): unmounted at the end even when the test fails."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        if os.geteuid() != 0 or "permission denied" in proc.stderr.lower():
+            pytest.skip(f"mounting a tmpfs was refused (EPERM): {proc.stderr.strip()}")
+        pytest.fail(f"mount failed: {proc.stderr}")
+    yield mnt
+    if os.path.ismount(mnt):
+        if subprocess.run(["umount", str(mnt)], check=False).returncode != 0:
+            subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _files(root) -> list[str]:
+    out = []
+    for d, _, names in os.walk(root):
+        out.extend(os.path.join(d, n) for n in names)
+    return sorted(out)
+
+
+def test_failed_save_leaves_nothing_pending(backend, small_fs):
+    """lsio_ray.zarr.save of an array larger than the file system: the ENOSPC reaches the
+    caller only once every write of the task has been drained or cancelled -- no temp
+    file, no file appearing afterwards, no descriptor holding the mount (umount works
+    while the loader lives).  The io_uring loader used to stop driving its ring: cancelled
+    writes stayed in flight with their temp files, and umount said busy."""
+    import numpy as np
+
+    import lsio_ray.zarr as lz
+    from lsio_ray.zarr.loader import Loader
+
+    loader = Loader(backend=backend)
+    try:
+        assert loader.engine.backend == backend
+        data = np.random.default_rng(0).integers(0, 255, (256, 64, 512), dtype=np.uint8)
+        with pytest.raises(OSError) as ei:
+            lz.save(small_fs / "a", data, chunks=(2, 64, 256), compressors=None, loader=loader)
+        assert ei.value.errno == 28, ei.value
+        st = loader.engine.stats()
+        assert st["files_pending"] == 0 and st["inflight"] == 0 and st["open_files"] == 0, st
+        before = _files(small_fs)
+        assert not [f for f in before if ".lsio-tmp." in f]
+        loader.engine.wake()
+        threading.Event().wait(0.3)
+        assert _files(small_fs) == before  # nothing lands after the exception
+        shutil.rmtree(small_fs / "a")
+        proc = subprocess.run(["umount", str(small_fs)], capture_output=True, text=True)
+        assert proc.returncode == 0, f"umount: {proc.stderr}"
+    finally:
+        loader.close()
