@@ -62,8 +62,10 @@
 #define DEFAULT_ALIGN 4096
 
 /* user_data = object pointer | kind (objects are 8-aligned); S_WAKE has no object.
- * S_FINAL renames a finished WRITE_FILE's temp file, or unlinks it after a failure. */
-enum step_kind { S_WAKE = 0, S_OPEN, S_STATX, S_READ, S_WRITE, S_FSYNC, S_CLOSE, S_FINAL };
+ * S_FINAL renames a finished WRITE_FILE's temp file, or unlinks it after a failure.
+ * S_FIXUP (io_uring only, never in user_data: run by the thread driving the ring) gives
+ * a WRITE_FILE's temp file the mode and owner of the file it replaces (see keep_mode). */
+enum step_kind { S_WAKE = 0, S_OPEN, S_STATX, S_READ, S_WRITE, S_FSYNC, S_CLOSE, S_FINAL, S_FIXUP };
 
 enum file_state {
     F_QUEUED = 0, /* not started */
@@ -103,6 +105,10 @@ typedef struct file_op {
     int tmp_created;
     int final_rename;            /* the S_FINAL issued renames (1) or unlinks (0) the temp */
     int tmp_tries;               /* temp names found taken (EEXIST) so far */
+    int keep_mode;               /* WRITE_FILE replaces a regular file: keep its mode/owner */
+    int mode_fixed;              /* ... done (S_FIXUP, or in the pread open) */
+    int fixup_err;               /* pread: the open's fixup failed (the temp file exists) */
+    uint32_t tmode, tuid, tgid;  /* the replaced file's permission bits and owner */
     int state;
     int fd;                      /* fd, or direct slot when `fixed` */
     int fixed;
@@ -543,8 +549,9 @@ static int file_step(lsio_engine *e, file_op *f, step *s) {
             f->want_size = (f->kind == LSIO_OP_READ) && needs_size(e, f);
             /* The regular-file check (see stx_verdict): io_uring opens into direct
              * descriptors, which no statx can look at, so the path is checked BEFORE it
-             * is opened; the pread backend checks the descriptor it opened (race-free). */
-            f->need_statx = e->backend == LSIO_BACKEND_URING && f->kind != LSIO_OP_WRITE_FILE;
+             * is opened; the pread backend checks the descriptor it opened (race-free).
+             * A WRITE_FILE's statx looks at the file it will replace (keep_mode). */
+            f->need_statx = e->backend == LSIO_BACKEND_URING || f->kind == LSIO_OP_WRITE_FILE;
             if ((f->flags & LSIO_F_DIRECT) && !f->want_size) f->mem_align = f->off_align = e->dio_align;
             if (f->need_statx) {
                 f->statx_pending = 1;
@@ -660,6 +667,10 @@ static int file_step(lsio_engine *e, file_op *f, step *s) {
         if (f->inflight) return 0;
         int ok = !f->error && !f->canceled;
         if (f->fd >= 0 && !f->closed) {
+            if (ok && f->keep_mode && !f->mode_fixed) { /* before the fsync, which covers it */
+                s->kind = S_FIXUP;
+                return 1;
+            }
             if (ok && (f->flags & LSIO_F_FSYNC) && f->kind != LSIO_OP_READ && !f->fsynced) {
                 s->kind = S_FSYNC;
                 return 1;
@@ -768,6 +779,19 @@ static void step_done(lsio_engine *e, int kind, file_op *f, range_st *r, int64_t
     switch (kind) {
     case S_STATX:
         f->statx_pending = 0;
+        if (f->kind == LSIO_OP_WRITE_FILE) {
+            /* the file to replace: none (or not to be looked at) is no error here -- the
+             * open of the temp file reports a missing directory or a permission */
+            if (res == 0 && (f->stx.stx_mask & (STATX_TYPE | STATX_MODE | STATX_UID | STATX_GID)) ==
+                                (STATX_TYPE | STATX_MODE | STATX_UID | STATX_GID) &&
+                S_ISREG(f->stx.stx_mode)) {
+                f->keep_mode = 1;
+                f->tmode = f->stx.stx_mode & 0777;
+                f->tuid = f->stx.stx_uid;
+                f->tgid = f->stx.stx_gid;
+            }
+            break;
+        }
         if (res == -ENOENT && f->kind == LSIO_OP_WRITE_RANGES && (f->flags & LSIO_F_CREATE))
             break; /* the open creates it */
         if (res < 0) file_fail(e, f, (int)res);
@@ -787,7 +811,11 @@ static void step_done(lsio_engine *e, int kind, file_op *f, range_st *r, int64_t
             file_fail(e, f, (int)res);
         } else {
             if (!f->fixed) f->fd = (int)res;
-            if (f->kind == LSIO_OP_WRITE_FILE) f->tmp_created = 1;
+            if (f->kind == LSIO_OP_WRITE_FILE) {
+                f->tmp_created = 1;
+                if (e->backend == LSIO_BACKEND_PREAD) f->mode_fixed = 1; /* in run_sync */
+                if (f->fixup_err) file_fail(e, f, f->fixup_err); /* the temp file goes */
+            }
             /* pread: run_sync checked the descriptor it opened (f->stx) */
             else if (!f->need_statx) stx_apply(e, f);
         }
@@ -865,6 +893,10 @@ static void step_done(lsio_engine *e, int kind, file_op *f, range_st *r, int64_t
         f->fd = -1;
         if (res < 0 && f->kind != LSIO_OP_READ) file_fail(e, f, (int)res);
         break;
+    case S_FIXUP:
+        f->mode_fixed = 1;
+        if (res < 0) file_fail(e, f, (int)res);
+        break;
     case S_FINAL:
         /* Judge by what was issued, not by the flags now: a rename cancelled while in
          * flight used to count as an unlink, so when it failed the temp file stayed. */
@@ -880,7 +912,12 @@ static void step_done(lsio_engine *e, int kind, file_op *f, range_st *r, int64_t
     ready_push(e, f);
 }
 
-#define STX_MASK (STATX_TYPE | STATX_MODE | STATX_SIZE | STATX_DIOALIGN)
+#define STX_MASK (STATX_TYPE | STATX_MODE | STATX_UID | STATX_GID | STATX_SIZE | STATX_DIOALIGN)
+
+/* a WRITE_FILE looks at the name it replaces, not through a symlink (keep_mode) */
+static int stx_flags(const file_op *f) {
+    return f->kind == LSIO_OP_WRITE_FILE ? AT_SYMLINK_NOFOLLOW : 0;
+}
 
 static int open_flags(const file_op *f) {
     /* direct descriptors refuse O_CLOEXEC (-EINVAL): they are no fds to inherit */
@@ -901,6 +938,34 @@ static int64_t io_len(const range_st *r, int is_read) {
     return left > MAX_IO_BYTES ? MAX_IO_BYTES : left;
 }
 
+/* ---- keeping the mode of a replaced file
+ *
+ * A WRITE_FILE over an existing regular file keeps its permission bits (0777: a new
+ * content does not inherit setuid, setgid or sticky) and, when the engine runs as root,
+ * its owner and group.  The statx before the open (AT_SYMLINK_NOFOLLOW: a symlink is
+ * replaced, not written through, so it has no mode to keep) reads them; the temp file
+ * is created with those bits -- less what the umask takes, so it is never more open
+ * than the file it replaces, not even while being written -- and then given them
+ * exactly (fchmod; fchown when root, best effort: a file system may refuse it, and the
+ * data is written anyway).  The pread backend does it on the descriptor it created.
+ * io_uring has no chmod: the thread driving the ring does it synchronously (S_FIXUP),
+ * on the temp path opened O_NOFOLLOW and checked to be the temp file it created
+ * (a regular file of ours with one link), so a name swapped in by someone who can write
+ * into the directory is never chmod'ed or chown'ed: the write fails with -ESTALE. */
+static int keep_mode(const file_op *f, int fd, int verify) {
+    struct stat st;
+    if (fstat(fd, &st) < 0) return -errno;
+    if (verify && (!S_ISREG(st.st_mode) || st.st_nlink != 1 || st.st_uid != geteuid()))
+        return -ESTALE; /* not the temp file this engine created */
+    if (geteuid() == 0 && (st.st_uid != f->tuid || st.st_gid != f->tgid)) {
+        if (fchown(fd, f->tuid, f->tgid) == 0) st.st_mode &= ~(mode_t)(S_ISUID | S_ISGID);
+    }
+    if ((st.st_mode & 07777) != f->tmode && fchmod(fd, f->tmode) < 0) return -errno;
+    return 0;
+}
+
+static mode_t create_mode(const file_op *f) { return f->keep_mode ? f->tmode : 0644; }
+
 /* ------------------------------------------------------------------ pread executor */
 
 static int64_t run_sync(lsio_engine *e, const step *s) {
@@ -910,12 +975,14 @@ static int64_t run_sync(lsio_engine *e, const step *s) {
     (void)e;
     switch (s->kind) {
     case S_STATX:
-        res = statx(AT_FDCWD, f->path, 0, STX_MASK, &f->stx);
+        res = statx(AT_FDCWD, f->path, stx_flags(f), STX_MASK, &f->stx);
         return res < 0 ? -errno : 0;
     case S_OPEN: {
         if (f->kind == LSIO_OP_WRITE_FILE) {
-            res = open(f->tmp_path, open_flags(f), 0644);
-            return res < 0 ? -errno : res;
+            res = open(f->tmp_path, open_flags(f), create_mode(f));
+            if (res < 0) return -errno;
+            f->fixup_err = f->keep_mode ? keep_mode(f, (int)res, 0) : 0;
+            return res;
         }
         int fd = open(f->path, open_flags(f), 0644);
         if (fd < 0) return -errno;
@@ -938,6 +1005,13 @@ static int64_t run_sync(lsio_engine *e, const step *s) {
         if (f->final_rename) res = rename(f->tmp_path, f->path);
         else res = unlink(f->tmp_path);
         return res < 0 ? -errno : 0;
+    case S_FIXUP: {
+        int fd = open(f->tmp_path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+        if (fd < 0) return -errno;
+        int err = keep_mode(f, fd, 1);
+        close(fd);
+        return err;
+    }
     }
     return -EINVAL;
 }
@@ -1013,13 +1087,14 @@ static void uring_prep(lsio_engine *e, const step *s) {
     struct io_uring_sqe *sqe = io_uring_get_sqe(&e->ring);
     switch (s->kind) {
     case S_STATX:
-        io_uring_prep_statx(sqe, AT_FDCWD, f->path, 0, STX_MASK, &f->stx);
+        io_uring_prep_statx(sqe, AT_FDCWD, f->path, stx_flags(f), STX_MASK, &f->stx);
         io_uring_sqe_set_data(sqe, step_ptr(S_STATX, f));
         break;
     case S_OPEN: {
         const char *p = f->kind == LSIO_OP_WRITE_FILE ? f->tmp_path : f->path;
-        if (f->fixed) io_uring_prep_openat_direct(sqe, AT_FDCWD, p, open_flags(f), 0644, (unsigned)f->fd);
-        else io_uring_prep_openat(sqe, AT_FDCWD, p, open_flags(f), 0644);
+        if (f->fixed)
+            io_uring_prep_openat_direct(sqe, AT_FDCWD, p, open_flags(f), create_mode(f), (unsigned)f->fd);
+        else io_uring_prep_openat(sqe, AT_FDCWD, p, open_flags(f), create_mode(f));
         io_uring_sqe_set_data(sqe, step_ptr(S_OPEN, f));
         if (s->link_read) {
             sqe->flags |= IOSQE_IO_LINK;
@@ -1120,6 +1195,13 @@ static void uring_drive(lsio_engine *e, uint32_t min_complete, int timeout_ms, i
         if (e->kcancel) uring_kcancel(e);
         while (io_uring_sq_space_left(&e->ring) >= 3 && next_step(e, &s)) {
             step_start(e, &s);
+            if (s.kind == S_FIXUP) { /* no such io_uring op: a syscall or two, unlocked */
+                pthread_mutex_unlock(&e->mu);
+                int64_t res = run_sync(e, &s);
+                pthread_mutex_lock(&e->mu);
+                step_done(e, s.kind, s.f, s.r, res);
+                continue;
+            }
             uring_prep(e, &s);
         }
         uring_arm_wake(e);

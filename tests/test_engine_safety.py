@@ -317,3 +317,47 @@ def test_failed_save_leaves_nothing_pending(backend, small_fs):
         assert proc.returncode == 0, f"umount: {proc.stderr}"
     finally:
         loader.close()
+
+
+# ---------------------------------------------------------------------------- modes
+
+
+def test_put_keeps_mode_and_owner(make_engine, tmp_path):
+    """``put`` over an existing file keeps its permission bits exactly (a 0600 file used to
+    come back 0644: readable by everyone), whatever the umask, and -- run as root -- its
+    owner and group.  setuid/setgid bits are not carried over to the new content.  A new
+    file gets 0644 minus the umask, as before; a symlink is replaced, not written through."""
+    eng = make_engine()
+    old_umask = os.umask(0o022)
+    try:
+        for mode in (0o600, 0o640, 0o664, 0o666, 0o755, 0o400, 0o4755):
+            p = tmp_path / f"m{mode:o}"
+            p.write_bytes(b"old contents")
+            os.chmod(p, mode)
+            eng.put(p, b"new")
+            st = os.stat(p)
+            assert p.read_bytes() == b"new"
+            assert st.st_mode & 0o7777 == mode & 0o777, (oct(mode), oct(st.st_mode))
+        if os.geteuid() == 0:
+            p = tmp_path / "owned"
+            p.write_bytes(b"old")
+            os.chown(p, 65534, 65534)
+            os.chmod(p, 0o600)
+            eng.put(p, b"new")
+            st = os.stat(p)
+            assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (65534, 65534, 0o600), st
+        fresh = tmp_path / "fresh"
+        eng.put(fresh, b"x")
+        assert os.stat(fresh).st_mode & 0o7777 == 0o644
+        victim = tmp_path / "victim"
+        victim.write_bytes(b"secret")
+        os.chmod(victim, 0o600)
+        link = tmp_path / "link"
+        link.symlink_to(victim)
+        eng.put(link, b"replaced")
+        assert not link.is_symlink() and link.read_bytes() == b"replaced"
+        assert os.stat(link).st_mode & 0o7777 == 0o644
+        assert victim.read_bytes() == b"secret" and os.stat(victim).st_mode & 0o7777 == 0o600
+        assert not [n for n in os.listdir(tmp_path) if ".lsio-tmp." in n]
+    finally:
+        os.umask(old_umask)
