@@ -487,8 +487,10 @@ static void free_slot(lsio_engine *e, int slot) { e->slot_free[e->nslot_free++] 
 
 /* Try to give range r a buffer. Returns 1 (ready), 0 (pool empty: stall), or an error. */
 static int range_get_buffer(lsio_engine *e, range_st *r) {
-    if (r->buf_id) return 1;
     uint64_t need = (uint64_t)(r->alen ? r->alen : 1);
+    /* the kernel writes up to alen bytes into it: a buffer kept from before must hold them */
+    if (r->buf_id && pool_block_bytes(&e->pool, r->buf_id) >= need) return 1;
+    range_free_buf(e, r);
     int o = pool_order_for(&e->pool, need);
     if (o < 0) return LSIO_E_TOO_BIG;
     uint64_t id = pool_alloc(&e->pool, o);
@@ -773,6 +775,12 @@ static void step_start(lsio_engine *e, const step *s) {
     }
 }
 
+/* Bytes the next transfer of r moves: what is left of it, at most MAX_IO_BYTES. */
+static int64_t io_len(const range_st *r, int is_read) {
+    int64_t left = (is_read ? r->alen : r->len) - r->done;
+    return left > MAX_IO_BYTES ? MAX_IO_BYTES : left;
+}
+
 static void step_done(lsio_engine *e, int kind, file_op *f, range_st *r, int64_t res) {
     e->inflight--;
     f->inflight--;
@@ -844,6 +852,10 @@ static void step_done(lsio_engine *e, int kind, file_op *f, range_st *r, int64_t
             f->nretry++;
             break;
         }
+        /* Sizes are checked before they are used: a transfer never moves more than it
+         * asked for (io_len), and `done` may only count what landed in the buffer (or
+         * left the caller's data).  A count larger than asked is refused, -EIO. */
+        if (res > io_len(r, kind == S_READ)) res = -EIO;
         if (res < 0 || (kind == S_WRITE && res == 0)) {
             int err = res < 0 ? (int)res : -EIO;
             range_free_buf(e, r);
@@ -933,10 +945,6 @@ static int open_flags(const file_op *f) {
     return fl;
 }
 
-static int64_t io_len(const range_st *r, int is_read) {
-    int64_t left = (is_read ? r->alen : r->len) - r->done;
-    return left > MAX_IO_BYTES ? MAX_IO_BYTES : left;
-}
 
 /* ---- keeping the mode of a replaced file
  *
@@ -1546,6 +1554,7 @@ static uint32_t copy_out(lsio_engine *e, lsio_completion *out, uint32_t max) {
 }
 
 int lsio_reap(lsio_engine *e, lsio_completion *out, uint32_t max, uint32_t min_complete, int timeout_ms) {
+    if (max > INT_MAX) max = INT_MAX; /* the count returned is an int */
     if (min_complete > max) min_complete = max;
     int own_ring = e->backend == LSIO_BACKEND_URING && !e->ring_thread_running;
     /* One reaper at a time (-EBUSY for the others), and lsio_engine_free waits for it on
