@@ -25,10 +25,16 @@
  * it) and belongs to the kernel until its CQE is processed.  On success it passes to
  * the caller inside the completion; on error or cancellation step_done frees it.  A
  * caller's block comes back through lsio_release.  lsio_engine_free cancels every file
- * op (ops already in the kernel are not cancelled there: it waits for them) and reaps
- * until `inflight == 0` before it frees anything, so no block is ever
- * freed while the kernel may still write into it; the arena itself lives until the
- * last caller block is released.
+ * op -- and, on io_uring, the reads and writes already in the kernel (uring_kcancel:
+ * one parked on a pipe would never end by itself) -- then reaps until `inflight == 0`
+ * (and every kernel cancel request has completed) before it frees anything, so no
+ * block is ever freed while the kernel may still write into it; the arena itself lives
+ * until the last caller block is released.  lsio_cancel_group cancels in the kernel the
+ * same way.  Opens, closes, renames and unlinks are never cancelled: they end by
+ * themselves, and no descriptor or temp file is lost.
+ *
+ * Special files (FIFOs, devices, /proc): see stx_verdict -- only regular files are
+ * read, and they are checked before any read is issued.
  */
 #define _GNU_SOURCE
 #include "lsio.h"
@@ -44,16 +50,22 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #define MAX_IO_BYTES ((int64_t)1 << 30) /* one SQE / syscall moves at most 1 GiB */
+#define PROBE_BYTES 4096                 /* read by a whole-file read of a file of size 0 */
+#define EAGAIN_TRIES 3                   /* -EAGAIN answers a transfer is retried for */
+#define UD_CANCEL 8 /* user_data of IORING_OP_ASYNC_CANCEL requests (kind S_WAKE, no object) */
 #define DEFAULT_ALIGN 4096
 
 /* user_data = object pointer | kind (objects are 8-aligned); S_WAKE has no object.
- * S_FINAL renames a finished WRITE_FILE's temp file, or unlinks it after a failure. */
-enum step_kind { S_WAKE = 0, S_OPEN, S_STATX, S_READ, S_WRITE, S_FSYNC, S_CLOSE, S_FINAL };
+ * S_FINAL renames a finished WRITE_FILE's temp file, or unlinks it after a failure.
+ * S_FIXUP (io_uring only, never in user_data: run by the thread driving the ring) gives
+ * a WRITE_FILE's temp file the mode and owner of the file it replaces (see keep_mode). */
+enum step_kind { S_WAKE = 0, S_OPEN, S_STATX, S_READ, S_WRITE, S_FSYNC, S_CLOSE, S_FINAL, S_FIXUP };
 
 enum file_state {
     F_QUEUED = 0, /* not started */
@@ -76,8 +88,9 @@ typedef struct range_st {
     uint64_t buf_id;
     char *buf;
     uint8_t issued, finished, inflight, retry;
-    uint8_t hinted; /* whole-file read issued with a guessed length before statx answered */
-    uint8_t landed; /* ... and it has landed: waiting for the size to decide */
+    uint8_t probe;  /* whole-file read of a file statx calls empty: is it really? (probe_done) */
+    uint8_t eagain; /* -EAGAIN answers so far (io_uring retries them in io-wq: IOSQE_ASYNC) */
+    uint8_t kcancel_sent; /* an IORING_OP_ASYNC_CANCEL for its in-flight op was issued */
 } range_st;
 
 typedef struct file_op {
@@ -91,6 +104,11 @@ typedef struct file_op {
     int in_ready;
     int tmp_created;
     int final_rename;            /* the S_FINAL issued renames (1) or unlinks (0) the temp */
+    int tmp_tries;               /* temp names found taken (EEXIST) so far */
+    int keep_mode;               /* WRITE_FILE replaces a regular file: keep its mode/owner */
+    int mode_fixed;              /* ... done (S_FIXUP, or in the pread open) */
+    int fixup_err;               /* pread: the open's fixup failed (the temp file exists) */
+    uint32_t tmode, tuid, tgid;  /* the replaced file's permission bits and owner */
     int state;
     int fd;                      /* fd, or direct slot when `fixed` */
     int fixed;
@@ -100,7 +118,9 @@ typedef struct file_op {
     uint32_t nfinished;          /* ranges with completion emitted or dropped */
     uint32_t inflight;           /* ops in flight */
     uint32_t nretry;             /* ranges waiting to resume a short transfer */
-    int need_statx, statx_pending, open_pending;
+    int need_statx;              /* a path statx runs (and is checked) before the open */
+    int want_size;               /* reads: the size is needed (ranges from the end, whole file) */
+    int statx_pending, open_pending;
     int error;                   /* file-level error (first one wins) */
     int canceled;
     int fsynced, closed, renamed, unlinked;
@@ -145,8 +165,9 @@ struct lsio_engine {
     int freed;                    /* lsio_engine_free called; struct lives until buffers_out == 0 */
     uint64_t buffers_out;
     uint64_t ops_submitted, submit_calls, starved_count;
-    uint64_t tmp_counter;
-    int64_t whole_hint;           /* guessed length for speculative whole-file reads */
+    uint64_t tmp_counter;         /* temp names made without getrandom */
+    int kcancel;                  /* io_uring: cancelled files have ops in the kernel to cancel */
+    uint32_t kcancels_inflight;   /* IORING_OP_ASYNC_CANCEL requests not completed yet */
     uint32_t dio_align;           /* O_DIRECT alignment learned from statx (0: not yet).  The
                                      largest seen: alignments are powers of two, so it fits
                                      every file system seen so far; a file system needing
@@ -168,6 +189,38 @@ struct lsio_engine {
     pthread_t *workers;
     uint32_t nworkers;
 };
+
+/* Temp names: "<path>.lsio-tmp.<16 hex digits>", 64 bits from getrandom, created with
+ * O_CREAT | O_EXCL, which refuses any existing name (symlinks included, never followed).
+ * A name that exists already (EEXIST) is replaced by a fresh one, TMP_TRIES times in
+ * all, then the write fails with -EEXIST.  (The old "<path>.lsio-tmp.<pid>.<n>" could be
+ * guessed and pre-planted to make every put fail.)  Without getrandom (ENOSYS before
+ * Linux 3.17, or no entropy yet with GRND_NONBLOCK) the bits come from the clock, the
+ * pid and a counter, mixed: still distinct names, and the retries still apply.  Other
+ * code finds stray temp files by the ".lsio-tmp." marker: keep it. */
+#define TMP_TRIES 16
+#define TMP_SUFFIX_MAX 32 /* ".lsio-tmp." + 16 hex digits + NUL, rounded up */
+
+static uint64_t mix64(uint64_t x) { /* splitmix64's finaliser */
+    x ^= x >> 30;
+    x *= 0xbf58476d1ce4e5b9ull;
+    x ^= x >> 27;
+    x *= 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+/* Called with mu held (tmp_counter). */
+static void tmp_name(lsio_engine *e, file_op *f) {
+    uint64_t v;
+    if (getrandom(&v, sizeof v, GRND_NONBLOCK) != (ssize_t)sizeof v) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        v = mix64(((uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec) ^
+                  mix64(((uint64_t)getpid() << 32) ^ ++e->tmp_counter));
+    }
+    snprintf(f->tmp_path, strlen(f->path) + TMP_SUFFIX_MAX, "%s.lsio-tmp.%016llx", f->path,
+             (unsigned long long)v);
+}
 
 static void *step_ptr(int kind, void *obj) { return (void *)((uintptr_t)obj | (uintptr_t)kind); }
 
@@ -339,10 +392,13 @@ static int range_resolve(file_op *f, range_st *r) {
     r->off = off;
     r->len = len;
     if (f->kind == LSIO_OP_READ && f->size >= 0 && off + len > f->size) return LSIO_E_PAST_EOF;
+    /* to the end of a file statx calls empty: read a block to see (see probe_done) */
+    r->probe = f->kind == LSIO_OP_READ && r->length < 0 && f->size == 0;
     if (f->kind == LSIO_OP_READ && (f->flags & LSIO_F_DIRECT)) {
         int64_t a = f->off_align > f->mem_align ? f->off_align : f->mem_align;
         if (a <= 0) a = DEFAULT_ALIGN;
         r->aoff = off / a * a;
+        if (off + len > INT64_MAX - a) return LSIO_E_PAST_EOF; /* no aligned end fits */
         int64_t end = (off + len + a - 1) / a * a;
         r->alen = end - r->aoff;
         if (r->alen == 0) r->alen = a; /* empty range: still one aligned block, for simplicity */
@@ -350,7 +406,76 @@ static int range_resolve(file_op *f, range_st *r) {
         r->aoff = off;
         r->alen = len;
     }
+    if (r->probe && r->alen < PROBE_BYTES) r->alen = PROBE_BYTES;
     return 0;
+}
+
+/* ---- special files
+ *
+ * Only regular files are read: a FIFO or a socket blocks a read (or its open) until a
+ * writer comes -- for ever, and Engine.close() and interpreter exit with it -- and a
+ * device may never end (/dev/zero) or have side effects.  So every READ file is checked
+ * before anything is read from it: the pread backend opens with O_NONBLOCK (an open of
+ * a FIFO returns at once) and checks the descriptor it got (statx AT_EMPTY_PATH, no
+ * race); io_uring opens into direct descriptors that no statx can look at, so it checks
+ * the path with an IORING_OP_STATX that completes before the open is issued (also
+ * O_NONBLOCK).  Refused: directories (-EISDIR) and everything else not regular
+ * (LSIO_E_NOT_REGULAR), one FILE_ERROR for the file, before any read.  WRITE_RANGES
+ * refuses FIFOs, sockets (and directories) the same way but may write into a device
+ * (e.g. /dev/full, a block device).
+ * The one gap (io_uring): a regular file swapped for a FIFO between that statx and the
+ * open, by someone who can write into its directory, can make that one read wait.  It
+ * never blocks the engine: lsio_cancel_group and lsio_engine_free cancel such reads in
+ * the kernel (IORING_OP_ASYNC_CANCEL, uring_kcancel).
+ * A whole-file read of a regular file whose size is 0 (as statx says) reads one block
+ * to find out (r->probe): really empty, it completes with 0 bytes; with data (/proc,
+ * /sys files report size 0) it fails with LSIO_E_UNSIZED -- never a silent empty
+ * result.  Such files read fine with explicit byte ranges (their size is not used). */
+static int stx_verdict(const file_op *f) {
+    mode_t t = f->stx.stx_mode & S_IFMT;
+    if (!(f->stx.stx_mask & STATX_TYPE)) return LSIO_E_NOT_REGULAR; /* no type, no trust */
+    if (t == S_IFREG) return 0;
+    if (t == S_IFDIR) return -EISDIR;
+    if (f->kind == LSIO_OP_WRITE_RANGES && (t == S_IFCHR || t == S_IFBLK)) return 0;
+    return LSIO_E_NOT_REGULAR;
+}
+
+#define MAX_DIO_ALIGN ((uint32_t)1 << 20) /* larger O_DIRECT alignments are refused */
+
+/* A checked file's statx (f->stx): its size, when needed, and its O_DIRECT alignment. */
+static void file_fail(lsio_engine *e, file_op *f, int err);
+static void stx_apply(lsio_engine *e, file_op *f) {
+    if (f->kind != LSIO_OP_READ) return;
+    if (f->want_size) {
+        if (f->stx.stx_size > (uint64_t)INT64_MAX) {
+            file_fail(e, f, -EFBIG);
+            return;
+        }
+        f->size = (int64_t)f->stx.stx_size;
+    }
+    if (!(f->flags & LSIO_F_DIRECT)) return;
+    f->mem_align = f->off_align = 0;
+    if (f->stx.stx_mask & STATX_DIOALIGN) {
+        /* glibc 2.36's struct statx predates the fields: read them at the kernel's
+         * offsets (stx_dio_mem_align at 0x98, stx_dio_offset_align at 0x9c) */
+        uint32_t v[2];
+        _Static_assert(sizeof(struct statx) >= 0x98 + sizeof v, "struct statx too small");
+        memcpy(v, (const char *)&f->stx + 0x98, sizeof v);
+        f->mem_align = v[0];
+        f->off_align = v[1];
+        if (f->off_align == 0) { /* the file system does not do O_DIRECT */
+            file_fail(e, f, -EINVAL);
+            return;
+        }
+    }
+    /* The alignment sizes the buffer and the aligned range (range_resolve): only powers
+     * of two up to MAX_DIO_ALIGN, whatever a file system reports. */
+    uint32_t a = f->off_align > f->mem_align ? f->off_align : f->mem_align;
+    if (a > MAX_DIO_ALIGN || (a & (a - 1))) {
+        file_fail(e, f, -EINVAL);
+        return;
+    }
+    if (a > e->dio_align) e->dio_align = a;
 }
 
 static int alloc_slot(lsio_engine *e) {
@@ -362,8 +487,10 @@ static void free_slot(lsio_engine *e, int slot) { e->slot_free[e->nslot_free++] 
 
 /* Try to give range r a buffer. Returns 1 (ready), 0 (pool empty: stall), or an error. */
 static int range_get_buffer(lsio_engine *e, range_st *r) {
-    if (r->buf_id) return 1;
     uint64_t need = (uint64_t)(r->alen ? r->alen : 1);
+    /* the kernel writes up to alen bytes into it: a buffer kept from before must hold them */
+    if (r->buf_id && pool_block_bytes(&e->pool, r->buf_id) >= need) return 1;
+    range_free_buf(e, r);
     int o = pool_order_for(&e->pool, need);
     if (o < 0) return LSIO_E_TOO_BIG;
     uint64_t id = pool_alloc(&e->pool, o);
@@ -421,17 +548,23 @@ static int file_step(lsio_engine *e, file_op *f, step *s) {
             f->state = F_FINISHING;
         } else {
             f->state = F_OPENING;
-            f->need_statx = (f->kind == LSIO_OP_READ) && needs_size(e, f);
-            if ((f->flags & LSIO_F_DIRECT) && !f->need_statx) f->mem_align = f->off_align = e->dio_align;
-            if (f->need_statx && !f->statx_pending) {
+            f->want_size = (f->kind == LSIO_OP_READ) && needs_size(e, f);
+            /* The regular-file check (see stx_verdict): io_uring opens into direct
+             * descriptors, which no statx can look at, so the path is checked BEFORE it
+             * is opened; the pread backend checks the descriptor it opened (race-free).
+             * A WRITE_FILE's statx looks at the file it will replace (keep_mode). */
+            f->need_statx = e->backend == LSIO_BACKEND_URING || f->kind == LSIO_OP_WRITE_FILE;
+            if ((f->flags & LSIO_F_DIRECT) && !f->want_size) f->mem_align = f->off_align = e->dio_align;
+            if (f->need_statx) {
                 f->statx_pending = 1;
-                s->kind = S_STATX; /* the open follows in the next call */
+                s->kind = S_STATX; /* the open waits for it */
                 return 1;
             }
         }
     }
     if (f->state == F_OPENING) {
-        if (!f->open_pending && f->fd < 0 && !f->error) {
+        if (f->statx_pending) return 0;
+        if (!f->open_pending && f->fd < 0 && !f->error && !f->canceled) {
             if (f->fixed) {
                 int slot = alloc_slot(e);
                 if (slot < 0) return 0; /* cannot happen: open_files <= max_open */
@@ -439,39 +572,21 @@ static int file_step(lsio_engine *e, file_op *f, step *s) {
             }
             f->open_pending = 1;
             s->kind = S_OPEN;
-            /* Chain the first read behind the open when its range is explicit -- or when
-             * it is a whole (buffered) file: then read a guessed length (the last whole
-             * file's size) while statx runs beside it, and decide when both have landed
-             * (hinted_decide).  Either way the data comes back one round trip after the
-             * submit instead of two. */
+            /* Chain the first read behind the open: its data comes back one round trip
+             * after the submit instead of two.  (The statx, when one was needed, has
+             * landed: the size is known and the file was found regular.) */
             range_st *r = f->nranges > 0 ? &f->ranges[0] : NULL;
-            int whole = r && f->nranges == 1 && r->offset == 0 && r->length < 0 &&
-                        !(f->flags & LSIO_F_DIRECT) && f->size < 0;
             if (f->fixed && (e->features & LSIO_FEAT_LINKED_OPEN) && f->kind == LSIO_OP_READ &&
-                (!f->need_statx || whole) && r && !r->finished) {
-                int err = 0;
-                if (whole) {
-                    r->off = r->aoff = 0;
-                    r->len = -1;
-                    r->alen = e->whole_hint;
-                } else {
-                    err = range_resolve(f, r);
-                }
-                if (!err) {
-                    int got = range_get_buffer(e, r);
-                    if (got == 1) {
-                        s->r = r;
-                        s->link_read = 1;
-                        r->issued = 1;
-                        r->hinted = (uint8_t)whole;
-                        f->next_range = 1;
-                        f->chained = 1;
-                    }
-                }
+                r && !r->finished && range_resolve(f, r) == 0 && range_get_buffer(e, r) == 1) {
+                s->r = r;
+                s->link_read = 1;
+                r->issued = 1;
+                f->next_range = 1;
+                f->chained = 1;
             }
             return 1;
         }
-        if (f->open_pending || f->statx_pending) return 0;
+        if (f->open_pending) return 0;
         if (!f->error) f->state = F_OPEN;
         else f->state = F_FINISHING;
     }
@@ -554,6 +669,10 @@ static int file_step(lsio_engine *e, file_op *f, step *s) {
         if (f->inflight) return 0;
         int ok = !f->error && !f->canceled;
         if (f->fd >= 0 && !f->closed) {
+            if (ok && f->keep_mode && !f->mode_fixed) { /* before the fsync, which covers it */
+                s->kind = S_FIXUP;
+                return 1;
+            }
             if (ok && (f->flags & LSIO_F_FSYNC) && f->kind != LSIO_OP_READ && !f->fsynced) {
                 s->kind = S_FSYNC;
                 return 1;
@@ -634,33 +753,12 @@ static void learn_size_at_eof(file_op *f, int64_t pos, int64_t done) {
     if (stat(f->path, &st) == 0) f->size = st.st_size;
 }
 
-/* A speculative whole-file read has landed and the size is known: deliver it, resume the
- * tail, or (the guess was too small) read the file again into a buffer that fits. */
-static void hinted_decide(lsio_engine *e, file_op *f, range_st *r) {
-    r->hinted = r->landed = 0;
-    r->off = r->aoff = 0;
-    r->len = f->size;
-    if (r->done >= r->len) {
-        emit(e, r, 0, 0);
-        range_finish(e, r);
-        return;
-    }
-    if (r->len > r->alen) { /* buffer too small: drop it and read the whole file again */
-        range_free_buf(e, r);
-        r->done = 0;
-    }
-    r->alen = r->len;
-    r->retry = 1;
-    f->nretry++;
-}
-
-/* Whole-file reads guess the next file's length from the last one (Zarr chunks of one
- * array are alike), within [4 KiB, min(8 MiB, pool / 16)]. */
-static void learn_whole_hint(lsio_engine *e, int64_t size) {
-    int64_t h = 4096, cap = (int64_t)(e->pool.bytes / 16);
-    if (cap > ((int64_t)8 << 20)) cap = (int64_t)8 << 20;
-    while (h < size && h < cap) h <<= 1;
-    e->whole_hint = h;
+/* The block read by a whole-file read of a file of size 0 (r->probe) has landed. */
+static void probe_done(lsio_engine *e, range_st *r, int64_t res) {
+    range_free_buf(e, r); /* nothing to hand out either way */
+    r->probe = 0;
+    emit(e, r, res > 0 ? LSIO_E_UNSIZED : 0, 0);
+    range_finish(e, r);
 }
 
 static void step_start(lsio_engine *e, const step *s) {
@@ -677,48 +775,57 @@ static void step_start(lsio_engine *e, const step *s) {
     }
 }
 
+/* Bytes the next transfer of r moves: what is left of it, at most MAX_IO_BYTES. */
+static int64_t io_len(const range_st *r, int is_read) {
+    int64_t left = (is_read ? r->alen : r->len) - r->done;
+    return left > MAX_IO_BYTES ? MAX_IO_BYTES : left;
+}
+
 static void step_done(lsio_engine *e, int kind, file_op *f, range_st *r, int64_t res) {
     e->inflight--;
     f->inflight--;
     switch (kind) {
     case S_STATX:
         f->statx_pending = 0;
-        if (res < 0) {
-            file_fail(e, f, (int)res);
-        } else {
-            f->size = (int64_t)f->stx.stx_size;
-            f->mem_align = f->off_align = 0;
-            if (f->stx.stx_mask & STATX_DIOALIGN) {
-                /* glibc 2.36's struct statx predates the fields: read them at the
-                 * kernel's offsets (stx_dio_mem_align at 0x98, stx_dio_offset_align at 0x9c) */
-                uint32_t v[2];
-                memcpy(v, (const char *)&f->stx + 0x98, sizeof v);
-                f->mem_align = v[0];
-                f->off_align = v[1];
+        if (f->kind == LSIO_OP_WRITE_FILE) {
+            /* the file to replace: none (or not to be looked at) is no error here -- the
+             * open of the temp file reports a missing directory or a permission */
+            if (res == 0 && (f->stx.stx_mask & (STATX_TYPE | STATX_MODE | STATX_UID | STATX_GID)) ==
+                                (STATX_TYPE | STATX_MODE | STATX_UID | STATX_GID) &&
+                S_ISREG(f->stx.stx_mode)) {
+                f->keep_mode = 1;
+                f->tmode = f->stx.stx_mode & 0777;
+                f->tuid = f->stx.stx_uid;
+                f->tgid = f->stx.stx_gid;
             }
-            if ((f->flags & LSIO_F_DIRECT) && f->stx.stx_mask & STATX_DIOALIGN && f->off_align == 0)
-                file_fail(e, f, -EINVAL); /* the file system does not do O_DIRECT */
-            else if (f->flags & LSIO_F_DIRECT) {
-                uint32_t a = file_align(f);
-                if (a > e->dio_align) e->dio_align = a;
-            }
-            if (f->nranges == 1 && f->ranges[0].offset == 0 && f->ranges[0].length < 0)
-                learn_whole_hint(e, f->size);
-            range_st *r0 = f->nranges ? &f->ranges[0] : NULL;
-            if (r0 && r0->hinted && r0->landed && !r0->finished && !f->error)
-                hinted_decide(e, f, r0);
+            break;
         }
+        if (res == -ENOENT && f->kind == LSIO_OP_WRITE_RANGES && (f->flags & LSIO_F_CREATE))
+            break; /* the open creates it */
+        if (res < 0) file_fail(e, f, (int)res);
+        else if ((res = stx_verdict(f)) != 0) file_fail(e, f, (int)res);
+        else stx_apply(e, f);
         break;
     case S_OPEN:
         f->open_pending = 0;
         if (res < 0) {
             if (f->fixed) free_slot(e, f->fd);
             f->fd = -1;
+            if (res == -EEXIST && f->kind == LSIO_OP_WRITE_FILE && !f->canceled &&
+                ++f->tmp_tries < TMP_TRIES) {
+                tmp_name(e, f); /* the name was taken: file_step opens the next one */
+                break;
+            }
             file_fail(e, f, (int)res);
         } else {
             if (!f->fixed) f->fd = (int)res;
-            if (f->kind == LSIO_OP_WRITE_FILE) f->tmp_created = 1;
-            if (f->error) { /* statx failed meanwhile: the fd is closed in finishing */ }
+            if (f->kind == LSIO_OP_WRITE_FILE) {
+                f->tmp_created = 1;
+                if (e->backend == LSIO_BACKEND_PREAD) f->mode_fixed = 1; /* in run_sync */
+                if (f->fixup_err) file_fail(e, f, f->fixup_err); /* the temp file goes */
+            }
+            /* pread: run_sync checked the descriptor it opened (f->stx) */
+            else if (!f->need_statx) stx_apply(e, f);
         }
         break;
     case S_READ:
@@ -740,11 +847,15 @@ static void step_done(lsio_engine *e, int kind, file_op *f, range_st *r, int64_t
             range_finish(e, r);
             break;
         }
-        if (res == -EAGAIN || res == -EINTR) {
-            r->retry = 1;
+        if (res == -EINTR || (res == -EAGAIN && ++r->eagain <= EAGAIN_TRIES)) {
+            r->retry = 1; /* -EAGAIN: io_uring reissues it in io-wq (IOSQE_ASYNC) */
             f->nretry++;
             break;
         }
+        /* Sizes are checked before they are used: a transfer never moves more than it
+         * asked for (io_len), and `done` may only count what landed in the buffer (or
+         * left the caller's data).  A count larger than asked is refused, -EIO. */
+        if (res > io_len(r, kind == S_READ)) res = -EIO;
         if (res < 0 || (kind == S_WRITE && res == 0)) {
             int err = res < 0 ? (int)res : -EIO;
             range_free_buf(e, r);
@@ -757,9 +868,8 @@ static void step_done(lsio_engine *e, int kind, file_op *f, range_st *r, int64_t
             break;
         }
         r->done += res;
-        if (kind == S_READ && r->hinted) {
-            r->landed = 1;
-            if (f->size >= 0) hinted_decide(e, f, r);
+        if (kind == S_READ && r->probe) {
+            probe_done(e, r, res);
             break;
         }
         if (kind == S_READ) {
@@ -795,6 +905,10 @@ static void step_done(lsio_engine *e, int kind, file_op *f, range_st *r, int64_t
         f->fd = -1;
         if (res < 0 && f->kind != LSIO_OP_READ) file_fail(e, f, (int)res);
         break;
+    case S_FIXUP:
+        f->mode_fixed = 1;
+        if (res < 0) file_fail(e, f, (int)res);
+        break;
     case S_FINAL:
         /* Judge by what was issued, not by the flags now: a rename cancelled while in
          * flight used to count as an unlink, so when it failed the temp file stayed. */
@@ -810,20 +924,55 @@ static void step_done(lsio_engine *e, int kind, file_op *f, range_st *r, int64_t
     ready_push(e, f);
 }
 
+#define STX_MASK (STATX_TYPE | STATX_MODE | STATX_UID | STATX_GID | STATX_SIZE | STATX_DIOALIGN)
+
+/* a WRITE_FILE looks at the name it replaces, not through a symlink (keep_mode) */
+static int stx_flags(const file_op *f) {
+    return f->kind == LSIO_OP_WRITE_FILE ? AT_SYMLINK_NOFOLLOW : 0;
+}
+
 static int open_flags(const file_op *f) {
     /* direct descriptors refuse O_CLOEXEC (-EINVAL): they are no fds to inherit */
     int fl = f->fixed ? 0 : O_CLOEXEC;
-    if (f->kind == LSIO_OP_READ) fl |= O_RDONLY;
+    /* O_NONBLOCK: opening a FIFO must not wait for its other end (see stx_verdict).  It
+     * changes nothing for the regular files that pass the checks (their reads ignore it;
+     * an -EAGAIN some kernels still give is retried in io-wq, see EAGAIN_TRIES).  A
+     * WRITE_FILE creates a fresh temp file (O_EXCL): always regular. */
+    if (f->kind == LSIO_OP_READ) fl |= O_RDONLY | O_NONBLOCK | O_NOCTTY;
     else if (f->kind == LSIO_OP_WRITE_FILE) fl |= O_WRONLY | O_CREAT | O_EXCL;
-    else fl |= O_WRONLY | ((f->flags & LSIO_F_CREATE) ? O_CREAT : 0);
+    else fl |= O_WRONLY | O_NONBLOCK | O_NOCTTY | ((f->flags & LSIO_F_CREATE) ? O_CREAT : 0);
     if (f->flags & LSIO_F_DIRECT) fl |= O_DIRECT;
     return fl;
 }
 
-static int64_t io_len(const range_st *r, int is_read) {
-    int64_t left = (is_read ? r->alen : r->len) - r->done;
-    return left > MAX_IO_BYTES ? MAX_IO_BYTES : left;
+
+/* ---- keeping the mode of a replaced file
+ *
+ * A WRITE_FILE over an existing regular file keeps its permission bits (0777: a new
+ * content does not inherit setuid, setgid or sticky) and, when the engine runs as root,
+ * its owner and group.  The statx before the open (AT_SYMLINK_NOFOLLOW: a symlink is
+ * replaced, not written through, so it has no mode to keep) reads them; the temp file
+ * is created with those bits -- less what the umask takes, so it is never more open
+ * than the file it replaces, not even while being written -- and then given them
+ * exactly (fchmod; fchown when root, best effort: a file system may refuse it, and the
+ * data is written anyway).  The pread backend does it on the descriptor it created.
+ * io_uring has no chmod: the thread driving the ring does it synchronously (S_FIXUP),
+ * on the temp path opened O_NOFOLLOW and checked to be the temp file it created
+ * (a regular file of ours with one link), so a name swapped in by someone who can write
+ * into the directory is never chmod'ed or chown'ed: the write fails with -ESTALE. */
+static int keep_mode(const file_op *f, int fd, int verify) {
+    struct stat st;
+    if (fstat(fd, &st) < 0) return -errno;
+    if (verify && (!S_ISREG(st.st_mode) || st.st_nlink != 1 || st.st_uid != geteuid()))
+        return -ESTALE; /* not the temp file this engine created */
+    if (geteuid() == 0 && (st.st_uid != f->tuid || st.st_gid != f->tgid)) {
+        if (fchown(fd, f->tuid, f->tgid) == 0) st.st_mode &= ~(mode_t)(S_ISUID | S_ISGID);
+    }
+    if ((st.st_mode & 07777) != f->tmode && fchmod(fd, f->tmode) < 0) return -errno;
+    return 0;
 }
+
+static mode_t create_mode(const file_op *f) { return f->keep_mode ? f->tmode : 0644; }
 
 /* ------------------------------------------------------------------ pread executor */
 
@@ -834,11 +983,22 @@ static int64_t run_sync(lsio_engine *e, const step *s) {
     (void)e;
     switch (s->kind) {
     case S_STATX:
-        res = statx(AT_FDCWD, f->path, 0, STATX_SIZE | STATX_DIOALIGN, &f->stx);
+        res = statx(AT_FDCWD, f->path, stx_flags(f), STX_MASK, &f->stx);
         return res < 0 ? -errno : 0;
-    case S_OPEN:
-        res = open(f->kind == LSIO_OP_WRITE_FILE ? f->tmp_path : f->path, open_flags(f), 0644);
-        return res < 0 ? -errno : res;
+    case S_OPEN: {
+        if (f->kind == LSIO_OP_WRITE_FILE) {
+            res = open(f->tmp_path, open_flags(f), create_mode(f));
+            if (res < 0) return -errno;
+            f->fixup_err = f->keep_mode ? keep_mode(f, (int)res, 0) : 0;
+            return res;
+        }
+        int fd = open(f->path, open_flags(f), 0644);
+        if (fd < 0) return -errno;
+        /* the descriptor itself is checked: nothing can be swapped in meanwhile */
+        int err = statx(fd, "", AT_EMPTY_PATH, STX_MASK, &f->stx) < 0 ? -errno : stx_verdict(f);
+        if (err) close(fd);
+        return err ? err : fd;
+    }
     case S_READ:
         res = pread(f->fd, r->buf + r->done, (size_t)io_len(r, 1), r->aoff + r->done);
         return res < 0 ? -errno : res;
@@ -853,6 +1013,13 @@ static int64_t run_sync(lsio_engine *e, const step *s) {
         if (f->final_rename) res = rename(f->tmp_path, f->path);
         else res = unlink(f->tmp_path);
         return res < 0 ? -errno : 0;
+    case S_FIXUP: {
+        int fd = open(f->tmp_path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+        if (fd < 0) return -errno;
+        int err = keep_mode(f, fd, 1);
+        close(fd);
+        return err;
+    }
     }
     return -EINVAL;
 }
@@ -919,6 +1086,7 @@ static void uring_prep_rw(lsio_engine *e, struct io_uring_sqe *sqe, file_op *f, 
         io_uring_prep_write(sqe, f->fd, r->data + r->done, (unsigned)len, (uint64_t)(r->off + r->done));
     }
     if (f->fixed) sqe->flags |= IOSQE_FIXED_FILE;
+    if (r->eagain) sqe->flags |= IOSQE_ASYNC; /* blocking in io-wq: no -EAGAIN there */
     io_uring_sqe_set_data(sqe, step_ptr(is_read ? S_READ : S_WRITE, r));
 }
 
@@ -927,13 +1095,14 @@ static void uring_prep(lsio_engine *e, const step *s) {
     struct io_uring_sqe *sqe = io_uring_get_sqe(&e->ring);
     switch (s->kind) {
     case S_STATX:
-        io_uring_prep_statx(sqe, AT_FDCWD, f->path, 0, STATX_SIZE | STATX_DIOALIGN, &f->stx);
+        io_uring_prep_statx(sqe, AT_FDCWD, f->path, stx_flags(f), STX_MASK, &f->stx);
         io_uring_sqe_set_data(sqe, step_ptr(S_STATX, f));
         break;
     case S_OPEN: {
         const char *p = f->kind == LSIO_OP_WRITE_FILE ? f->tmp_path : f->path;
-        if (f->fixed) io_uring_prep_openat_direct(sqe, AT_FDCWD, p, open_flags(f), 0644, (unsigned)f->fd);
-        else io_uring_prep_openat(sqe, AT_FDCWD, p, open_flags(f), 0644);
+        if (f->fixed)
+            io_uring_prep_openat_direct(sqe, AT_FDCWD, p, open_flags(f), create_mode(f), (unsigned)f->fd);
+        else io_uring_prep_openat(sqe, AT_FDCWD, p, open_flags(f), create_mode(f));
         io_uring_sqe_set_data(sqe, step_ptr(S_OPEN, f));
         if (s->link_read) {
             sqe->flags |= IOSQE_IO_LINK;
@@ -963,6 +1132,34 @@ static void uring_prep(lsio_engine *e, const step *s) {
     }
 }
 
+/* Cancel, in the kernel, the transfers still in flight for cancelled files: a read the
+ * kernel parked waiting for data (poll-armed; see stx_verdict for how a FIFO could get
+ * there) would otherwise hold lsio_engine_free for ever.  Only reads and writes are
+ * cancelled: an open, close, rename or unlink always runs to its end, so no descriptor
+ * or temp file is lost.  A cancelled transfer completes with -ECANCELED (or its own
+ * result when it was done already) and step_done drops it as for any cancelled file.
+ * Called with mu held by the thread driving the ring. */
+static void uring_kcancel(lsio_engine *e) {
+    e->kcancel = 0;
+    for (file_op *f = e->a_head; f; f = f->next) {
+        if (!f->canceled || !f->inflight) continue;
+        int kind = f->kind == LSIO_OP_READ ? S_READ : S_WRITE;
+        for (uint32_t i = 0; i < f->nranges; i++) {
+            range_st *r = &f->ranges[i];
+            if (!r->inflight || r->kcancel_sent) continue;
+            struct io_uring_sqe *sqe = io_uring_get_sqe(&e->ring);
+            if (!sqe) { /* the SQ is full: the rest on the next round */
+                e->kcancel = 1;
+                return;
+            }
+            io_uring_prep_cancel64(sqe, (uint64_t)(uintptr_t)step_ptr(kind, r), 0);
+            io_uring_sqe_set_data64(sqe, UD_CANCEL);
+            r->kcancel_sent = 1;
+            e->kcancels_inflight++;
+        }
+    }
+}
+
 /* Process every CQE that is there. Called with mu held. Returns how many. */
 static unsigned uring_process(lsio_engine *e) {
     struct io_uring_cqe *cqe;
@@ -974,7 +1171,8 @@ static unsigned uring_process(lsio_engine *e) {
         int kind = (int)(ud & 7);
         void *obj = (void *)(uintptr_t)(ud & ~(uint64_t)7);
         if (kind == S_WAKE) {
-            e->wake_armed = 0;
+            if (ud == UD_CANCEL) e->kcancels_inflight--;
+            else e->wake_armed = 0;
             continue;
         }
         if (kind == S_READ || kind == S_WRITE) {
@@ -1002,8 +1200,16 @@ static void uring_drive(lsio_engine *e, uint32_t min_complete, int timeout_ms, i
     int64_t deadline = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
     for (;;) {
         step s;
+        if (e->kcancel) uring_kcancel(e);
         while (io_uring_sq_space_left(&e->ring) >= 3 && next_step(e, &s)) {
             step_start(e, &s);
+            if (s.kind == S_FIXUP) { /* no such io_uring op: a syscall or two, unlocked */
+                pthread_mutex_unlock(&e->mu);
+                int64_t res = run_sync(e, &s);
+                pthread_mutex_lock(&e->mu);
+                step_done(e, s.kind, s.f, s.r, res);
+                continue;
+            }
             uring_prep(e, &s);
         }
         uring_arm_wake(e);
@@ -1126,20 +1332,36 @@ static void engine_destroy(lsio_engine *e) {
     free(e);
 }
 
+static int switch_ok(int32_t v) { return v >= -1 && v <= 1; }
+
+/* Every size is checked before anything is allocated from it: the slot table is
+ * 4 bytes x max_open, the pool's block tables 14 bytes per 4 KiB of pool_bytes, one
+ * thread per `threads`, and the ring 2 x depth entries.  (A max_open of 10^9 used to
+ * allocate and touch 3.8 GiB.)  Returns 0 or -EINVAL. */
+static int config_check(const lsio_config *cfg) {
+    if (cfg->backend < LSIO_BACKEND_AUTO || cfg->backend > LSIO_BACKEND_PREAD) return -EINVAL;
+    if (cfg->depth > LSIO_MAX_DEPTH || cfg->threads > LSIO_MAX_THREADS ||
+        cfg->max_open > LSIO_MAX_OPEN_FILES || cfg->pool_bytes > (uint64_t)LSIO_MAX_POOL_BYTES)
+        return -EINVAL;
+    long pages = sysconf(_SC_PHYS_PAGES), psize = sysconf(_SC_PAGESIZE);
+    if (pages > 0 && psize > 0 && cfg->pool_bytes > (uint64_t)pages * (uint64_t)psize)
+        return -EINVAL; /* a bound the machine cannot hold is no bound */
+    if (!switch_ok(cfg->register_buffers) || !switch_ok(cfg->fixed_files) ||
+        !switch_ok(cfg->link_open) || cfg->ring_thread < 0 || cfg->ring_thread > 1)
+        return -EINVAL;
+    return 0;
+}
+
 lsio_engine *lsio_engine_new(const lsio_config *cfg_in, int *err) {
     lsio_config cfg;
     if (cfg_in) cfg = *cfg_in;
     else lsio_config_default(&cfg);
     if (cfg.depth == 0) cfg.depth = 64;
-    if (cfg.depth > 4096) cfg.depth = 4096;
     if (cfg.threads == 0) cfg.threads = 4;
     if (cfg.max_open == 0) cfg.max_open = 1024;
     if (cfg.pool_bytes < 4096) cfg.pool_bytes = 4096;
-    *err = 0;
-    if (cfg.backend < 0 || cfg.backend > LSIO_BACKEND_PREAD) {
-        *err = -EINVAL;
-        return NULL;
-    }
+    *err = config_check(&cfg);
+    if (*err) return NULL;
     lsio_engine *e = calloc(1, sizeof *e);
     if (!e) {
         *err = -ENOMEM;
@@ -1153,7 +1375,6 @@ lsio_engine *lsio_engine_new(const lsio_config *cfg_in, int *err) {
     pthread_cond_init(&e->cq_cond, NULL);
     int rc = pool_init(&e->pool, cfg.pool_bytes);
     if (rc < 0) goto fail;
-    learn_whole_hint(e, 64 << 10); /* first guess: 64 KiB (within the pool's cap) */
     e->cfg.pool_bytes = e->pool.bytes;
     e->slot_free = malloc(cfg.max_open * sizeof(int32_t));
     if (!e->slot_free) {
@@ -1295,11 +1516,8 @@ int lsio_submit(lsio_engine *e, const lsio_file *files, uint32_t nfiles,
         f->size = -1;
         f->fixed = (e->features & LSIO_FEAT_FIXED_FILES) != 0;
         if (f->kind == LSIO_OP_WRITE_FILE) {
-            size_t n = strlen(f->path) + 64;
-            f->tmp_path = malloc(n);
-            if (f->tmp_path)
-                snprintf(f->tmp_path, n, "%s.lsio-tmp.%d.%llu", f->path, (int)getpid(),
-                         (unsigned long long)++e->tmp_counter);
+            f->tmp_path = malloc(strlen(f->path) + TMP_SUFFIX_MAX);
+            if (f->tmp_path) tmp_name(e, f);
         }
         for (uint32_t j = 0; j < f->nranges; j++, k++) {
             range_st *r = &b->ranges[k];
@@ -1336,6 +1554,7 @@ static uint32_t copy_out(lsio_engine *e, lsio_completion *out, uint32_t max) {
 }
 
 int lsio_reap(lsio_engine *e, lsio_completion *out, uint32_t max, uint32_t min_complete, int timeout_ms) {
+    if (max > INT_MAX) max = INT_MAX; /* the count returned is an int */
     if (min_complete > max) min_complete = max;
     int own_ring = e->backend == LSIO_BACKEND_URING && !e->ring_thread_running;
     /* One reaper at a time (-EBUSY for the others), and lsio_engine_free waits for it on
@@ -1416,6 +1635,7 @@ int lsio_release_many(lsio_engine *e, const uint64_t *ids, uint64_t n) {
 static int64_t cancel_file(lsio_engine *e, file_op *f) {
     if (f->canceled) return 0;
     f->canceled = 1;
+    if (e->backend == LSIO_BACKEND_URING && f->inflight) e->kcancel = 1;
     int64_t n = 0;
     for (uint32_t i = 0; i < f->nranges; i++) n += !f->ranges[i].finished;
     if (f->state != F_QUEUED) ready_push(e, f);
@@ -1447,6 +1667,15 @@ int64_t lsio_cancel_group(lsio_engine *e, uint64_t group) {
     return n;
 }
 
+int64_t lsio_group_pending(lsio_engine *e, uint64_t group) {
+    int64_t n = 0;
+    pthread_mutex_lock(&e->mu);
+    for (file_op *f = e->q_head; f; f = f->next) n += f->group == group;
+    for (file_op *f = e->a_head; f; f = f->next) n += f->group == group;
+    pthread_mutex_unlock(&e->mu);
+    return n;
+}
+
 void lsio_engine_free(lsio_engine *e) {
     if (!e) return;
     if (e->ring_thread_running) {
@@ -1455,7 +1684,8 @@ void lsio_engine_free(lsio_engine *e) {
         for (file_op *f = e->q_head; f; f = f->next) cancel_file(e, f);
         for (file_op *f = e->a_head; f; f = f->next) cancel_file(e, f);
         wake_all(e);
-        while (e->files_pending > 0 || e->inflight > 0) pthread_cond_wait(&e->cq_cond, &e->mu);
+        while (e->files_pending > 0 || e->inflight > 0 || e->kcancels_inflight > 0)
+            pthread_cond_wait(&e->cq_cond, &e->mu);
         e->shutting_down = 1;
         wake_all(e);
         pthread_mutex_unlock(&e->mu);
@@ -1472,7 +1702,8 @@ void lsio_engine_free(lsio_engine *e) {
         /* Drive until every file is closed (and temp files unlinked) and the kernel
          * holds nothing of ours; then complete the eventfd read so it cannot touch
          * efd_buf after the ring is gone. */
-        while (e->files_pending > 0 || e->inflight > 0) uring_drive(e, UINT32_MAX, 100, 0);
+        while (e->files_pending > 0 || e->inflight > 0 || e->kcancels_inflight > 0)
+            uring_drive(e, UINT32_MAX, 100, 0);
         while (e->wake_armed) {
             uint64_t one = 1;
             ssize_t w = write(e->efd, &one, sizeof one);
@@ -1511,6 +1742,10 @@ const char *lsio_strerror(int err) {
     case LSIO_E_PAST_EOF: return "byte range reaches past the end of the file";
     case LSIO_E_TOO_BIG: return "byte range is larger than the whole buffer pool";
     case LSIO_E_CANCELED: return "group cancelled";
+    case LSIO_E_NOT_REGULAR: return "not a regular file (a FIFO, socket or device): refused";
+    case LSIO_E_UNSIZED:
+        return "the file reports size 0 but has data (a /proc or /sys file?): a whole-file read "
+               "is refused, read it with an explicit byte range";
     default: return strerror(-err);
     }
 }

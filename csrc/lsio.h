@@ -19,11 +19,19 @@
  *    e.g. with O_DIRECT), so callers release the non-zero ids.  The caller must give
  *    each buffer back with lsio_release / lsio_release_many exactly once; until then
  *    the bytes at `data` are the caller's to read.  The engine never frees a buffer the
- *    kernel may still be writing into: lsio_engine_free first cancels every file op and
- *    waits until no operation is in flight, and the pool arena is unmapped only when
+ *    kernel may still be writing into: lsio_engine_free first cancels every file op
+ *    (io_uring: its reads and writes in the kernel too) and waits until no operation is
+ *    in flight, and the pool arena is unmapped only when
  *    every buffer has been released (lsio_engine_free may therefore leave the arena
  *    alive; the last release unmaps it).
  *  - Error completions and write completions own no buffer (buf_id == 0).
+ *
+ * Special files: READ takes regular files only.  A FIFO, socket or device is refused
+ * before anything is read from it (LSIO_E_NOT_REGULAR, a directory -EISDIR: one
+ * FILE_ERROR), so no read waits for a pipe's writer; WRITE_RANGES refuses FIFOs and
+ * sockets but writes into devices.  A whole-file read of a file that reports size 0 but
+ * has data (/proc, /sys) fails with LSIO_E_UNSIZED instead of completing empty; explicit
+ * byte ranges read such files.  (engine.c, stx_verdict, has the details.)
  */
 #ifndef LSIO_H
 #define LSIO_H
@@ -53,6 +61,11 @@
 #define LSIO_E_PAST_EOF -100001  /* range reaches past the end of the file */
 #define LSIO_E_TOO_BIG -100002   /* range larger than the whole buffer pool */
 #define LSIO_E_CANCELED -100003  /* group cancelled */
+#define LSIO_E_NOT_REGULAR -100004 /* not a regular file: a FIFO, socket or device (reads),
+                                      a FIFO or socket (WRITE_RANGES); refused before any
+                                      read or write (one FILE_ERROR); directories: -EISDIR */
+#define LSIO_E_UNSIZED -100005   /* whole-file read of a file that reports size 0 but has
+                                    data (/proc, /sys): refused rather than read as empty */
 
 /* feature bits, probed at start-up */
 #define LSIO_FEAT_FIXED_FILES 1   /* direct descriptors: openat_direct/close_direct */
@@ -61,6 +74,13 @@
 #define LSIO_FEAT_STATX 8         /* IORING_OP_STATX */
 #define LSIO_FEAT_RENAME 16       /* IORING_OP_RENAMEAT/UNLINKAT */
 #define LSIO_FEAT_DIOALIGN 32     /* statx reports STATX_DIOALIGN */
+
+/* configuration bounds: lsio_engine_new refuses larger values with -EINVAL (before it
+ * allocates anything); pool_bytes is also refused when larger than physical memory */
+#define LSIO_MAX_DEPTH 4096
+#define LSIO_MAX_THREADS 1024
+#define LSIO_MAX_OPEN_FILES 65536
+#define LSIO_MAX_POOL_BYTES 1099511627776 /* 1 TiB */
 
 typedef struct lsio_engine lsio_engine;
 
@@ -125,7 +145,10 @@ typedef struct {
 void lsio_config_default(lsio_config *cfg);
 
 /* Create an engine.  Returns NULL and sets *err to -errno on failure.  With
- * LSIO_BACKEND_AUTO, a refused io_uring_setup (ENOSYS, EPERM, ...) selects pread. */
+ * LSIO_BACKEND_AUTO, a refused io_uring_setup (ENOSYS, EPERM, ...) selects pread.
+ * Zero depth / threads / max_open / pool_bytes take the defaults; values above the
+ * LSIO_MAX_* bounds (pool_bytes: or above physical memory), an unknown backend and
+ * switches other than -1, 0, 1 are refused with -EINVAL before anything is allocated. */
 lsio_engine *lsio_engine_new(const lsio_config *cfg, int *err);
 
 /* Cancel everything, wait for the kernel and the workers, free the engine.  Buffers the
@@ -155,12 +178,20 @@ int lsio_release_many(lsio_engine *e, const uint64_t *buf_ids, uint64_t n);
 
 /* Cancel a group: every range of it without a completion yet -- queued or already in
  * flight -- is dropped without a completion (the engine frees the buffers of in-flight
- * reads when the kernel is done with them), and the group's completions that are ready
+ * reads when the kernel is done with them; io_uring cancels its reads and writes in the
+ * kernel, on the next drive of the ring), and the group's completions that are ready
  * but not reaped are discarded, their buffers going back to the pool.  Completions
  * already reaped are untouched: the caller still releases those.  Returns the number of
  * ranges dropped that had no completion yet (discarded ready completions are not
  * counted).  Thread-safe. */
 int64_t lsio_cancel_group(lsio_engine *e, uint64_t group);
+
+/* How many file ops of a group the engine still holds: queued, in flight, or finishing
+ * (closing, unlinking a temp file), cancelled ones included.  0 means the engine has
+ * nothing of the group's left: no kernel op, no descriptor, no temp file, and no
+ * pointer to its write data (which the caller may free then).  A cancelled group gets
+ * there only while the ring is driven (lsio_reap, or the ring thread).  Thread-safe. */
+int64_t lsio_group_pending(lsio_engine *e, uint64_t group);
 
 /* Wake a thread blocked in lsio_reap (it returns what it has, possibly nothing).  If no
  * thread is in lsio_reap, the next call returns at once instead (so a wake-up is never

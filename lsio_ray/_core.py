@@ -9,6 +9,7 @@ API-mode calls), so a thread blocked in ``reap`` never holds up the rest of Pyth
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from typing import Any
@@ -226,10 +227,12 @@ class RawEngine:
         cfg = ffi.new("lsio_config *")
         lib.lsio_config_default(cfg)
         cfg.backend = BACKENDS[backend]
-        cfg.depth = _positive("depth", pick("depth", depth))
-        cfg.threads = _positive("threads", pick("threads", threads))
-        cfg.max_open = _positive("max_open", pick("max_open", max_open))
-        cfg.pool_bytes = _positive("pool_bytes", config.parse_size(pick("pool_bytes", pool_bytes)))
+        cfg.depth = _bounded("depth", pick("depth", depth), lib.LSIO_MAX_DEPTH)
+        cfg.threads = _bounded("threads", pick("threads", threads), lib.LSIO_MAX_THREADS)
+        cfg.max_open = _bounded("max_open", pick("max_open", max_open), lib.LSIO_MAX_OPEN_FILES)
+        cfg.pool_bytes = _bounded(
+            "pool_bytes", config.parse_size(pick("pool_bytes", pool_bytes)), lib.LSIO_MAX_POOL_BYTES
+        )
         cfg.register_buffers = int(bool(pick("register_buffers", register_buffers)))
         cfg.fixed_files = int(bool(pick("fixed_files", fixed_files)))
         cfg.link_open = int(bool(pick("link_open", link_open)))
@@ -237,6 +240,12 @@ class RawEngine:
         err = ffi.new("int *")
         ptr = lib.lsio_engine_new(cfg, err)
         if ptr == ffi.NULL:
+            if err[0] == -errno.EINVAL:  # the C bounds (lsio_engine_new) refused a setting
+                raise ValueError(
+                    f"engine settings refused: depth={cfg.depth}, threads={cfg.threads}, "
+                    f"max_open={cfg.max_open}, pool_bytes={cfg.pool_bytes} (pool_bytes must "
+                    f"not exceed the machine's memory, {_phys_mem()} bytes)"
+                )
             raise OSError(-err[0], f"cannot start the {backend} backend: {os.strerror(-err[0])}")
         self._ptr = ptr
         self._lock = threading.Lock()
@@ -359,6 +368,12 @@ class RawEngine:
         """Drop a group's queued ranges; returns how many were dropped."""
         return int(lib.lsio_cancel_group(self._p(), group))
 
+    def group_pending(self, group: int) -> int:
+        """File ops of ``group`` the engine still holds (queued, in flight, closing or
+        removing a temp file -- cancelled ones included); 0 once it holds nothing of the
+        group's, not even a pointer to its write data."""
+        return int(lib.lsio_group_pending(self._p(), group))
+
     def wake(self) -> None:
         """Make a thread blocked in ``reap`` return."""
         if self._ptr is not None:
@@ -385,8 +400,17 @@ def view(ptr: int, length: int) -> np.ndarray:
     return np.frombuffer(ffi.buffer(ffi.cast("char *", ptr), length), dtype=np.uint8)
 
 
-def _positive(name: str, value: int) -> int:
+def _bounded(name: str, value: int, limit: int) -> int:
+    """``value`` as an int in 1..limit (the C core's LSIO_MAX_* bound), else ValueError
+    naming the setting -- before the C side is asked to allocate anything for it."""
     value = int(value)
-    if value <= 0:
-        raise ValueError(f"{name} must be positive, not {value}")
+    if not 0 < value <= limit:
+        raise ValueError(f"{name} must be in 1..{limit}, not {value}")
     return value
+
+
+def _phys_mem() -> int:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGESIZE")
+    except (ValueError, OSError):
+        return -1

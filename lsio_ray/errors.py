@@ -18,6 +18,7 @@ __all__ = [
     "GroupCancelledError",
     "LsioError",
     "RangePastEOFError",
+    "SpecialFileError",
     "make_error",
 ]
 
@@ -49,6 +50,13 @@ class BufferPoolTooSmallError(LsioError, ValueError):
         )
 
 
+class SpecialFileError(LsioError, OSError):
+    """Not a file the engine reads: a FIFO, socket or device (refused before anything is
+    read from it -- a FIFO read could wait for ever, a device never end), or a file that
+    reports size 0 but has data (/proc, /sys) read whole.  An ``OSError`` with
+    ``errno`` EINVAL and ``filename`` the path."""
+
+
 class GroupCancelledError(LsioError):
     """The group was cancelled (or its engine closed) before this result arrived."""
 
@@ -74,8 +82,17 @@ def make_error(
         return BufferPoolTooSmallError(path, start, end, pool_bytes)
     if err == lib.LSIO_E_CANCELED:
         return GroupCancelledError(f"{path}: {op} of bytes {start}..{end} cancelled")
-    code = -err
     where = "whole file" if length < 0 and start == 0 else f"bytes {start}..{end}"
+    if err == lib.LSIO_E_NOT_REGULAR:
+        why = "not a regular file (a FIFO, socket or device): refused"
+        return SpecialFileError(_errno.EINVAL, f"{why} ({op} {where})", path)
+    if err == lib.LSIO_E_UNSIZED:
+        why = (
+            "the file reports size 0 but has data (a /proc or /sys file?): "
+            "read it with an explicit byte range"
+        )
+        return SpecialFileError(_errno.EINVAL, f"{why} ({op} {where})", path)
+    code = -err
     msg = f"{os.strerror(code)} ({op} {where})"
     if code in (_errno.ENOENT,):
         msg = f"{os.strerror(code)} ({op})"

@@ -292,10 +292,11 @@ static int test_cancel_rename(const t_variant *v) {
         lsio_engine_stats(e, &st0);
         T_CHECK(tb_submit(e, &b) == 0, "submit");
         if (v->backend == LSIO_BACKEND_URING) {
-            /* open, write, close, rename: stop as soon as the rename is issued */
+            /* statx (of the target), open, write, close, rename: stop as soon as the
+             * rename is issued */
             for (int i = 0; i < 100000; i++) {
                 lsio_engine_stats(e, &st);
-                if (st.ops_submitted - st0.ops_submitted >= 4 || st.files_pending == 0) break;
+                if (st.ops_submitted - st0.ops_submitted >= 5 || st.files_pending == 0) break;
                 int n = t_reap(e, out, 8, 0, 0);
                 T_CHECK(n >= 0, "reap");
                 for (int k = 0; k < n; k++)

@@ -5,7 +5,8 @@
  *  - WRITE_FILE (temp + rename): one completion per range, error 0, length as asked; the
  *    file then has exactly the content (new file; replacing a longer existing file; empty;
  *    8 MiB in one range; ranges given out of order); with and without LSIO_F_FSYNC; no
- *    "*.lsio-tmp.*" file remains in the directory.
+ *    "*.lsio-tmp.*" file remains in the directory; a replaced file keeps its mode (and,
+ *    as root, its owner).
  *  - WRITE_FILE into a directory that does not exist: ONE completion, FILE_ERROR, -ENOENT,
  *    first range's tag; nothing is created anywhere (the parent directory is unchanged).
  *  - WRITE_FILE whose rename fails (the target is a non-empty directory): ONE FILE_ERROR
@@ -135,10 +136,16 @@ static int test_write_file(lsio_engine *e, uint32_t flags) {
         tb_free(&b);
         free(data);
     }
-    /* replace an existing, longer file: exactly the new content, nothing of the old */
+    /* replace an existing, longer file: exactly the new content, nothing of the old --
+     * and its mode (0660 under a 022 umask: the temp file is created 0640, then chmod'ed)
+     * and, as root, its owner */
     snprintf(p, sizeof p, "%s/wf-replace-%u", dir, flags);
     uint8_t *old = t_make_file(p, 50000, 1);
     T_CHECK(old, "make file");
+    mode_t umask0 = umask(022);
+    T_CHECK(chmod(p, 0660) == 0, "chmod");
+    int root = geteuid() == 0;
+    if (root) T_CHECK(chown(p, 65534, 65534) == 0, "chown");
     uint8_t *data = t_pattern(1000, 2);
     t_batch b;
     tb_init(&b);
@@ -149,6 +156,12 @@ static int test_write_file(lsio_engine *e, uint32_t flags) {
     if (check_ok(all, k, &w1, 1, 5)) return T_EXIT_FAIL;
     if (file_equals(p, data, 1000)) return T_EXIT_FAIL;
     if (no_tmp_left()) return T_EXIT_FAIL;
+    umask(umask0);
+    struct stat st;
+    T_CHECK(stat(p, &st) == 0 && (st.st_mode & 07777) == 0660, "mode %o after replace, want 660",
+            (unsigned)(st.st_mode & 07777));
+    if (root) T_CHECK(st.st_uid == 65534 && st.st_gid == 65534, "owner %u:%u after replace",
+                      (unsigned)st.st_uid, (unsigned)st.st_gid);
     free(old);
     free(data);
     tb_free(&b);

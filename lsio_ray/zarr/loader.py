@@ -18,6 +18,12 @@ so none of it needs a lock:
 
 Memory is bounded twice: the engine stops issuing reads when its buffer pool
 (``pool_bytes``) is exhausted, and at most ``max_inflight`` ranges wait in its queue.
+
+A task that fails (or is cancelled) has its engine group cancelled, and is retired --
+its error reaching the caller -- only once the engine holds nothing of the group's
+(``RawEngine.group_pending`` is 0): no write still landing, no temp file, no descriptor,
+and no pointer into the task's write buffers.  Until then the task waits in
+``_draining`` and the IO thread keeps driving the engine for it.
 """
 
 from __future__ import annotations
@@ -205,6 +211,7 @@ class Loader:
         self._closing = False
         self._closed = False
         self._tasks: dict[int, Task] = {}
+        self._draining: list[Task] = []  # cancelled, until the engine holds none of their ops
         self._queue: list[tuple[int, Task]] = []  # tasks with batches to submit, by group
         self._queued: set[int] = set()
         self._inflight = 0
@@ -315,7 +322,10 @@ class Loader:
         for w in self._workers:
             if w is not me:
                 w.join()
-        self.engine.close()
+        self.engine.close()  # cancels and drains what is left, in the kernel too
+        draining, self._draining = self._draining, []
+        for task in draining:
+            task.retire_io()
         self._closed = True
 
     def __enter__(self) -> Loader:
@@ -336,6 +346,7 @@ class Loader:
                     and not self._closing
                     and self._inflight == 0
                     and not self._queue
+                    and not self._draining
                 ):
                     self._cv.wait()
                 new, self._new = self._new, []
@@ -352,7 +363,9 @@ class Loader:
                     self._cancel_now(task)
                 return
             self._top_up()
-            if self._inflight == 0:
+            if self._draining:
+                self._drained()
+            if self._inflight == 0 and not self._draining:
                 continue
             # With many reads in flight, wait (at most 2 ms) for a handful of completions
             # instead of returning with the first: each reap costs this thread ~100 us
@@ -426,12 +439,25 @@ class Loader:
             self._after(task)
 
     def _cancel_now(self, task: Task) -> None:
+        """Cancel a task's engine group; it retires once the engine is done with it
+        (``_drained``), so its error never reaches the caller while its ops still run."""
         if self._tasks.pop(task.group, None) is None:
             return
         self.engine.cancel_group(task.group)
         self._inflight -= task.io_pending
         task.io_pending = 0
-        task.retire_io()
+        self._draining.append(task)
+
+    def _drained(self) -> None:
+        """Retire the cancelled tasks the engine holds nothing of any more."""
+        eng = self.engine
+        left = []
+        for task in self._draining:
+            if eng.group_pending(task.group):
+                left.append(task)
+            else:
+                task.retire_io()
+        self._draining = left
 
     def _lost_completions(self) -> None:
         """The engine has nothing pending but tasks wait for ranges: fail them."""
