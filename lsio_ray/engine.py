@@ -8,11 +8,18 @@
 ...                 decode(chunk.data)
 
 One background *driver* thread per engine sits in the C core's ``reap`` (the GIL released)
-and files each batch of completions under its group; consumers iterate groups.  A chunk's
+and files each batch of completions under its group; consumers iterate groups.
+
+Chunks are views of pool buffers; while you hold them the pool stays full.  A chunk's
 ``data`` is a numpy view of a pool buffer: no copy.  The buffer goes back to the pool when
-the chunk is released (``with``, ``release()``) or garbage-collected with every view of it.
-Holding chunks is therefore the back-pressure: when the pool is full, no new read is
-issued until buffers come back, so memory stays bounded whatever is submitted.
+the chunk has been released (``with``, ``release()``) or garbage-collected *and* no array
+taken from its ``data`` (or derived from one: slices, ``.view()``, ``memoryview``) is
+alive any more.  An array kept past ``release()`` therefore stays valid -- it never shows
+another read's bytes, and it keeps the engine's memory mapped after ``Engine.close()`` --
+but it holds its buffer like an unreleased chunk.  Holding chunks (or their arrays) is the
+back-pressure: when the pool is full, no new read is issued until buffers come back, so
+memory stays bounded whatever is submitted.  Copy (``tobytes()``, ``detached()``,
+``data.copy()``) what you keep for long.
 
 Ordered delivery could deadlock a bounded pool (later chunks held while an earlier one
 waits for a buffer).  The driver breaks that cycle: when the engine is starved with
@@ -56,8 +63,10 @@ class Chunk:
     error, with the caller's metadata.
 
     Use as a context manager, or call :meth:`release`, to give the buffer back as soon as
-    you are done (after that, arrays taken from ``data`` must not be used); otherwise it
-    goes back when the chunk and every array viewing it are garbage-collected.
+    you are done; otherwise it goes back when the chunk is garbage-collected.  Either way,
+    an array taken from ``data`` keeps the buffer out of the pool (and its bytes intact)
+    until that array, and every array derived from it, is gone: the chunk's ``data``
+    raises after a release, an array taken before it stays valid.
     """
 
     __slots__ = (
@@ -109,7 +118,10 @@ class Chunk:
     def data(self) -> np.ndarray:
         """The bytes read, as a uint8 numpy array viewing the pool buffer (no copy).
 
-        Raises the range's error if it failed.  Empty for writes."""
+        The array holds the buffer: it stays valid after :meth:`release`, and the buffer
+        goes back to the pool only when the array (and every view of it) is gone.
+        Raises the range's error if it failed, ValueError once the chunk was released.
+        Empty for writes."""
         if self.error is not None:
             raise self.error
         if self._array is None:
@@ -142,10 +154,15 @@ class Chunk:
         return out
 
     def release(self) -> None:
-        """Give the pool buffer back now (idempotent)."""
-        cdata, self._cdata, self._array = self._cdata, None, None
-        if cdata is not None:
-            ffi.release(cdata)
+        """Let go of the pool buffer (idempotent): it goes back to the pool now, or, when
+        arrays taken from ``data`` are still alive, as soon as the last of them is gone.
+
+        The buffer is owned by a cffi object with a destructor, referenced only by the
+        array chain (``ffi.buffer`` -> ndarray -> user views); dropping the chunk's
+        references runs the destructor at once unless a user view still needs the memory,
+        so a view can never outlive its buffer (no other read's bytes, no unmapped arena).
+        """
+        self._cdata = self._array = None
 
     def __enter__(self) -> Chunk:
         return self
@@ -654,7 +671,8 @@ class Engine:
     def close(self) -> None:
         """Cancel every group, stop the driver, free the engine (idempotent).
 
-        Chunks already handed out stay valid until released."""
+        Chunks already handed out, and arrays taken from them, stay valid: the C engine
+        keeps its buffer arena mapped until the last of their buffers comes back."""
         if self._closing:
             return
         self._closing = True
