@@ -48,7 +48,7 @@ import numpy as np
 
 from lsio_ray._core import FILE_DTYPE, RANGE_DTYPE, RawEngine
 from lsio_ray._lsio import ffi, lib
-from lsio_ray.errors import GroupCancelledError, make_error
+from lsio_ray.errors import GroupCancelledError, RangePastEOFError, make_error
 from lsio_ray.ops import ByteRange, Operation, OpGroup, get_ranges, put_file
 
 __all__ = ["Chunk", "Engine", "GroupResult"]
@@ -404,6 +404,14 @@ class _GroupState:
                 pool_bytes=self.engine.pool_bytes,
             )
             return Chunk(op, i, meta, self.metadata, offset, length, file_size, error=exc)
+        if length == 0 and offset > max(file_size, 0) and op.kind == "get":
+            exc2 = _empty_past_eof(op.path, offset, file_size)
+            if exc2 is not None:
+                if buf_id:
+                    self.engine._raw.release(buf_id)
+                else:
+                    self.spilled.pop(tag, None)
+                return Chunk(op, i, meta, self.metadata, offset, 0, file_size, error=exc2)
         if buf_id:
             cdata = ffi.gc(
                 ffi.cast("char *", data), _Releaser(self.engine._raw_ptr, buf_id), size=length
@@ -418,6 +426,23 @@ class _GroupState:
         elif op.kind == "get":
             arr = np.empty(0, np.uint8)
         return Chunk(op, i, meta, self.metadata, offset, length, file_size, array=arr)
+
+
+def _empty_past_eof(path: str, offset: int, file_size: int) -> BaseException | None:
+    """The error of an empty read at ``offset`` when that is past the end of the file.
+
+    An explicit range is read without asking the file's size, and reading 0 bytes needs
+    no IO, so the C core lets an empty range past the end succeed; the rule (ops.py) is
+    that it fails like any range starting past the end.  Only empty ranges starting
+    past 0 with the size unknown (or smaller) get here, so the stat is rare."""
+    if file_size < 0:
+        try:
+            file_size = os.stat(path).st_size
+        except OSError as exc:
+            return OSError(exc.errno, f"{exc.strerror} (read of bytes {offset}..{offset})", path)
+    if offset > file_size:
+        return RangePastEOFError(path, offset, offset, file_size)
+    return None
 
 
 class _Releaser:
