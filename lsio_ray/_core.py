@@ -197,21 +197,20 @@ class RawEngine:
         ring_thread: bool = False,
     ) -> None:
         def pick(name: str, value: Any) -> Any:
-            return config.get(name) if value is None else value
+            # every value is checked (type and range) before the C engine allocates
+            return config.get(name) if value is None else config.validate(name, value)
 
         backend = pick("backend", backend)
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {sorted(BACKENDS)}, not {backend!r}")
         cfg = ffi.new("lsio_config *")
         lib.lsio_config_default(cfg)
         cfg.backend = BACKENDS[backend]
-        cfg.depth = _positive("depth", pick("depth", depth))
-        cfg.threads = _positive("threads", pick("threads", threads))
-        cfg.max_open = _positive("max_open", pick("max_open", max_open))
-        cfg.pool_bytes = _positive("pool_bytes", config.parse_size(pick("pool_bytes", pool_bytes)))
-        cfg.register_buffers = int(bool(pick("register_buffers", register_buffers)))
-        cfg.fixed_files = int(bool(pick("fixed_files", fixed_files)))
-        cfg.link_open = int(bool(pick("link_open", link_open)))
+        cfg.depth = pick("depth", depth)
+        cfg.threads = pick("threads", threads)
+        cfg.max_open = pick("max_open", max_open)
+        cfg.pool_bytes = pick("pool_bytes", pool_bytes)
+        cfg.register_buffers = int(pick("register_buffers", register_buffers))
+        cfg.fixed_files = int(pick("fixed_files", fixed_files))
+        cfg.link_open = int(pick("link_open", link_open))
         cfg.ring_thread = int(bool(ring_thread))
         err = ffi.new("int *")
         ptr = lib.lsio_engine_new(cfg, err)
@@ -357,10 +356,3 @@ def view(ptr: int, length: int) -> np.ndarray:
     if length == 0:
         return np.empty(0, np.uint8)
     return np.frombuffer(ffi.buffer(ffi.cast("char *", ptr), length), dtype=np.uint8)
-
-
-def _positive(name: str, value: int) -> int:
-    value = int(value)
-    if value <= 0:
-        raise ValueError(f"{name} must be positive, not {value}")
-    return value
