@@ -85,7 +85,8 @@ def test_last_n_of_a_shorter_file_names_the_request(make_engine, five_and_empty,
     assert isinstance(err, RangePastEOFError)
     msg = str(err)
     assert str(path) in msg and "last 10 bytes" in msg and f"file length {size} bytes" in msg
-    assert "-10" not in msg and f"-{10 - size}" not in msg, msg  # no negative range
+    rest = msg.replace(str(path), "")  # (the temporary path may hold e.g. "pytest-105")
+    assert "-10" not in rest and f"-{10 - size}" not in rest, msg  # no negative range
     assert (err.path, err.last, err.file_size) == (str(path), 10, size)
 
 
@@ -98,7 +99,7 @@ def test_offset_to_end_past_eof_names_the_request(make_engine, five_and_empty, d
     assert (err.start, err.end, err.file_size) == (6, None, 5)
     msg = str(err)
     assert str(five) in msg and "6.. (to the end)" in msg and "file length 5 bytes" in msg
-    assert "-1" not in msg, msg
+    assert "-1" not in msg.replace(str(five), ""), msg
 
 
 def test_engine_read_past_eof_raises(make_engine, five_and_empty):
