@@ -584,6 +584,7 @@ class Engine:
         self._closing = False
         self._work = threading.Event()
         self._last_starved = 0
+        self._last_ops = -1
         # the deadlock breaker's accounting (see _maybe_spill); _spill_lock guards it
         self._spill_lock = threading.Lock()
         self._spill_limit = self._raw.pool_bytes
@@ -775,7 +776,16 @@ class Engine:
         it is dropped, to be read again when the consumer reaches it (IO, no memory).
         Returns True when something was moved."""
         st = self._raw.stats()
-        if st["starved"] == self._last_starved or st["inflight"] or not st["files_pending"]:
+        # Stuck: reads stalled on the pool since the last look (the starved count moved),
+        # or no op issued at all since the last look (one reap timeout ago) -- with
+        # nothing in flight and work pending either way.  The second, level test matters:
+        # a stall seen while no consumer waited leaves the count still afterwards, since
+        # the C scheduler retries only on a release.
+        idle = st["ops_submitted"] == self._last_ops
+        self._last_ops = st["ops_submitted"]
+        if st["inflight"] or not st["files_pending"]:
+            return False
+        if st["starved"] == self._last_starved and not idle:
             return False
         self._last_starved = st["starved"]
         with self._lock:
