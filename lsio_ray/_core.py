@@ -219,23 +219,24 @@ class RawEngine:
         ring_thread: bool = False,
     ) -> None:
         def pick(name: str, value: Any) -> Any:
-            return config.get(name) if value is None else value
+            # every value is checked (type and range) before the C engine allocates
+            return config.get(name) if value is None else config.validate(name, value)
 
         backend = pick("backend", backend)
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {sorted(BACKENDS)}, not {backend!r}")
         cfg = ffi.new("lsio_config *")
         lib.lsio_config_default(cfg)
         cfg.backend = BACKENDS[backend]
+        # config validated type and range; the C core's own LSIO_MAX_* bounds again here,
+        # so an error names the setting rather than coming back as a bare EINVAL
         cfg.depth = _bounded("depth", pick("depth", depth), lib.LSIO_MAX_DEPTH)
         cfg.threads = _bounded("threads", pick("threads", threads), lib.LSIO_MAX_THREADS)
         cfg.max_open = _bounded("max_open", pick("max_open", max_open), lib.LSIO_MAX_OPEN_FILES)
         cfg.pool_bytes = _bounded(
-            "pool_bytes", config.parse_size(pick("pool_bytes", pool_bytes)), lib.LSIO_MAX_POOL_BYTES
+            "pool_bytes", pick("pool_bytes", pool_bytes), lib.LSIO_MAX_POOL_BYTES
         )
-        cfg.register_buffers = int(bool(pick("register_buffers", register_buffers)))
-        cfg.fixed_files = int(bool(pick("fixed_files", fixed_files)))
-        cfg.link_open = int(bool(pick("link_open", link_open)))
+        cfg.register_buffers = int(pick("register_buffers", register_buffers))
+        cfg.fixed_files = int(pick("fixed_files", fixed_files))
+        cfg.link_open = int(pick("link_open", link_open))
         cfg.ring_thread = int(bool(ring_thread))
         err = ffi.new("int *")
         ptr = lib.lsio_engine_new(cfg, err)

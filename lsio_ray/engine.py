@@ -8,17 +8,31 @@
 ...                 decode(chunk.data)
 
 One background *driver* thread per engine sits in the C core's ``reap`` (the GIL released)
-and files each batch of completions under its group; consumers iterate groups.  A chunk's
+and files each batch of completions under its group; consumers iterate groups.
+
+Chunks are views of pool buffers; while you hold them the pool stays full.  A chunk's
 ``data`` is a numpy view of a pool buffer: no copy.  The buffer goes back to the pool when
-the chunk is released (``with``, ``release()``) or garbage-collected with every view of it.
-Holding chunks is therefore the back-pressure: when the pool is full, no new read is
-issued until buffers come back, so memory stays bounded whatever is submitted.
+the chunk has been released (``with``, ``release()``) or garbage-collected *and* no array
+taken from its ``data`` (or derived from one: slices, ``.view()``, ``memoryview``) is
+alive any more.  An array kept past ``release()`` therefore stays valid -- it never shows
+another read's bytes, and it keeps the engine's memory mapped after ``Engine.close()`` --
+but it holds its buffer like an unreleased chunk.  Holding chunks (or their arrays) is the
+back-pressure: when the pool is full, no new read is issued until buffers come back, so
+memory stays bounded whatever is submitted.  Copy (``tobytes()``, ``detached()``,
+``data.copy()``) what you keep for long.
 
 Ordered delivery could deadlock a bounded pool (later chunks held while an earlier one
-waits for a buffer).  The driver breaks that cycle: when the engine is starved with
-nothing in flight, chunks that landed but were not yet handed to the consumer are copied
-out of the pool (``stats()['spilled']`` counts them), so memory stays within about twice
-the pool bound and the earlier read can proceed.
+waits for a buffer).  The driver breaks that cycle: when a consumer waits, the engine is
+starved and nothing is in flight, it moves chunks that landed but were not handed out yet
+out of the pool -- those the consumer will reach last first, and only as many bytes as
+the waiting read needs.  Each is *copied* (``stats()['spilled']``, ``'spilled_bytes'``)
+while the copies held stay within ``spill_limit`` bytes (one pool's worth: memory stays
+within twice the pool bound, ``'spill_held'``/``'spill_peak'`` count it); beyond that it
+is *dropped* (``'evicted'``) and read again only when the consumer reaches it, so memory
+never grows further, a dropped chunk never competes for buffers with the reads needed
+before it, and each pass lets the waited-for read start.  A chunk read again is read at
+the offset and length it had resolved to; if its file changed or vanished meanwhile, that
+one chunk reports the new bytes or error.
 """
 
 from __future__ import annotations
@@ -34,7 +48,7 @@ import numpy as np
 
 from lsio_ray._core import FILE_DTYPE, RANGE_DTYPE, RawEngine
 from lsio_ray._lsio import ffi, lib
-from lsio_ray.errors import GroupCancelledError, make_error
+from lsio_ray.errors import GroupCancelledError, RangePastEOFError, make_error
 from lsio_ray.ops import ByteRange, Operation, OpGroup, get_ranges, put_file
 
 __all__ = ["Chunk", "Engine", "GroupResult"]
@@ -56,8 +70,10 @@ class Chunk:
     error, with the caller's metadata.
 
     Use as a context manager, or call :meth:`release`, to give the buffer back as soon as
-    you are done (after that, arrays taken from ``data`` must not be used); otherwise it
-    goes back when the chunk and every array viewing it are garbage-collected.
+    you are done; otherwise it goes back when the chunk is garbage-collected.  Either way,
+    an array taken from ``data`` keeps the buffer out of the pool (and its bytes intact)
+    until that array, and every array derived from it, is gone: the chunk's ``data``
+    raises after a release, an array taken before it stays valid.
     """
 
     __slots__ = (
@@ -109,7 +125,10 @@ class Chunk:
     def data(self) -> np.ndarray:
         """The bytes read, as a uint8 numpy array viewing the pool buffer (no copy).
 
-        Raises the range's error if it failed.  Empty for writes."""
+        The array holds the buffer: it stays valid after :meth:`release`, and the buffer
+        goes back to the pool only when the array (and every view of it) is gone.
+        Raises the range's error if it failed, ValueError once the chunk was released.
+        Empty for writes."""
         if self.error is not None:
             raise self.error
         if self._array is None:
@@ -142,10 +161,15 @@ class Chunk:
         return out
 
     def release(self) -> None:
-        """Give the pool buffer back now (idempotent)."""
-        cdata, self._cdata, self._array = self._cdata, None, None
-        if cdata is not None:
-            ffi.release(cdata)
+        """Let go of the pool buffer (idempotent): it goes back to the pool now, or, when
+        arrays taken from ``data`` are still alive, as soon as the last of them is gone.
+
+        The buffer is owned by a cffi object with a destructor, referenced only by the
+        array chain (``ffi.buffer`` -> ndarray -> user views); dropping the chunk's
+        references runs the destructor at once unless a user view still needs the memory,
+        so a view can never outlive its buffer (no other read's bytes, no unmapped arena).
+        """
+        self._cdata = self._array = None
 
     def __enter__(self) -> Chunk:
         return self
@@ -190,7 +214,11 @@ class _GroupState:
         self.slots: dict[int, _Row] = {}
         self.fifo: collections.deque[_Row] = collections.deque()
         self.skip = np.zeros(self.total, bool)
-        self.spilled: dict[int, np.ndarray] = {}
+        self.spilled: dict[int, np.ndarray] = {}  # tag -> copy (counted in spill_held)
+        # results dropped from the pool (tag -> resolved offset, length), read again when
+        # the consumer reaches them; then their tags are in rereads until they land
+        self.parked: dict[int, tuple[int, int]] = {}
+        self.rereads: set[int] = set()
         self.received = 0
         self.yielded = 0
         self.next_idx = 0
@@ -209,7 +237,12 @@ class _GroupState:
                 return [r[2] for r in rows if r[2]]
             for row in rows:
                 tag = row[0]
-                if row[8] & _FILE_ERROR:
+                if self.rereads and tag in self.rereads:
+                    # a dropped result read again: it stands for itself alone, even when
+                    # its file failed this time (the op's other ranges landed before)
+                    self.rereads.discard(tag)
+                    self.received += 1
+                elif row[8] & _FILE_ERROR:
                     end = int(self.op_first[self.range_op[tag] + 1])
                     self.skip[tag + 1 : end] = True
                     self.received += end - tag
@@ -222,23 +255,79 @@ class _GroupState:
             self.cond.notify_all()
         return []
 
-    def spill(self) -> list[int]:
-        """Copy landed-but-unconsumed chunks out of the pool; returns their buffer ids."""
-        ids = []
+    def in_pool(self) -> list[_Row]:
+        """Landed, not handed out, holding a pool buffer (a snapshot)."""
         with self.cond:
-            held = self.slots.items() if self.order == "operation" else enumerate(self.fifo)
-            for key, row in list(held):
-                if not row[2]:
-                    continue
-                tag = row[0]
+            rows = self.slots.values() if self.order == "operation" else self.fifo
+            return [r for r in rows if r[2]]
+
+    def head_need(self) -> int:
+        """Bytes the result a consumer waits for will need, when the request says so
+        (an explicit range of the next operation-order result), else 0."""
+        if self.order != "operation" or self.next_idx >= self.total:
+            return 0
+        op = self.ops[int(self.range_op[self.next_idx])]
+        i = self.next_idx - int(self.op_first[self.range_op[self.next_idx]])
+        return max(int(op.lengths[i]), 0) if int(op.offsets[i]) >= 0 else 0
+
+    def take_out(self, row: _Row, copy: bool) -> bool:
+        """Move one landed row out of the pool (driver thread): copy its bytes (``copy``)
+        or drop it to be read again.  False when the consumer took it meanwhile.  The
+        caller releases ``row[2]`` and, when dropped, queues the read again."""
+        tag = row[0]
+        with self.cond:
+            if self.cancelled:
+                return False
+            if self.order == "operation":
+                if self.slots.get(tag) is not row:
+                    return False
+                key: int = tag
+            else:
+                key = next((k for k, r in enumerate(self.fifo) if r is row), -1)
+                if key < 0:
+                    return False
+            if copy:
                 self.spilled[tag] = _view(row[3], row[5]).copy()
                 new = (*row[:2], 0, *row[3:])
                 if self.order == "operation":
                     self.slots[key] = new
                 else:
                     self.fifo[key] = new
-                ids.append(row[2])
-        return ids
+            else:
+                if self.order == "operation":
+                    del self.slots[key]
+                else:
+                    del self.fifo[key]
+                self.received -= 1
+                self.parked[tag] = (int(row[4]), int(row[5]))
+        return True
+
+    def unpark(self) -> None:
+        """Queue dropped results to be read again, now that the consumer waits for them:
+        in operation order, when the one it waits for is parked, that one and the parked
+        ones after it; in completion order, any; up to half a pool of bytes (at least
+        one).  Called with ``cond`` held, so none of them can land before it is filed
+        under ``rereads``.  Parked results are not queued earlier: queued, they would take
+        buffers ahead of the results the consumer needs first and be dropped again."""
+        if self.order == "operation":
+            if self.next_idx not in self.parked:
+                return
+            tags = sorted(t for t in self.parked if t >= self.next_idx)
+        else:
+            tags = sorted(self.parked)
+        budget = self.engine.pool_bytes // 2
+        todo: list[tuple[Operation, int, int, int]] = []
+        nbytes = 0
+        for t in tags:
+            off, ln = self.parked[t]
+            if todo and nbytes + ln > budget:
+                break
+            todo.append((self.ops[int(self.range_op[t])], off, ln, t))
+            nbytes += ln
+        self.engine._reread(self.gid, todo)
+        for *_, t in todo:
+            del self.parked[t]
+            self.rereads.add(t)
 
     def cancel(self) -> list[int]:
         """Mark cancelled; returns the held buffer ids to release."""
@@ -250,9 +339,14 @@ class _GroupState:
             ids += [r[2] for r in self.fifo if r[2]]
             self.slots.clear()
             self.fifo.clear()
+            copies = sum(a.nbytes for a in self.spilled.values())
             self.spilled.clear()
+            self.parked.clear()
+            self.rereads.clear()
             self.pins = []
             self.cond.notify_all()
+        if copies:
+            self.engine._spill_freed(copies)
         return ids
 
     def fail(self, exc: BaseException) -> None:
@@ -284,6 +378,8 @@ class _GroupState:
                         return None
                 if self.error is not None:
                     raise self.error
+                if self.parked:
+                    self.unpark()
                 self.waiting += 1
                 try:
                     got = self.cond.wait(timeout)
@@ -308,6 +404,14 @@ class _GroupState:
                 pool_bytes=self.engine.pool_bytes,
             )
             return Chunk(op, i, meta, self.metadata, offset, length, file_size, error=exc)
+        if length == 0 and offset > max(file_size, 0) and op.kind == "get":
+            exc2 = _empty_past_eof(op.path, offset, file_size)
+            if exc2 is not None:
+                if buf_id:
+                    self.engine._raw.release(buf_id)
+                else:
+                    self.spilled.pop(tag, None)
+                return Chunk(op, i, meta, self.metadata, offset, 0, file_size, error=exc2)
         if buf_id:
             cdata = ffi.gc(
                 ffi.cast("char *", data), _Releaser(self.engine._raw_ptr, buf_id), size=length
@@ -317,9 +421,28 @@ class _GroupState:
                 op, i, meta, self.metadata, offset, length, file_size, array=arr, cdata=cdata
             )
         arr = self.spilled.pop(tag, None)
-        if arr is None and op.kind == "get":
+        if arr is not None:
+            self.engine._spill_freed(arr.nbytes)
+        elif op.kind == "get":
             arr = np.empty(0, np.uint8)
         return Chunk(op, i, meta, self.metadata, offset, length, file_size, array=arr)
+
+
+def _empty_past_eof(path: str, offset: int, file_size: int) -> BaseException | None:
+    """The error of an empty read at ``offset`` when that is past the end of the file.
+
+    An explicit range is read without asking the file's size, and reading 0 bytes needs
+    no IO, so the C core lets an empty range past the end succeed; the rule (ops.py) is
+    that it fails like any range starting past the end.  Only empty ranges starting
+    past 0 with the size unknown (or smaller) get here, so the stat is rare."""
+    if file_size < 0:
+        try:
+            file_size = os.stat(path).st_size
+        except OSError as exc:
+            return OSError(exc.errno, f"{exc.strerror} (read of bytes {offset}..{offset})", path)
+    if offset > file_size:
+        return RangePastEOFError(path, offset, offset, file_size)
+    return None
 
 
 class _Releaser:
@@ -438,6 +561,10 @@ class Engine:
     """A local IO engine: one C engine (io_uring ring or pread threads, and a bounded pool
     of aligned buffers) plus a driver thread.  Usable with no Ray at all.
 
+    Memory: the pool bound, plus at most one pool's worth of copies made to break an
+    ordered-delivery wait cycle (see the module docstring and :meth:`stats`), plus what the
+    consumer copies itself.
+
     Settings default to :mod:`lsio_ray.config` (environment variables, ``config.set``):
     ``backend`` ("auto", "uring", "pread"), ``depth`` (ops in the kernel), ``pool_bytes``
     (the memory bound, e.g. "256M"), ``threads`` (pread workers), ``max_open``,
@@ -456,8 +583,17 @@ class Engine:
         self._driver: threading.Thread | None = None
         self._closing = False
         self._work = threading.Event()
-        self._spilled = 0
         self._last_starved = 0
+        self._last_ops = -1
+        # the deadlock breaker's accounting (see _maybe_spill); _spill_lock guards it
+        self._spill_lock = threading.Lock()
+        self._spill_limit = self._raw.pool_bytes
+        self._spill_held = 0
+        self._spill_peak = 0
+        self._spilled = 0
+        self._spilled_bytes = 0
+        self._evicted = 0
+        self._breaking = False  # the last driver pass broke a wait cycle
         self._driver_error: BaseException | None = None
 
     # -- properties ------------------------------------------------------------------
@@ -482,9 +618,19 @@ class Engine:
         return self._raw
 
     def stats(self) -> dict[str, int]:
-        """The C core's counters plus ``spilled`` and ``groups_live``."""
+        """The C core's counters, ``groups_live``, and the ordered-delivery deadlock
+        breaker's: ``spilled`` / ``spilled_bytes`` (chunks and bytes copied out of the
+        pool), ``spill_held`` / ``spill_peak`` (bytes of such copies held now / at most),
+        ``spill_limit`` (their bound: one pool), ``evicted`` (chunks dropped from the
+        pool to be read again because the copies had reached the bound)."""
         st = self._raw.stats()
-        st["spilled"] = self._spilled
+        with self._spill_lock:
+            st["spilled"] = self._spilled
+            st["spilled_bytes"] = self._spilled_bytes
+            st["spill_held"] = self._spill_held
+            st["spill_peak"] = self._spill_peak
+            st["spill_limit"] = self._spill_limit
+            st["evicted"] = self._evicted
         st["groups_live"] = len(self._states)
         return st
 
@@ -615,25 +761,92 @@ class Engine:
         if release:
             self._raw.release_many(np.array(release, np.uint64))
 
-    def _maybe_spill(self) -> None:
+    def _maybe_spill(self) -> bool:
         """Break the one wait cycle a bounded pool can have: a consumer blocked on a result
         that cannot be read because landed-but-unconsumed results hold every buffer.  Only
-        then are those results copied out of the pool; a consumer that simply holds its
-        chunks is back-pressure, and nothing is spilled for it."""
+        then are results moved out of the pool; a consumer that simply holds its chunks
+        (or arrays of them) is back-pressure, and nothing is moved for it.
+
+        Moved first are the results the consumers will reach last (groups nobody waits on,
+        latest first; then the latest results of the waited-on groups), and only until
+        the bytes freed cover the waited-for read (its length when the request gives it,
+        else the largest landed result; at least one result): a later pass, a few
+        milliseconds on, moves more if the read still cannot start.
+        A result is copied while the copies held stay within ``_spill_limit``; past that
+        it is dropped, to be read again when the consumer reaches it (IO, no memory).
+        Returns True when something was moved."""
         st = self._raw.stats()
-        if st["starved"] == self._last_starved or st["inflight"] or not st["files_pending"]:
-            return
+        # Stuck: reads stalled on the pool since the last look (the starved count moved),
+        # or no op issued at all since the last look (one reap timeout ago) -- with
+        # nothing in flight and work pending either way.  The second, level test matters:
+        # a stall seen while no consumer waited leaves the count still afterwards, since
+        # the C scheduler retries only on a release.
+        idle = st["ops_submitted"] == self._last_ops
+        self._last_ops = st["ops_submitted"]
+        if st["inflight"] or not st["files_pending"]:
+            return False
+        if st["starved"] == self._last_starved and not idle:
+            return False
         self._last_starved = st["starved"]
         with self._lock:
-            states = list(self._states.values())
-        if not any(s.waiting for s in states):
-            return
+            states = sorted(self._states.values(), key=lambda s: s.gid)
+        waiting = [s for s in states if s.waiting]
+        if not waiting:
+            return False
+        cands = [(s, row) for s in reversed(states) for row in s.in_pool()]
+        if not cands:
+            return False
+        # reached last: groups nobody waits on (latest first), then the waited-on groups'
+        # latest results
+        cands.sort(key=lambda c: (not c[0].waiting, c[0].gid, c[1][0]), reverse=True)
+        need = max(s.head_need() for s in waiting) or max(int(r[5]) for _, r in cands)
         ids: list[int] = []
-        for s in states:
-            ids.extend(s.spill())
+        freed = 0
+        for s, row in cands:
+            if ids and freed >= need:
+                break
+            n = int(row[5])
+            with self._spill_lock:
+                copy = self._spill_held + n <= self._spill_limit
+                if copy:  # reserved now, so the bound holds whatever the consumer does
+                    self._spill_held += n
+            if not s.take_out(row, copy):
+                if copy:
+                    self._spill_freed(n)
+                continue
+            with self._spill_lock:
+                if copy:
+                    self._spilled += 1
+                    self._spilled_bytes += n
+                    self._spill_peak = max(self._spill_peak, self._spill_held)
+                else:
+                    self._evicted += 1
+            ids.append(int(row[2]))
+            freed += max(n, 1)
         if ids:
-            self._spilled += len(ids)
             self._raw.release_many(np.array(ids, np.uint64))
+        return bool(ids)
+
+    def _reread(self, gid: int, rows: list[tuple[Operation, int, int, int]]) -> None:
+        """Queue dropped results of group ``gid`` to be read again: one single-range file
+        op each, with the result's tag, at the offset and length it had resolved to."""
+        files = np.zeros(len(rows), FILE_DTYPE)
+        ranges = np.zeros(len(rows), RANGE_DTYPE)
+        names = []
+        off = 0
+        for k, (op, offset, length, tag) in enumerate(rows):
+            name = os.fsencode(op.path) + b"\0"
+            files[k] = (gid, off, lib.LSIO_OP_READ, lib.LSIO_F_DIRECT if op.direct else 0, 1)
+            ranges[k] = (offset, length, tag, 0)
+            names.append(name)
+            off += len(name)
+        self._raw.submit(files, ranges, b"".join(names))
+        self._work.set()  # the driver may be idle: nothing was pending a moment ago
+
+    def _spill_freed(self, nbytes: int) -> None:
+        """Spilled copies of ``nbytes`` were handed out or dropped."""
+        with self._spill_lock:
+            self._spill_held -= nbytes
 
     def _forget(self, state: _GroupState) -> None:
         with self._lock:
@@ -654,7 +867,8 @@ class Engine:
     def close(self) -> None:
         """Cancel every group, stop the driver, free the engine (idempotent).
 
-        Chunks already handed out stay valid until released."""
+        Chunks already handed out, and arrays taken from them, stay valid: the C engine
+        keeps its buffer arena mapped until the last of their buffers comes back."""
         if self._closing:
             return
         self._closing = True
@@ -694,7 +908,10 @@ def _drive(engine_ref: weakref.ref[Engine], raw: RawEngine) -> None:
         if eng is None or eng._closing:
             return
         try:
-            out = raw.reap(4096, 1, 100)
+            # A wait cycle is looked for when a reap comes back empty: after 20 ms without
+            # a completion, or 2 ms right after breaking one (the read it made room for
+            # may need more room, one more pass, or land at once).
+            out = raw.reap(4096, 1, 2 if eng._breaking else 20)
             if len(out):
                 eng._dispatch(out)
                 continue
@@ -705,7 +922,7 @@ def _drive(engine_ref: weakref.ref[Engine], raw: RawEngine) -> None:
                 work.wait(0.5)
                 work.clear()
                 continue
-            eng._maybe_spill()
+            eng._breaking = eng._maybe_spill()
         except BaseException as exc:
             eng._driver_error = exc
             for s in list(eng._states.values()):

@@ -28,15 +28,38 @@ class LsioError(Exception):
 
 
 class RangePastEOFError(LsioError, EOFError):
-    """A byte range reaches past the end of its file.  Only that range fails."""
+    """A byte range does not lie within its file.  Only that range fails.
 
-    def __init__(self, path: str, start: int, end: int, file_size: int | None) -> None:
+    The rule (see :mod:`lsio_ray.ops`): a range must end at or before the end of the
+    file.  One that starts exactly at the end is an empty read; one that starts past it
+    fails, even when it is 0 bytes long; ``last(n)`` needs a file of at least ``n`` bytes.
+
+    Attributes: ``path``; the request as asked -- ``start`` and ``end`` (``end`` None:
+    to the end of the file), or ``last`` (``n`` for ``last(n)``, with ``start = -n``);
+    ``file_size`` (None when unknown).  The message names all three.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        start: int,
+        end: int | None,
+        file_size: int | None,
+        *,
+        last: int | None = None,
+    ) -> None:
         self.path, self.start, self.end, self.file_size = path, start, end, file_size
+        self.last = last
         size = "unknown" if file_size is None else f"{file_size} bytes"
-        super().__init__(
-            f"{path}: byte range {start}..{end} reaches past the end of the file "
-            f"(file length {size})"
-        )
+        if last is not None:
+            what = f"last {last} bytes asked for, but the file is shorter"
+        else:
+            shown = f"{start}.. (to the end)" if end is None else f"{start}..{end}"
+            past = file_size is not None and start > file_size
+            what = f"byte range {shown} " + (
+                "starts past the end of the file" if past else "reaches past the end of the file"
+            )
+        super().__init__(f"{path}: {what} (file length {size})")
 
 
 class BufferPoolTooSmallError(LsioError, ValueError):
@@ -71,13 +94,17 @@ def make_error(
     op: str = "read",
     pool_bytes: int = 0,
 ) -> BaseException:
-    """Turn a completion's error code into the exception the user sees."""
+    """Turn a completion's error code into the exception the user sees.
+
+    ``start``/``length`` are the range as the completion reports it: for a range past
+    the end of its file, the request as asked (negative ``start``: the last ``-start``
+    bytes; ``length`` -1: to the end)."""
     end = start + length if length >= 0 else -1
     size = None if file_size < 0 else file_size
     if err == lib.LSIO_E_PAST_EOF:
-        if start < 0 and size is not None:
-            start, end = size + start, size
-        return RangePastEOFError(path, start, end, size)
+        if start < 0:
+            return RangePastEOFError(path, start, None, size, last=-start)
+        return RangePastEOFError(path, start, None if length < 0 else end, size)
     if err == lib.LSIO_E_TOO_BIG:
         return BufferPoolTooSmallError(path, start, end, pool_bytes)
     if err == lib.LSIO_E_CANCELED:

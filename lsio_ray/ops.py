@@ -9,6 +9,14 @@ A byte range is one of: the whole file (``ByteRange()``), ``start:end``
 ``n`` bytes (``ByteRange.last(n)``, i.e. ``start=-n``).  Each carries the caller's metadata
 (e.g. chunk coordinates), handed back with its result.
 
+Ranges and the end of the file: a range must end at or before the end of its file.  A
+range starting exactly at the end reads 0 bytes (``5:5`` or ``5:`` of a 5-byte file,
+``0:0`` or the whole of an empty file); a range starting past the end fails with
+:class:`~lsio_ray.RangePastEOFError`, even when it is 0 bytes long (``10:10`` of a 5-byte
+file); ``last(n)`` fails on a file shorter than ``n`` bytes.  The error names the path,
+the range as asked (``10..10``, ``6.. (to the end)``, ``last 10 bytes``) and the file
+length, and fails that range alone.
+
 For hundreds of thousands of ranges, pass numpy arrays instead of objects:
 ``get_ranges(path, starts=..., ends=..., metadata=...)`` builds no Python object per range.
 """
@@ -31,7 +39,8 @@ class ByteRange:
     """Bytes ``[start, end)`` of a file, with the caller's metadata.
 
     ``end=None`` means "to the end of the file"; a negative ``start`` with ``end=None``
-    means "the last ``-start`` bytes".
+    means "the last ``-start`` bytes".  The range must lie within the file when read
+    (``start == end == file length`` is an empty read; see the module docstring).
     """
 
     start: int = 0
@@ -59,14 +68,16 @@ class ByteRange:
 
     @classmethod
     def from_offset(cls, start: int, metadata: Any = None) -> ByteRange:
-        """From ``start`` to the end of the file."""
+        """From ``start`` to the end of the file (empty when ``start`` is the file length;
+        a start past the end fails when read)."""
         if start < 0:
             raise ValueError(f"from_offset({start}): offset must be >= 0 (use last(n))")
         return cls(start, None, metadata)
 
     @classmethod
     def last(cls, n: int, metadata: Any = None) -> ByteRange:
-        """The last ``n`` bytes of the file."""
+        """The last ``n`` bytes of the file (a file shorter than ``n`` bytes fails when read,
+        with an error naming ``last n bytes`` and the file length)."""
         if n <= 0:
             raise ValueError(f"last({n}): n must be positive")
         return cls(-n, None, metadata)

@@ -63,10 +63,9 @@ _OPNAME = {0: "read", 1: "write", 2: "write"}
 
 def default_batch_bytes() -> int:
     """The batch size in force: ``LSIO_RAY_BATCH_BYTES`` or :data:`DEFAULT_BATCH_BYTES`."""
-    from lsio_ray.config import parse_size
+    from lsio_ray.config import env_size
 
-    raw = os.environ.get("LSIO_RAY_BATCH_BYTES", "").strip()
-    return parse_size(raw) if raw else DEFAULT_BATCH_BYTES
+    return env_size("LSIO_RAY_BATCH_BYTES", DEFAULT_BATCH_BYTES, 4096)
 
 
 @dataclass

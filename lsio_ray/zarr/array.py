@@ -23,6 +23,11 @@ __all__ = ["Array", "open_array"]
 _ENV_GAP = "LSIO_ZARR_COALESCE_GAP"
 
 
+def _env_coalesce_gap() -> int:
+    """``LSIO_ZARR_COALESCE_GAP`` (bytes, -1: never merge; 0 when unset), checked."""
+    return config.env_int(_ENV_GAP, 0, -1, 1 << 30)
+
+
 class Array:
     """A Zarr array (v2 or v3, sharded or not) read and written through lsio_ray.
 
@@ -50,8 +55,7 @@ class Array:
         self._own_loader = False
         self.index_cache = ShardIndexCache(index_cache_bytes)
         if coalesce_gap is None:
-            raw = os.environ.get(_ENV_GAP, "").strip()
-            coalesce_gap = int(raw) if raw else 0
+            coalesce_gap = _env_coalesce_gap()
         self.coalesce_gap = coalesce_gap if coalesce_gap >= 0 else -(1 << 62)
         self.max_coalesce = max_coalesce
 

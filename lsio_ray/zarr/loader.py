@@ -49,17 +49,10 @@ _REAP_BATCH = 32  # completions the IO thread waits for when many reads are in f
 _ENV_INFLIGHT = "LSIO_ZARR_MAX_INFLIGHT"
 
 
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "")
-    if not raw.strip():
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not an integer") from None
-    if value <= 0:
-        raise ValueError(f"{name} must be positive, not {value}")
-    return value
+def _env_int(name: str, default: int, hi: int) -> int:
+    from lsio_ray.config import env_int
+
+    return env_int(name, default, 1, hi)
 
 
 class Task:
@@ -195,8 +188,8 @@ class Loader:
             )
         )
         self.backend = self.engine.backend
-        self.threads = threads or _env_int(_ENV_THREADS, os.cpu_count() or 1)
-        self.max_inflight = max_inflight or _env_int(_ENV_INFLIGHT, 4096)
+        self.threads = threads or _env_int(_ENV_THREADS, os.cpu_count() or 1, 1024)
+        self.max_inflight = max_inflight or _env_int(_ENV_INFLIGHT, 4096, 1 << 20)
         self._work: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._workers = [
             threading.Thread(target=self._worker, name=f"lsio-zarr-decode-{i}", daemon=True)

@@ -8,7 +8,6 @@ the shards they replace; an array rewritten by another process needs re-opening.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import OrderedDict
 
@@ -23,10 +22,9 @@ _ENV_CACHE = "LSIO_ZARR_INDEX_CACHE"
 
 
 def _default_cache_bytes() -> int:
-    from lsio_ray.config import parse_size
+    from lsio_ray.config import env_size
 
-    raw = os.environ.get(_ENV_CACHE, "")
-    return parse_size(raw) if raw.strip() else 64 << 20
+    return env_size(_ENV_CACHE, 64 << 20, 0)
 
 
 class ShardIndexCache:
