@@ -77,7 +77,7 @@ from lsio_ray import config
 from lsio_ray.ops import Operation, OpGroup, get_ranges
 from lsio_ray.paths import check_disjoint
 from lsio_ray.ray.batches import Batch
-from lsio_ray.ray.coordinator import Coordinator, _unwrap, is_system_error
+from lsio_ray.ray.coordinator import Coordinator, is_system_error, root_cause
 from lsio_ray.ray.errors import RayLayerError
 from lsio_ray.ray.tasks import on_node
 
@@ -733,7 +733,7 @@ def _local_engine(coord: Coordinator, src: Any) -> dict[str, Any]:
     """Engine settings for a worker's in-process IO: the IO actors' settings, with a
     pool of at least 32 MiB and four times the largest input file can be (each is read
     whole; a compressed chunk can be a little bigger than its decoded bytes)."""
-    settings = dict(coord._engine or {})
+    settings = dict(coord.engine_settings or {})
     nbytes = int(np.prod(src.file_shape, dtype=np.int64)) * src.dtype.itemsize
     bound = nbytes + nbytes // 64 + (1 << 20)
     settings["pool_bytes"] = max(32 << 20, 1 << (4 * bound - 1).bit_length())
@@ -986,7 +986,7 @@ def _check_disjoint_on(node: str, src: str, dst: str) -> None:
     try:
         ray.get(check.options(**on_node(node, soft=False)).remote(src, dst))
     except Exception as exc:
-        cause = _unwrap(exc)
+        cause = root_cause(exc)
         if isinstance(cause, ValueError):
             raise ValueError(f"on node {node}: {cause}") from None
         raise
@@ -1088,7 +1088,7 @@ def rechunk(
         nonlocal used_here
         if node == here and see_here:
             used_here = True
-            return getattr(process_io(coord._engine), method)(*args, **kwargs)
+            return getattr(process_io(coord.engine_settings), method)(*args, **kwargs)
         return ray.get(getattr(coord.actor(node), method).remote(*args, **kwargs))
 
     try:
@@ -1156,7 +1156,7 @@ def rechunk(
                 except Exception as exc:
                     if owner is not None or not is_system_error(exc) or attempt + 1 == max_attempts:
                         raise
-                    coord._node_alive(node)
+                    coord.node_alive(node)
 
         state = os.path.join(dst_root, STATE_DIR)
         job_doc = {
@@ -1227,7 +1227,7 @@ def rechunk(
             if len(holders) > 1:
                 return group, None, False  # inputs on several nodes: the actors' streams
             node = holders.pop() if holders else None
-            if node is not None and attempts[bid] and not coord._node_alive(node):
+            if node is not None and attempts[bid] and not coord.node_alive(node):
                 raise RechunkError(
                     f"block {bid} of {src_root}: its input {group.operations[0].path} is on "
                     f"node {node}, which is gone"
@@ -1254,10 +1254,10 @@ def rechunk(
             attempts[bid] += 1
             if is_system_error(exc) and attempts[bid] < max_attempts:
                 if bid in local_blocks:
-                    coord._node_alive("")  # forget lost nodes: the retry goes to a live one
+                    coord.node_alive("")  # forget lost nodes: the retry goes to a live one
                 retry.append(bid)
                 return
-            cause = _unwrap(exc)
+            cause = root_cause(exc)
             lo, hi = _block_box(bid, grid, block, src_l.shape)
             raise RechunkError(
                 f"block {bid} ({lo.tolist()}..{hi.tolist()}) of {src_root}: "
@@ -1290,7 +1290,7 @@ def rechunk(
                         # round-robin (soft: another if that one is lost) -- the codecs are
                         # the bottleneck, so shared inputs spread over every node's cores,
                         # even when the output is one node's (its actor then writes)
-                        where = node or coord._pick_node()
+                        where = node or coord.pick_node()
                         opts = on_node(where, soft=node is None)
                         ref = task.options(**opts).remote(job_ref, bid, True)
                         local_blocks.add(bid)
