@@ -313,6 +313,67 @@ def test_refuses_to_overwrite(lc: LocalCluster, coord: Coordinator) -> None:
         rechunk(src, base / "part.zarr", chunks=(10, 5), coordinator=coord)
 
 
+def _stored_units(path: Path) -> dict[str, list[int] | None]:
+    """Each stored unit's key and, for a shard, which inner chunks it stores (1)."""
+    import lsio_ray.zarr as lz
+    from lsio_ray.zarr.shards import EMPTY, shard_index
+
+    lay = lz.open(str(path)).layout
+    out: dict[str, list[int] | None] = {}
+    for p in sorted(path.rglob("*")):
+        if not p.is_file() or p.name in ("zarr.json", ".zarray", ".zattrs"):
+            continue
+        key = str(p.relative_to(path))
+        raw = np.fromfile(p, np.uint8)
+        out[key] = (
+            None
+            if lay.shards is None
+            else ((shard_index(lay, raw, key)[:, 0] != EMPTY).astype(int).tolist())
+        )
+    return out
+
+
+@pytest.mark.parametrize("fill", [0.0, float("nan")])
+@pytest.mark.parametrize("sharded", [False, True])
+def test_writer_and_conversion_agree_on_empty_chunks(
+    lc: LocalCluster, coord: Coordinator, sharded: bool, fill: float
+) -> None:
+    """Chunks all fill value, as zarr-python's ``write_empty_chunks=False`` (its
+    default): the conversion and ``lz.save`` of the same data store the same files,
+    byte for byte, and the units (and empty inner chunks) zarr-python stores; a chunk of
+    -0.0 under a fill value of 0.0 is stored, and zarr-python reads it back signed."""
+    import lsio_ray.zarr as lz
+
+    base = lc.shared / f"empty-{'sharded' if sharded else 'chunks'}-{fill}"
+    data = _data((16, 20), "float32", seed=6) + 1.5
+    data[0:8, 0:10] = fill  # a whole output shard (four output chunks) of fill
+    data[8:12, 0:5] = fill  # one output (inner) chunk of fill
+    data[0:4, 10:15] = -0.0
+    data[12:16, 15:20] = np.nan
+    src = _src(base / "src.zarr", data, chunks=(3, 7), zarr_format=3, fill_value=fill)
+    out = dict(chunks=(4, 5), shards=(8, 10) if sharded else None, zarr_format=3)
+    rechunk(src, base / "conv.zarr", codec="zstd:1", coordinator=coord, block_bytes=400, **out)
+    lz.save(base / "saved.zarr", data, fill_value=fill, **out, **parse_codec("zstd:1", 3))
+    ref = zarr.create_array(
+        str(base / "ref.zarr"),
+        shape=data.shape,
+        dtype=data.dtype,
+        fill_value=fill,
+        config={"write_empty_chunks": False},
+        **out,
+        **parse_codec("zstd:1", 3),
+    )
+    ref[...] = data
+    assert _files(base / "conv.zarr") == _files(base / "saved.zarr")
+    stored = _stored_units(base / "conv.zarr")
+    assert stored == _stored_units(base / "ref.zarr")
+    # of 4 shards, 16 chunks: a shard, 4 + 1 chunks of fill (and the NaN one, NaN fill)
+    assert len(stored) == (3 if sharded else 16 - 4 - 1 - int(np.isnan(fill)))
+    for name in ("conv.zarr", "saved.zarr"):
+        back = zarr.open_array(str(base / name), mode="r")[...]
+        np.testing.assert_array_equal(back.view("u4"), data.view("u4"))  # bits: -0.0, NaN
+
+
 def test_unreadable_input_names_file_and_node(lc: LocalCluster, coord: Coordinator) -> None:
     base = lc.shared / "unreadable"
     data = _data((20, 20), "int64")

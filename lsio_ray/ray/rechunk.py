@@ -21,8 +21,10 @@ units that no input chunk crosses, e.g. one output chunk when chunks are merged;
 numcodecs into the whole block for the rest), encode each output unit, and write the
 encoded units a few MiB at a time.  Missing input
 chunk files are the fill value, as Zarr says; output units that are all fill value are
-not written (zarr-python's ``write_empty_chunks=False``), nor are empty inner chunks of
-a shard.
+not written, nor are empty inner chunks of a shard: zarr-python's default
+``write_empty_chunks=False``, with the encoder the array writer uses
+(:mod:`lsio_ray.zarr.encode`), so a conversion and ``lz.save`` of the same data store
+the same files.
 
 **Where the IO runs** (``io=``).  With ``"auto"`` (the default) a block whose input files
 are all on one node, or all on shared storage, is read by its own task, on that node,
@@ -81,6 +83,7 @@ from lsio_ray.ray.coordinator import Coordinator, is_system_error, root_cause
 from lsio_ray.ray.errors import RayLayerError
 from lsio_ray.ray.tasks import on_node
 from lsio_ray.zarr.blocks import CBlock, c_decodable, decode_block
+from lsio_ray.zarr.encode import encode_unit
 from lsio_ray.zarr.layout import ArrayLayout, docs_from_files, layout_from_docs, metadata_docs
 
 __all__ = ["RechunkError", "RechunkResult", "block_shape", "parse_codec", "rechunk"]
@@ -264,22 +267,6 @@ def _layout(root: str, docs: dict[str, Any]) -> ArrayLayout:
     return lay
 
 
-def _is_fill(a: np.ndarray, fill: np.ndarray) -> bool:
-    # the first element settles it for almost every unit of real data; only a unit that
-    # starts with the fill value pays for the full comparison
-    # (a one-element view: reshape(-1) would copy a non-contiguous unit, e.g. an inner
-    # chunk cut out of a shard)
-    if a.size and not _same(a[(slice(0, 1),) * a.ndim], fill):
-        return False
-    return _same(a, fill)
-
-
-def _same(a: np.ndarray, fill: np.ndarray) -> bool:
-    if a.dtype.kind in "fc":
-        return bool(np.array_equal(a, np.broadcast_to(fill, a.shape), equal_nan=True))
-    return bool((a == fill).all())
-
-
 _SCRATCH: dict[tuple[Any, ...], np.ndarray] = {}
 _SCRATCH_TTL = 3.0  # seconds a worker keeps its buffers after its last block
 _scratch_timer: threading.Timer | None = None
@@ -335,40 +322,6 @@ def _keep_buffers(ttl: float | None = None) -> None:
         _scratch_timer = threading.Timer(_SCRATCH_TTL if ttl is None else ttl, _drop_buffers)
         _scratch_timer.daemon = True
         _scratch_timer.start()
-
-
-def _c_order(a: np.ndarray) -> np.ndarray:
-    # np.ascontiguousarray would turn a 0-d array into a 1-d one
-    return a if a.flags.c_contiguous else a.copy(order="C")
-
-
-def _encode_unit(dst: Any, unit: np.ndarray) -> np.ndarray | None:
-    """The stored bytes of one full output unit, or None if it is all fill value."""
-    fill = dst.fill_value
-    if _is_fill(unit, fill):
-        return None
-    if dst.shards is None:
-        return dst.codec.encode(_c_order(unit))
-    idx = dst.index
-    inner = tuple(int(c) for c in dst.chunks)
-    cps = dst.chunks_per_shard
-    n = int(np.prod(cps, dtype=np.int64))
-    table = np.full((n, 2), np.uint64(2**64 - 1), dtype=np.uint64)
-    parts: list[np.ndarray] = []
-    pos = idx.nbytes if idx.location == "start" else 0
-    for k in range(n):
-        c = np.unravel_index(k, cps) if cps else ()
-        box = tuple(slice(int(i) * s, (int(i) + 1) * s) for i, s in zip(c, inner, strict=True))
-        chunk = unit[box]
-        if _is_fill(chunk, fill):
-            continue
-        enc = dst.codec.encode(_c_order(chunk))
-        table[k] = (pos, enc.nbytes)
-        parts.append(enc)
-        pos += enc.nbytes
-    index = idx.encode(table)
-    body = [index, *parts] if idx.location == "start" else [*parts, index]
-    return np.concatenate(body) if body else np.zeros(0, np.uint8)
 
 
 def _block_ops(
@@ -459,8 +412,8 @@ def _run_block(
             nread = cblock.nread
             for first, units in cblock.subblocks(dst.dtype, dst.fill_value):
                 for k in np.ndindex(*units.shape[: len(ushape)]):
-                    c = first + np.asarray(k, dtype=np.int64)
-                    out.add(dst.file_path(blo // unit + c), _encode_unit(dst, units[k]), units)
+                    g = blo // unit + first + np.asarray(k, dtype=np.int64)
+                    out.add(dst.file_path(g), encode_unit(dst, units[k], g * unit), units)
         else:
             nread, whole = decode_block(src, blo, bhi, batches, dst.dtype, buffers=_buffer)
             for k in np.ndindex(*_ceil_div(bhi - blo, unit)):
@@ -474,7 +427,8 @@ def _run_block(
                         full[...] = dst.fill_value
                     full[tuple(slice(0, int(x)) for x in uhi - ulo)] = part
                     part = full
-                out.add(dst.file_path(blo // unit + c), _encode_unit(dst, part), part)
+                g = blo // unit + c
+                out.add(dst.file_path(g), encode_unit(dst, part, g * unit), part)
         out.flush()
     finally:
         if io is not None:  # decoded: the inputs' buffers may serve the next block
