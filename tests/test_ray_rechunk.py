@@ -199,22 +199,21 @@ def test_direct_reads_write_the_same_bytes(
     """``direct=True`` reads every input file with O_DIRECT (in the tasks' own IO, and
     through the IO actors) and writes exactly the bytes of a buffered run; a source on
     a file system refusing O_DIRECT is read buffered."""
-    import lsio_ray.zarr.array as zarr_array
-    from lsio_ray.ray import rechunk as rechunk_mod
+    from lsio_ray.ray.rechunk import driver
 
     base = lc.shared / f"direct-{io}"
     data = _data((37, 40, 9), "float32", seed=8)
     src = _src(base / "src.zarr", data, chunks=(5, 16, 4), shards=(10, 32, 8), zarr_format=3)
     kw = dict(chunks=(12, 8, 9), codec="zstd:1", coordinator=coord, block_bytes=20_000, io=io)
     flags: list[bool] = []
-    real = rechunk_mod._block_ops
+    real = driver.block_ops
 
     def recording(*args: Any) -> Any:
         ops = real(*args)
         flags.extend(op.direct for op in ops)
         return ops
 
-    monkeypatch.setattr(rechunk_mod, "_block_ops", recording)
+    monkeypatch.setattr(driver, "block_ops", recording)
     buffered = rechunk(src, base / "buffered.zarr", **kw)
     assert flags and not any(flags)
     flags.clear()
@@ -225,7 +224,7 @@ def test_direct_reads_write_the_same_bytes(
     assert _files(base / "direct.zarr") == _files(base / "buffered.zarr")
     np.testing.assert_array_equal(zarr.open_array(str(base / "direct.zarr"))[...], data)
     flags.clear()
-    monkeypatch.setattr(zarr_array, "supports_direct", lambda path: False)
+    monkeypatch.setattr(driver, "supports_direct", lambda path: False)
     refused = rechunk(src, base / "refused.zarr", direct=True, **kw)
     assert flags and not any(flags)
     assert refused.blocks == buffered.blocks
@@ -476,13 +475,13 @@ def test_in_task_io_on_the_pread_backend(lc: LocalCluster) -> None:
     """The tasks' own IO follows the coordinator's engine settings: here the pread
     fallback (what runs where io_uring is refused), for reads and atomic writes."""
     import lsio_ray.zarr as lz
-    from lsio_ray.ray.rechunk import _local_engine
+    from lsio_ray.ray.rechunk.plan import local_engine
 
     base = lc.shared / "pread"
     data = _data((40, 30), "float32", seed=5)
     src = _src(base / "src.zarr", data, chunks=(6, 7), zarr_format=3)
     c = Coordinator(engine={"backend": "pread"})
-    settings = _local_engine(c, lz.open(str(src)).layout)
+    settings = local_engine(c.engine_settings, lz.open(str(src)).layout)
     assert settings["backend"] == "pread" and settings["pool_bytes"] >= 32 << 20
     res = rechunk(
         src, base / "dst.zarr", chunks=(20, 15), codec="zstd:1", coordinator=c, block_bytes=1_000

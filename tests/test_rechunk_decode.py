@@ -251,7 +251,7 @@ def test_unit_pieces_tile_each_box() -> None:
 def test_worker_buffers_are_released_when_idle() -> None:
     import time
 
-    from lsio_ray.ray import rechunk as r
+    from lsio_ray.ray.rechunk import block as r
 
     buf = r._buffer((16,), np.float32, "test")
     r._keep_buffers(0.2)
