@@ -199,22 +199,21 @@ def test_direct_reads_write_the_same_bytes(
     """``direct=True`` reads every input file with O_DIRECT (in the tasks' own IO, and
     through the IO actors) and writes exactly the bytes of a buffered run; a source on
     a file system refusing O_DIRECT is read buffered."""
-    import lsio_ray.zarr.array as zarr_array
-    from lsio_ray.ray import rechunk as rechunk_mod
+    from lsio_ray.ray.rechunk import driver
 
     base = lc.shared / f"direct-{io}"
     data = _data((37, 40, 9), "float32", seed=8)
     src = _src(base / "src.zarr", data, chunks=(5, 16, 4), shards=(10, 32, 8), zarr_format=3)
     kw = dict(chunks=(12, 8, 9), codec="zstd:1", coordinator=coord, block_bytes=20_000, io=io)
     flags: list[bool] = []
-    real = rechunk_mod._block_ops
+    real = driver.block_ops
 
     def recording(*args: Any) -> Any:
         ops = real(*args)
         flags.extend(op.direct for op in ops)
         return ops
 
-    monkeypatch.setattr(rechunk_mod, "_block_ops", recording)
+    monkeypatch.setattr(driver, "block_ops", recording)
     buffered = rechunk(src, base / "buffered.zarr", **kw)
     assert flags and not any(flags)
     flags.clear()
@@ -225,7 +224,7 @@ def test_direct_reads_write_the_same_bytes(
     assert _files(base / "direct.zarr") == _files(base / "buffered.zarr")
     np.testing.assert_array_equal(zarr.open_array(str(base / "direct.zarr"))[...], data)
     flags.clear()
-    monkeypatch.setattr(zarr_array, "supports_direct", lambda path: False)
+    monkeypatch.setattr(driver, "supports_direct", lambda path: False)
     refused = rechunk(src, base / "refused.zarr", direct=True, **kw)
     assert flags and not any(flags)
     assert refused.blocks == buffered.blocks
@@ -311,6 +310,67 @@ def test_refuses_to_overwrite(lc: LocalCluster, coord: Coordinator) -> None:
         rechunk(src, base / "part.zarr", chunks=(5, 5), coordinator=coord, progress=stop)
     with pytest.raises(FileExistsError, match="other settings"):
         rechunk(src, base / "part.zarr", chunks=(10, 5), coordinator=coord)
+
+
+def _stored_units(path: Path) -> dict[str, list[int] | None]:
+    """Each stored unit's key and, for a shard, which inner chunks it stores (1)."""
+    import lsio_ray.zarr as lz
+    from lsio_ray.zarr.shards import EMPTY, shard_index
+
+    lay = lz.open(str(path)).layout
+    out: dict[str, list[int] | None] = {}
+    for p in sorted(path.rglob("*")):
+        if not p.is_file() or p.name in ("zarr.json", ".zarray", ".zattrs"):
+            continue
+        key = str(p.relative_to(path))
+        raw = np.fromfile(p, np.uint8)
+        out[key] = (
+            None
+            if lay.shards is None
+            else ((shard_index(lay, raw, key)[:, 0] != EMPTY).astype(int).tolist())
+        )
+    return out
+
+
+@pytest.mark.parametrize("fill", [0.0, float("nan")])
+@pytest.mark.parametrize("sharded", [False, True])
+def test_writer_and_conversion_agree_on_empty_chunks(
+    lc: LocalCluster, coord: Coordinator, sharded: bool, fill: float
+) -> None:
+    """Chunks all fill value, as zarr-python's ``write_empty_chunks=False`` (its
+    default): the conversion and ``lz.save`` of the same data store the same files,
+    byte for byte, and the units (and empty inner chunks) zarr-python stores; a chunk of
+    -0.0 under a fill value of 0.0 is stored, and zarr-python reads it back signed."""
+    import lsio_ray.zarr as lz
+
+    base = lc.shared / f"empty-{'sharded' if sharded else 'chunks'}-{fill}"
+    data = _data((16, 20), "float32", seed=6) + 1.5
+    data[0:8, 0:10] = fill  # a whole output shard (four output chunks) of fill
+    data[8:12, 0:5] = fill  # one output (inner) chunk of fill
+    data[0:4, 10:15] = -0.0
+    data[12:16, 15:20] = np.nan
+    src = _src(base / "src.zarr", data, chunks=(3, 7), zarr_format=3, fill_value=fill)
+    out = dict(chunks=(4, 5), shards=(8, 10) if sharded else None, zarr_format=3)
+    rechunk(src, base / "conv.zarr", codec="zstd:1", coordinator=coord, block_bytes=400, **out)
+    lz.save(base / "saved.zarr", data, fill_value=fill, **out, **parse_codec("zstd:1", 3))
+    ref = zarr.create_array(
+        str(base / "ref.zarr"),
+        shape=data.shape,
+        dtype=data.dtype,
+        fill_value=fill,
+        config={"write_empty_chunks": False},
+        **out,
+        **parse_codec("zstd:1", 3),
+    )
+    ref[...] = data
+    assert _files(base / "conv.zarr") == _files(base / "saved.zarr")
+    stored = _stored_units(base / "conv.zarr")
+    assert stored == _stored_units(base / "ref.zarr")
+    # of 4 shards, 16 chunks: a shard, 4 + 1 chunks of fill (and the NaN one, NaN fill)
+    assert len(stored) == (3 if sharded else 16 - 4 - 1 - int(np.isnan(fill)))
+    for name in ("conv.zarr", "saved.zarr"):
+        back = zarr.open_array(str(base / name), mode="r")[...]
+        np.testing.assert_array_equal(back.view("u4"), data.view("u4"))  # bits: -0.0, NaN
 
 
 def test_unreadable_input_names_file_and_node(lc: LocalCluster, coord: Coordinator) -> None:
@@ -415,13 +475,13 @@ def test_in_task_io_on_the_pread_backend(lc: LocalCluster) -> None:
     """The tasks' own IO follows the coordinator's engine settings: here the pread
     fallback (what runs where io_uring is refused), for reads and atomic writes."""
     import lsio_ray.zarr as lz
-    from lsio_ray.ray.rechunk import _local_engine
+    from lsio_ray.ray.rechunk.plan import local_engine
 
     base = lc.shared / "pread"
     data = _data((40, 30), "float32", seed=5)
     src = _src(base / "src.zarr", data, chunks=(6, 7), zarr_format=3)
     c = Coordinator(engine={"backend": "pread"})
-    settings = _local_engine(c, lz.open(str(src)).layout)
+    settings = local_engine(c.engine_settings, lz.open(str(src)).layout)
     assert settings["backend"] == "pread" and settings["pool_bytes"] >= 32 << 20
     res = rechunk(
         src, base / "dst.zarr", chunks=(20, 15), codec="zstd:1", coordinator=c, block_bytes=1_000

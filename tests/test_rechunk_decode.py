@@ -1,4 +1,4 @@
-"""The re-chunk task's C decode of a block (``_CBlock``), without Ray.
+"""The re-chunk task's decode of a block (:mod:`lsio_ray.zarr.blocks`), without Ray.
 
 Batches are built here by hand from the files on disk, as the IO actor would send them;
 the block, decoded sub-block by sub-block into one reused buffer, unit by unit, must
@@ -21,10 +21,9 @@ import zarr
 from zarr.codecs import BloscCodec, GzipCodec
 
 import lsio_ray.zarr as lz
-from lsio_ray.ray import rechunk as rk
 from lsio_ray.ray.batches import INDEX_DTYPE, Batch
-from lsio_ray.ray.rechunk import _CBlock, _decode_file, _unit_pieces
-from lsio_ray.zarr.errors import ChunkCorruptError
+from lsio_ray.zarr.blocks import CBlock, decode_file, unit_pieces
+from lsio_ray.zarr.errors import ChunkCorruptError, ShardIndexError
 from lsio_ray.zarr.plan import select_chunks
 
 
@@ -82,17 +81,20 @@ def _batches(lay: Any, blo: np.ndarray, bhi: np.ndarray, parts: int = 2) -> list
 SENTINEL = 77
 
 
+def _sentinel_buffer(shape: tuple[int, ...], dtype: Any, what: str) -> np.ndarray:
+    return np.full(shape, SENTINEL, dtype)
+
+
 def _decode(
     lay: Any, blo: np.ndarray, bhi: np.ndarray, unit: tuple[int, ...], batches: list[Batch]
-) -> tuple[np.ndarray, _CBlock]:
-    """Decode through ``_CBlock.subblocks`` and put the block back together; checks that
+) -> tuple[np.ndarray, CBlock]:
+    """Decode through ``CBlock.subblocks`` and put the block back together; checks that
     every unit comes once and that edge units hold the fill value past the block's end.
     The reused buffer starts full of SENTINEL: a piece left undecoded shows."""
     ext = bhi - blo
     u = np.asarray(unit, np.int64)
     grid = tuple(int(x) for x in -(-ext // u))
-    cb = _CBlock(lay, blo, bhi, batches, unit)
-    rk._buffer(cb.bshape, lay.dtype, "units")[...] = SENTINEL
+    cb = CBlock(lay, blo, bhi, batches, unit, buffers=_sentinel_buffer)
     fill = lay.fill_value
     out = np.full(tuple(int(x) for x in ext), SENTINEL, lay.dtype)
     seen: set[tuple[int, ...]] = set()
@@ -177,7 +179,7 @@ def test_python_path_for_other_codecs(tmp_path: Path) -> None:
     blo, bhi = np.zeros(2, np.int64), np.asarray(data.shape, np.int64)
     assert lay.codec.c_codec is None
     with pytest.raises(ValueError, match="C decoder"):
-        _CBlock(lay, blo, bhi, _batches(lay, blo, bhi), (5, 6))
+        CBlock(lay, blo, bhi, _batches(lay, blo, bhi), (5, 6))
     out = np.zeros(data.shape, data.dtype)
     scratch = np.empty(lay.codec.nbytes, np.uint8)
     for batch in _batches(lay, blo, bhi):
@@ -187,7 +189,7 @@ def test_python_path_for_other_codecs(tmp_path: Path) -> None:
             s, n = int(batch.index["start"][i]), int(batch.index["nbytes"][i])
             view = batch.data[s : s + n]
             coords = np.asarray(batch.metadata[i], np.int64)
-            _decode_file(lay, view, coords, out, blo, bhi, scratch, batch.path(i))
+            decode_file(lay, view, coords, out, blo, bhi, scratch)
     np.testing.assert_array_equal(out, data)
 
 
@@ -226,7 +228,7 @@ def test_corrupt_shard_index_is_named(tmp_path: Path) -> None:
     end = int(b.index["start"][0] + b.index["nbytes"][0])
     d[end - 20 : end - 4] = 0xFF  # the index's last entries (and its checksum)
     b.data = d
-    with pytest.raises(ChunkCorruptError, match="shard index") as ei:
+    with pytest.raises(ShardIndexError, match="corrupt index") as ei:
         _decode(lay, blo, bhi, (8, 8), batches)
     assert lay.key(np.asarray(b.metadata[0])) in str(ei.value)
 
@@ -236,7 +238,7 @@ def test_unit_pieces_tile_each_box() -> None:
     lo = rng.integers(0, 30, (40, 3))
     hi = lo + rng.integers(1, 25, (40, 3))
     unit = np.array([4, 7, 5])
-    row, uidx, plo, phi = _unit_pieces(lo, hi, unit)
+    row, uidx, plo, phi = unit_pieces(lo, hi, unit)
     assert (np.diff(row) >= 0).all()  # pieces of a box are consecutive
     assert ((plo >= uidx * unit) & (phi <= (uidx + 1) * unit) & (plo < phi)).all()
     for i in range(len(lo)):
@@ -249,7 +251,7 @@ def test_unit_pieces_tile_each_box() -> None:
 def test_worker_buffers_are_released_when_idle() -> None:
     import time
 
-    from lsio_ray.ray import rechunk as r
+    from lsio_ray.ray.rechunk import block as r
 
     buf = r._buffer((16,), np.float32, "test")
     r._keep_buffers(0.2)
@@ -264,7 +266,7 @@ def test_worker_buffers_are_released_when_idle() -> None:
 
 def test_python_path_sharded_and_its_corrupt_index(tmp_path: Path) -> None:
     """A sharded source the C decoder does not take (gzip inner chunks) goes through
-    ``_decode_file``; its shard index is checked the same way."""
+    ``decode_file``; its shard index is checked the same way."""
     data = _data((16, 24), "int32") + 3
     lay = _make(
         tmp_path / "gs.zarr",
@@ -284,13 +286,13 @@ def test_python_path_sharded_and_its_corrupt_index(tmp_path: Path) -> None:
     for i in range(len(b)):
         s, n = int(b.index["start"][i]), int(b.index["nbytes"][i])
         coords = np.asarray(b.metadata[i], np.int64)
-        _decode_file(lay, b.data[s : s + n], coords, out, blo, bhi, scratch, b.path(i))
+        decode_file(lay, b.data[s : s + n], coords, out, blo, bhi, scratch)
     np.testing.assert_array_equal(out, data[2:15, 3:22])
     s, n = int(b.index["start"][0]), int(b.index["nbytes"][0])
     bad = b.data[s : s + n].copy()
     bad[-12:-4] = 0xFF  # the index's last entry
-    with pytest.raises(ChunkCorruptError, match="shard index") as ei:
-        _decode_file(lay, bad, np.asarray(b.metadata[0]), out, blo, bhi, scratch, b.path(0))
+    with pytest.raises(ShardIndexError, match="corrupt index") as ei:
+        decode_file(lay, bad, np.asarray(b.metadata[0]), out, blo, bhi, scratch)
     assert lay.key(np.asarray(b.metadata[0])) in str(ei.value)
 
 

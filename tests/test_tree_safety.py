@@ -495,15 +495,15 @@ def test_rechunk_checks_a_node_local_destination_on_its_node(tmp_path: Path) -> 
     from _ray_helpers import local_cluster
 
     from lsio_ray.ray import Coordinator
-    from lsio_ray.ray.rechunk import _check_disjoint_on
+    from lsio_ray.ray.rechunk.driver import check_disjoint_on
 
     with local_cluster(tmp_path / "cluster", workers=1) as lc:
         other = lc.nodes[1]
         src = lc.disks[other] / "in.zarr"
         data = _source(src)
         with pytest.raises(ValueError, match=f"on node {other}: .*inside the source"):
-            _check_disjoint_on(other, str(src), str(src / "out"))
-        _check_disjoint_on(other, str(src), str(lc.disks[other] / "out.zarr"))
+            check_disjoint_on(other, str(src), str(src / "out"))
+        check_disjoint_on(other, str(src), str(lc.disks[other] / "out.zarr"))
         coord = Coordinator(roots=lc.roots)
         res = lsio_ray.rechunk(
             src, lc.disks[other] / "out.zarr", chunks=(16, 64, 64), coordinator=coord

@@ -130,7 +130,7 @@ def test_save_failure_leaves_no_array(tmp_path, loader: Loader, monkeypatch) -> 
     def boom(*args: Any, **kw: Any) -> None:
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(write, "write_region", boom)
+    monkeypatch.setattr(write, "_write_units", boom)  # the chunks fail
     with pytest.raises(RuntimeError):
         lz.save(path, np.zeros((4, 4)), chunks=(2, 2), loader=loader)
     with pytest.raises(FileNotFoundError):
@@ -154,3 +154,103 @@ def test_write_big_array_in_batches(tmp_path, loader: Loader, monkeypatch) -> No
     path = str(tmp_path / "a.zarr")
     lz.save(path, data, chunks=(7, 4), shards=(14, 8), loader=loader)
     check_equal(zarr.open_array(path, mode="r")[...], data, "batched shard writes")
+
+
+# -- write_empty_chunks: what zarr-python stores, lsio_ray stores --------------------------
+
+
+def _stored(path: str) -> dict[str, list[int] | None]:
+    """Each stored unit's key, and for a shard which inner chunks it stores (1) or has
+    an empty index entry for (0)."""
+    from lsio_ray.zarr.shards import EMPTY, shard_index
+
+    lay = lz.open(path).layout
+    out: dict[str, list[int] | None] = {}
+    for root, _, names in os.walk(path):
+        for n in names:
+            key = os.path.relpath(os.path.join(root, n), path)
+            if n in (".zarray", ".zattrs", "zarr.json"):
+                continue
+            if lay.shards is None:
+                out[key] = None
+            else:
+                raw = np.fromfile(os.path.join(root, n), np.uint8)
+                out[key] = (shard_index(lay, raw, key)[:, 0] != EMPTY).astype(int).tolist()
+    return out
+
+
+def _fill_pattern(fill: float) -> np.ndarray:
+    """(16, 20) float32: a whole (8, 10) shard of fill, one (4, 5) chunk of fill inside
+    another shard, a chunk of -0.0, a chunk of NaN, the rest data."""
+    data = make_data("f4", (16, 20), seed=9) + 1.5
+    data[0:8, 0:10] = fill
+    data[8:12, 0:5] = fill
+    data[0:4, 10:15] = -0.0
+    data[12:16, 15:20] = np.nan
+    return data
+
+
+EMPTY_LAYOUTS = {
+    "v3": dict(chunks=(4, 5), zarr_format=3),
+    "v3-sharded": dict(chunks=(4, 5), shards=(8, 10), zarr_format=3),
+    "v3-sharded-start": dict(
+        chunks=(4, 5), shards={"shape": (8, 10), "index_location": "start"}, zarr_format=3
+    ),
+    "v2": dict(chunks=(4, 5), zarr_format=2),
+}
+
+
+@pytest.mark.parametrize("empty_too", [False, True])
+@pytest.mark.parametrize("fill", [0.0, np.nan])
+@pytest.mark.parametrize("name", list(EMPTY_LAYOUTS))
+def test_save_stores_what_zarr_python_stores(
+    tmp_path, loader: Loader, name: str, fill: float, empty_too: bool
+) -> None:
+    """``write_empty_chunks`` as in ``zarr.create_array(config=...)``: with False (the
+    default) chunks all fill value (NaN equal to NaN) are not stored, nor are empty
+    inner chunks of a shard, nor a shard with none; a chunk of -0.0 under a fill value
+    of 0.0 is stored, and reads back with its sign."""
+    kw = EMPTY_LAYOUTS[name]
+    data = _fill_pattern(fill)
+    ref = str(tmp_path / "ref.zarr")
+    z = zarr.create_array(
+        ref,
+        shape=data.shape,
+        dtype=data.dtype,
+        fill_value=fill,
+        config={"write_empty_chunks": empty_too},
+        **kw,
+    )
+    z[...] = data
+    mine = str(tmp_path / "mine.zarr")
+    lz.save(mine, data, fill_value=fill, loader=loader, write_empty_chunks=empty_too, **kw)
+    assert _stored(mine) == _stored(ref)
+    back = zarr.open_array(mine, mode="r")[...]
+    np.testing.assert_array_equal(back.view("u4"), data.view("u4"))  # bits: -0.0, NaN
+
+
+@pytest.mark.parametrize("name", ["v3", "v3-sharded", "v2"])
+def test_writing_fill_removes_what_zarr_python_removes(tmp_path, loader: Loader, name: str) -> None:
+    """A write leaving units all fill value removes the stored files (or empties the
+    inner chunks' index entries), as zarr-python's writes do; with
+    ``write_empty_chunks=True`` nothing is removed."""
+    kw = EMPTY_LAYOUTS[name]
+    data = make_data("f4", (16, 20), seed=4) + 1.5
+    ref = str(tmp_path / "ref.zarr")
+    z = zarr.create_array(ref, shape=data.shape, dtype=data.dtype, fill_value=0.0, **kw)
+    mine = str(tmp_path / "mine.zarr")
+    a = lz.save(mine, data, fill_value=0.0, loader=loader, **kw)
+    z[...] = data
+    for box in [(slice(0, 8), slice(0, 10)), (slice(8, 12), slice(10, 15)), (3, slice(None))]:
+        a[box] = 0.0
+        z[box] = 0.0
+        assert _stored(mine) == _stored(ref), box
+        check_equal(zarr.open_array(mine, mode="r")[...], z[...], f"{name}: after {box}")
+        check_equal(a[...], z[...], f"{name}: lsio_ray after {box}")
+    kept = str(tmp_path / "kept.zarr")
+    b = lz.save(kept, data, fill_value=0.0, loader=loader, write_empty_chunks=True, **kw)
+    before = _stored(kept)
+    b[0:8, 0:10] = 0.0
+    assert _stored(kept) == before
+    assert lz.open(kept, write_empty_chunks=True).write_empty_chunks
+    no_temp_files(mine)

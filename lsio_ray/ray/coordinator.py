@@ -42,7 +42,7 @@ from lsio_ray.ray.errors import NodeLostError
 from lsio_ray.ray.locality import Locality, alive_nodes
 from lsio_ray.ray.spec import PieceSpec, split_runs
 
-__all__ = ["Coordinator", "GroupStream", "is_system_error"]
+__all__ = ["Coordinator", "GroupStream", "is_system_error", "root_cause"]
 
 
 def is_system_error(exc: BaseException) -> bool:
@@ -130,7 +130,7 @@ class _Piece:
                     return
                 if not is_system_error(failure):
                     self._finished()
-                    raise _unwrap(failure) from None
+                    raise root_cause(failure) from None
                 held = None  # the extra ref carrying the system error (or a batch we redo)
                 self._restart(failure)
                 continue
@@ -156,10 +156,10 @@ class _Piece:
                 f"a piece of {self.spec.total} ranges on node {self.node} failed "
                 f"{self.attempts} times; last error: {exc}"
             ) from exc
-        if not self.coord._node_alive(self.node):
+        if not self.coord.node_alive(self.node):
             if self.pinned:
                 raise NodeLostError(self.node, self.spec.path_list()) from exc
-            self.node = self.coord._pick_node()
+            self.node = self.coord.pick_node()
         else:
             time.sleep(min(2.0, 0.1 * self.attempts))
 
@@ -175,7 +175,9 @@ class _Piece:
         self._finished()
 
 
-def _unwrap(exc: BaseException) -> BaseException:
+def root_cause(exc: BaseException) -> BaseException:
+    """The exception a Ray task or actor call raised in its own code, unwrapped from
+    Ray's wrapper (``RayTaskError.cause``); ``exc`` itself when it carries none."""
     cause = getattr(exc, "cause", None)
     return cause if isinstance(cause, BaseException) else exc
 
@@ -317,12 +319,25 @@ class Coordinator:
         """Every node's IO actor, started if needed."""
         return {n: self.actor(n) for n in self.nodes}
 
-    def _node_alive(self, node: str) -> bool:
+    @property
+    def engine_settings(self) -> dict[str, Any] | None:
+        """The settings the IO actors' engines are started with (``engine=``; None:
+        the engine's defaults), for a job that runs an engine of its own alike (a copy:
+        changing it changes nothing here)."""
+        return None if self._engine is None else dict(self._engine)
+
+    def node_alive(self, node: str) -> bool:
+        """Whether ``node`` is alive now (asks Ray).  Nodes that have left the cluster
+        are dropped from :attr:`nodes` on the way, so :meth:`pick_node` and new groups
+        no longer go to them; ``node_alive("")`` only does that."""
         live = alive_nodes()
         self.nodes = [n for n in self.nodes if n in live]
         return node in live
 
-    def _pick_node(self) -> str:
+    def pick_node(self) -> str:
+        """A node for work that may run anywhere (shared storage): the least busy of
+        :attr:`nodes` by the bytes of the groups in flight, round-robin among equals.
+        Raises :class:`RuntimeError` when no node is left."""
         if not self.nodes:
             raise RuntimeError("no live node left")
         best = min(self._load[n] for n in self.nodes)
@@ -351,7 +366,7 @@ class Coordinator:
         owners = [self.node_of(op.path) for op in group.operations]
         pinned = [o is not None for o in owners]
         if not any(pinned):
-            node = self._pick_node()
+            node = self.pick_node()
             return [node] * len(owners), pinned
         # unpinned ops join a neighbour's piece rather than splitting the group
         filled: list[str | None] = list(owners)

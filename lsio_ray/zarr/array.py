@@ -44,8 +44,12 @@ class Array:
         coalesce_gap: int | None = None,
         max_coalesce: int = 4 << 20,
         direct: bool | None = None,
+        write_empty_chunks: bool = False,
     ) -> None:
         self.layout = layout
+        self.write_empty_chunks = bool(write_empty_chunks)
+        """Whether writes store chunks all fill value (zarr-python's array config of
+        that name; default False: they are not stored, :mod:`lsio_ray.zarr.encode`)."""
         if direct is None:
             direct = bool(config.get("direct"))
         self.direct = bool(direct) and supports_direct(layout.path)
@@ -413,7 +417,8 @@ def open_array(
     ``backend="uring"`` or ``"pread"`` gives this array a loader of
     its own with that engine backend.  Other options: ``index_cache_bytes``,
     ``coalesce_gap`` (bytes between inner chunks read as one range; -1 never merges),
-    ``max_coalesce``, ``direct``.
+    ``max_coalesce``, ``direct``, ``write_empty_chunks`` (zarr-python's array config:
+    default False, chunks left all fill value by a write are not stored).
 
     ``direct=True`` (default: the ``direct`` setting of :mod:`lsio_ray.config`, env
     ``LSIO_DIRECT``) reads chunks and shards with ``O_DIRECT``: the device writes

@@ -9,9 +9,11 @@ object per chunk: :meth:`ArrayLayout.paths_blob` returns fixed-width NUL-padded 
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -20,7 +22,18 @@ from lsio_ray.zarr import _zarr_compat
 from lsio_ray.zarr.codecs import ChunkCodec, ShardIndexCodec, build_chunk_codec
 from lsio_ray.zarr.errors import ArrayMetadataError, UnsupportedError
 
-__all__ = ["MAX_COUNT", "ArrayLayout", "load_layout"]
+__all__ = [
+    "MAX_COUNT",
+    "METADATA_FILES",
+    "ArrayLayout",
+    "docs_from_files",
+    "layout_from_docs",
+    "load_layout",
+    "metadata_docs",
+]
+
+#: the files that may hold an array's metadata, v3 then v2
+METADATA_FILES = ("zarr.json", ".zarray", ".zattrs")
 
 #: the most elements, bytes or files any shape of an array may describe (an array, a
 #: chunk, a shard, a grid): products are taken with Python ints and anything larger is
@@ -224,3 +237,35 @@ def load_layout(path: str | os.PathLike[str]) -> ArrayLayout:
     except RecursionError:
         raise ArrayMetadataError(root, "the metadata is nested too deeply to parse") from None
     return ArrayLayout(root, meta)
+
+
+def docs_from_files(files: Mapping[str, bytes | None], path: str) -> dict[str, Any]:
+    """An array's metadata documents (parsed JSON by file name) from the raw contents of
+    its :data:`METADATA_FILES` as read elsewhere, e.g. by another node (None: no such
+    file).  ``zarr.json`` wins over ``.zarray``; raises ``FileNotFoundError`` naming
+    ``path`` when neither is there."""
+    docs: dict[str, Any] = {}
+    for name in METADATA_FILES:
+        raw = files.get(name)
+        if raw is not None:
+            docs[name] = json.loads(raw)
+    if "zarr.json" in docs:
+        docs.pop(".zarray", None)
+        docs.pop(".zattrs", None)
+    if "zarr.json" not in docs and ".zarray" not in docs:
+        raise FileNotFoundError(errno.ENOENT, "no Zarr array here (no zarr.json or .zarray)", path)
+    return docs
+
+
+def layout_from_docs(path: str, docs: Mapping[str, Any]) -> ArrayLayout:
+    """The layout of the array at ``path`` from its metadata documents (parsed JSON by
+    file name, as :func:`docs_from_files` returns them), read by whoever could see the
+    files.  Raises as :func:`load_layout` does for invalid metadata."""
+    return ArrayLayout(path, _zarr_compat.parse_metadata(path, docs))
+
+
+def metadata_docs(**create_array_kwargs: Any) -> dict[str, bytes]:
+    """The metadata documents (``{name: bytes}``) ``zarr.create_array(**kwargs)`` would
+    write, made by zarr-python itself without touching any store; an argument it
+    refuses raises :class:`ValueError`."""
+    return _zarr_compat.create_metadata_docs(**create_array_kwargs)

@@ -1,9 +1,15 @@
-"""Shard indexes: a bounded cache and the checks an index must pass.
+"""Shard indexes: decoding and checking them, and a bounded cache.
 
-A shard's index is read once (one small range at its start or end) and kept in an LRU
-cache bounded in bytes, so reading inner chunks of a shard costs only the chunk reads.
-The cache belongs to one opened array: writes through that array drop the entries of
-the shards they replace; an array rewritten by another process needs re-opening.
+Every reader of a shard index goes through :func:`decode_index` (verify, parse, check
+the entries against the file's size): the array reader, which reads the index alone
+(one small range at its start or end), and the block decoder
+(:mod:`lsio_ray.zarr.blocks`), which has the whole shard (:func:`shard_index`).  A bad
+index is a :class:`~lsio_ray.zarr.errors.ShardIndexError` naming the shard either way.
+
+The reader keeps decoded indexes in an LRU cache bounded in bytes, so reading inner
+chunks of a shard costs only the chunk reads.  The cache belongs to one opened array:
+writes through that array drop the entries of the shards they replace; an array
+rewritten by another process needs re-opening.
 """
 
 from __future__ import annotations
@@ -13,9 +19,11 @@ from collections import OrderedDict
 
 import numpy as np
 
-from lsio_ray.zarr.codecs import ShardIndexCodec
+from lsio_ray.zarr.codecs import CorruptData, ShardIndexCodec
+from lsio_ray.zarr.errors import ShardIndexError
+from lsio_ray.zarr.layout import ArrayLayout
 
-__all__ = ["EMPTY", "ShardIndexCache", "check_index"]
+__all__ = ["EMPTY", "ShardIndexCache", "check_index", "decode_index", "shard_index"]
 
 EMPTY = np.uint64(2**64 - 1)
 _ENV_CACHE = "LSIO_ZARR_INDEX_CACHE"
@@ -111,3 +119,33 @@ def check_index(table: np.ndarray, codec: ShardIndexCodec, file_size: int) -> st
             f"({limit} bytes of a {file_size}-byte file)"
         )
     return None
+
+
+def decode_index(codec: ShardIndexCodec, raw: np.ndarray, file_size: int) -> np.ndarray:
+    """The ``(offset, nbytes)`` table (native uint64, one row per inner chunk) of the
+    index bytes ``raw`` of a shard of ``file_size`` bytes (-1 if not known).  Raises
+    :class:`~lsio_ray.zarr.codecs.CorruptData` (a ``ValueError``) saying why when they
+    do not verify (e.g. the crc32c) or cannot be right for the file."""
+    table = codec.decode(raw)
+    why = check_index(table, codec, file_size)
+    if why is not None:
+        raise CorruptData(why)
+    return table
+
+
+def shard_index(layout: ArrayLayout, shard: np.ndarray, key: str) -> np.ndarray:
+    """The decoded index (:func:`decode_index`) of one whole stored shard of ``layout``
+    whose bytes are ``shard``; a shard shorter than its index or a bad index raises
+    :class:`~lsio_ray.zarr.errors.ShardIndexError` naming ``key``."""
+    idx = layout.index
+    assert idx is not None, "not a sharded array"
+    nb = shard.nbytes
+    if nb < idx.nbytes:
+        raise ShardIndexError(
+            layout.path, key, f"the file ({nb} bytes) is shorter than its {idx.nbytes}-byte index"
+        )
+    raw = shard[: idx.nbytes] if idx.location == "start" else shard[nb - idx.nbytes :]
+    try:
+        return decode_index(idx, raw, nb)
+    except CorruptData as exc:
+        raise ShardIndexError(layout.path, key, str(exc)) from None

@@ -8,6 +8,13 @@ merged.  Metadata is written the same way, and by :func:`save` only after every 
 so a reader never sees a half-made array.  Encoding runs on the decode pool (numcodecs
 releases the GIL), one bounded batch of units at a time.
 
+Chunks whose every element is the fill value are not stored (zarr-python's
+``write_empty_chunks=False``, its default; ``write_empty_chunks=True`` to
+:func:`create`, :func:`save` or ``lz.open`` stores them): a write leaving a unit all
+fill value removes the file stored there.  The encoder, with the rules for shards and
+for what counts as the fill value, is :mod:`lsio_ray.zarr.encode`, shared with the
+re-chunk job.
+
 A process killed while writing (``kill -9``, OOM) leaves the temp file of each write in
 flight (``NAME.lsio-tmp.PID.N...``, as large as the unit).  :func:`create` and
 :func:`save` remove those of writers that are gone from the array's directory before
@@ -26,10 +33,10 @@ import numpy as np
 
 from lsio_ray._lsio import lib
 from lsio_ray.paths import check_disjoint, remove_stray_temp_files
-from lsio_ray.zarr import _zarr_compat
 from lsio_ray.zarr.array import Array
 from lsio_ray.zarr.batches import FilePlan, file_plan
-from lsio_ray.zarr.layout import ArrayLayout
+from lsio_ray.zarr.encode import encode_unit
+from lsio_ray.zarr.layout import ArrayLayout, layout_from_docs, metadata_docs
 from lsio_ray.zarr.loader import Loader, Task, default_loader
 from lsio_ray.zarr.plan import select_chunks
 
@@ -103,52 +110,7 @@ def _make_dirs(paths: list[str], made: set[str]) -> None:
             made.add(d)
 
 
-# -- encoding units ----------------------------------------------------------------------
-
-
-def _encode_shard(
-    layout: ArrayLayout, loader: Loader, shard: np.ndarray, start: np.ndarray
-) -> np.ndarray:
-    """Encode a full shard array (shard shape, padded) into its stored bytes."""
-    idx_codec = layout.index
-    assert idx_codec is not None
-    inner = np.asarray(layout.chunks)
-    cps = layout.chunks_per_shard
-    n = int(np.prod(cps, dtype=np.int64))
-    locals_ = (
-        np.stack(np.unravel_index(np.arange(n), cps), axis=1) if cps else np.zeros((1, 0), np.int64)
-    )
-    origin = start + locals_ * inner  # array coordinates of each inner chunk
-    inside = np.all(origin < np.asarray(layout.shape), axis=1)
-
-    def enc(i: int) -> np.ndarray:
-        lo = locals_[i] * inner
-        box = tuple(slice(a, a + c) for a, c in zip(lo.tolist(), inner.tolist(), strict=True))
-        return layout.codec.encode(shard[box])
-
-    todo = np.flatnonzero(inside).tolist()
-    encoded = loader.map(enc, todo)
-    table = np.full((n, 2), 2**64 - 1, dtype=np.uint64)
-    sizes = np.array([e.nbytes for e in encoded], dtype=np.uint64)
-    base = idx_codec.nbytes if idx_codec.location == "start" else 0
-    offs = (
-        np.uint64(base) + np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.uint64)
-        if len(sizes)
-        else np.zeros(0, np.uint64)
-    )
-    table[todo, 0] = offs
-    table[todo, 1] = sizes
-    index = idx_codec.encode(table)
-    out = np.empty(int(sizes.sum()) + index.nbytes, dtype=np.uint8)
-    pos = base
-    for e in encoded:
-        out[pos : pos + e.nbytes] = e
-        pos += e.nbytes
-    if idx_codec.location == "start":
-        out[: index.nbytes] = index
-    else:
-        out[pos:] = index
-    return out
+# -- writing units ---------------------------------------------------------------------
 
 
 def _unit_array(
@@ -180,12 +142,41 @@ def _unit_array(
     return full
 
 
+def _remove_files(paths: list[str]) -> None:
+    """Remove stored units now all fill value (a missing unit reads as the fill value);
+    one that is not there is fine."""
+    for p in paths:
+        try:
+            os.unlink(p)
+        except FileNotFoundError:
+            pass
+
+
 def write_region(
     array: Array, lo: tuple[int, ...], hi: tuple[int, ...], data: np.ndarray, *, fsync: bool = False
 ) -> None:
-    """Write ``data`` (the box's shape) into the box ``[lo, hi)`` of ``array``."""
+    """Write ``data`` (the box's shape) into the box ``[lo, hi)`` of ``array``.
+
+    Units (chunks, or shards) left all fill value are not stored, and one stored there
+    before is removed, unless the array was opened or made with
+    ``write_empty_chunks=True`` (:mod:`lsio_ray.zarr.encode`)."""
+    _write_units(array, lo, hi, data, fsync=fsync, fresh=False)
+
+
+def _write_units(
+    array: Array,
+    lo: tuple[int, ...],
+    hi: tuple[int, ...],
+    data: np.ndarray,
+    *,
+    fsync: bool,
+    fresh: bool,
+) -> None:
+    """:func:`write_region`; ``fresh``: the array's directory holds no unit yet (a
+    save), so units all fill value have nothing to remove."""
     layout = array.layout
     loader = array.loader
+    empty_too = array.write_empty_chunks
     if data.shape != tuple(h - a for a, h in zip(lo, hi, strict=True)):
         raise ValueError(f"data of shape {data.shape} for a box of {lo}..{hi}")
     unit = np.asarray(layout.file_shape, dtype=np.int64)
@@ -208,18 +199,23 @@ def write_region(
         for task in olds.values():
             task.wait()
 
-        def encode(i: int, olds: dict[int, Any] = olds) -> np.ndarray:
+        def encode(i: int, olds: dict[int, Any] = olds) -> np.ndarray | None:
             old = olds[i].out if i in olds else None
             full = _unit_array(layout, starts[i], lo_a, hi_a, data, old)
-            if layout.shards is None:
-                return layout.codec.encode(full)
-            return _encode_shard(layout, loader, full, starts[i])
+            # a shard's inner chunks are encoded on the decode pool, one shard at a time
+            inner_map = None if layout.shards is None else loader.map
+            return encode_unit(layout, full, starts[i], write_empty_chunks=empty_too, map=inner_map)
 
         if layout.shards is None:
-            datas = loader.map(encode, idx.tolist())
+            encoded = loader.map(encode, idx.tolist())
         else:
-            datas = [encode(i) for i in idx.tolist()]
+            encoded = [encode(i) for i in idx.tolist()]
         paths = [layout.file_path(c) for c in sel.coords[idx].tolist()]
+        keep = [k for k, e in enumerate(encoded) if e is not None]
+        if not fresh:
+            _remove_files([paths[k] for k, e in enumerate(encoded) if e is None])
+        paths = [paths[k] for k in keep]
+        datas = [encoded[k] for k in keep]
         _make_dirs(paths, made)
         _write_files(loader, layout.path, paths, datas, fsync)
         if layout.shards is not None:
@@ -259,10 +255,9 @@ def _prepare_dir(path: str, overwrite: bool) -> None:
 
 
 def _metadata(path: str, kwargs: dict[str, Any]) -> tuple[dict[str, bytes], ArrayLayout]:
-    docs = _zarr_compat.create_metadata_docs(**kwargs)
+    docs = metadata_docs(**kwargs)
     parsed = {k: json.loads(v) for k, v in docs.items()}
-    meta = _zarr_compat.parse_metadata(path, parsed)
-    return docs, ArrayLayout(path, meta)
+    return docs, layout_from_docs(path, parsed)
 
 
 def _write_metadata(loader: Loader, path: str, docs: dict[str, bytes], fsync: bool) -> None:
@@ -315,6 +310,7 @@ def create(
     overwrite: bool = False,
     fsync: bool = False,
     loader: Loader | None = None,
+    write_empty_chunks: bool = False,
 ) -> Array:
     """Create an empty array (all fill value) and return it open for writing.
 
@@ -323,7 +319,9 @@ def create(
     ``compressors`` and ``serializer`` default to ``"auto"`` (zarr-python's defaults:
     zstd for v3 and v2), ``compressors=None`` writes the chunks uncompressed.
     zarr-python builds the metadata, which is written atomically.  ``overwrite=True``
-    removes what is at ``path`` first."""
+    removes what is at ``path`` first.  ``write_empty_chunks``: zarr-python's array
+    config of that name (default False: chunks all fill value are not stored, see
+    :mod:`lsio_ray.zarr.encode`), for the writes through the returned array."""
     root = os.path.abspath(os.fspath(path))
     kwargs = _create_kwargs(
         shape,
@@ -344,7 +342,7 @@ def create(
     loader = loader or default_loader()
     _prepare_dir(root, overwrite)
     _write_metadata(loader, root, docs, fsync)
-    return Array(layout, loader)
+    return Array(layout, loader, write_empty_chunks=write_empty_chunks)
 
 
 def save(
@@ -365,13 +363,15 @@ def save(
     overwrite: bool = False,
     fsync: bool = False,
     loader: Loader | None = None,
+    write_empty_chunks: bool = False,
 ) -> Array:
     """Write a whole numpy array as a new Zarr array: every chunk (or shard) first, the
     metadata last, so the array appears complete or not at all.  Arguments as for
     :func:`create`.  ``data`` may be an array read from disk (an lsio_ray or zarr-python
     array on a local directory): ``path`` must then not be that directory, lie inside it
     or hold it (symbolic links resolved), else :class:`ValueError` -- with
-    ``overwrite=True`` that would remove the array being saved."""
+    ``overwrite=True`` that would remove the array being saved.  Chunks all fill value
+    are not stored unless ``write_empty_chunks=True``, as in zarr-python."""
     root = os.path.abspath(os.fspath(path))
     source = _source_dir(data)
     if source is not None:
@@ -395,7 +395,7 @@ def save(
     docs, layout = _metadata(root, kwargs)
     loader = loader or default_loader()
     _prepare_dir(root, overwrite)
-    out = Array(layout, loader)
-    write_region(out, (0,) * arr.ndim, arr.shape, arr, fsync=fsync)
+    out = Array(layout, loader, write_empty_chunks=write_empty_chunks)
+    _write_units(out, (0,) * arr.ndim, arr.shape, arr, fsync=fsync, fresh=True)
     _write_metadata(loader, root, docs, fsync)
     return out
