@@ -190,16 +190,17 @@ struct lsio_engine {
     uint32_t nworkers;
 };
 
-/* Temp names: "<path>.lsio-tmp.<16 hex digits>", 64 bits from getrandom, created with
+/* Temp names: "<path>.lsio-tmp.<pid>.<16 hex digits>", 64 bits from getrandom, created with
  * O_CREAT | O_EXCL, which refuses any existing name (symlinks included, never followed).
  * A name that exists already (EEXIST) is replaced by a fresh one, TMP_TRIES times in
  * all, then the write fails with -EEXIST.  (The old "<path>.lsio-tmp.<pid>.<n>" could be
  * guessed and pre-planted to make every put fail.)  Without getrandom (ENOSYS before
  * Linux 3.17, or no entropy yet with GRND_NONBLOCK) the bits come from the clock, the
  * pid and a counter, mixed: still distinct names, and the retries still apply.  Other
- * code finds stray temp files by the ".lsio-tmp." marker: keep it. */
+ * code finds stray temp files by the ".lsio-tmp." marker and tells a live writer's from a
+ * dead one's by the pid after it (lsio_ray/paths.py): keep both. */
 #define TMP_TRIES 16
-#define TMP_SUFFIX_MAX 32 /* ".lsio-tmp." + 16 hex digits + NUL, rounded up */
+#define TMP_SUFFIX_MAX 48 /* ".lsio-tmp." + pid + "." + 16 hex digits + NUL, rounded up */
 
 static uint64_t mix64(uint64_t x) { /* splitmix64's finaliser */
     x ^= x >> 30;
@@ -218,8 +219,8 @@ static void tmp_name(lsio_engine *e, file_op *f) {
         v = mix64(((uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec) ^
                   mix64(((uint64_t)getpid() << 32) ^ ++e->tmp_counter));
     }
-    snprintf(f->tmp_path, strlen(f->path) + TMP_SUFFIX_MAX, "%s.lsio-tmp.%016llx", f->path,
-             (unsigned long long)v);
+    snprintf(f->tmp_path, strlen(f->path) + TMP_SUFFIX_MAX, "%s.lsio-tmp.%d.%016llx", f->path,
+             (int)getpid(), (unsigned long long)v);
 }
 
 static void *step_ptr(int kind, void *obj) { return (void *)((uintptr_t)obj | (uintptr_t)kind); }

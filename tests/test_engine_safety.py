@@ -102,7 +102,7 @@ def test_put_over_planted_temp_names(make_engine, tmp_path):
     key = d / "key"
     names = {f"key.lsio-tmp.{os.getpid()}.{n}" for n in range(1, 257)}
     for n in range(2000):
-        names.add(f"key.lsio-tmp.{n:016x}")
+        names.add(f"key.lsio-tmp.{os.getpid()}.{n:016x}")
         names.add(f"key.lsio-tmp.{(n * 0x9E3779B97F4A7C15) % (1 << 64):016x}")
     planted = [d / n for n in sorted(names)]
     for p in planted:
@@ -361,3 +361,47 @@ def test_put_keeps_mode_and_owner(make_engine, tmp_path):
         assert not [n for n in os.listdir(tmp_path) if ".lsio-tmp." in n]
     finally:
         os.umask(old_umask)
+
+
+def test_killed_writer_temp_file_is_found_by_its_pid(tmp_path) -> None:
+    """A writer killed mid-put leaves ``key.lsio-tmp.PID.RANDOM``: the stray-temp cleanup
+    reads the dead writer's PID from the name the engine really makes (a live writer's
+    temp file is kept) and removes it once the writer is gone."""
+    import signal
+    import time
+
+    from lsio_ray.paths import remove_stray_temp_files, temp_file_pid
+
+    code = textwrap.dedent(
+        """
+        import sys
+        import numpy as np
+        from lsio_ray import Engine
+        data = np.ones(256 << 20, np.uint8)
+        with Engine(backend="pread") as eng:
+            for i in range(1000):
+                eng.put(sys.argv[1], data)
+        """
+    )
+    key = tmp_path / "key"
+    child = subprocess.Popen([sys.executable, "-c", code, str(key)])
+    try:
+        temps: list[str] = []
+        deadline = time.monotonic() + 60
+        while not temps and time.monotonic() < deadline and child.poll() is None:
+            temps = [n for n in os.listdir(tmp_path) if ".lsio-tmp." in n]
+            time.sleep(0.01)
+        assert temps, "the writer made no temp file"
+        assert temp_file_pid(temps[0]) == child.pid
+        # alive: its temp file is kept
+        assert remove_stray_temp_files(tmp_path, min_age=0) == 0
+        child.send_signal(signal.SIGKILL)
+        child.wait(30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(30)
+    left = [n for n in os.listdir(tmp_path) if ".lsio-tmp." in n]
+    assert left and all(temp_file_pid(n) == child.pid for n in left)
+    assert remove_stray_temp_files(tmp_path, min_age=0) == len(left)
+    assert not [n for n in os.listdir(tmp_path) if ".lsio-tmp." in n]

@@ -1,7 +1,7 @@
 /*
  * tmpnames.c -- WRITE_FILE temp names cannot be pre-planted.
  *
- * The temp file of a WRITE_FILE is "<path>.lsio-tmp.<16 hex digits>" with 64 bits from
+ * The temp file of a WRITE_FILE is "<path>.lsio-tmp.<pid>.<16 hex digits>" with 64 bits from
  * getrandom(2), created with O_CREAT | O_EXCL (which refuses an existing name, symlinks
  * included), and a name that exists already is replaced by a fresh random one, a bounded
  * number of times (LSIO's TMP_TRIES, 16).  This program defines getrandom() itself, so
@@ -46,7 +46,7 @@ ssize_t getrandom(void *buf, size_t len, unsigned int flags) {
 }
 
 static void tmp_name(char *out, size_t n, const char *path, uint64_t v) {
-    snprintf(out, n, "%s.lsio-tmp.%016llx", path, (unsigned long long)v);
+    snprintf(out, n, "%s.lsio-tmp.%d.%016llx", path, (int)getpid(), (unsigned long long)v);
 }
 
 static char victim[300];
