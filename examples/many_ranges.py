@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from lsio_ray._core import FILE_DTYPE, RANGE_DTYPE, RawEngine, view
+from lsio_ray.io._core import FILE_DTYPE, RANGE_DTYPE, RawEngine, view
 
 
 def main() -> None:

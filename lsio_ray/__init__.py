@@ -14,7 +14,6 @@ The local engine needs no Ray::
                 use(chunk.data)
 """
 
-from lsio_ray import config
 from lsio_ray.engine import Chunk, Engine, GroupResult
 from lsio_ray.errors import (
     BufferPoolTooSmallError,
@@ -22,7 +21,8 @@ from lsio_ray.errors import (
     LsioError,
     RangePastEOFError,
 )
-from lsio_ray.ops import ByteRange, Operation, OpGroup, get_ranges, put_file, put_ranges
+from lsio_ray.io import config
+from lsio_ray.io.ops import ByteRange, Operation, OpGroup, get_ranges, put_file, put_ranges
 
 __version__ = "0.1.0"
 

@@ -10,7 +10,7 @@ __all__ = ["duration", "positive", "shape", "size"]
 
 def size(text: str) -> int:
     """``4K``, ``64M``, ``1G`` or a plain number of bytes."""
-    from lsio_ray.config import parse_size
+    from lsio_ray.io.config import parse_size
 
     try:
         return parse_size(text)

@@ -1,4 +1,4 @@
-"""fio-like read benchmarks on top of :class:`lsio_ray._core.RawEngine` (library part).
+"""fio-like read benchmarks on top of :class:`lsio_ray.io._core.RawEngine` (library part).
 
 Nothing here prints: :mod:`lsio_ray.cli` formats the results.  The only output is the
 optional tqdm progress bar, written to stderr.
@@ -40,8 +40,8 @@ from typing import Any
 
 import numpy as np
 
-from lsio_ray import config
-from lsio_ray._core import FILE_DTYPE, RANGE_DTYPE, RawEngine
+from lsio_ray.io import config
+from lsio_ray.io._core import FILE_DTYPE, RANGE_DTYPE, RawEngine
 
 __all__ = [
     "PATTERNS",
@@ -579,7 +579,7 @@ class _Worker:
         self.stats = eng.stats()
 
     def _raise(self, out: np.ndarray) -> None:
-        from lsio_ray.errors import make_error
+        from lsio_ray.io._core import make_error
 
         i = int(np.flatnonzero(out["error"])[0])
         c = out[i]

@@ -46,10 +46,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from lsio_ray._core import FILE_DTYPE, RANGE_DTYPE, RawEngine
 from lsio_ray._lsio import ffi, lib
-from lsio_ray.errors import GroupCancelledError, RangePastEOFError, make_error
-from lsio_ray.ops import ByteRange, Operation, OpGroup, get_ranges, put_file
+from lsio_ray.errors import GroupCancelledError, RangePastEOFError
+from lsio_ray.io._core import FILE_DTYPE, RANGE_DTYPE, RawEngine, make_error
+from lsio_ray.io.ops import ByteRange, Operation, OpGroup, get_ranges, put_file
 
 __all__ = ["Chunk", "Engine", "GroupResult"]
 

@@ -8,18 +8,12 @@ byte range in the message, so ``except FileNotFoundError`` works as users expect
 
 from __future__ import annotations
 
-import errno as _errno
-import os
-
-from lsio_ray._lsio import lib
-
 __all__ = [
     "BufferPoolTooSmallError",
     "GroupCancelledError",
     "LsioError",
     "RangePastEOFError",
     "SpecialFileError",
-    "make_error",
 ]
 
 
@@ -82,45 +76,3 @@ class SpecialFileError(LsioError, OSError):
 
 class GroupCancelledError(LsioError):
     """The group was cancelled (or its engine closed) before this result arrived."""
-
-
-def make_error(
-    err: int,
-    path: str,
-    start: int,
-    length: int,
-    file_size: int,
-    *,
-    op: str = "read",
-    pool_bytes: int = 0,
-) -> BaseException:
-    """Turn a completion's error code into the exception the user sees.
-
-    ``start``/``length`` are the range as the completion reports it: for a range past
-    the end of its file, the request as asked (negative ``start``: the last ``-start``
-    bytes; ``length`` -1: to the end)."""
-    end = start + length if length >= 0 else -1
-    size = None if file_size < 0 else file_size
-    if err == lib.LSIO_E_PAST_EOF:
-        if start < 0:
-            return RangePastEOFError(path, start, None, size, last=-start)
-        return RangePastEOFError(path, start, None if length < 0 else end, size)
-    if err == lib.LSIO_E_TOO_BIG:
-        return BufferPoolTooSmallError(path, start, end, pool_bytes)
-    if err == lib.LSIO_E_CANCELED:
-        return GroupCancelledError(f"{path}: {op} of bytes {start}..{end} cancelled")
-    where = "whole file" if length < 0 and start == 0 else f"bytes {start}..{end}"
-    if err == lib.LSIO_E_NOT_REGULAR:
-        why = "not a regular file (a FIFO, socket or device): refused"
-        return SpecialFileError(_errno.EINVAL, f"{why} ({op} {where})", path)
-    if err == lib.LSIO_E_UNSIZED:
-        why = (
-            "the file reports size 0 but has data (a /proc or /sys file?): "
-            "read it with an explicit byte range"
-        )
-        return SpecialFileError(_errno.EINVAL, f"{why} ({op} {where})", path)
-    code = -err
-    msg = f"{os.strerror(code)} ({op} {where})"
-    if code in (_errno.ENOENT,):
-        msg = f"{os.strerror(code)} ({op})"
-    return OSError(code, msg, path)

@@ -290,7 +290,7 @@ class Limit:
         c-blosc with a reused context, when the codec chain allows it)."""
         if self.codec.c_codec is None:
             return self.run_numcodecs()
-        from lsio_ray._core import DECODE_JOB_DTYPE, DecodeSpec, RawEngine
+        from lsio_ray.io._core import DECODE_JOB_DTYPE, DecodeSpec, RawEngine
 
         codec = self.codec
         eng = getattr(Limit, "_engine", None) or RawEngine(backend="pread", pool_bytes=1 << 20)

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from lsio_ray import Engine, config
-from lsio_ray._core import RawEngine
+from lsio_ray.io._core import RawEngine
 
 _NOFILE = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 _PHYS = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

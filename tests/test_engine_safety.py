@@ -45,7 +45,7 @@ def run_py(code: str, *args: str, timeout: float = 60, env: dict[str, str] | Non
 
 _ABSURD = """
 import resource, sys, time
-from lsio_ray._core import RawEngine
+from lsio_ray.io._core import RawEngine
 name, value, backend = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t0 = time.monotonic()

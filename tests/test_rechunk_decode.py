@@ -298,7 +298,7 @@ def test_python_path_sharded_and_its_corrupt_index(tmp_path: Path) -> None:
 
 def test_decode_chunks_takes_no_pool_buffers() -> None:
     """The engine-free entry refuses jobs that name pool buffers or are not one array."""
-    from lsio_ray._core import DECODE_JOB_DTYPE, DecodeSpec, decode_chunks
+    from lsio_ray.io._core import DECODE_JOB_DTYPE, DecodeSpec, decode_chunks
 
     spec = DecodeSpec("raw", 16, 4, (4,), (4,))
     src = np.arange(4, dtype=np.float32)

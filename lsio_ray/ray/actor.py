@@ -42,8 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from lsio_ray._core import COMPLETION_DTYPE, RawEngine
-from lsio_ray._lsio import lib
+from lsio_ray.io._core import C_FILE_ERROR, COMPLETION_DTYPE, OP_READ, RawEngine
 from lsio_ray.ray.batches import INDEX_DTYPE, Batch, BatchBuilder, default_batch_bytes
 from lsio_ray.ray.errors import OutputError
 from lsio_ray.ray.spec import PieceSpec, piece_of_ops
@@ -53,8 +52,8 @@ __all__ = ["NAMESPACE", "IOActor", "actor_name", "close_process_io", "io_actor",
 NAMESPACE = "lsio_ray"
 """The Ray namespace the IO actors are registered in."""
 
-_READ = lib.LSIO_OP_READ
-_FILE_ERROR = lib.LSIO_C_FILE_ERROR
+_READ = OP_READ
+_FILE_ERROR = C_FILE_ERROR
 _ENOENT = 2
 
 
@@ -343,7 +342,7 @@ class _BufferCache:
 class IOActor:
     """A node's IO service: its engine, its pool, its batches.  Use :func:`io_actor`.
 
-    ``engine``: settings for the node's :class:`~lsio_ray._core.RawEngine` (``backend``,
+    ``engine``: settings for the node's :class:`~lsio_ray.io._core.RawEngine` (``backend``,
     ``pool_bytes``, ``depth``...; defaults from :mod:`lsio_ray.config`).
     ``ahead_bytes``/``ahead_ranges``: how far a piece's submissions may run ahead of the
     batches it has yielded.  ``record_paths``: remember every file read (for tests).
@@ -501,7 +500,7 @@ class IOActor:
         """Write whole files atomically (temp file, write, rename), making parent
         directories as needed; returns the bytes written.  Raises
         :class:`~lsio_ray.ray.OutputError` naming the first file that failed."""
-        from lsio_ray.ops import put_file
+        from lsio_ray.io.ops import put_file
 
         ops = [put_file(p, d, fsync=fsync) for p, d in zip(paths, datas, strict=True)]
         return self._write_ops(ops)
@@ -516,7 +515,7 @@ class IOActor:
         fsync: bool = False,
     ) -> int:
         """Write pieces into one file at ``offsets`` (creating it if ``create``)."""
-        from lsio_ray.ops import put_ranges
+        from lsio_ray.io.ops import put_ranges
 
         op = put_ranges(path, list(zip(offsets, datas, strict=True)), create=create, fsync=fsync)
         return self._write_ops([op])
@@ -538,7 +537,7 @@ class IOActor:
     def read_files(self, paths: list[str]) -> list[bytes | None]:
         """Whole small files (metadata documents) as bytes; None where a file is missing.
         Other errors raise :class:`~lsio_ray.ray.InputError`."""
-        from lsio_ray.ops import get_ranges
+        from lsio_ray.io.ops import get_ranges
 
         ops = [get_ranges(p) for p in paths]
         spec = piece_of_ops(ops, list(range(len(ops))), list(range(len(ops))))

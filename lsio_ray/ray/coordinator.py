@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from lsio_ray.ops import OpGroup
+from lsio_ray.io.ops import OpGroup
 from lsio_ray.ray.actor import io_actor
 from lsio_ray.ray.batches import Batch, BatchRef, default_batch_bytes
 from lsio_ray.ray.errors import NodeLostError

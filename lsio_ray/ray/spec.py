@@ -17,16 +17,24 @@ from typing import Any
 
 import numpy as np
 
-from lsio_ray._core import FILE_DTYPE, RANGE_DTYPE
-from lsio_ray._lsio import lib
-from lsio_ray.ops import Operation, OpGroup
+from lsio_ray.io._core import (
+    F_CREATE,
+    F_DIRECT,
+    F_FSYNC,
+    FILE_DTYPE,
+    OP_READ,
+    OP_WRITE_FILE,
+    OP_WRITE_RANGES,
+    RANGE_DTYPE,
+)
+from lsio_ray.io.ops import Operation, OpGroup
 
 __all__ = ["KIND_CODES", "PieceSpec", "piece_of_ops", "split_runs"]
 
 KIND_CODES: dict[str, int] = {
-    "get": lib.LSIO_OP_READ,
-    "put_file": lib.LSIO_OP_WRITE_FILE,
-    "put_ranges": lib.LSIO_OP_WRITE_RANGES,
+    "get": OP_READ,
+    "put_file": OP_WRITE_FILE,
+    "put_ranges": OP_WRITE_RANGES,
 }
 
 
@@ -116,9 +124,9 @@ class PieceSpec:
 
 def _flags(op: Operation) -> int:
     return (
-        (lib.LSIO_F_DIRECT if op.direct else 0)
-        | (lib.LSIO_F_FSYNC if op.fsync else 0)
-        | (lib.LSIO_F_CREATE if op.create else 0)
+        (F_DIRECT if op.direct else 0)
+        | (F_FSYNC if op.fsync else 0)
+        | (F_CREATE if op.create else 0)
     )
 
 

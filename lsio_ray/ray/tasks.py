@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from lsio_ray.ops import OpGroup
+from lsio_ray.io.ops import OpGroup
 from lsio_ray.ray.batches import Batch, BatchRef
 
 __all__ = [

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from lsio_ray import config
-from lsio_ray._lsio import lib
+from lsio_ray.io import config
+from lsio_ray.io._core import F_DIRECT
 from lsio_ray.zarr import stream
 from lsio_ray.zarr.layout import ArrayLayout, load_layout
 from lsio_ray.zarr.loader import Loader, default_loader
@@ -67,7 +67,7 @@ class Array:
     @property
     def _read_flags(self) -> int:
         """The engine's file flags for this array's reads."""
-        return lib.LSIO_F_DIRECT if self.direct else 0
+        return F_DIRECT if self.direct else 0
 
     @property
     def loader(self) -> Loader:

@@ -13,13 +13,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lsio_ray._core import FILE_DTYPE, RANGE_DTYPE
-from lsio_ray._lsio import lib
+from lsio_ray.io._core import C_FILE_ERROR, FILE_DTYPE, OP_READ, RANGE_DTYPE
 
 __all__ = ["INDEX_TAG", "FilePlan", "file_plan"]
 
 INDEX_TAG = 1 << 63
-_FILE_ERROR = int(lib.LSIO_C_FILE_ERROR)
+_FILE_ERROR = C_FILE_ERROR
 
 
 @dataclass
@@ -102,7 +101,7 @@ def file_plan(
     lengths: np.ndarray,
     tag_base: int = 0,
     *,
-    kind: int = lib.LSIO_OP_READ,
+    kind: int = OP_READ,
     flags: int = 0,
     data: np.ndarray | None = None,
 ) -> FilePlan:

@@ -11,7 +11,7 @@ corrupt shard index :class:`~lsio_ray.zarr.errors.ShardIndexError`, naming it.
 
 Two decoders:
 
-* :class:`CBlock`: the C decoder (:func:`lsio_ray._core.decode_chunks`; raw, zstd and
+* :class:`CBlock`: the C decoder (:func:`lsio_ray.io._core.decode_chunks`; raw, zstd and
   blosc chunks, 1-8 dimensions, :func:`c_decodable`), one call per *sub-block*, straight
   from the stored bytes into a buffer laid out unit by unit (the output's chunks or
   shards), so each unit is one contiguous array to encode where it lies.
@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from lsio_ray._core import (
+from lsio_ray.io._core import (
     DEC_OK,
     DEC_SKIPPED,
     DECODE_JOB_DTYPE,
@@ -296,7 +296,7 @@ def chunk_sources(
 
 class CBlock:
     """A block's input chunks, resolved from its stored files, decoded sub-block by
-    sub-block with the C decoder (:func:`lsio_ray._core.decode_chunks`: one call per
+    sub-block with the C decoder (:func:`lsio_ray.io._core.decode_chunks`: one call per
     sub-block, no GIL, a reused zstd context, no Python per chunk).
 
     The block is cut into *sub-blocks*: the smallest boxes of whole output units

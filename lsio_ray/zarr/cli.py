@@ -85,7 +85,7 @@ def bench_crops(
     ``direct``: O_DIRECT reads (``lsio_ray.zarr.open(..., direct=)``)."""
     import numpy as np
 
-    from lsio_ray import config
+    from lsio_ray.io import config
     from lsio_ray.zarr.array import open_array
     from lsio_ray.zarr.loader import Loader
     from lsio_ray.zarr.plan import select_chunks

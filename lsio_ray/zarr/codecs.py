@@ -24,7 +24,7 @@ import google_crc32c
 import numcodecs
 import numpy as np
 
-from lsio_ray._lsio import lib
+from lsio_ray.io._core import blosc_supports
 from lsio_ray.zarr import _zarr_compat
 from lsio_ray.zarr.errors import UnsupportedError
 
@@ -297,7 +297,7 @@ class ChunkCodec:
         if stage.header == "blosc":
             cname = str(getattr(stage.codec, "cname", b"") or "")
             cname = cname.decode() if isinstance(cname, bytes) else cname
-            if lib.lsio_blosc_supports(cname.encode()):
+            if blosc_supports(cname):
                 return "blosc"
         return None
 

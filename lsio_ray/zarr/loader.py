@@ -1,6 +1,6 @@
 """The Zarr layer's IO driver: one engine, one IO thread, one pool of decode threads.
 
-A :class:`Loader` owns a :class:`~lsio_ray._core.RawEngine`.  Work arrives as
+A :class:`Loader` owns a :class:`~lsio_ray.io._core.RawEngine`.  Work arrives as
 :class:`Task` objects (a region to read, files to write).  One IO thread owns every
 engine call that needs ordering -- submit, reap, cancel -- and all the IO bookkeeping,
 so none of it needs a lock:
@@ -39,8 +39,8 @@ from typing import Any
 
 import numpy as np
 
-from lsio_ray._core import RawEngine
 from lsio_ray.errors import GroupCancelledError
+from lsio_ray.io._core import RawEngine
 
 __all__ = ["Loader", "Task", "abandon", "default_loader", "set_default_loader"]
 
@@ -50,7 +50,7 @@ _ENV_INFLIGHT = "LSIO_ZARR_MAX_INFLIGHT"
 
 
 def _env_int(name: str, default: int, hi: int) -> int:
-    from lsio_ray.config import env_int
+    from lsio_ray.io.config import env_int
 
     return env_int(name, default, 1, hi)
 

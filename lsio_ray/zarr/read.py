@@ -37,17 +37,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lsio_ray._core import (
+from lsio_ray.io._core import (
     DEC_OK,
     DEC_SKIPPED,
     DECODE_JOB_DTYPE,
+    E_PAST_EOF,
     DecodeSpec,
     decode_error,
     extent,
+    make_error,
     view,
 )
-from lsio_ray._lsio import lib
-from lsio_ray.errors import make_error
 from lsio_ray.zarr.batches import INDEX_TAG, FilePlan, file_plan
 from lsio_ray.zarr.errors import ChunkCorruptError, ShardIndexError
 from lsio_ray.zarr.loader import Loader, Task
@@ -60,7 +60,7 @@ if TYPE_CHECKING:
 __all__ = ["ReadTask"]
 
 _MISSING = object()  # a shard whose file does not exist
-_PAST_EOF = int(lib.LSIO_E_PAST_EOF)
+_PAST_EOF = E_PAST_EOF
 
 
 class ReadTask(Task):

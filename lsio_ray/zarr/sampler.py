@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lsio_ray._core import DECODE_JOB_DTYPE, extent
+from lsio_ray.io._core import DECODE_JOB_DTYPE, extent
 from lsio_ray.zarr import stream
 from lsio_ray.zarr.loader import Loader, abandon
 from lsio_ray.zarr.plan import Selection

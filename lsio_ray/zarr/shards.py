@@ -30,7 +30,7 @@ _ENV_CACHE = "LSIO_ZARR_INDEX_CACHE"
 
 
 def _default_cache_bytes() -> int:
-    from lsio_ray.config import env_size
+    from lsio_ray.io.config import env_size
 
     return env_size(_ENV_CACHE, 64 << 20, 0)
 
@@ -100,9 +100,8 @@ def check_index(table: np.ndarray, codec: ShardIndexCodec, file_size: int) -> st
     if not used.any():
         return None
     off, nb = off[used], nb[used]
-    if (
-        np.any(off > (np.uint64(1) << np.uint64(62)))
-        or np.any(nb > (np.uint64(1) << np.uint64(62)))
+    if np.any(off > (np.uint64(1) << np.uint64(62))) or np.any(
+        nb > (np.uint64(1) << np.uint64(62))
     ):
         return "an entry has an impossible offset or length"
     end = off + nb

@@ -49,7 +49,7 @@ from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
 
 from lsio_ray.engine import Engine
 from lsio_ray.errors import BufferPoolTooSmallError, RangePastEOFError
-from lsio_ray.ops import ByteRange, OpGroup, get_ranges, put_file
+from lsio_ray.io.ops import ByteRange, OpGroup, get_ranges, put_file
 from lsio_ray.paths import is_within, remove_stray_temp_files, temp_file_pid
 
 if TYPE_CHECKING:

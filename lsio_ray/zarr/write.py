@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from lsio_ray._lsio import lib
+from lsio_ray.io._core import F_FSYNC, OP_WRITE_FILE
 from lsio_ray.paths import check_disjoint, remove_stray_temp_files
 from lsio_ray.zarr.array import Array
 from lsio_ray.zarr.batches import FilePlan, file_plan
@@ -72,8 +72,8 @@ class WriteTask(Task):
             np.ones(n, np.int64),
             np.zeros(n, np.int64),
             np.array([d.nbytes for d in self._keep], dtype=np.int64),
-            kind=lib.LSIO_OP_WRITE_FILE,
-            flags=lib.LSIO_F_FSYNC if fsync else 0,
+            kind=OP_WRITE_FILE,
+            flags=F_FSYNC if fsync else 0,
             data=addr,
         )
 

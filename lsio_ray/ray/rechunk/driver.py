@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from lsio_ray import config
-from lsio_ray.ops import OpGroup
+from lsio_ray.io import config
+from lsio_ray.io.ops import OpGroup
 from lsio_ray.paths import check_disjoint
 from lsio_ray.ray.actor import close_process_io, process_io
 from lsio_ray.ray.coordinator import Coordinator, GroupStream, is_system_error, root_cause

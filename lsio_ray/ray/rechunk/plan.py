@@ -19,7 +19,7 @@ import numcodecs
 import numpy as np
 import zarr.codecs as zc
 
-from lsio_ray.ops import Operation, get_ranges
+from lsio_ray.io.ops import Operation, get_ranges
 from lsio_ray.zarr.layout import ArrayLayout, layout_from_docs, metadata_docs
 from lsio_ray.zarr.plan import select_chunks
 

@@ -16,8 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from lsio_ray import config
 from lsio_ray._lsio import ffi, lib
+from lsio_ray.errors import (
+    BufferPoolTooSmallError,
+    GroupCancelledError,
+    RangePastEOFError,
+    SpecialFileError,
+)
+from lsio_ray.io import config
 
 __all__ = [
     "BACKENDS",
@@ -32,6 +38,7 @@ __all__ = [
     "decode_chunks",
     "decode_error",
     "extent",
+    "make_error",
 ]
 
 BACKENDS = {
@@ -86,6 +93,16 @@ DECODE_JOB_DTYPE = np.dtype(
         ("detail", "<i8"),
     ]
 )
+# The C core's request kinds, flags and completion bits, as plain ints for the layers above.
+OP_READ = int(lib.LSIO_OP_READ)
+OP_WRITE_FILE = int(lib.LSIO_OP_WRITE_FILE)
+OP_WRITE_RANGES = int(lib.LSIO_OP_WRITE_RANGES)
+F_DIRECT = int(lib.LSIO_F_DIRECT)
+F_FSYNC = int(lib.LSIO_F_FSYNC)
+F_CREATE = int(lib.LSIO_F_CREATE)
+C_FILE_ERROR = int(lib.LSIO_C_FILE_ERROR)
+E_PAST_EOF = int(lib.LSIO_E_PAST_EOF)
+
 MAX_DECODE_DIMS = int(lib.LSIO_DEC_MAXDIM)
 CODECS = {"raw": lib.LSIO_CODEC_RAW, "zstd": lib.LSIO_CODEC_ZSTD, "blosc": lib.LSIO_CODEC_BLOSC}
 DEC_OK = int(lib.LSIO_DEC_OK)
@@ -415,3 +432,50 @@ def _phys_mem() -> int:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGESIZE")
     except (ValueError, OSError):
         return -1
+
+
+def make_error(
+    err: int,
+    path: str,
+    start: int,
+    length: int,
+    file_size: int,
+    *,
+    op: str = "read",
+    pool_bytes: int = 0,
+) -> BaseException:
+    """Turn a completion's error code into the exception the user sees.
+
+    ``start``/``length`` are the range as the completion reports it: for a range past
+    the end of its file, the request as asked (negative ``start``: the last ``-start``
+    bytes; ``length`` -1: to the end)."""
+    end = start + length if length >= 0 else -1
+    size = None if file_size < 0 else file_size
+    if err == lib.LSIO_E_PAST_EOF:
+        if start < 0:
+            return RangePastEOFError(path, start, None, size, last=-start)
+        return RangePastEOFError(path, start, None if length < 0 else end, size)
+    if err == lib.LSIO_E_TOO_BIG:
+        return BufferPoolTooSmallError(path, start, end, pool_bytes)
+    if err == lib.LSIO_E_CANCELED:
+        return GroupCancelledError(f"{path}: {op} of bytes {start}..{end} cancelled")
+    where = "whole file" if length < 0 and start == 0 else f"bytes {start}..{end}"
+    if err == lib.LSIO_E_NOT_REGULAR:
+        why = "not a regular file (a FIFO, socket or device): refused"
+        return SpecialFileError(errno.EINVAL, f"{why} ({op} {where})", path)
+    if err == lib.LSIO_E_UNSIZED:
+        why = (
+            "the file reports size 0 but has data (a /proc or /sys file?): "
+            "read it with an explicit byte range"
+        )
+        return SpecialFileError(errno.EINVAL, f"{why} ({op} {where})", path)
+    code = -err
+    msg = f"{os.strerror(code)} ({op} {where})"
+    if code in (errno.ENOENT,):
+        msg = f"{os.strerror(code)} ({op})"
+    return OSError(code, msg, path)
+
+
+def blosc_supports(cname: str) -> bool:
+    """True when the C core's blosc was built with compressor ``cname``."""
+    return bool(lib.lsio_blosc_supports(cname.encode()))

@@ -1,0 +1,288 @@
+"""Engine settings: a default, an environment variable and a context manager for each.
+
+>>> from lsio_ray.io import config
+>>> config.get("depth")
+64
+>>> with config.set(backend="pread"):
+...     ...   # engines made here use the pread thread backend
+
+| setting          | env variable          | default                      | allowed          |
+| ---------------- | --------------------- | ---------------------------- | ---------------- |
+| backend          | LSIO_BACKEND          | "auto" (io_uring, else pread) | auto/uring/pread |
+| depth            | LSIO_DEPTH            | 64 ops in flight             | 1..4096          |
+| pool_bytes       | LSIO_POOL_BYTES       | 256 MiB (accepts 64M, 1G...) | 4 KiB.. (1)      |
+| threads          | LSIO_THREADS          | 4 (pread backend workers)    | 1..1024          |
+| max_open         | LSIO_MAX_OPEN         | 1024 files open at once (2)  | 1..2**20 (2)     |
+| register_buffers | LSIO_REGISTER_BUFFERS | False                        | boolean (3)      |
+| fixed_files      | LSIO_FIXED_FILES      | True (when the kernel has them) | boolean (3)   |
+| link_open        | LSIO_LINK_OPEN        | True (open linked to 1st read) | boolean (3)    |
+| direct           | LSIO_DIRECT           | False (zarr reads O_DIRECT)  | boolean (3)      |
+
+(1) The pool is rounded up to a power of two, which must not exceed physical memory (nor
+1 TiB).  (2) And at most the process's open-file limit (``RLIMIT_NOFILE``, soft).
+(3) ``True``/``False``, 1/0, or in the environment and ``set``: 1/true/yes/on, 0/false/no/off.
+
+Every value is checked -- given to an engine, to :func:`set`, or read from the
+environment -- before anything is allocated: a wrong type raises ``TypeError``, a value
+out of range or an unparsable environment variable ``ValueError``; the message names
+the setting (and the variable) and what is allowed.  :func:`env_int` and
+:func:`env_size` give the other variables lsio_ray reads (``LSIO_ZARR_*``,
+``LSIO_RAY_BATCH_BYTES``) the same checks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import numbers
+import os
+import resource
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+__all__ = [
+    "env_int",
+    "env_size",
+    "get",
+    "max_open_limit",
+    "parse_size",
+    "physical_memory",
+    "set",
+    "validate",
+]
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
+
+MAX_DEPTH = 4096  # the C core's ceiling on ops in flight
+MAX_THREADS = 1024
+MAX_OPEN = 1 << 20
+MIN_POOL = 4096
+MAX_POOL = 1 << 40
+
+
+def parse_size(text: str | int) -> int:
+    """Parse ``4K``, ``64M``, ``1G``, ``4KiB``, ``1.5G`` or a plain integer into bytes.
+
+    Raises ``ValueError`` for anything else, negative or not finite sizes included."""
+    if isinstance(text, bool):
+        raise TypeError(f"not a size: {text!r} (use e.g. 4K, 64M, 1G or an integer)")
+    if isinstance(text, numbers.Integral):
+        value = int(text)
+        if value < 0:
+            raise ValueError(f"size must not be negative: {text!r}")
+        return value
+    if not isinstance(text, str):
+        raise TypeError(
+            f"not a size: {type(text).__name__} {text!r} (use e.g. 4K, 64M, 1G or an integer)"
+        )
+    s = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = s[-1] if s and s[-1] in _UNITS else ""
+    num = s[: len(s) - len(unit)] if unit else s
+    try:
+        value_f = float(num)
+    except ValueError:
+        raise ValueError(f"not a size: {text!r} (use e.g. 4K, 64M, 1G)") from None
+    if not math.isfinite(value_f):
+        raise ValueError(f"not a size: {text!r} (use e.g. 4K, 64M, 1G)")
+    if value_f < 0:
+        raise ValueError(f"size must not be negative: {text!r}")
+    return int(value_f * _UNITS[unit])
+
+
+def physical_memory() -> int:
+    """This machine's physical memory in bytes."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def max_open_limit() -> int:
+    """The largest ``max_open`` allowed: the open-file limit in force (``RLIMIT_NOFILE``,
+    soft), at most 2**20 -- io_uring refuses a larger table of direct descriptors, and
+    the pread backend could not open that many files anyway."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY or soft <= 0:
+        return MAX_OPEN
+    return min(int(soft), MAX_OPEN)
+
+
+def _human(n: int) -> str:
+    for unit, shift in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift} {unit}"
+    return f"{n} bytes"
+
+
+def _check_int(name: str, value: Any, lo: int, hi: int, why: str = "") -> int:
+    """``value`` as an int in ``lo..hi``; strings are parsed (environment, ``set``)."""
+    allowed = f"{lo}..{hi}{why}"
+    if isinstance(value, str):
+        try:
+            v = int(value.strip())
+        except ValueError:
+            raise ValueError(f"{name} must be an integer in {allowed}, not {value!r}") from None
+    elif isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(
+            f"{name} must be an integer in {allowed}, not {type(value).__name__} {value!r}"
+        )
+    else:
+        v = int(value)
+    if not lo <= v <= hi:
+        raise ValueError(f"{name}={v} is out of range: allowed {allowed}")
+    return v
+
+
+def _check_size(name: str, value: Any, lo: int, hi: int, why: str = "") -> int:
+    """``value`` (bytes, or ``64M``...) in ``lo..hi``."""
+    allowed = f"{_human(lo) if lo else 0}..{_human(hi)}{why}"
+    try:
+        v = parse_size(value)
+    except TypeError:
+        raise TypeError(
+            f"{name} must be a size in {allowed} (bytes, or e.g. 64M), "
+            f"not {type(value).__name__} {value!r}"
+        ) from None
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}; allowed {allowed}") from None
+    if not lo <= v <= hi:
+        raise ValueError(f"{name}={value!r} is out of range: allowed {allowed}")
+    return v
+
+
+def _check_flag(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, numbers.Integral) and int(value) in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        t = value.strip().lower()
+        if t in ("1", "true", "yes", "on"):
+            return True
+        if t in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(
+            f"{name} must be a boolean (1/true/yes/on or 0/false/no/off), not {value!r}"
+        )
+    raise TypeError(f"{name} must be a bool (True or False), not {type(value).__name__} {value!r}")
+
+
+def _check_backend(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(
+            f"{name} must be a str (auto, uring or pread), not {type(value).__name__} {value!r}"
+        )
+    t = value.strip().lower()
+    if t not in ("auto", "uring", "pread"):
+        raise ValueError(f"{name} must be auto, uring or pread, not {value!r}")
+    return t
+
+
+def _pool_bytes(name: str, value: Any) -> int:
+    cap = min(MAX_POOL, 1 << (physical_memory().bit_length() - 1))
+    why = f" (rounded up to a power of two, within physical memory: {_human(physical_memory())})"
+    v = _check_size(name, value, MIN_POOL, cap, why)
+    rounded = 1 << (v - 1).bit_length()
+    if rounded > cap:
+        raise ValueError(
+            f"{name}={value!r} rounds up to {_human(rounded)}: allowed "
+            f"{_human(MIN_POOL)}..{_human(cap)}{why}"
+        )
+    return v
+
+
+def _max_open(name: str, value: Any) -> int:
+    return _check_int(
+        name, value, 1, max_open_limit(), " (the open-file limit RLIMIT_NOFILE, at most 2**20)"
+    )
+
+
+_SPEC: dict[str, tuple[str, Callable[[], Any], Callable[[str, Any], Any]]] = {
+    "backend": ("LSIO_BACKEND", lambda: "auto", _check_backend),
+    "depth": ("LSIO_DEPTH", lambda: 64, lambda n, v: _check_int(n, v, 1, MAX_DEPTH)),
+    "pool_bytes": ("LSIO_POOL_BYTES", lambda: 256 << 20, _pool_bytes),
+    "threads": ("LSIO_THREADS", lambda: 4, lambda n, v: _check_int(n, v, 1, MAX_THREADS)),
+    "max_open": ("LSIO_MAX_OPEN", lambda: min(1024, max_open_limit()), _max_open),
+    "register_buffers": ("LSIO_REGISTER_BUFFERS", lambda: False, _check_flag),
+    "fixed_files": ("LSIO_FIXED_FILES", lambda: True, _check_flag),
+    "link_open": ("LSIO_LINK_OPEN", lambda: True, _check_flag),
+    "direct": ("LSIO_DIRECT", lambda: False, _check_flag),
+}
+
+_local = threading.local()
+
+
+def _overrides() -> list[dict[str, Any]]:
+    if not hasattr(_local, "stack"):
+        _local.stack = []
+    return _local.stack
+
+
+def _spec(name: str) -> tuple[str, Callable[[], Any], Callable[[str, Any], Any]]:
+    if name not in _SPEC:
+        raise KeyError(f"unknown setting {name!r}; known: {sorted(_SPEC)}")
+    return _SPEC[name]
+
+
+def validate(name: str, value: Any) -> Any:
+    """``value`` checked (and normalised: ``"64M"`` -> bytes, ``"on"`` -> True) for
+    setting ``name``; raises ``TypeError``/``ValueError`` naming the setting and what is
+    allowed, ``KeyError`` for an unknown setting."""
+    return _spec(name)[2](name, value)
+
+
+def get(name: str) -> Any:
+    """The value in force: innermost ``set`` block, else the environment, else the default.
+
+    An environment variable that does not pass :func:`validate` raises ``ValueError``
+    naming the variable, its value, the setting and what is allowed."""
+    env, default, check = _spec(name)
+    for layer in reversed(_overrides()):
+        if name in layer:
+            return layer[name]
+    raw = os.environ.get(env)
+    if raw is None or raw.strip() == "":
+        return default()
+    try:
+        return check(name, raw)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{env}={raw!r}: {exc}") from None
+
+
+@contextlib.contextmanager
+def set(**values: Any) -> Iterator[None]:
+    """Override settings for engines created inside the ``with`` block (this thread).
+
+    Every value is checked first (:func:`validate`): nothing is overridden if one fails."""
+    layer = {k: validate(k, v) for k, v in values.items()}
+    _overrides().append(layer)
+    try:
+        yield
+    finally:
+        _overrides().pop()
+
+
+def env_int(env: str, default: int, lo: int, hi: int) -> int:
+    """Integer environment variable ``env`` in ``lo..hi`` (``default`` when unset or
+    blank); ``ValueError`` naming the variable, its value and the range otherwise."""
+    raw = os.environ.get(env, "")
+    if not raw.strip():
+        return default
+    try:
+        return _check_int(env, raw, lo, hi)
+    except ValueError as exc:
+        raise ValueError(f"{env}={raw!r}: {exc}") from None
+
+
+def env_size(env: str, default: int, lo: int, hi: int | None = None) -> int:
+    """Size environment variable ``env`` (bytes, or ``64M``...) in ``lo..hi`` bytes
+    (``hi`` None: physical memory); ``default`` when unset or blank; ``ValueError``
+    naming the variable, its value and the range otherwise."""
+    raw = os.environ.get(env, "")
+    if not raw.strip():
+        return default
+    why = ""
+    if hi is None:
+        hi, why = physical_memory(), " (physical memory)"
+    try:
+        return _check_size(env, raw, lo, hi, why)
+    except ValueError as exc:
+        raise ValueError(f"{env}={raw!r}: {exc}") from None
