@@ -21,14 +21,14 @@ from lsio_ray import ByteRange, Engine, OpGroup, get_ranges
 
 def _spill_held(eng: Engine) -> int:
     """Bytes of spilled copies the engine holds now, counted from its groups."""
-    return sum(a.nbytes for s in list(eng._states.values()) for a in list(s.spilled.values()))
+    return sum(a.nbytes for s in list(eng._live.values()) for a in list(s.spilled.values()))
 
 
 def _wait_landed(res: object) -> None:
     """Wait until every result of a group has been filed by the driver (not consumed)."""
-    state = res._s
+    state = res._task
     for _ in range(6000):
-        if state.received >= state.total:
+        if state.landed >= state.total:
             return
         threading.Event().wait(0.01)
     raise AssertionError(f"{res!r} did not land")
@@ -86,7 +86,7 @@ def test_without_copies_everything_is_read_again(make_engine, files):
     including ranges given as last-n and to-the-end (re-read at their resolved offsets)."""
     fs = files(16, 48 << 10)
     eng = make_engine(pool_bytes="256K", depth=16)
-    eng._spill_limit = 0
+    eng.service.spill_limit = 0
     results = [
         eng.submit(
             OpGroup(
@@ -115,7 +115,7 @@ def test_reread_of_a_deleted_file_fails_that_range_only(make_engine, files):
     range of that file, which stayed in the pool, is neither skipped nor failed."""
     fs = files(5, 64 << 10)
     eng = make_engine(pool_bytes="256K", depth=16)
-    eng._spill_limit = 0
+    eng.service.spill_limit = 0
     first = eng.submit(
         OpGroup([get_ranges(p, [(0, 32 << 10), (32 << 10, 64 << 10)]) for p, _ in fs[:4]]),
         errors="return",

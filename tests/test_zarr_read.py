@@ -11,6 +11,8 @@ from __future__ import annotations
 import errno
 import os
 import resource
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,6 +25,7 @@ from lsio_ray._lsio import lib
 import lsio_ray.zarr as lz
 import lsio_ray.zarr.read as read_mod
 from lsio_ray import config
+from lsio_ray.io.service import default_service
 from lsio_ray.zarr.loader import Loader, default_loader
 
 
@@ -121,21 +124,43 @@ def test_layouts_direct(
     assert flags and all(f == lib.LSIO_F_DIRECT for f in flags), flags
 
 
-def test_direct_arrays_share_a_loader_with_registered_buffers(root: str) -> None:
-    """Arrays opened with direct=True and no loader share the process-wide direct
-    loader, whose engine registered its pool (where this process may pin it); buffered
-    arrays keep the other one."""
+def test_direct_and_buffered_arrays_share_the_process_service(root: str) -> None:
+    """One IO service per process: arrays opened with and without direct=True (and no
+    loader) read through the same service; ``direct`` is a property of their reads."""
     path = fixture_array(root, LAYOUTS[0])
     a = lz.open(path, direct=True)
     b = lz.open(path, direct=True)
     c = lz.open(path)
-    assert a.loader is b.loader is default_loader(direct=True)
-    assert c.loader is default_loader() is not a.loader
-    eng = a.loader.engine
-    if eng.backend == "uring" and may_register(eng.pool_bytes):
-        assert "registered_buffers" in eng.features
-    assert "registered_buffers" not in c.loader.engine.features
-    check_equal(a[...], zarr.open_array(path, mode="r")[...], "default direct loader")
+    assert a.loader is b.loader is c.loader is default_loader() is default_service()
+    assert default_loader(direct=True) is default_service()
+    check_equal(a[...], zarr.open_array(path, mode="r")[...], "direct, shared service")
+    check_equal(c[...], zarr.open_array(path, mode="r")[...], "buffered, shared service")
+
+
+@pytest.mark.parametrize("env", ["LSIO_DIRECT", "LSIO_REGISTER_BUFFERS"])
+def test_process_service_registers_its_pool_when_direct_is_set(env: str) -> None:
+    """With the direct (or register_buffers) setting on, the process's service registers
+    its pool with io_uring (where this process may pin it): an O_DIRECT read into it is
+    a fixed-buffer read.  Without it, the pool is not registered."""
+    code = (
+        "import os, resource;"
+        "from lsio_ray.io.service import default_service;"
+        "e = default_service().engine;"
+        "soft = resource.getrlimit(resource.RLIMIT_MEMLOCK)[0];"
+        "ok = os.geteuid() == 0 or soft == resource.RLIM_INFINITY or soft >= e.pool_bytes;"
+        "print(e.backend, ok, 'registered_buffers' in e.features)"
+    )
+    for value, want in (("1", True), ("0", False)):
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, env: value, "LSIO_BACKEND": "uring"},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        backend, allowed, registered = out[0], out[1] == "True", out[2] == "True"
+        assert backend == "uring"
+        assert registered == (want and allowed), (env, value, out)
 
 
 def test_direct_setting_and_fallback(

@@ -403,12 +403,33 @@ class RawEngine:
         lib.lsio_engine_stats(self._p(), st)
         return {name: int(getattr(st, name)) for name, _ in ffi.typeof("lsio_stats").fields}
 
+    def owned_view(self, ptr: int, length: int, buf_id: int) -> np.ndarray:
+        """A uint8 numpy view of pool buffer ``buf_id`` (``length`` bytes at ``ptr``) that
+        owns the buffer: it goes back to the pool when the view, and every array derived
+        from it, is gone -- never earlier, so a view can never show another read's bytes;
+        and the C engine keeps its arena mapped until the last buffer is back, even after
+        :meth:`close`."""
+        cdata = ffi.gc(ffi.cast("char *", ptr), _Releaser(self._p(), buf_id), size=length)
+        return np.frombuffer(ffi.buffer(cdata, length), dtype=np.uint8)
+
     def pool_in_use(self) -> int:
         """Pool bytes held now (``stats()["pool_in_use"]`` without building the dict:
         cheap enough to ask once per chunk)."""
         st = ffi.new("lsio_stats *")
         lib.lsio_engine_stats(self._p(), st)
         return int(st.pool_in_use)
+
+
+class _Releaser:
+    """ffi.gc destructor: gives one buffer back.  The C engine outlives its buffers."""
+
+    __slots__ = ("buf_id", "ptr")
+
+    def __init__(self, ptr: Any, buf_id: int) -> None:
+        self.ptr, self.buf_id = ptr, buf_id
+
+    def __call__(self, _cdata: Any) -> None:
+        lib.lsio_release(self.ptr, self.buf_id)
 
 
 def view(ptr: int, length: int) -> np.ndarray:

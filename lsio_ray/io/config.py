@@ -17,6 +17,11 @@
 | fixed_files      | LSIO_FIXED_FILES      | True (when the kernel has them) | boolean (3)   |
 | link_open        | LSIO_LINK_OPEN        | True (open linked to 1st read) | boolean (3)    |
 | direct           | LSIO_DIRECT           | False (zarr reads O_DIRECT)  | boolean (3)      |
+| decode_threads   | LSIO_ZARR_THREADS     | the cores (decode pool)      | 1..1024          |
+| max_inflight     | LSIO_ZARR_MAX_INFLIGHT | 4096 ranges queued         | 1..2**20         |
+| index_cache_bytes | LSIO_ZARR_INDEX_CACHE | 64 MiB of shard indexes     | 0..physical memory |
+| coalesce_gap     | LSIO_ZARR_COALESCE_GAP | 0 (bytes; -1: never merge) | -1..2**30        |
+| batch_bytes      | LSIO_RAY_BATCH_BYTES  | 16 MiB (Ray batch objects)   | 4 KiB..physical memory |
 
 (1) The pool is rounded up to a power of two, which must not exceed physical memory (nor
 1 TiB).  (2) And at most the process's open-file limit (``RLIMIT_NOFILE``, soft).
@@ -25,9 +30,9 @@
 Every value is checked -- given to an engine, to :func:`set`, or read from the
 environment -- before anything is allocated: a wrong type raises ``TypeError``, a value
 out of range or an unparsable environment variable ``ValueError``; the message names
-the setting (and the variable) and what is allowed.  :func:`env_int` and
-:func:`env_size` give the other variables lsio_ray reads (``LSIO_ZARR_*``,
-``LSIO_RAY_BATCH_BYTES``) the same checks.
+the setting (and the variable) and what is allowed.  Every environment variable lsio_ray
+reads is a setting here (the local cluster's own ``LSIO_CLUSTER_*`` excepted);
+:func:`env_int` and :func:`env_size` give scripts the same checks.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ __all__ = [
     "env_size",
     "get",
     "max_open_limit",
+    "overridden",
     "parse_size",
     "physical_memory",
     "set",
@@ -205,7 +211,44 @@ _SPEC: dict[str, tuple[str, Callable[[], Any], Callable[[str, Any], Any]]] = {
     "fixed_files": ("LSIO_FIXED_FILES", lambda: True, _check_flag),
     "link_open": ("LSIO_LINK_OPEN", lambda: True, _check_flag),
     "direct": ("LSIO_DIRECT", lambda: False, _check_flag),
+    # the IO service and the layers above it
+    "decode_threads": (
+        "LSIO_ZARR_THREADS",
+        lambda: os.cpu_count() or 1,
+        lambda n, v: _check_int(n, v, 1, MAX_THREADS),
+    ),
+    "max_inflight": (
+        "LSIO_ZARR_MAX_INFLIGHT",
+        lambda: 4096,
+        lambda n, v: _check_int(n, v, 1, 1 << 20),
+    ),
+    "index_cache_bytes": (
+        "LSIO_ZARR_INDEX_CACHE",
+        lambda: 64 << 20,
+        lambda n, v: _check_size(n, v, 0, physical_memory(), " (physical memory)"),
+    ),
+    "coalesce_gap": (
+        "LSIO_ZARR_COALESCE_GAP",
+        lambda: 0,
+        lambda n, v: _check_int(n, v, -1, 1 << 30),
+    ),
+    "batch_bytes": (
+        "LSIO_RAY_BATCH_BYTES",
+        lambda: 16 << 20,
+        lambda n, v: _check_size(n, v, 4096, physical_memory(), " (physical memory)"),
+    ),
 }
+
+
+def decode_threads() -> int:
+    """Decode threads of an IO service (``LSIO_ZARR_THREADS``; default: the cores)."""
+    return int(get("decode_threads"))
+
+
+def max_inflight() -> int:
+    """Ranges an IO service keeps queued in its engine at most
+    (``LSIO_ZARR_MAX_INFLIGHT``; default 4096)."""
+    return int(get("max_inflight"))
 
 _local = threading.local()
 
@@ -214,6 +257,12 @@ def _overrides() -> list[dict[str, Any]]:
     if not hasattr(_local, "stack"):
         _local.stack = []
     return _local.stack
+
+
+def overridden() -> bool:
+    """True inside a :func:`set` block (this thread): engines made here differ from the
+    process's defaults, so they get a service of their own."""
+    return any(_overrides())
 
 
 def _spec(name: str) -> tuple[str, Callable[[], Any], Callable[[str, Any], Any]]:

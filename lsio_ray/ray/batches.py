@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from lsio_ray.io import config
 from lsio_ray.io._core import make_error
 from lsio_ray.ray.errors import InputError
 
@@ -63,9 +64,7 @@ _OPNAME = {0: "read", 1: "write", 2: "write"}
 
 def default_batch_bytes() -> int:
     """The batch size in force: ``LSIO_RAY_BATCH_BYTES`` or :data:`DEFAULT_BATCH_BYTES`."""
-    from lsio_ray.io.config import env_size
-
-    return env_size("LSIO_RAY_BATCH_BYTES", DEFAULT_BATCH_BYTES, 4096)
+    return int(config.get("batch_bytes"))
 
 
 @dataclass

@@ -20,12 +20,11 @@ from lsio_ray.zarr.shards import ShardIndexCache
 
 __all__ = ["Array", "open_array"]
 
-_ENV_GAP = "LSIO_ZARR_COALESCE_GAP"
-
 
 def _env_coalesce_gap() -> int:
-    """``LSIO_ZARR_COALESCE_GAP`` (bytes, -1: never merge; 0 when unset), checked."""
-    return config.env_int(_ENV_GAP, 0, -1, 1 << 30)
+    """The ``coalesce_gap`` setting (``LSIO_ZARR_COALESCE_GAP``: bytes, -1: never merge;
+    0 by default), checked."""
+    return int(config.get("coalesce_gap"))
 
 
 class Array:

@@ -19,6 +19,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from lsio_ray.io import config
 from lsio_ray.zarr.codecs import CorruptData, ShardIndexCodec
 from lsio_ray.zarr.errors import ShardIndexError
 from lsio_ray.zarr.layout import ArrayLayout
@@ -26,13 +27,10 @@ from lsio_ray.zarr.layout import ArrayLayout
 __all__ = ["EMPTY", "ShardIndexCache", "check_index", "decode_index", "shard_index"]
 
 EMPTY = np.uint64(2**64 - 1)
-_ENV_CACHE = "LSIO_ZARR_INDEX_CACHE"
 
 
 def _default_cache_bytes() -> int:
-    from lsio_ray.io.config import env_size
-
-    return env_size(_ENV_CACHE, 64 << 20, 0)
+    return int(config.get("index_cache_bytes"))
 
 
 class ShardIndexCache:
