@@ -187,12 +187,8 @@ def crops_part(path: str) -> str:
         "lsio read_zarr_crops, parallelism=2": lambda: run_lsio_data(path, 2),
         "lsio read_zarr_crops, direct=True": lambda: run_lsio_data(path, direct=True),
         "lsio read_zarr_crops, decode_block=512": lambda: run_lsio_data(path, None, 512),
-        "lsio read_zarr_crops, per_cell=16 (clustered)": lambda: run_lsio_data(
-            path, None, 0, 16
-        ),
-        "lsio clustered_crops, per_cell=16, local (no Ray)": lambda: run_clustered_local(
-            path, 16
-        ),
+        "lsio read_zarr_crops, per_cell=16 (clustered)": lambda: run_lsio_data(path, None, 0, 16),
+        "lsio clustered_crops, per_cell=16, local (no Ray)": lambda: run_clustered_local(path, 16),
         "ray.data.range + zarr-python": lambda: run_ray_range(_zarr_fn(path, starts)),
         "ray.data.range + tensorstore": lambda: run_ray_range(_ts_fn(path, starts)),
         "lsio local engine (no Ray)": lambda: run_local(path),

@@ -49,8 +49,7 @@ def run_lsio(path: str, count: int, seed: int) -> int:
 def run_aware(path: str, count: int, seed: int, block: int, reuse: bool = False) -> int:
     with lz.open(path) as a:
         return sum(
-            c.nbytes
-            for c in a.decode_aware_crops(CROP, count, seed=seed, block=block, reuse=reuse)
+            c.nbytes for c in a.decode_aware_crops(CROP, count, seed=seed, block=block, reuse=reuse)
         )
 
 
@@ -85,9 +84,7 @@ def main() -> None:
         f"lsio decode_aware_crops (block {args.block}, reuse)": lambda s: run_aware(
             args.path, args.count, s, args.block, True
         ),
-        "lsio clustered_crops (per_cell 16)": lambda s: run_clustered(
-            args.path, args.count, s, 16
-        ),
+        "lsio clustered_crops (per_cell 16)": lambda s: run_clustered(args.path, args.count, s, 16),
         "lsio clustered_crops (per_cell 16, reuse)": lambda s: run_clustered(
             args.path, args.count, s, 16, True
         ),

@@ -23,7 +23,14 @@ import pytest
 import zarr
 
 import lsio_ray.zarr as lz
-from lsio_ray.io._core import DEC_BOUNDS, DEC_OK, DECODE_JOB_DTYPE, DecodeSpec, decode_chunks, extent
+from lsio_ray.io._core import (
+    DEC_BOUNDS,
+    DEC_OK,
+    DECODE_JOB_DTYPE,
+    DecodeSpec,
+    decode_chunks,
+    extent,
+)
 from lsio_ray.zarr.errors import ArrayMetadataError
 
 WRAP = [2**57 + 1, 128, 1]

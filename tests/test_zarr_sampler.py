@@ -111,6 +111,7 @@ def test_each_chunk_read_once_per_block(tmp_path):
             for c in select_chunks(lo, lo + np.asarray(crop), a.chunks).coords.tolist()
         ]
         got: list[np.ndarray] = []
+
         def run() -> None:
             got.extend(c.copy() for c in a.decode_aware_crops(crop, n, seed=3, block=n))
 
@@ -129,7 +130,11 @@ def test_each_chunk_read_once_per_block(tmp_path):
 def test_missing_chunks_and_both_paths(tmp_path, compressors):
     path = tmp_path / "a.zarr"
     z = zarr.create_array(
-        path, shape=(8, 48, 48), chunks=(2, 16, 16), dtype="f4", fill_value=-1.5,
+        path,
+        shape=(8, 48, 48),
+        chunks=(2, 16, 16),
+        dtype="f4",
+        fill_value=-1.5,
         compressors=compressors,
     )
     ref = np.full((8, 48, 48), -1.5, np.float32)
