@@ -130,7 +130,7 @@ def test_builder_oversized_chunk() -> None:
 def test_process_io_keeps_batches_until_recycled(tmp_path: Path) -> None:
     """In-process (recycle=False), every batch of a piece keeps its own buffer while the
     caller holds the batches; recycled buffers are reused by the next piece."""
-    from lsio_ray.ray.actor import close_process_io, process_io
+    from lsio_ray.ray.pieces import close_process_io, process_io
 
     io = process_io({"pool_bytes": "1M"}, ahead_bytes=1 << 20)
     try:

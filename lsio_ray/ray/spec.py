@@ -10,124 +10,31 @@ from any node says where each of its chunks stands in the group.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from lsio_ray.io._core import (
-    F_CREATE,
-    F_DIRECT,
-    F_FSYNC,
-    FILE_DTYPE,
-    OP_READ,
-    OP_WRITE_FILE,
-    OP_WRITE_RANGES,
-    RANGE_DTYPE,
-)
 from lsio_ray.io.ops import Operation, OpGroup
+from lsio_ray.io.request import KIND_CODES, Request
 
 __all__ = ["KIND_CODES", "PieceSpec", "piece_of_ops", "split_runs"]
 
-KIND_CODES: dict[str, int] = {
-    "get": OP_READ,
-    "put_file": OP_WRITE_FILE,
-    "put_ranges": OP_WRITE_RANGES,
-}
-
 
 @dataclass
-class PieceSpec:
-    """Some operations of one group, in group order, ready for an IO actor.
-
-    ``paths`` (``S`` array, one per op), ``kinds``/``flags``/``nranges`` (per op),
-    ``offsets``/``lengths`` (per range, the C core's convention: length -1 = to the
-    end, negative offset = from the end), ``op_ids``/``range_ids`` (their numbers in
-    the whole group), ``metadata`` (per range: None, a numpy array or a list),
-    ``data`` (write payloads per range, uint8 arrays; empty for reads).
+class PieceSpec(Request):
+    """Some operations of one group, in group order, ready for an IO actor: a
+    :class:`~lsio_ray.io.request.Request` (paths, kinds, flags, range counts, offsets,
+    lengths, write payloads) with ``op_ids``/``range_ids`` (their numbers in the whole
+    group), ``metadata`` (per range: None, a numpy array or a list) and the group's
+    metadata.
     """
 
-    paths: np.ndarray
-    kinds: np.ndarray
-    flags: np.ndarray
-    nranges: np.ndarray
-    offsets: np.ndarray
-    lengths: np.ndarray
-    op_ids: np.ndarray
-    range_ids: np.ndarray
+    op_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    range_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     metadata: Any = None
-    data: list[np.ndarray | None] = field(default_factory=list)
     group_metadata: Any = None
-
-    @property
-    def nops(self) -> int:
-        """Operations in the piece."""
-        return len(self.kinds)
-
-    @property
-    def total(self) -> int:
-        """Ranges in the piece (one result each)."""
-        return len(self.offsets)
-
-    def path(self, i: int) -> str:
-        """The path of op ``i`` of the piece."""
-        return os.fsdecode(self.paths[i])
-
-    def path_list(self) -> list[str]:
-        """Every op's path."""
-        return [os.fsdecode(p) for p in self.paths.tolist()]
-
-    def op_first(self) -> np.ndarray:
-        """The piece-local number of each op's first range (and the total at the end)."""
-        first = getattr(self, "_first", None)
-        if first is None or len(first) != self.nops + 1:
-            first = np.zeros(self.nops + 1, np.int64)
-            np.cumsum(self.nranges, out=first[1:])
-            self._first = first
-        return first
-
-    def known_bytes(self) -> int:
-        """Bytes the piece reads or writes, counting only ranges of known length."""
-        ln = self.lengths
-        return int(ln[ln > 0].sum())
-
-    def c_arrays(
-        self, group: int, op_lo: int, op_hi: int
-    ) -> tuple[np.ndarray, np.ndarray, bytes, int]:
-        """The C core's arrays for ops ``[op_lo, op_hi)``: files, ranges, paths blob, and
-        the piece-local number of the first range (range tags are piece-local numbers)."""
-        first = self.op_first()
-        r0, r1 = int(first[op_lo]), int(first[op_hi])
-        n = op_hi - op_lo
-        sub = self.paths[op_lo:op_hi]
-        width = sub.dtype.itemsize + 1
-        blob = sub.astype(f"S{width}").tobytes()
-        files = np.zeros(n, FILE_DTYPE)
-        files["group"] = group
-        files["path_off"] = np.arange(n, dtype=np.uint32) * width
-        files["kind"] = self.kinds[op_lo:op_hi]
-        files["flags"] = self.flags[op_lo:op_hi]
-        files["nranges"] = self.nranges[op_lo:op_hi]
-        ranges = np.zeros(r1 - r0, RANGE_DTYPE)
-        ranges["offset"] = self.offsets[r0:r1]
-        ranges["length"] = self.lengths[r0:r1]
-        ranges["tag"] = np.arange(r0, r1, dtype=np.uint64)
-        if self.data:
-            for k in range(r0, r1):
-                d = self.data[k]
-                if d is not None and d.nbytes:
-                    ranges["data"][k - r0] = d.ctypes.data
-        return files, ranges, blob, r0
-
-
-def _flags(op: Operation) -> int:
-    return (
-        (F_DIRECT if op.direct else 0)
-        | (F_FSYNC if op.fsync else 0)
-        | (F_CREATE if op.create else 0)
-    )
 
 
 def _metadata_slice(ops: Sequence[Operation]) -> Any:
@@ -150,13 +57,7 @@ def piece_of_ops(
 ) -> PieceSpec:
     """A :class:`PieceSpec` of ``ops``, op ``ops[i]`` being number ``op_ids[i]`` of its
     group and its first range number ``range_starts[i]``."""
-    nr = np.array([len(op) for op in ops], dtype=np.uint32)
-    paths = np.array([os.fsencode(op.path) for op in ops], dtype="S") if ops else np.zeros(0, "S1")
-    kinds = np.array([KIND_CODES[op.kind] for op in ops], dtype=np.uint32)
-    flags = np.array([_flags(op) for op in ops], dtype=np.uint32)
     if ops:
-        offsets = np.concatenate([op.offsets for op in ops]).astype(np.int64)
-        lengths = np.concatenate([op.lengths for op in ops]).astype(np.int64)
         range_ids = np.concatenate(
             [
                 np.arange(s, s + len(op), dtype=np.int64)
@@ -164,25 +65,19 @@ def piece_of_ops(
             ]
         )
     else:
-        offsets = lengths = range_ids = np.zeros(0, np.int64)
-    data: list[np.ndarray | None] = []
-    if any(op.kind != "get" for op in ops):
-        for op in ops:
-            if op.kind == "get":
-                data.extend([None] * len(op))
-            else:
-                data.extend(np.frombuffer(mv, dtype=np.uint8) for mv in op.data)
+        range_ids = np.zeros(0, np.int64)
+    req = Request.of_ops(ops)
     return PieceSpec(
-        paths=paths,
-        kinds=kinds,
-        flags=flags,
-        nranges=nr,
-        offsets=offsets,
-        lengths=lengths,
+        paths=req.paths,
+        kinds=req.kinds,
+        flags=req.flags,
+        nranges=req.nranges,
+        offsets=req.offsets,
+        lengths=req.lengths,
+        data=req.data,
         op_ids=np.asarray(op_ids, dtype=np.int32),
         range_ids=range_ids,
         metadata=_metadata_slice(ops),
-        data=data,
         group_metadata=group_metadata,
     )
 

@@ -33,7 +33,7 @@ conversion and ``lz.save`` of the same data store the same files.
 
 **Where the IO runs** (``io=``).  With ``"auto"`` (the default) a block whose input files
 are all on one node, or all on shared storage, is read by its own task, on that node,
-through the worker's in-process IO service (:func:`~lsio_ray.ray.actor.process_io`),
+through the worker's in-process IO service (:func:`~lsio_ray.ray.pieces.process_io`),
 and its units are written the same way when the output is on that node or shared
 (else through the output node's IO actor): nothing crosses the object store.  Blocks
 whose inputs span nodes, and every block with ``"actors"``, are read by the IO actors

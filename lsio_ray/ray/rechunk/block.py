@@ -2,7 +2,7 @@
 
 :func:`rechunk_block` runs as a Ray task (one CPU).  Its block's input files come
 either from the worker's own in-process IO service (``in_task``:
-:func:`~lsio_ray.ray.actor.process_io`, reading the files where the task runs), or as
+:func:`~lsio_ray.ray.pieces.process_io`, reading the files where the task runs), or as
 the IO actors' batches the driver passes in.  The block is decoded with the Zarr
 layer's block decoders (:mod:`lsio_ray.zarr.blocks`: the C decoder sub-block by
 sub-block for raw, zstd and blosc chunks, numcodecs into the whole block for the rest),
@@ -24,8 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from lsio_ray.ray.actor import close_process_io, io_actor, process_io
+from lsio_ray.ray.actor import io_actor
 from lsio_ray.ray.batches import Batch
+from lsio_ray.ray.pieces import close_process_io, process_io
 from lsio_ray.ray.rechunk.plan import block_box, block_ops, cached_layout, ceil_div
 from lsio_ray.ray.spec import piece_of_ops
 from lsio_ray.zarr.blocks import CBlock, c_decodable, decode_block
@@ -131,7 +132,7 @@ def rechunk_block(job: BlockJob, bid: int, in_task: bool, *batches: Batch) -> Bl
     """One block (a Ray task): decode its inputs, encode and write its output units.
 
     ``in_task``: the task reads the block's input files itself, through this worker's
-    in-process IO service (:func:`~lsio_ray.ray.actor.process_io`), and writes its units
+    in-process IO service (:func:`~lsio_ray.ray.pieces.process_io`), and writes its units
     the same way when the output is on this node; else ``batches`` are the block's
     inputs as the IO actors streamed them, and the units go to the output's IO actor."""
     _hold_buffers()

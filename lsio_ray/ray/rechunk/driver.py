@@ -24,9 +24,9 @@ import numpy as np
 from lsio_ray.io import config
 from lsio_ray.io.ops import OpGroup
 from lsio_ray.paths import check_disjoint
-from lsio_ray.ray.actor import close_process_io, process_io
 from lsio_ray.ray.coordinator import Coordinator, GroupStream, is_system_error, root_cause
 from lsio_ray.ray.errors import RayLayerError
+from lsio_ray.ray.pieces import close_process_io, process_io
 from lsio_ray.ray.rechunk.block import BlockJob, BlockResult, rechunk_block
 from lsio_ray.ray.rechunk.journal import Journal, job_identity
 from lsio_ray.ray.rechunk.plan import Plan, block_box, block_ops, local_engine, plan_job
@@ -226,7 +226,7 @@ def rechunk(
 class _DriverIO:
     """IO service calls for the job's metadata and journal, made where the files are:
     in this process when that is this driver's node (its own IO service,
-    :func:`~lsio_ray.ray.actor.process_io`: no IO actor -- a process of ~70 MiB -- is
+    :func:`~lsio_ray.ray.pieces.process_io`: no IO actor -- a process of ~70 MiB -- is
     started for them), else by the node's IO actor.  Not under Ray Client, whose driver
     runs on another machine than the node it names."""
 
