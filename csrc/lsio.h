@@ -9,7 +9,7 @@
  * run of RANGE requests, and later reaps an array of completions.  Nothing is done per
  * chunk on the Python side.
  *
- * Ownership rules (see also engine.c):
+ * Ownership rules (see also engine_internal.h):
  *  - lsio_submit copies files, ranges and paths into engine memory: the caller's arrays
  *    may be freed as soon as it returns.  WRITE data is NOT copied: the memory named by
  *    lsio_range.data must stay valid until that range's completion has been reaped (or
@@ -31,7 +31,7 @@
  * FILE_ERROR), so no read waits for a pipe's writer; WRITE_RANGES refuses FIFOs and
  * sockets but writes into devices.  A whole-file read of a file that reports size 0 but
  * has data (/proc, /sys) fails with LSIO_E_UNSIZED instead of completing empty; explicit
- * byte ranges read such files.  (engine.c, stx_verdict, has the details.)
+ * byte ranges read such files.  (engine_internal.h, stx_verdict, has the details.)
  */
 #ifndef LSIO_H
 #define LSIO_H

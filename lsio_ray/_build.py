@@ -15,6 +15,16 @@ from cffi import FFI
 
 ROOT = Path(__file__).resolve().parent.parent
 CSRC = ROOT / "csrc"
+#: the C core's sources (csrc/Makefile's CORE lists the same files for the C tests)
+SOURCES = (
+    "engine.c",
+    "engine_sched.c",
+    "engine_complete.c",
+    "engine_pread.c",
+    "engine_uring.c",
+    "pool.c",
+    "decode.c",
+)
 
 
 def _cdef_text() -> str:
@@ -37,7 +47,7 @@ ffibuilder.set_source(
     "lsio_ray._lsio",
     '#include "lsio.h"',
     # setuptools wants paths relative to setup.py (the build runs from there)
-    sources=[os.path.relpath(CSRC / n) for n in ("engine.c", "pool.c", "decode.c")],
+    sources=[os.path.relpath(CSRC / n) for n in SOURCES],
     include_dirs=[os.path.relpath(CSRC)],
     libraries=["uring", "zstd", "blosc", "pthread"],
     extra_compile_args=["-O2", "-std=gnu11"],
