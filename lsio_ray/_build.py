@@ -1,7 +1,8 @@
 """cffi build script (API mode): compiles csrc/ against the system liburing.
 
-Run by setuptools through ``cffi_modules`` in setup.py.  The cdef is csrc/lsio.h itself,
-with preprocessor lines dropped and each ``#define NAME value`` turned into
+Run by setuptools through ``cffi_modules`` in setup.py.  The cdef is the public headers
+themselves, csrc/lsio.h then csrc/decode.h (which lsio.h includes at its end), with
+preprocessor lines dropped and each ``#define NAME value`` turned into
 ``#define NAME ...`` so the compiler supplies the value (negative codes included).
 """
 
@@ -15,6 +16,8 @@ from cffi import FFI
 
 ROOT = Path(__file__).resolve().parent.parent
 CSRC = ROOT / "csrc"
+#: the public headers, in cdef order (decode.h needs lsio.h's lsio_engine)
+HEADERS = ("lsio.h", "decode.h")
 #: the C core's sources (csrc/Makefile's CORE lists the same files for the C tests)
 SOURCES = (
     "engine.c",
@@ -29,7 +32,8 @@ SOURCES = (
 
 def _cdef_text() -> str:
     out = []
-    text = re.sub(r"/\*.*?\*/", "", (CSRC / "lsio.h").read_text(), flags=re.S)
+    text = "\n".join((CSRC / h).read_text() for h in HEADERS)
+    text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
     for line in text.splitlines():
         m = re.match(r"#define\s+(LSIO_\w+)\s+\S+", line)
         if m:
