@@ -50,6 +50,7 @@
 #include <zstd.h>
 #include <zstd_errors.h>
 
+#include "decode.h"
 #include "lsio.h"
 
 typedef struct tls_state {

@@ -1,7 +1,8 @@
 """cffi build script (API mode): compiles csrc/ against the system liburing.
 
-Run by setuptools through ``cffi_modules`` in setup.py.  The cdef is csrc/lsio.h itself,
-with preprocessor lines dropped and each ``#define NAME value`` turned into
+Run by setuptools through ``cffi_modules`` in setup.py.  The cdef is the public headers
+themselves, csrc/lsio.h then csrc/decode.h (which lsio.h includes at its end), with
+preprocessor lines dropped and each ``#define NAME value`` turned into
 ``#define NAME ...`` so the compiler supplies the value (negative codes included).
 """
 
@@ -15,11 +16,24 @@ from cffi import FFI
 
 ROOT = Path(__file__).resolve().parent.parent
 CSRC = ROOT / "csrc"
+#: the public headers, in cdef order (decode.h needs lsio.h's lsio_engine)
+HEADERS = ("lsio.h", "decode.h")
+#: the C core's sources (csrc/Makefile's CORE lists the same files for the C tests)
+SOURCES = (
+    "engine.c",
+    "engine_sched.c",
+    "engine_complete.c",
+    "engine_pread.c",
+    "engine_uring.c",
+    "pool.c",
+    "decode.c",
+)
 
 
 def _cdef_text() -> str:
     out = []
-    text = re.sub(r"/\*.*?\*/", "", (CSRC / "lsio.h").read_text(), flags=re.S)
+    text = "\n".join((CSRC / h).read_text() for h in HEADERS)
+    text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
     for line in text.splitlines():
         m = re.match(r"#define\s+(LSIO_\w+)\s+\S+", line)
         if m:
@@ -37,7 +51,7 @@ ffibuilder.set_source(
     "lsio_ray._lsio",
     '#include "lsio.h"',
     # setuptools wants paths relative to setup.py (the build runs from there)
-    sources=[os.path.relpath(CSRC / n) for n in ("engine.c", "pool.c", "decode.c")],
+    sources=[os.path.relpath(CSRC / n) for n in SOURCES],
     include_dirs=[os.path.relpath(CSRC)],
     libraries=["uring", "zstd", "blosc", "pthread"],
     extra_compile_args=["-O2", "-std=gnu11"],

@@ -54,6 +54,6 @@ def test_c_core_sanitized() -> None:
 
 @pytest.mark.timeout(300)
 def test_c_core_warnings() -> None:
-    """engine.c and pool.c build warning-free with -Wall -Wextra -Werror -O2."""
+    """Every C source of the core (csrc/Makefile CORE) builds with -Wall -Wextra -Werror -O2."""
     proc = _make("check-warnings", timeout=240)
     assert proc.returncode == 0, f"make -C csrc check-warnings failed:\n{proc.stdout}"

@@ -1,0 +1,276 @@
+/*
+ * engine_uring.c -- the io_uring executor.
+ *
+ * Holds the ring's setup (lsio__uring_setup: feature probe, direct descriptors,
+ * registered buffers, the wake-up eventfd), the turning of steps into SQEs (user_data =
+ * the step: object pointer | kind), the processing of CQEs into lsio__step_done, the
+ * cancelling in the kernel of a cancelled file's transfers (uring_kcancel), the loop that
+ * keeps the ring full (lsio__uring_drive) and the optional ring thread.
+ *
+ * Owns: the ring (torn down by lsio_engine_free), which only the thread holding reap_mu
+ * touches -- a reaper, lsio_engine_free, or the ring thread for the engine's whole life --
+ * and the eventfd read armed on it.  A read's pool block belongs to the kernel from its
+ * SQE until its CQE is processed here.
+ */
+#define _GNU_SOURCE
+#include "engine_internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <liburing.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <time.h>
+
+#define UD_CANCEL 8 /* user_data of IORING_OP_ASYNC_CANCEL requests (kind S_WAKE, no object) */
+
+static void *step_ptr(int kind, void *obj) { return (void *)((uintptr_t)obj | (uintptr_t)kind); }
+
+/* ------------------------------------------------------------------ io_uring executor */
+
+static void uring_arm_wake(lsio_engine *e) {
+    if (e->wake_armed) return;
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&e->ring);
+    if (!sqe) return;
+    io_uring_prep_read(sqe, e->efd, &e->efd_buf, sizeof e->efd_buf, 0);
+    io_uring_sqe_set_data64(sqe, S_WAKE);
+    e->wake_armed = 1;
+}
+
+static void uring_prep_rw(lsio_engine *e, struct io_uring_sqe *sqe, file_op *f, range_st *r, int is_read) {
+    int64_t len = io_len(r, is_read);
+    if (is_read) {
+        char *p = r->buf + r->done;
+        if ((e->features & LSIO_FEAT_REG_BUFFERS) && pool_block_bytes(&e->pool, r->buf_id) <= MAX_IO_BYTES) {
+            int idx = (int)((r->buf - e->pool.arena) / MAX_IO_BYTES);
+            io_uring_prep_read_fixed(sqe, f->fd, p, (unsigned)len, (uint64_t)(r->aoff + r->done), idx);
+        } else {
+            io_uring_prep_read(sqe, f->fd, p, (unsigned)len, (uint64_t)(r->aoff + r->done));
+        }
+    } else {
+        io_uring_prep_write(sqe, f->fd, r->data + r->done, (unsigned)len, (uint64_t)(r->off + r->done));
+    }
+    if (f->fixed) sqe->flags |= IOSQE_FIXED_FILE;
+    if (r->eagain) sqe->flags |= IOSQE_ASYNC; /* blocking in io-wq: no -EAGAIN there */
+    io_uring_sqe_set_data(sqe, step_ptr(is_read ? S_READ : S_WRITE, r));
+}
+
+static void uring_prep(lsio_engine *e, const step *s) {
+    file_op *f = s->f;
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&e->ring);
+    switch (s->kind) {
+    case S_STATX:
+        io_uring_prep_statx(sqe, AT_FDCWD, f->path, stx_flags(f), STX_MASK, &f->stx);
+        io_uring_sqe_set_data(sqe, step_ptr(S_STATX, f));
+        break;
+    case S_OPEN: {
+        const char *p = f->kind == LSIO_OP_WRITE_FILE ? f->tmp_path : f->path;
+        if (f->fixed)
+            io_uring_prep_openat_direct(sqe, AT_FDCWD, p, lsio__open_flags(f), create_mode(f), (unsigned)f->fd);
+        else io_uring_prep_openat(sqe, AT_FDCWD, p, lsio__open_flags(f), create_mode(f));
+        io_uring_sqe_set_data(sqe, step_ptr(S_OPEN, f));
+        if (s->link_read) {
+            sqe->flags |= IOSQE_IO_LINK;
+            uring_prep_rw(e, io_uring_get_sqe(&e->ring), f, s->r, 1);
+        }
+        break;
+    }
+    case S_READ:
+    case S_WRITE:
+        uring_prep_rw(e, sqe, f, s->r, s->kind == S_READ);
+        break;
+    case S_FSYNC:
+        io_uring_prep_fsync(sqe, f->fd, 0);
+        if (f->fixed) sqe->flags |= IOSQE_FIXED_FILE;
+        io_uring_sqe_set_data(sqe, step_ptr(S_FSYNC, f));
+        break;
+    case S_CLOSE:
+        if (f->fixed) io_uring_prep_close_direct(sqe, (unsigned)f->fd);
+        else io_uring_prep_close(sqe, f->fd);
+        io_uring_sqe_set_data(sqe, step_ptr(S_CLOSE, f));
+        break;
+    case S_FINAL:
+        if (f->final_rename) io_uring_prep_renameat(sqe, AT_FDCWD, f->tmp_path, AT_FDCWD, f->path, 0);
+        else io_uring_prep_unlinkat(sqe, AT_FDCWD, f->tmp_path, 0);
+        io_uring_sqe_set_data(sqe, step_ptr(S_FINAL, f));
+        break;
+    }
+}
+
+/* Cancel, in the kernel, the transfers still in flight for cancelled files: a read the
+ * kernel parked waiting for data (poll-armed; see stx_verdict for how a FIFO could get
+ * there) would otherwise hold lsio_engine_free for ever.  Only reads and writes are
+ * cancelled: an open, close, rename or unlink always runs to its end, so no descriptor
+ * or temp file is lost.  A cancelled transfer completes with -ECANCELED (or its own
+ * result when it was done already) and lsio__step_done drops it as for any cancelled
+ * file.  Called with mu held by the thread driving the ring. */
+static void uring_kcancel(lsio_engine *e) {
+    e->kcancel = 0;
+    for (file_op *f = e->a_head; f; f = f->next) {
+        if (!f->canceled || !f->inflight) continue;
+        int kind = f->kind == LSIO_OP_READ ? S_READ : S_WRITE;
+        for (uint32_t i = 0; i < f->nranges; i++) {
+            range_st *r = &f->ranges[i];
+            if (!r->inflight || r->kcancel_sent) continue;
+            struct io_uring_sqe *sqe = io_uring_get_sqe(&e->ring);
+            if (!sqe) { /* the SQ is full: the rest on the next round */
+                e->kcancel = 1;
+                return;
+            }
+            io_uring_prep_cancel64(sqe, (uint64_t)(uintptr_t)step_ptr(kind, r), 0);
+            io_uring_sqe_set_data64(sqe, UD_CANCEL);
+            r->kcancel_sent = 1;
+            e->kcancels_inflight++;
+        }
+    }
+}
+
+/* Process every CQE that is there. Called with mu held. Returns how many. */
+unsigned lsio__uring_process(lsio_engine *e) {
+    struct io_uring_cqe *cqe;
+    unsigned head, n = 0;
+    io_uring_for_each_cqe(&e->ring, head, cqe) {
+        n++;
+        uint64_t ud = cqe->user_data;
+        if (ud == LIBURING_UDATA_TIMEOUT) continue;
+        int kind = (int)(ud & 7);
+        void *obj = (void *)(uintptr_t)(ud & ~(uint64_t)7);
+        if (kind == S_WAKE) {
+            if (ud == UD_CANCEL) e->kcancels_inflight--;
+            else e->wake_armed = 0;
+            continue;
+        }
+        if (kind == S_READ || kind == S_WRITE) {
+            range_st *r = obj;
+            lsio__step_done(e, kind, r->f, r, cqe->res);
+        } else {
+            lsio__step_done(e, kind, obj, NULL, cqe->res);
+        }
+    }
+    io_uring_cq_advance(&e->ring, n);
+    return n;
+}
+
+#define STARVED_POLL_MS 2 /* a starved ring looks at the pool again at least this often */
+
+static int64_t now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Drive the ring until at least min_complete completions are ready, nothing is pending,
+ * or the deadline passes.  Called with mu and reap_mu held; drops mu while waiting. */
+void lsio__uring_drive(lsio_engine *e, uint32_t min_complete, int timeout_ms, int forever) {
+    int64_t deadline = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
+    for (;;) {
+        step s;
+        if (e->kcancel) uring_kcancel(e);
+        while (io_uring_sq_space_left(&e->ring) >= 3 && lsio__next_step(e, &s)) {
+            lsio__step_start(e, &s);
+            if (s.kind == S_FIXUP) { /* no such io_uring op: a syscall or two, unlocked */
+                pthread_mutex_unlock(&e->mu);
+                int64_t res = lsio__run_sync(e, &s);
+                pthread_mutex_lock(&e->mu);
+                lsio__step_done(e, s.kind, s.f, s.r, res);
+                continue;
+            }
+            uring_prep(e, &s);
+        }
+        uring_arm_wake(e);
+        /* wake_req: lsio_wake asked the reaper to return.  (The eventfd alone only
+         * breaks the kernel wait; without this the loop went back to sleep.) */
+        int done = forever ? e->shutting_down
+                           : (e->cq.len >= min_complete || e->files_pending == 0 || e->wake_req ||
+                              (deadline >= 0 && now_ms() >= deadline));
+        int starved = e->starved;
+        pthread_mutex_unlock(&e->mu);
+        int rc;
+        if (done) {
+            rc = io_uring_submit(&e->ring);
+        } else {
+            struct io_uring_cqe *cqe;
+            struct __kernel_timespec ts, *tsp = NULL;
+            if (deadline >= 0 || starved) {
+                int64_t left = deadline >= 0 ? deadline - now_ms() : STARVED_POLL_MS;
+                if (left < 0) left = 0;
+                /* starved: releases wake this wait only in bulk (refilled) */
+                if (starved && left > STARVED_POLL_MS) left = STARVED_POLL_MS;
+                ts.tv_sec = left / 1000;
+                ts.tv_nsec = (left % 1000) * 1000000;
+                tsp = &ts;
+            }
+            rc = io_uring_submit_and_wait_timeout(&e->ring, &cqe, 1, tsp, NULL);
+        }
+        pthread_mutex_lock(&e->mu);
+        e->submit_calls++;
+        (void)rc; /* -ETIME / -EINTR: loop and look again */
+        if (lsio__uring_process(e)) pthread_cond_broadcast(&e->cq_cond);
+        if (done) return;
+    }
+}
+
+/* cfg.ring_thread: this thread owns the ring (reap_mu) for the engine's whole life.  The
+ * eventfd read armed in lsio__uring_drive wakes it for submits, releases and shutdown. */
+void *lsio__ring_thread_main(void *arg) {
+    lsio_engine *e = arg;
+    pthread_mutex_lock(&e->reap_mu);
+    pthread_mutex_lock(&e->mu);
+    lsio__uring_drive(e, 0, -1, 1);
+    pthread_mutex_unlock(&e->mu);
+    pthread_mutex_unlock(&e->reap_mu);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------ setup */
+
+int lsio__uring_setup(lsio_engine *e) {
+    unsigned entries = e->cfg.depth * 2 + 4;
+    struct io_uring_params p;
+    memset(&p, 0, sizeof p);
+    p.flags = IORING_SETUP_COOP_TASKRUN | IORING_SETUP_SUBMIT_ALL;
+    int rc = io_uring_queue_init_params(entries, &e->ring, &p);
+    if (rc == -EINVAL) {
+        memset(&p, 0, sizeof p);
+        rc = io_uring_queue_init_params(entries, &e->ring, &p);
+    }
+    if (rc < 0) return rc;
+    e->ring_ok = 1;
+    struct io_uring_probe *pr = io_uring_get_probe_ring(&e->ring);
+    if (!pr) return -ENOSYS;
+    int need[] = {IORING_OP_READ, IORING_OP_WRITE, IORING_OP_OPENAT, IORING_OP_CLOSE, IORING_OP_FSYNC};
+    for (unsigned i = 0; i < sizeof need / sizeof need[0]; i++)
+        if (!io_uring_opcode_supported(pr, need[i])) {
+            io_uring_free_probe(pr);
+            return -ENOSYS;
+        }
+    int has_statx = io_uring_opcode_supported(pr, IORING_OP_STATX);
+    int has_rename = io_uring_opcode_supported(pr, IORING_OP_RENAMEAT) &&
+                     io_uring_opcode_supported(pr, IORING_OP_UNLINKAT);
+    io_uring_free_probe(pr);
+    if (!has_statx || !has_rename) return -ENOSYS; /* pre-5.11 kernel: use pread */
+    e->features |= LSIO_FEAT_STATX | LSIO_FEAT_RENAME;
+    if (e->cfg.fixed_files != 0 && io_uring_register_files_sparse(&e->ring, e->cfg.max_open) == 0) {
+        e->features |= LSIO_FEAT_FIXED_FILES;
+        if (e->cfg.link_open != 0) e->features |= LSIO_FEAT_LINKED_OPEN;
+    }
+    if (e->cfg.register_buffers == 1) {
+        uint64_t n = (e->pool.bytes + MAX_IO_BYTES - 1) / MAX_IO_BYTES;
+        struct iovec *iov = calloc(n, sizeof *iov);
+        if (!iov) return -ENOMEM;
+        for (uint64_t i = 0; i < n; i++) {
+            iov[i].iov_base = e->pool.arena + i * MAX_IO_BYTES;
+            uint64_t left = e->pool.bytes - i * MAX_IO_BYTES;
+            iov[i].iov_len = left < (uint64_t)MAX_IO_BYTES ? left : (uint64_t)MAX_IO_BYTES;
+        }
+        if (io_uring_register_buffers(&e->ring, iov, (unsigned)n) == 0)
+            e->features |= LSIO_FEAT_REG_BUFFERS;
+        free(iov);
+    }
+    e->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (e->efd < 0) return -errno;
+    return 0;
+}
