@@ -74,7 +74,7 @@ COMPLETION_DTYPE = np.dtype(
     ]
 )
 
-#: one chunk for ``lsio_decode_batch`` (see csrc/lsio.h): where its stored bytes are, where
+#: one chunk for ``lsio_decode_batch`` (see csrc/decode.h): where its stored bytes are, where
 #: its box goes, and the pool buffer to release after it
 DECODE_JOB_DTYPE = np.dtype(
     [
