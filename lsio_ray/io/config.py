@@ -22,10 +22,14 @@
 | index_cache_bytes | LSIO_ZARR_INDEX_CACHE | 64 MiB of shard indexes     | 0..physical memory |
 | coalesce_gap     | LSIO_ZARR_COALESCE_GAP | 0 (bytes; -1: never merge) | -1..2**30        |
 | batch_bytes      | LSIO_RAY_BATCH_BYTES  | 16 MiB (Ray batch objects)   | 4 KiB..physical memory |
+| node_pool_bytes  | LSIO_NODE_POOL_BYTES  | memory/16, 256M..8G (4)     | 4 KiB..phys. memory |
+| node_budget_dir  | LSIO_NODE_BUDGET_DIR  | /dev/shm/lsio-pools-<uid> (4) | an absolute path |
 
 (1) The pool is rounded up to a power of two, which must not exceed physical memory (nor
 1 TiB).  (2) And at most the process's open-file limit (``RLIMIT_NOFILE``, soft).
 (3) ``True``/``False``, 1/0, or in the environment and ``set``: 1/true/yes/on, 0/false/no/off.
+(4) The pool budget shared by the IO services of one node's processes, and its ledger
+(:mod:`lsio_ray.io.budget`).
 
 Every value is checked -- given to an engine, to :func:`set`, or read from the
 environment -- before anything is allocated: a wrong type raises ``TypeError``, a value
@@ -42,6 +46,7 @@ import math
 import numbers
 import os
 import resource
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -201,6 +206,25 @@ def _max_open(name: str, value: Any) -> int:
     )
 
 
+def _node_pool_default() -> int:
+    """One sixteenth of the node's memory, within 256 MiB..8 GiB."""
+    return min(max(physical_memory() // 16, 256 << 20), 8 << 30)
+
+
+def _budget_dir_default() -> str:
+    base = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+    return os.path.join(base, f"lsio-pools-{os.getuid()}")
+
+
+def _check_dir(name: str, value: Any) -> str:
+    if not isinstance(value, str | os.PathLike) or not os.fspath(value):
+        raise TypeError(f"{name} must be a directory path, not {value!r}")
+    path = os.fspath(value)
+    if not os.path.isabs(path):
+        raise ValueError(f"{name} must be an absolute path, not {path!r}")
+    return path
+
+
 _SPEC: dict[str, tuple[str, Callable[[], Any], Callable[[str, Any], Any]]] = {
     "backend": ("LSIO_BACKEND", lambda: "auto", _check_backend),
     "depth": ("LSIO_DEPTH", lambda: 64, lambda n, v: _check_int(n, v, 1, MAX_DEPTH)),
@@ -232,6 +256,12 @@ _SPEC: dict[str, tuple[str, Callable[[], Any], Callable[[str, Any], Any]]] = {
         lambda: 0,
         lambda n, v: _check_int(n, v, -1, 1 << 30),
     ),
+    "node_pool_bytes": (
+        "LSIO_NODE_POOL_BYTES",
+        _node_pool_default,
+        lambda n, v: _check_size(n, v, MIN_POOL, physical_memory(), " (physical memory)"),
+    ),
+    "node_budget_dir": ("LSIO_NODE_BUDGET_DIR", _budget_dir_default, _check_dir),
     "batch_bytes": (
         "LSIO_RAY_BATCH_BYTES",
         lambda: 16 << 20,
@@ -249,6 +279,7 @@ def max_inflight() -> int:
     """Ranges an IO service keeps queued in its engine at most
     (``LSIO_ZARR_MAX_INFLIGHT``; default 4096)."""
     return int(get("max_inflight"))
+
 
 _local = threading.local()
 

@@ -410,9 +410,7 @@ def break_wait_cycle(service: IOService, st: dict[str, int]) -> bool:
     if not cands:
         return False
     cands.sort(key=lambda c: (c[0], c[1], c[2]), reverse=True)
-    need = max(g.head_need() for g in waiting) or max(
-        int(c[3].rows["length"][c[2]]) for c in cands
-    )
+    need = max(g.head_need() for g in waiting) or max(int(c[3].rows["length"][c[2]]) for c in cands)
     ids: list[int] = []
     freed = 0
     for _, _, tag, g in cands:

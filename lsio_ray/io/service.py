@@ -42,6 +42,7 @@ from __future__ import annotations
 import atexit
 import heapq
 import itertools
+import os
 import queue
 import threading
 from collections.abc import Callable, Iterable
@@ -50,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from lsio_ray.errors import GroupCancelledError
-from lsio_ray.io import config
+from lsio_ray.io import budget, config
 from lsio_ray.io._core import RawEngine
 from lsio_ray.io.ordered import break_wait_cycle
 from lsio_ray.io.task import Task, abandon
@@ -69,7 +70,9 @@ class IOService:
     from :mod:`lsio_ray.io.config`); or pass a ready ``engine``.  ``decode_threads`` is the
     number of decode threads (default: :func:`lsio_ray.io.config.decode_threads`, the
     cores); ``max_inflight`` bounds the ranges queued in the engine (default:
-    :func:`lsio_ray.io.config.max_inflight`, 4096).
+    :func:`lsio_ray.io.config.max_inflight`, 4096).  The pool is entered in the node's
+    ledger (:mod:`lsio_ray.io.budget`); ``from_budget=True`` (the process's own service)
+    takes it from the node's budget unless ``pool_bytes`` is given.
     """
 
     def __init__(
@@ -78,10 +81,24 @@ class IOService:
         decode_threads: int | None = None,
         max_inflight: int | None = None,
         engine: RawEngine | None = None,
+        from_budget: bool = False,
         **engine_settings: Any,
     ) -> None:
+        self._reservation: budget.Reservation | None = None
         if engine is None:
-            engine = RawEngine(**engine_settings)
+            # the pool is reserved in the node's ledger before it is mapped; taken from
+            # the node's budget (from_budget) or recorded as asked
+            asked = engine_settings.get("pool_bytes")
+            want = config.validate(
+                "pool_bytes", asked if asked is not None else config.get("pool_bytes")
+            )
+            res = budget.reserve(want, capped=from_budget and asked is None)
+            try:
+                engine = RawEngine(**{**engine_settings, "pool_bytes": res.nbytes})
+            except BaseException:
+                res.release()
+                raise
+            self._reservation = res
         elif engine_settings:
             raise ValueError("give an engine or engine settings, not both")
         self.engine = engine
@@ -257,6 +274,8 @@ class IOService:
             if w is not me:
                 w.join()
         self.engine.close()  # cancels and drains what is left, in the kernel too
+        if self._reservation is not None:
+            self._reservation.release()
         draining, self._draining = self._draining, []
         for task in draining:
             task.retire_io()
@@ -452,12 +471,14 @@ class IOService:
 
 
 _default: IOService | None = None
+_default_pid = -1
 _default_lock = threading.Lock()
 
 
 def default_service() -> IOService:
     """The process's IO service (made on first use from :mod:`lsio_ray.io.config`,
-    closed at exit).
+    closed at exit).  Its pool comes from the node's budget (:mod:`lsio_ray.io.budget`):
+    ``pool_bytes``, or less when the node's other processes hold the rest.
 
     Its engine registers its pool with io_uring when the ``register_buffers`` or the
     ``direct`` setting is on: an O_DIRECT read into a registered pool is a fixed-buffer
@@ -468,11 +489,13 @@ def default_service() -> IOService:
     pinned when the engine starts, 0.1-0.7 s here.  ``direct`` itself is a property of
     each request (``get_ranges(direct=True)``, ``zarr.open(direct=True)``): the same
     service serves both kinds."""
-    global _default
+    global _default, _default_pid
     with _default_lock:
-        if _default is None or _default.closed:
+        if _default is None or _default.closed or _default_pid != os.getpid():
+            # a forked child has the parent's service without its threads: make its own
             register = bool(config.get("register_buffers") or config.get("direct"))
-            _default = IOService(ring_thread=True, register_buffers=register)
+            _default = IOService(ring_thread=True, register_buffers=register, from_budget=True)
+            _default_pid = os.getpid()
             atexit.register(_default.close)
         return _default
 
@@ -480,7 +503,8 @@ def default_service() -> IOService:
 def set_default_service(service: IOService | None) -> IOService | None:
     """Replace the process's IO service (None: the next use makes a fresh one); returns
     the previous one (not closed)."""
-    global _default
+    global _default, _default_pid
     with _default_lock:
         old, _default = _default, service
+        _default_pid = os.getpid()
         return old

@@ -14,7 +14,6 @@ The actor is only the Ray wrapper: serving a piece is
 
 from __future__ import annotations
 
-import os
 import resource
 from typing import Any
 
@@ -33,7 +32,7 @@ def actor_name(node_id: str) -> str:
 
 class IOActor(PieceServer):
     """A node's IO actor: a :class:`~lsio_ray.ray.pieces.PieceServer` (same arguments)
-    with the node's file-system helpers, a liveness check and its process's CPU time.
+    with a liveness check and its process's CPU time.
     Use :func:`io_actor`."""
 
     def __init__(self, engine: dict[str, Any] | None = None, **options: Any) -> None:
@@ -45,35 +44,6 @@ class IOActor(PieceServer):
                 self.node_id = ray.get_runtime_context().get_node_id()
         except ImportError:
             pass
-
-    def exists(self, paths: list[str]) -> list[bool]:
-        """Which of ``paths`` exist on this node (a stat each)."""
-        return [os.path.exists(p) for p in paths]
-
-    def listdir(self, path: str) -> list[str] | None:
-        """The names in directory ``path`` on this node (None if it does not exist)."""
-        try:
-            return sorted(os.listdir(path))
-        except FileNotFoundError:
-            return None
-
-    def remove_tree(self, path: str) -> None:
-        """Delete ``path`` and everything under it on this node (missing is fine)."""
-        import shutil
-
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path)
-        elif os.path.lexists(path):
-            os.unlink(path)
-
-    def remove_temp_files(self, root: str) -> int:
-        """Delete the engine's leftover temp files (``*.lsio-tmp.*``) under ``root``,
-        left by writes interrupted by a crash, whatever their writer: for a finished
-        job that owns ``root`` (:func:`lsio_ray.paths.remove_stray_temp_files` with
-        ``finished=True``); returns how many were removed."""
-        from lsio_ray.paths import remove_stray_temp_files
-
-        return remove_stray_temp_files(root, finished=True)
 
     def stats(self) -> dict[str, Any]:
         """:meth:`PieceServer.stats`, with the node id, the actor's process id and the

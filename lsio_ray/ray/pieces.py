@@ -24,6 +24,7 @@ consumer, limits the memory the engine holds.
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -35,6 +36,7 @@ from lsio_ray.io.ops import get_ranges, put_file, put_ranges
 from lsio_ray.io.ordered import OrderedGroup
 from lsio_ray.io.request import KIND_CODES
 from lsio_ray.io.service import IOService, default_service
+from lsio_ray.paths import remove_stray_temp_files
 from lsio_ray.ray.batches import INDEX_DTYPE, Batch, BatchBuilder, default_batch_bytes
 from lsio_ray.ray.errors import OutputError
 from lsio_ray.ray.spec import PieceSpec, piece_of_ops
@@ -217,7 +219,7 @@ class PieceServer:
         settings = dict(engine or {})
         if settings:
             settings.setdefault("ring_thread", True)
-            self.service = IOService(**settings)
+            self.service = IOService(from_budget=True, **settings)
             self._own = True
         else:
             self.service = default_service()
@@ -324,6 +326,31 @@ class PieceServer:
                 out[int(batch.index["range"][i])] = batch.view(i).tobytes()
         return out
 
+    def exists(self, paths: list[str]) -> list[bool]:
+        """Which of ``paths`` exist on this node (a stat each)."""
+        return [os.path.exists(p) for p in paths]
+
+    def listdir(self, path: str) -> list[str] | None:
+        """The names in directory ``path`` on this node (None if it does not exist)."""
+        try:
+            return sorted(os.listdir(path))
+        except FileNotFoundError:
+            return None
+
+    def remove_tree(self, path: str) -> None:
+        """Delete ``path`` and everything under it on this node (missing is fine)."""
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        elif os.path.lexists(path):
+            os.unlink(path)
+
+    def remove_temp_files(self, root: str) -> int:
+        """Delete the engine's leftover temp files (``*.lsio-tmp.*``) under ``root``,
+        left by writes interrupted by a crash, whatever their writer: for a finished
+        job that owns ``root`` (:func:`lsio_ray.paths.remove_stray_temp_files` with
+        ``finished=True``); returns how many were removed."""
+        return remove_stray_temp_files(root, finished=True)
+
     def _make_parent_dirs(self, spec: PieceSpec) -> None:
         # not cached across calls: another node may remove a directory (shared storage)
         made: set[str] = set()
@@ -380,9 +407,7 @@ _PROCESS_IO: tuple[tuple[Any, ...], PieceServer] | None = None
 _process_io_lock = threading.Lock()
 
 
-def process_io(
-    engine: dict[str, Any] | None = None, *, ahead_bytes: int = 16 << 20
-) -> PieceServer:
+def process_io(engine: dict[str, Any] | None = None, *, ahead_bytes: int = 16 << 20) -> PieceServer:
     """This process's own piece server (not a Ray actor), for a task that reads and
     writes its node's files itself, with no hop through an actor and the object store.
     It runs on the process's IO service (one with ``engine`` settings of its own when

@@ -67,7 +67,8 @@ _ENGINE_PID = -1
 
 
 def shared_engine() -> Engine:
-    """The process-wide engine that stores use unless given one (made on first use)."""
+    """The engine facade stores use unless given one (made on first use, again after a
+    fork): it submits to the process's IO service, like every other ``Engine()``."""
     global _ENGINE, _ENGINE_PID
     with _ENGINE_LOCK:
         if _ENGINE is None or _ENGINE_PID != os.getpid():
