@@ -271,7 +271,7 @@ def main() -> int:
         f"{ref['chunks']:,} zstd-3 chunks of (1,256,256) float32 ({mib:,.0f} MiB decoded, "
         f"{compressed_total / 2**20:,.0f} MiB on disk, ratio {ratio:.2f}), groups of "
         f"{PER_GROUP} planes, decode task on the batch's node, {REPS} interleaved reps, "
-        f"{'cold page cache' if can_drop else 'WARM cache (no root)'}, "
+        f"{'cold page cache' if can_drop else 'WARM cache (no root)' if COLD else 'WARM cache'}, "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
     )
     t1 = bc.md_table(["files on", "wall s min / med / max", "decoded MiB/s min / med / max"], rows)

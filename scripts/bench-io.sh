@@ -2,7 +2,7 @@
 # bench-io.sh -- lsio-ray against fio on the same files, in one run.
 #
 # Workloads (each run by fio, lsio uring and lsio pread, INTERLEAVED, REPS times):
-#   W1  4 KiB random O_DIRECT reads, 64 files x 64 MiB, depth from W1_DEPTHS
+#   W1  4 KiB random O_DIRECT reads, 64 files x 64 MiB (BIG_COUNT), depth from W1_DEPTHS
 #   W2  256 KiB sequential O_DIRECT reads of the same files
 #   W3  4 KiB random buffered reads from a warm page cache (fio psync and fio io_uring)
 #   W4  whole-file reads of 20,000 files x 16 KiB from a cold cache
@@ -22,6 +22,8 @@
 #   W3_DEPTH        io_uring depth for W3                 (32)
 #   W4_DEPTH        queue depth for W4                    (32)
 #   W4_COUNT        files in W4                           (20000)
+#   BIG_COUNT       64 MiB files for W1-W3                (64; fewer for a quick check)
+#   COLD            0: no drop_caches before W4 (then warm) (1)
 #   PYTHON          interpreter with lsio_ray installed   (python3)
 #   FIO             fio binary                            (fio)
 #   SNAPSHOT        1: run a copy of the installed package  (1)
@@ -43,11 +45,14 @@ W3_THREADS=${W3_THREADS:-2}
 W3_DEPTH=${W3_DEPTH:-32}
 W4_DEPTH=${W4_DEPTH:-32}
 W4_COUNT=${W4_COUNT:-20000}
+BIG_COUNT=${BIG_COUNT:-64}
+COLD=${COLD:-1}
 PYTHON=${PYTHON:-python3}
 FIO=${FIO:-fio}
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-BIG=$BENCH_DIR/w1        # 64 x 64 MiB (W1, W2, W3)
+# BIG_COUNT x 64 MiB (W1, W2, W3); the default keeps the directory of earlier runs
+if [ "$BIG_COUNT" = 64 ]; then BIG=$BENCH_DIR/w1; else BIG=$BENCH_DIR/w1-$BIG_COUNT; fi
 SMALL=$BENCH_DIR/w4-$W4_COUNT  # W4_COUNT x 16 KiB
 OUT=$BENCH_DIR/results/$(date +%Y%m%d-%H%M%S)
 mkdir -p "$OUT"
@@ -60,6 +65,10 @@ lsio() { "$PYTHON" -m lsio_ray.cli "$@"; }
 
 drop_caches() {
     sync
+    if [ "$COLD" != 1 ]; then
+        log "COLD=$COLD: caches kept, W4 is not cold"
+        return
+    fi
     if ! { echo 3 >/proc/sys/vm/drop_caches; } 2>/dev/null; then
         log "WARNING: cannot drop caches (not root?): W4 is not cold"
     fi
@@ -92,9 +101,10 @@ w3() {
     fi
     local after
     after=$(cached_mib)
-    if [[ $after != "?" ]] && ((after < 4096 * 95 / 100)); then
-        log "$id $tool #$rep: only $after MiB of 4096 still cached: run discarded"
-        echo "# $id $tool #$rep discarded: $after MiB of 4096 cached at the end" >>"$OUT/meta.tsv"
+    local want=$((BIG_COUNT * 64))
+    if [[ $after != "?" ]] && ((after < want * 95 / 100)); then
+        log "$id $tool #$rep: only $after MiB of $want still cached: run discarded"
+        echo "# $id $tool #$rep discarded: $after MiB of $want cached at the end" >>"$OUT/meta.tsv"
         mv "$OUT/${id}__${tool}__${rep}.json" "$OUT/${id}__${tool}__${rep}.json.cold"
     fi
 }
@@ -145,8 +155,8 @@ log "results in $OUT"
 } >"$OUT/meta.tsv"
 
 case " $WORKLOADS " in *" W1 "* | *" W2 "* | *" W3 "*)
-    log "data: 64 x 64 MiB in $BIG"
-    lsio bench make-files --dir "$BIG" --count 64 --size 64M
+    log "data: $BIG_COUNT x 64 MiB in $BIG"
+    lsio bench make-files --dir "$BIG" --count "$BIG_COUNT" --size 64M
     ;;
 esac
 case " $WORKLOADS " in *" W4 "*)
@@ -164,7 +174,8 @@ for W in $WORKLOADS; do
     W1)
         for D in $W1_DEPTHS; do
             id="W1-d$D"
-            printf '%s\tiops\t4K randread O_DIRECT 64x64M depth %s\n' "$id" "$D" >>"$OUT/meta.tsv"
+            printf '%s\tiops\t4K randread O_DIRECT %sx64M depth %s\n' "$id" "$BIG_COUNT" "$D" \
+                >>"$OUT/meta.tsv"
             for rep in $(seq 1 "$REPS"); do
                 run_fio "$id" fio-io_uring "$rep" --filename="$FILES" --ioengine=io_uring \
                     --direct=1 --rw=randread --bs=4k --iodepth="$D" --norandommap \
@@ -179,7 +190,8 @@ for W in $WORKLOADS; do
     W2)
         D=$W2_DEPTH
         id="W2-d$D"
-        printf '%s\tmibs\t256K seq read O_DIRECT 64x64M depth %s\n' "$id" "$D" >>"$OUT/meta.tsv"
+        printf '%s\tmibs\t256K seq read O_DIRECT %sx64M depth %s\n' "$id" "$BIG_COUNT" "$D" \
+            >>"$OUT/meta.tsv"
         for rep in $(seq 1 "$REPS"); do
             run_fio "$id" fio-io_uring "$rep" --filename="$FILES" --ioengine=io_uring \
                 --direct=1 --rw=read --bs=256k --iodepth="$D" --file_service_type=sequential \
@@ -194,8 +206,8 @@ for W in $WORKLOADS; do
         N=$W3_THREADS
         D=$W3_DEPTH
         id="W3-t$N"
-        printf '%s\tiops\t4K randread warm cache 64x64M %s threads, uring depth %s\n' \
-            "$id" "$N" "$D" >>"$OUT/meta.tsv"
+        printf '%s\tiops\t4K randread warm cache %sx64M %s threads, uring depth %s\n' \
+            "$id" "$BIG_COUNT" "$N" "$D" >>"$OUT/meta.tsv"
         for rep in $(seq 1 "$REPS"); do
             w3 fio-psync --ioengine=psync --numjobs="$N" --rw=randread --bs=4k --norandommap \
                 --randrepeat=0 --time_based --runtime="$T"
@@ -210,7 +222,8 @@ for W in $WORKLOADS; do
     W4)
         D=$W4_DEPTH
         id="W4-d$D"
-        printf '%s\tfiles\twhole-file 16K x %s cold cache depth %s\n' "$id" "$W4_COUNT" "$D" \
+        printf '%s\tfiles\twhole-file 16K x %s %s cache depth %s\n' "$id" "$W4_COUNT" \
+            "$([ "$COLD" = 1 ] && echo cold || echo WARM)" "$D" \
             >>"$OUT/meta.tsv"
         for rep in $(seq 1 "$REPS"); do
             # fio: opendir adds every file; bs = file size, so one read per file

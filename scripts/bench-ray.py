@@ -23,7 +23,12 @@ The overhead table also shows Ray's own floor on the machine: an actor yielding 
    numpy array (dropped at once, 50 in a row) against ``np.copyto`` of the same array,
    wall and CPU time of this process per object.
 
-Files live under ``$LSIO_RAY_BENCH_DIR`` (default /tmp/lsio-ray-bench) and are reused.
+Files live under ``$LSIO_RAY_BENCH_DIR`` (default /tmp/lsio-ray-bench) and are reused;
+``LSIO_RAY_BENCH_BIG_FILES`` (512) and ``LSIO_RAY_BENCH_SMALL_FILES`` (20000) set their
+numbers (smaller for a quick check that the script runs).  ``LSIO_RAY_BENCH_SMALL_COLD=0``
+keeps the small-files part warm (no ``drop_caches``, e.g. on a machine shared with other
+measurements).  Ray: a local cluster of this process (``address="local"``, never one
+already running on the machine).
 ``LSIO_RAY_BENCH_PARTS`` (``overhead,small``; also ``put``) picks the comparisons;
 ``LSIO_RAY_BENCH_JSON`` names a file for every measurement.
 """
@@ -42,10 +47,18 @@ import numpy as np
 
 from lsio_ray.bench import drop_caches
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_common as bc
+
 ROOT = os.environ.get("LSIO_RAY_BENCH_DIR", "/tmp/lsio-ray-bench")
 REPS = int(os.environ.get("LSIO_RAY_BENCH_REPS", "3"))
 PARTS = [p for p in os.environ.get("LSIO_RAY_BENCH_PARTS", "overhead,small").split(",") if p]
 COLD_OVERHEAD = os.environ.get("LSIO_RAY_BENCH_COLD", "") == "1"
+BIG_FILES = int(os.environ.get("LSIO_RAY_BENCH_BIG_FILES", "512"))
+SMALL_FILES = int(os.environ.get("LSIO_RAY_BENCH_SMALL_FILES", "20000"))
+# read_binary_files reads the whole directory: one directory per number of small files
+SMALL_DIR = "small" if SMALL_FILES == 20000 else f"small-{SMALL_FILES}"
+SMALL_COLD = os.environ.get("LSIO_RAY_BENCH_SMALL_COLD", "1") == "1"
 BATCHES_MIB = [int(x) for x in os.environ.get("LSIO_RAY_BENCH_BATCHES", "1,4,8,16").split(",")]
 
 
@@ -230,19 +243,17 @@ def main() -> int:
 
     import lsio_ray.ray as lr
 
-    ray.init(
-        num_cpus=os.cpu_count() or 2,
-        log_to_driver=False,
-        configure_logging=False,
-        include_dashboard=False,
-    )
+    bc.init_local_ray(os.cpu_count() or 2)
     ray.data.DataContext.get_current().enable_progress_bars = False
+    import logging
+
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
     results: dict[str, Any] = {}
-    can_drop = drop_caches()
+    can_drop = (COLD_OVERHEAD or SMALL_COLD) and drop_caches()
     if "overhead" in PARTS:
         sets = {
-            "big": (make_files("big", 512, 2 << 20), 32),
-            "small": (make_files("small", 20000, 16 << 10), 2000),
+            "big": (make_files("big", BIG_FILES, 2 << 20), 32),
+            "small": (make_files(SMALL_DIR, SMALL_FILES, 16 << 10), 2000),
         }
         for name, (paths, per) in sets.items():
             coords = {
@@ -289,7 +300,7 @@ def main() -> int:
                     print(f"  {k}: {100 * (statistics.median(ts) / base - 1):+.1f}% vs local")
             results[f"overhead-{name}"] = rows
     if "small" in PARTS:
-        paths = make_files("small", 20000, 16 << 10)
+        paths = make_files(SMALL_DIR, SMALL_FILES, 16 << 10)
         d = os.path.dirname(paths[0])
         coord = lr.Coordinator(engine={"pool_bytes": "512M"})
         readers = {
@@ -305,15 +316,19 @@ def main() -> int:
         rows = {k: [] for k in readers}
         for _ in range(REPS):
             for k, fn in readers.items():
-                dt, out = measure(fn, can_drop)
+                dt, out = measure(fn, SMALL_COLD and can_drop)
                 assert out == ref, (k, out, ref)
                 rows[k].append(dt)
         table(
-            "small files: 20,000 x 16 KiB summed in Ray tasks",
+            f"small files: {SMALL_FILES:,} x 16 KiB summed in Ray tasks",
             rows,
-            20000,
+            SMALL_FILES,
             "files",
-            "cold cache" if can_drop else "WARM cache (drop_caches needs root)",
+            "cold cache"
+            if SMALL_COLD and can_drop
+            else "WARM cache (LSIO_RAY_BENCH_SMALL_COLD=0)"
+            if not SMALL_COLD
+            else "WARM cache (drop_caches needs root)",
         )
         lsio = statistics.median(rows["lsio IO actor -> Ray tasks"])
         for k, ts in rows.items():

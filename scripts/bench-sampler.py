@@ -7,6 +7,9 @@ still uniform); readers interleaved, REPS repetitions, min / median / max crops/
 
     python scripts/bench-sampler.py [PATH] [--count 4096] [--block 512] [--reps 3]
 
+PATH defaults to bench-zarr's v3-chunks array (made by bench-zarr's code on the first run,
+then reused; ``LSIO_ZARR_BENCH_DIR`` and ``LSIO_ZARR_BENCH_SHAPE`` as there).
+
 The sampler's first blocks pay for first-touching its ring of ``1 + ahead`` block
 buffers (2 GiB here; about 1 s of page zeroing on these VMs), which a training run pays
 once: the default count (8 blocks) is where that stops dominating.
@@ -17,12 +20,16 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
 
 import numpy as np
 
 import lsio_ray.zarr as lz
 from lsio_ray.zarr.stream import random_boxes
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_common as bc
 
 CROP = (8, 256, 256)
 
@@ -63,18 +70,13 @@ def run_clustered(path: str, count: int, seed: int, per_cell: int, reuse: bool =
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument(
-        "path",
-        nargs="?",
-        default=os.path.join(
-            os.environ.get("LSIO_ZARR_BENCH_DIR", "/tmp/lsio-zarr-bench"),
-            "v3-chunks-512x1024x1024.zarr",
-        ),
-    )
+    ap.add_argument("path", nargs="?", default=None, help="default: bench-zarr's v3-chunks array")
     ap.add_argument("--count", type=int, default=4096)
     ap.add_argument("--block", type=int, default=512)
     ap.add_argument("--reps", type=int, default=3)
     args = ap.parse_args()
+    if args.path is None:
+        args.path = bc.zarr_dataset("v3-chunks")
     readers = {
         "tensorstore": lambda s: run_tensorstore(args.path, args.count, s),
         "lsio random_crops": lambda s: run_lsio(args.path, args.count, s),
