@@ -196,6 +196,7 @@ class GroupResult:
         self._errors = errors
         self._tags: list[int] = []
         self._rows: np.ndarray | None = None
+        self._items: list[tuple[Any, ...]] = []
         self._pos = 0
         self._yielded = 0
         self._finished = task is None
@@ -234,7 +235,7 @@ class GroupResult:
                 tag = self._tags[k]
                 if t is not None and t.order == "operation" and t.skip[tag]:
                     continue  # stood for by its op's file error, which came before
-                return tag, self._rows[k]
+                return tag, self._items[k]
             if t is None or self._finished:
                 return None
             got = t.take(timeout)
@@ -246,6 +247,7 @@ class GroupResult:
             tags, rows = got
             self._tags = tags.tolist()
             self._rows = rows
+            self._items = rows.tolist()  # tuples: field access without numpy scalars
             self._pos = 0
 
     def next(self, timeout: float | None = None) -> Chunk:
@@ -278,13 +280,11 @@ class GroupResult:
                 chunk = chunk.detached()
             out.append(chunk)
 
-    def _make_chunk(self, tag: int, row: Any) -> Chunk:
+    def _make_chunk(self, tag: int, row: tuple[Any, ...]) -> Chunk:
         t = self._task
         assert t is not None
-        buf_id = int(row["buf_id"])
-        data = int(row["data"])
-        offset, length = int(row["offset"]), int(row["length"])
-        file_size, err = int(row["file_size"]), int(row["error"])
+        # a COMPLETION_DTYPE row as a tuple
+        _tag, _group, buf_id, data, offset, length, file_size, err, _flags = row
         k = int(t.range_op[tag])
         op = self._ops[k]
         i = tag - int(t.op_first[k])

@@ -249,8 +249,17 @@ class OrderedGroup(Task):
         a = self.cursor
         if a >= self.total or not self.have[a]:
             return None
-        gap = np.flatnonzero(~self.have[a:])
-        b = a + int(gap[0]) if gap.size else self.total
+        # the first gap after a, looked for in growing windows (not the whole rest:
+        # that would make a long group quadratic in its takes)
+        b, w = a, 1024
+        while b < self.total:
+            win = self.have[b : b + w]
+            gap = int(np.argmin(win))
+            if not win[gap]:
+                b += gap
+                break
+            b += len(win)
+            w *= 4
         self.cursor = b
         return np.arange(a, b, dtype=np.int64)
 

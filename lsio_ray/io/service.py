@@ -390,6 +390,8 @@ class IOService:
             task.retire_io()
 
     def _top_up(self) -> None:
+        if self._inflight > self.max_inflight // 2:
+            return  # submit in slices of at least half the cap, not a few ranges a time
         while self._queue and self._inflight < self.max_inflight:
             group, task = self._queue[0]
             batch = None

@@ -37,13 +37,6 @@ class IOActor(PieceServer):
 
     def __init__(self, engine: dict[str, Any] | None = None, **options: Any) -> None:
         super().__init__(engine, **options)
-        try:
-            import ray  # optional: the class is usable without Ray (unit tests)
-
-            if ray.is_initialized():
-                self.node_id = ray.get_runtime_context().get_node_id()
-        except ImportError:
-            pass
 
     def stats(self) -> dict[str, Any]:
         """:meth:`PieceServer.stats`, with the node id, the actor's process id and the

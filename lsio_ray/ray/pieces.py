@@ -47,6 +47,17 @@ _READ = KIND_CODES["get"]
 _ENOENT = 2
 
 
+def _node_id() -> str:
+    """The Ray node this process runs on ("local" without Ray)."""
+    try:
+        import ray  # optional: the servers work without Ray (unit tests)
+    except ImportError:
+        return "local"
+    if ray.is_initialized():
+        return str(ray.get_runtime_context().get_node_id())
+    return "local"
+
+
 class _PieceRun:
     """One piece being served: an ordered group of the service, results copied into
     batches in operation order."""
@@ -244,7 +255,7 @@ class PieceServer:
             ),
             0,
         )
-        self.node_id: str = "local"
+        self.node_id: str = _node_id()
         self._started = time.time()
 
     # -- public methods ------------------------------------------------------------------
