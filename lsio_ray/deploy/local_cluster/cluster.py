@@ -320,6 +320,9 @@ class LocalCluster:
                 "RAY_USAGE_STATS_ENABLED": "0",
             }
         )
+        # the nodes share this machine's /dev/shm: give each its own pool ledger, as each
+        # real node has (lsio_ray.io.budget)
+        env.setdefault("LSIO_NODE_BUDGET_DIR", os.path.join(node.data_dir, ".lsio-pools"))
         # `ray start --head` turns token authentication on by itself when
         # ~/.ray/auth_token exists, but joining nodes and drivers given an explicit
         # address do not, and then cannot connect. Decide once for every process: the
