@@ -11,4 +11,59 @@
 
 Everything above (the ``Engine`` facade, the Zarr reader and writer, the IO actor, Ray
 tasks, Ray Data read tasks, the conversion job) is an adapter over these.
+
+The layers above import what they need of the C core's vocabulary from here, never from
+:mod:`lsio_ray.io._core` (``tests/test_layers.py`` says so): the request, completion and
+decode-job array layouts, the op and flag codes, the decoder's entry points, and
+:func:`address`, the one way to turn an array into a raw address for the C side.
+Importing this package loads the binding and starts no thread (the service's threads
+start with the first :class:`~lsio_ray.io.service.IOService`).
 """
+
+from __future__ import annotations
+
+from lsio_ray.io import config
+from lsio_ray.io._core import (
+    C_FILE_ERROR,
+    DEC_OK,
+    DEC_SKIPPED,
+    DECODE_JOB_DTYPE,
+    E_PAST_EOF,
+    F_DIRECT,
+    F_FSYNC,
+    FILE_DTYPE,
+    OP_READ,
+    OP_WRITE_FILE,
+    RANGE_DTYPE,
+    DecodeSpec,
+    blosc_supports,
+    decode_chunks,
+    decode_error,
+    extent,
+    make_error,
+    view,
+)
+from lsio_ray.io.request import address
+
+__all__ = [
+    "C_FILE_ERROR",
+    "DECODE_JOB_DTYPE",
+    "DEC_OK",
+    "DEC_SKIPPED",
+    "E_PAST_EOF",
+    "FILE_DTYPE",
+    "F_DIRECT",
+    "F_FSYNC",
+    "OP_READ",
+    "OP_WRITE_FILE",
+    "RANGE_DTYPE",
+    "DecodeSpec",
+    "address",
+    "blosc_supports",
+    "config",
+    "decode_chunks",
+    "decode_error",
+    "extent",
+    "make_error",
+    "view",
+]

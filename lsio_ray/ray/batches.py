@@ -27,8 +27,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from lsio_ray.io import config
-from lsio_ray.io._core import make_error
+from lsio_ray.io import address, config, make_error
 from lsio_ray.ray.errors import InputError
 
 __all__ = [
@@ -251,7 +250,7 @@ class BatchBuilder:
         rows["start"] = starts
         if total:
             assert self._buf is not None
-            base = self._buf.ctypes.data
+            base = address(self._buf)
             move = ctypes.memmove
             for dst, src, n in zip(
                 starts.tolist(), comps["data"].tolist(), sizes.tolist(), strict=True

@@ -9,8 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from lsio_ray.io import config
-from lsio_ray.io._core import F_DIRECT
+from lsio_ray.io import F_DIRECT, config
 from lsio_ray.zarr import stream
 from lsio_ray.zarr.layout import ArrayLayout, load_layout
 from lsio_ray.zarr.loader import Loader, default_loader

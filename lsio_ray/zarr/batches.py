@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lsio_ray.io._core import C_FILE_ERROR, FILE_DTYPE, OP_READ, RANGE_DTYPE
+from lsio_ray.io import C_FILE_ERROR, FILE_DTYPE, OP_READ, RANGE_DTYPE
 
 __all__ = ["INDEX_TAG", "FilePlan", "file_plan"]
 

@@ -34,11 +34,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from lsio_ray.io._core import (
+from lsio_ray.io import (
     DEC_OK,
     DEC_SKIPPED,
     DECODE_JOB_DTYPE,
     DecodeSpec,
+    address,
     decode_chunks,
     decode_error,
     extent,
@@ -256,7 +257,7 @@ def chunk_sources(
         for i in np.flatnonzero(errs != 0).tolist():
             if int(errs[i]) != -errno.ENOENT:  # a missing file is the fill value
                 raise batch.error(i)  # type: ignore[misc]
-        base = batch.data.ctypes.data
+        base = address(batch.data)
         if src.shards is None:
             ok = errs == 0
             rows = rows_of(fcoords)
@@ -404,7 +405,7 @@ class CBlock:
         valid until the next one is asked for."""
         src = self.src
         buf = self.buffers(self.bshape, dtype, "units")
-        base = np.uint64(buf.ctypes.data)
+        base = np.uint64(address(buf))
         bounds = extent(buf)  # the C decoder refuses a box reaching outside ``buf``
         for s in range(int(np.prod(self.sgrid, dtype=np.int64))):
             sc = np.asarray(np.unravel_index(s, self.sgrid), dtype=np.int64).reshape(-1)

@@ -24,7 +24,7 @@ import google_crc32c
 import numcodecs
 import numpy as np
 
-from lsio_ray.io._core import blosc_supports
+from lsio_ray.io import blosc_supports
 from lsio_ray.zarr import _zarr_compat
 from lsio_ray.zarr.errors import UnsupportedError
 

@@ -37,12 +37,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lsio_ray.io._core import (
+from lsio_ray.io import (
     DEC_OK,
     DEC_SKIPPED,
     DECODE_JOB_DTYPE,
     E_PAST_EOF,
     DecodeSpec,
+    address,
     decode_error,
     extent,
     make_error,
@@ -57,10 +58,19 @@ from lsio_ray.zarr.shards import EMPTY, decode_index
 if TYPE_CHECKING:
     from lsio_ray.zarr.array import Array
 
-__all__ = ["ReadTask"]
+__all__ = ["ReadTask", "origin_address"]
 
 _MISSING = object()  # a shard whose file does not exist
 _PAST_EOF = E_PAST_EOF
+
+
+def origin_address(arr: np.ndarray) -> int:
+    """The address of ``arr``'s first element whatever its strides (0 when empty): what
+    a decode job's ``dst`` is counted from.  :func:`lsio_ray.io.address` of the corner
+    ``arr[0:1, ..., 0:1]``, which is contiguous (one element) and starts there."""
+    if arr.size == 0:
+        return 0
+    return address(arr[(slice(0, 1),) * arr.ndim] if arr.ndim else arr[...])
 
 
 class ReadTask(Task):
@@ -131,7 +141,7 @@ class ReadTask(Task):
         direct = bool((strides[big] == cstr[big]).all())
         jobs = np.zeros(len(sel), DECODE_JOB_DTYPE)
         # (element-wise products, not ``@``: a matmul may wake BLAS threads that then spin)
-        jobs["dst"] = out.ctypes.data + (sel.dst_lo * strides).sum(axis=1)
+        jobs["dst"] = origin_address(out) + (sel.dst_lo * strides).sum(axis=1)
         jobs["dst_lo"], jobs["dst_len"] = extent(out)  # the C decoder's bounds
         if out.ndim:
             jobs["src_off"] = (sel.src_lo * cstr).sum(axis=1)
@@ -390,7 +400,7 @@ class ReadTask(Task):
         counters = None
         if len(jobs) > len(tags):
             counters = np.bincount(buf, minlength=len(tags)).astype(np.int32)
-            jobs["refcnt"] = np.where(counters[buf] > 1, counters.ctypes.data + 4 * buf, 0)
+            jobs["refcnt"] = np.where(counters[buf] > 1, address(counters) + 4 * buf, 0)
         # pieces of about `size` jobs, cut where the chunk changes (the C code decodes a
         # chunk once for consecutive jobs of the same chunk)
         n = len(jobs)

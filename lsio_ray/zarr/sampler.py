@@ -46,11 +46,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lsio_ray.io._core import DECODE_JOB_DTYPE, extent
+from lsio_ray.io import DECODE_JOB_DTYPE, extent
 from lsio_ray.zarr import stream
 from lsio_ray.zarr.loader import Loader, abandon
 from lsio_ray.zarr.plan import Selection
-from lsio_ray.zarr.read import ReadTask
+from lsio_ray.zarr.read import ReadTask, origin_address
 
 if TYPE_CHECKING:
     from lsio_ray.zarr.array import Array
@@ -166,7 +166,7 @@ class ScatterTask(ReadTask):
         ):
             raise ValueError("the boxes must share one shape, dtype and strides")
         self._outs = outs
-        self._bases = np.array([b.ctypes.data for b in outs], dtype=np.int64)
+        self._bases = np.array([origin_address(b) for b in outs], dtype=np.int64)
         # each box's memory: the C decoder refuses a job reaching outside its own box
         self._extents = np.array([extent(b) for b in outs], dtype=np.uint64).reshape(-1, 2)
         self._los = np.asarray(los, dtype=np.int64).reshape(len(outs), array.ndim)

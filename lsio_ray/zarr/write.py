@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from lsio_ray.io._core import F_FSYNC, OP_WRITE_FILE
+from lsio_ray.io import F_FSYNC, OP_WRITE_FILE, address
 from lsio_ray.paths import check_disjoint, remove_stray_temp_files
 from lsio_ray.zarr.array import Array
 from lsio_ray.zarr.batches import FilePlan, file_plan
@@ -64,7 +64,7 @@ class WriteTask(Task):
         width = raw.dtype.itemsize + 1
         blob = raw.astype(f"S{width}").tobytes()
         n = len(paths)
-        addr = np.array([d.ctypes.data if d.nbytes else 0 for d in self._keep], dtype=np.uint64)
+        addr = np.array([address(d) for d in self._keep], dtype=np.uint64)
         self.plan: FilePlan = file_plan(
             self.group,
             blob,
