@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import argparse
 
+from lsio_ray.io.config import parse_duration, parse_size
+
 __all__ = ["duration", "positive", "shape", "size"]
 
 
 def size(text: str) -> int:
     """``4K``, ``64M``, ``1G`` or a plain number of bytes."""
-    from lsio_ray.io.config import parse_size
-
     try:
         return parse_size(text)
     except ValueError as exc:
@@ -20,8 +20,6 @@ def size(text: str) -> int:
 
 def duration(text: str) -> float:
     """``10s``, ``2m``, ``500ms`` or a plain number of seconds."""
-    from lsio_ray.bench import parse_duration
-
     try:
         return parse_duration(text)
     except ValueError as exc:

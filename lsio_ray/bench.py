@@ -42,6 +42,7 @@ import numpy as np
 
 from lsio_ray.io import config
 from lsio_ray.io._core import FILE_DTYPE, RANGE_DTYPE, RawEngine
+from lsio_ray.io.config import parse_duration
 
 __all__ = [
     "PATTERNS",
@@ -97,21 +98,6 @@ def drop_caches() -> bool:
 def file_name(index: int) -> str:
     """The benchmark's name for file number ``index``: ``f000042``."""
     return f"f{index:06d}"
-
-
-def parse_duration(text: str | float | int) -> float:
-    """Parse ``10s``, ``500ms``, ``2m``, ``1h`` or a plain number of seconds."""
-    if isinstance(text, (int, float)):
-        value = float(text)
-    else:
-        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ms|s|m|h|)\s*", str(text).lower())
-        if not m:
-            raise ValueError(f"not a duration: {text!r} (use e.g. 10s, 500ms, 2m)")
-        scale = {"ms": 1e-3, "s": 1.0, "": 1.0, "m": 60.0, "h": 3600.0}[m.group(2)]
-        value = float(m.group(1)) * scale
-    if value < 0:
-        raise ValueError(f"duration must not be negative: {text!r}")
-    return value
 
 
 def _pow2ceil(n: int) -> int:

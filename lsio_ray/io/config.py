@@ -45,6 +45,7 @@ import contextlib
 import math
 import numbers
 import os
+import re
 import resource
 import tempfile
 import threading
@@ -57,6 +58,7 @@ __all__ = [
     "get",
     "max_open_limit",
     "overridden",
+    "parse_duration",
     "parse_size",
     "physical_memory",
     "set",
@@ -70,6 +72,21 @@ MAX_THREADS = 1024
 MAX_OPEN = 1 << 20
 MIN_POOL = 4096
 MAX_POOL = 1 << 40
+
+
+def parse_duration(text: str | float | int) -> float:
+    """Parse ``10s``, ``500ms``, ``2m``, ``1h`` or a plain number of seconds."""
+    if isinstance(text, (int, float)):
+        value = float(text)
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ms|s|m|h|)\s*", str(text).lower())
+        if not m:
+            raise ValueError(f"not a duration: {text!r} (use e.g. 10s, 500ms, 2m)")
+        scale = {"ms": 1e-3, "s": 1.0, "": 1.0, "m": 60.0, "h": 3600.0}[m.group(2)]
+        value = float(m.group(1)) * scale
+    if value < 0:
+        raise ValueError(f"duration must not be negative: {text!r}")
+    return value
 
 
 def parse_size(text: str | int) -> int:
