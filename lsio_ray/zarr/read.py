@@ -83,7 +83,7 @@ class ReadTask(Task):
         self.codec = array.layout.codec
         self.out = out
         #: job-template rows of each chunk: ``[_pair_start[i], +_pair_count[i])``; None
-        #: when each chunk has exactly one destination box, row i (see ScatterTask)
+        #: when each chunk has exactly one destination box, row i (see scatter.ScatterTask)
         self._pair_start: np.ndarray | None = None
         self._pair_count: np.ndarray | None = None
         self.sel = self._select(lo, hi)

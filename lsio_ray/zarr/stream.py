@@ -20,6 +20,7 @@ import numpy as np
 from lsio_ray.zarr.loader import abandon
 from lsio_ray.zarr.plan import Region, region_of_box
 from lsio_ray.zarr.read import ReadTask
+from lsio_ray.zarr.scatter import ScatterTask, scatterable
 
 if TYPE_CHECKING:
     from lsio_ray.zarr.array import Array
@@ -56,16 +57,10 @@ def group_size(prefetch: int, box_nbytes: int) -> int:
 def group_for(array: Array, box: Sequence[int], prefetch: int) -> int:
     """Boxes of shape ``box`` per read task of ``array`` (:func:`group_size`); 1 (box by
     box, :class:`~lsio_ray.zarr.read.ReadTask`) for codecs the C decoder does not handle,
-    which :class:`~lsio_ray.zarr.sampler.ScatterTask` needs."""
-    if not _scatterable(array):
+    which :class:`~lsio_ray.zarr.scatter.ScatterTask` needs."""
+    if not scatterable(array):
         return 1
     return group_size(prefetch, int(np.prod(box, dtype=np.int64)) * array.dtype.itemsize)
-
-
-def _scatterable(array: Array) -> bool:
-    """Whether :class:`~lsio_ray.zarr.sampler.ScatterTask` reads this array (the C
-    decoder's codecs, 1 to 8 dimensions)."""
-    return array.layout.codec.c_codec is not None and 0 < array.ndim <= 8
 
 
 def _pairs(
@@ -144,13 +139,11 @@ def same_shape_boxes(
 
     For the C decoder's codecs small boxes are read a group at a time
     (:func:`group_size`, or ``group`` boxes when given: boxes ``k * group`` to
-    ``(k + 1) * group``), one :class:`~lsio_ray.zarr.sampler.ScatterTask` per group: one
+    ``(k + 1) * group``), one :class:`~lsio_ray.zarr.scatter.ScatterTask` per group: one
     plan and one set of decode calls per group instead of per box, and a chunk under
     several boxes of a group is read and decoded once (A/B, 400 (8, 256, 256) crops of
     (1, 256, 256) zstd chunks: 0.3-0.7 ms less CPU per crop).  Big boxes and other
     codecs are read box by box (:func:`ordered`)."""
-    from lsio_ray.zarr.sampler import ScatterTask
-
     if int(prefetch) < 1:
         raise ValueError(f"prefetch must be at least 1, not {prefetch}")
     box = tuple(int(b) for b in box)
@@ -166,7 +159,7 @@ def same_shape_boxes(
         array._check_box(tuple(lo.tolist()), tuple((lo + size).tolist()))
     if group is not None and int(group) < 1:
         raise ValueError(f"group must be at least 1, not {group}")
-    if group is None or not _scatterable(array):
+    if group is None or not scatterable(array):
         group = group_for(array, box, prefetch)
     group = int(group)
     if group == 1:
