@@ -123,14 +123,14 @@ def test_create_metadata_and_overwrite(tmp_path, loader: Loader) -> None:
 
 def test_save_failure_leaves_no_array(tmp_path, loader: Loader, monkeypatch) -> None:
     """Metadata is written last: an interrupted save leaves nothing that opens."""
-    from lsio_ray.zarr import write
+    from lsio_ray.zarr import creation
 
     path = str(tmp_path / "a.zarr")
 
     def boom(*args: Any, **kw: Any) -> None:
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(write, "_write_units", boom)  # the chunks fail
+    monkeypatch.setattr(creation, "write_units", boom)  # the chunks fail
     with pytest.raises(RuntimeError):
         lz.save(path, np.zeros((4, 4)), chunks=(2, 2), loader=loader)
     with pytest.raises(FileNotFoundError):

@@ -15,6 +15,7 @@ engine, and decodes on threads that release the GIL, straight into the output.
 from __future__ import annotations
 
 from lsio_ray.zarr.array import Array, open_array
+from lsio_ray.zarr.creation import create, save
 from lsio_ray.zarr.errors import (
     ArrayMetadataError,
     ChunkCorruptError,
@@ -25,7 +26,7 @@ from lsio_ray.zarr.errors import (
 from lsio_ray.zarr.loader import Loader, default_loader
 from lsio_ray.zarr.pipeline import LsioCodecPipeline, use_lsio_pipeline
 from lsio_ray.zarr.store import Store
-from lsio_ray.zarr.write import create, save
+from lsio_ray.zarr.stream import random_box_starts
 
 open = open_array  # the package's entry point: lsio_ray.zarr.open(path)
 
@@ -43,6 +44,7 @@ __all__ = [
     "default_loader",
     "open",
     "open_array",
+    "random_box_starts",
     "save",
     "use_lsio_pipeline",
 ]

@@ -19,7 +19,16 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from lsio_ray import argtypes
+from lsio_ray.io import config
+from lsio_ray.zarr.array import Array, open_array
+from lsio_ray.zarr.info import array_info, format_info
+from lsio_ray.zarr.layout import load_layout
+from lsio_ray.zarr.loader import Loader
+from lsio_ray.zarr.plan import select_chunks
+from lsio_ray.zarr.stream import random_box_starts
 
 __all__ = [
     "add_bench_crops_parser",
@@ -36,10 +45,6 @@ __all__ = [
 
 def cmd_info(args: argparse.Namespace) -> int:
     """``lsio-ray info PATH``: metadata, chunk and shard grids, codecs, stored size."""
-    from lsio_ray.zarr.array import Array
-    from lsio_ray.zarr.info import array_info, format_info
-    from lsio_ray.zarr.layout import load_layout
-
     info = array_info(Array(load_layout(args.path)))
     if args.json:
         print(json.dumps(info, indent=1, default=str))
@@ -83,14 +88,6 @@ def bench_crops(
     clustered sampler (``Array.clustered_crops``: crops drawn ``per_cell`` at a time from
     one cell, its chunks decoded once); 0, independent crops (``Array.random_crops``).
     ``direct``: O_DIRECT reads (``lsio_ray.zarr.open(..., direct=)``)."""
-    import numpy as np
-
-    from lsio_ray.io import config
-    from lsio_ray.zarr.array import open_array
-    from lsio_ray.zarr.loader import Loader
-    from lsio_ray.zarr.plan import select_chunks
-    from lsio_ray.zarr.stream import random_box_starts
-
     if direct is None:
         direct = bool(config.get("direct"))
     # a loader of the bench's own, registered for direct reads as the process-wide direct

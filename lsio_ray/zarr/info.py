@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -67,8 +68,6 @@ def _size(n: float) -> str:
 
 def format_info(info: dict[str, Any]) -> str:
     """``info`` as aligned human-readable lines."""
-    import json
-
     rows = [
         ("path", info["path"]),
         ("format", f"Zarr v{info['zarr_format']}"),

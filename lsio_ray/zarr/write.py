@@ -1,46 +1,45 @@
-"""Writing arrays: create, save, and regions of existing arrays.
+"""Writing regions of arrays (:func:`write_region`, ``a[...] = x``) and whole files.
 
 The unit of writing is the stored object: a chunk, or a whole shard.  Each is encoded
 in memory and written with the engine's ``LSIO_OP_WRITE_FILE`` (temp file, write,
 rename), so a reader sees either the old object or the new one, never a mix.  A unit
 the region covers only in part is read first (through the normal read path) and
-merged.  Metadata is written the same way, and by :func:`save` only after every chunk,
-so a reader never sees a half-made array.  Encoding runs on the decode pool (numcodecs
-releases the GIL), one bounded batch of units at a time.
+merged.  Metadata is written the same way (:func:`write_files`), and by
+:func:`lsio_ray.zarr.save` only after every chunk, so a reader never sees a half-made
+array (making arrays: :mod:`lsio_ray.zarr.creation`).  Encoding runs on the decode pool
+(numcodecs releases the GIL), one bounded batch of units at a time.
 
 Chunks whose every element is the fill value are not stored (zarr-python's
 ``write_empty_chunks=False``, its default; ``write_empty_chunks=True`` to
-:func:`create`, :func:`save` or ``lz.open`` stores them): a write leaving a unit all
+``lz.create``, ``lz.save`` or ``lz.open`` stores them): a write leaving a unit all
 fill value removes the file stored there.  The encoder, with the rules for shards and
 for what counts as the fill value, is :mod:`lsio_ray.zarr.encode`, shared with the
 re-chunk job.
 
 A process killed while writing (``kill -9``, OOM) leaves the temp file of each write in
-flight (``NAME.lsio-tmp.PID.N...``, as large as the unit).  :func:`create` and
-:func:`save` remove those of writers that are gone from the array's directory before
+flight (``NAME.lsio-tmp.PID.N...``, as large as the unit).  ``lz.create`` and
+``lz.save`` remove those of writers that are gone from the array's directory before
 writing (:func:`lsio_ray.paths.remove_stray_temp_files`).
 """
 
 from __future__ import annotations
 
-import errno
-import json
 import os
-import shutil
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from lsio_ray.io import F_FSYNC, OP_WRITE_FILE, address
-from lsio_ray.paths import check_disjoint, remove_stray_temp_files
-from lsio_ray.zarr.array import Array
 from lsio_ray.zarr.batches import FilePlan, file_plan
 from lsio_ray.zarr.encode import encode_unit
-from lsio_ray.zarr.layout import ArrayLayout, layout_from_docs, metadata_docs
-from lsio_ray.zarr.loader import Loader, Task, default_loader
+from lsio_ray.zarr.layout import ArrayLayout
+from lsio_ray.zarr.loader import Loader, Task
 from lsio_ray.zarr.plan import select_chunks
 
-__all__ = ["WriteTask", "create", "save", "write_region"]
+if TYPE_CHECKING:
+    from lsio_ray.zarr.array import Array
+
+__all__ = ["WriteTask", "write_files", "write_region", "write_units"]
 
 _BATCH_BYTES = 256 << 20  # decoded bytes of units encoded and written per batch
 
@@ -93,7 +92,7 @@ class WriteTask(Task):
         return resolved
 
 
-def _write_files(
+def write_files(
     loader: Loader, array: str, paths: list[str], datas: list[np.ndarray], fsync: bool = False
 ) -> None:
     if paths:
@@ -160,10 +159,10 @@ def write_region(
     Units (chunks, or shards) left all fill value are not stored, and one stored there
     before is removed, unless the array was opened or made with
     ``write_empty_chunks=True`` (:mod:`lsio_ray.zarr.encode`)."""
-    _write_units(array, lo, hi, data, fsync=fsync, fresh=False)
+    write_units(array, lo, hi, data, fsync=fsync, fresh=False)
 
 
-def _write_units(
+def write_units(
     array: Array,
     lo: tuple[int, ...],
     hi: tuple[int, ...],
@@ -217,185 +216,10 @@ def _write_units(
         paths = [paths[k] for k in keep]
         datas = [encoded[k] for k in keep]
         _make_dirs(paths, made)
-        _write_files(loader, layout.path, paths, datas, fsync)
+        write_files(loader, layout.path, paths, datas, fsync)
         if layout.shards is not None:
             array.index_cache.invalidate(
                 np.ravel_multi_index(tuple(sel.coords[idx].T), layout.file_grid)
                 if layout.ndim
                 else [0]
             )
-
-
-# -- creating arrays ---------------------------------------------------------------------
-
-
-def _source_dir(data: Any) -> str | None:
-    """The directory a lazily read array ``data`` comes from: an lsio_ray
-    :class:`~lsio_ray.zarr.Array`, or a zarr-python array on a local store (zarr's
-    ``LocalStore`` or :class:`lsio_ray.zarr.Store`); None for anything else."""
-    if isinstance(data, Array):
-        return data.path
-    store_path = getattr(data, "store_path", None)
-    root = getattr(getattr(store_path, "store", None), "root", None)
-    if isinstance(root, (str, os.PathLike)):
-        return os.path.join(os.fspath(root), *(getattr(store_path, "path", "") or "").split("/"))
-    return None
-
-
-def _prepare_dir(path: str, overwrite: bool) -> None:
-    exists = any(os.path.exists(os.path.join(path, m)) for m in ("zarr.json", ".zarray", ".zgroup"))
-    if exists and not overwrite:
-        raise FileExistsError(errno.EEXIST, "a Zarr node exists already (overwrite=False)", path)
-    if exists or (overwrite and os.path.isdir(path) and os.listdir(path)):
-        shutil.rmtree(path)
-    os.makedirs(path, exist_ok=True)
-    # temp files of earlier writers killed mid-write (an interrupted save leaves its
-    # chunks and no metadata; saved again without overwrite, they are still there)
-    remove_stray_temp_files(path)
-
-
-def _metadata(path: str, kwargs: dict[str, Any]) -> tuple[dict[str, bytes], ArrayLayout]:
-    docs = metadata_docs(**kwargs)
-    parsed = {k: json.loads(v) for k, v in docs.items()}
-    return docs, layout_from_docs(path, parsed)
-
-
-def _write_metadata(loader: Loader, path: str, docs: dict[str, bytes], fsync: bool) -> None:
-    # v2: attributes first, so the array appears (with its .zarray) complete
-    order = sorted(docs, key=lambda k: (k == ".zarray", k))
-    for name in order:
-        _write_files(
-            loader,
-            path,
-            [os.path.join(path, name)],
-            [np.frombuffer(docs[name], dtype=np.uint8)],
-            fsync,
-        )
-
-
-def _create_kwargs(
-    shape: Any, dtype: Any, chunks: Any, filters: Any, compressors: Any, serializer: Any, **kw: Any
-) -> dict[str, Any]:
-    """``zarr.create_array`` arguments.  ``filters`` and ``compressors`` go as given, as
-    zarr-python takes them: ``"auto"`` its defaults, None none at all (uncompressed);
-    ``serializer=None`` is ``"auto"``.  The other arguments are passed when not None."""
-    out = {
-        "shape": tuple(int(s) for s in shape),
-        "dtype": dtype,
-        "chunks": tuple(int(c) for c in chunks),
-        "filters": filters,
-        "compressors": compressors,
-        "serializer": "auto" if serializer is None else serializer,
-    }
-    out.update({k: v for k, v in kw.items() if v is not None})
-    return out
-
-
-def create(
-    path: str | os.PathLike[str],
-    *,
-    shape: Any,
-    dtype: Any,
-    chunks: Any,
-    shards: Any = None,
-    zarr_format: int = 3,
-    filters: Any = "auto",
-    compressors: Any = "auto",
-    serializer: Any = "auto",
-    fill_value: Any = None,
-    order: str | None = None,
-    attributes: dict[str, Any] | None = None,
-    chunk_key_encoding: Any = None,
-    dimension_names: Any = None,
-    overwrite: bool = False,
-    fsync: bool = False,
-    loader: Loader | None = None,
-    write_empty_chunks: bool = False,
-) -> Array:
-    """Create an empty array (all fill value) and return it open for writing.
-
-    Arguments are zarr-python's ``create_array`` ones, with its defaults and meanings
-    (codec objects from ``zarr.codecs`` or numcodecs for v2): ``filters``,
-    ``compressors`` and ``serializer`` default to ``"auto"`` (zarr-python's defaults:
-    zstd for v3 and v2), ``compressors=None`` writes the chunks uncompressed.
-    zarr-python builds the metadata, which is written atomically.  ``overwrite=True``
-    removes what is at ``path`` first.  ``write_empty_chunks``: zarr-python's array
-    config of that name (default False: chunks all fill value are not stored, see
-    :mod:`lsio_ray.zarr.encode`), for the writes through the returned array."""
-    root = os.path.abspath(os.fspath(path))
-    kwargs = _create_kwargs(
-        shape,
-        dtype,
-        chunks,
-        shards=shards,
-        zarr_format=zarr_format,
-        filters=filters,
-        compressors=compressors,
-        serializer=serializer,
-        fill_value=fill_value,
-        order=order,
-        attributes=attributes,
-        chunk_key_encoding=chunk_key_encoding,
-        dimension_names=dimension_names,
-    )
-    docs, layout = _metadata(root, kwargs)
-    loader = loader or default_loader()
-    _prepare_dir(root, overwrite)
-    _write_metadata(loader, root, docs, fsync)
-    return Array(layout, loader, write_empty_chunks=write_empty_chunks)
-
-
-def save(
-    path: str | os.PathLike[str],
-    data: Any,
-    *,
-    chunks: Any,
-    shards: Any = None,
-    zarr_format: int = 3,
-    filters: Any = "auto",
-    compressors: Any = "auto",
-    serializer: Any = "auto",
-    fill_value: Any = None,
-    order: str | None = None,
-    attributes: dict[str, Any] | None = None,
-    chunk_key_encoding: Any = None,
-    dimension_names: Any = None,
-    overwrite: bool = False,
-    fsync: bool = False,
-    loader: Loader | None = None,
-    write_empty_chunks: bool = False,
-) -> Array:
-    """Write a whole numpy array as a new Zarr array: every chunk (or shard) first, the
-    metadata last, so the array appears complete or not at all.  Arguments as for
-    :func:`create`.  ``data`` may be an array read from disk (an lsio_ray or zarr-python
-    array on a local directory): ``path`` must then not be that directory, lie inside it
-    or hold it (symbolic links resolved), else :class:`ValueError` -- with
-    ``overwrite=True`` that would remove the array being saved.  Chunks all fill value
-    are not stored unless ``write_empty_chunks=True``, as in zarr-python."""
-    root = os.path.abspath(os.fspath(path))
-    source = _source_dir(data)
-    if source is not None:
-        check_disjoint(source, root)  # before reading (and later removing) anything
-    arr = np.asarray(data)
-    kwargs = _create_kwargs(
-        arr.shape,
-        arr.dtype,
-        chunks,
-        shards=shards,
-        zarr_format=zarr_format,
-        filters=filters,
-        compressors=compressors,
-        serializer=serializer,
-        fill_value=fill_value,
-        order=order,
-        attributes=attributes,
-        chunk_key_encoding=chunk_key_encoding,
-        dimension_names=dimension_names,
-    )
-    docs, layout = _metadata(root, kwargs)
-    loader = loader or default_loader()
-    _prepare_dir(root, overwrite)
-    out = Array(layout, loader, write_empty_chunks=write_empty_chunks)
-    _write_units(out, (0,) * arr.ndim, arr.shape, arr, fsync=fsync, fresh=True)
-    _write_metadata(loader, root, docs, fsync)
-    return out
