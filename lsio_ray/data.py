@@ -22,7 +22,7 @@ megabytes, not one crop each).  The dataset's own ``DataContext`` gets a
 instead of merging them into 128 MiB ones (a copy of every crop, and a later first row).
 
 ``decode_block=N`` (crops only) decodes each read task's crops N at a time with the
-decode-aware sampler (:class:`lsio_ray.zarr.sampler.ScatterTask`): every chunk the N
+decode-aware sampler (:meth:`lsio_ray.zarr.Array.start_boxes`): every chunk the N
 crops touch is read and decoded once.  The rows are exactly the same -- same crops, same
 order, same ``index`` -- so there is no statistical trade-off; the cost is memory (N
 crops per read task) and the latency of a group before its first row.
@@ -54,7 +54,8 @@ import numpy as np
 from ray.data.block import BlockAccessor, BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
-from lsio_ray.zarr.stream import random_box_starts
+import lsio_ray.zarr as lz
+from lsio_ray.zarr import random_box_starts
 
 if TYPE_CHECKING:
     import ray.data
@@ -211,13 +212,8 @@ class _ReadRange:
         self.direct = src.direct
 
     def __call__(self) -> Iterator[Any]:
-        import lsio_ray.zarr as lz
-        from lsio_ray.zarr import stream
-        from lsio_ray.zarr.loader import abandon
-        from lsio_ray.zarr.sampler import ScatterTask
-
         arr = lz.open(self.path, direct=self.direct)
-        if self.decode_block > 1 and arr.layout.codec.c_codec is not None and arr.ndim:
+        if self.decode_block > 1 and arr.decodes_in_c:
             yield from self._decode_aware(arr)
             return
         size = np.asarray(self.crop, dtype=np.int64)
@@ -238,10 +234,10 @@ class _ReadRange:
                     {"crop": out, "index": np.arange(lo_idx, hi_idx, dtype=np.int64), "lo": lo}
                 )
 
-        # crops are read a group at a time (one ScatterTask, straight into the block's
-        # rows) where the C decoder applies: one plan and one set of decode calls per
-        # group instead of per crop (stream.same_shape_boxes)
-        group = stream.group_for(arr, self.crop, self.prefetch)
+        # crops are read a group at a time (one Array.start_boxes task, straight into the
+        # block's rows) where the C decoder applies: one plan and one set of decode calls
+        # per group instead of per crop (as Array.crops does)
+        group = arr.box_group(self.crop, self.prefetch)
         prefetch = self.prefetch
         if self.per_cell and group > 1:  # a cell is a group: its chunks decoded once
             group = self.per_cell
@@ -256,8 +252,7 @@ class _ReadRange:
                     los = lo[k : k + group]
                     if group > 1:
                         rows = [out[k + j] for j in range(len(los))]
-                        task = ScatterTask(arr, arr.loader, None, los, boxes=rows)
-                        window.append(arr.loader.start(task))
+                        window.append(arr.start_boxes(los, boxes=rows))
                     else:  # each crop straight into its row of the block
                         window.append(arr.start_read(los[0], los[0] + size, out[k]))
                     ends.append(lo_idx + k + len(los))
@@ -270,20 +265,17 @@ class _ReadRange:
                 done = ends.popleft()
                 yield from ready()
         finally:
-            abandon(window)
+            arr.abandon(window)
 
     def _decode_aware(self, arr: Any) -> Iterator[Any]:
         """The same rows, decoded ``decode_block`` crops at a time: each chunk those
-        crops touch is read and decoded once (:class:`~lsio_ray.zarr.sampler.ScatterTask`)."""
-        from lsio_ray.zarr.sampler import ScatterTask
-
+        crops touch is read and decoded once (:meth:`lsio_ray.zarr.Array.start_boxes`)."""
         buf = np.empty((min(self.decode_block, self.b - self.a), *self.crop), dtype=arr.dtype)
         pool = _BlockPool()
         for first in range(self.a, self.b, self.decode_block):
             last = min(self.b, first + self.decode_block)
             lo = self.starts(first, last)
-            task = ScatterTask(arr, arr.loader, buf[: last - first], lo)
-            arr.loader.start(task).wait()
+            arr.start_boxes(lo, buf[: last - first]).wait()
             for a in range(first, last, self.rows):
                 b = min(last, a + self.rows)
                 crops = pool.take((b - a, *self.crop), arr.dtype)
@@ -411,8 +403,6 @@ def read_zarr_crops(
 
     Other keyword arguments go to ``ray.data.read_datasource`` (``num_cpus``,
     ``concurrency``, ...)."""
-    import lsio_ray.zarr as lz
-
     arr = lz.open(path)
     crop = tuple(int(c) for c in crop_shape)
     if int(per_cell) > 0:
@@ -452,8 +442,6 @@ def read_zarr_windows(
     (default: the window, i.e. non-overlapping tiles) in C order of their corners.
 
     Rows and the other arguments as :func:`read_zarr_crops`."""
-    import lsio_ray.zarr as lz
-
     arr = lz.open(path)
     win = tuple(int(w) for w in window_shape)
     axes = window_starts(arr.shape, win, None if stride is None else tuple(stride))

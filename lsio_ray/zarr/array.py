@@ -10,12 +10,15 @@ from typing import Any
 import numpy as np
 
 from lsio_ray.io import F_DIRECT, config
-from lsio_ray.zarr import stream
+from lsio_ray.zarr import sampler, stream
+from lsio_ray.zarr.info import array_info
 from lsio_ray.zarr.layout import ArrayLayout, load_layout
-from lsio_ray.zarr.loader import Loader, default_loader
+from lsio_ray.zarr.loader import Loader, Task, abandon, default_loader
 from lsio_ray.zarr.plan import Region, normalize
 from lsio_ray.zarr.read import ReadTask
+from lsio_ray.zarr.scatter import ScatterTask, scatterable
 from lsio_ray.zarr.shards import ShardIndexCache
+from lsio_ray.zarr.write import write_region
 
 __all__ = ["Array", "open_array"]
 
@@ -167,6 +170,58 @@ class Array:
             if not 0 <= a <= b <= n:
                 raise IndexError(f"box {a}:{b} is out of bounds for axis {axis} with size {n}")
 
+    @property
+    def decodes_in_c(self) -> bool:
+        """Whether the C decoder handles this array (raw, zstd or blosc chunks, 1 to 8
+        dimensions): then :meth:`start_boxes` reads it."""
+        return scatterable(self)
+
+    def start_boxes(
+        self,
+        starts: Any,
+        out: np.ndarray | None = None,
+        *,
+        boxes: Sequence[np.ndarray] | None = None,
+    ) -> ReadTask:
+        """Start reading equal-shaped boxes as one task: each chunk under several of them
+        is read and decoded once.  The box with corner ``starts[i]`` (``starts``: ``(n,
+        ndim)``) goes to ``out[i]`` (``out``: ``(n, *box)``), or, given ``boxes``
+        instead, into ``boxes[i]`` (n arrays of the box's shape, sharing one dtype and
+        strides).  Returns the task: ``task.wait()``, then ``task.boxes`` lists them.
+        Only for arrays the C decoder handles (:attr:`decodes_in_c`)."""
+        if out is not None and boxes is None:
+            n, box = len(out), out.shape[1:]
+        elif boxes is not None and out is None:
+            n, box = len(boxes), (boxes[0].shape if len(boxes) else ())
+        else:
+            raise ValueError("give either out or boxes")
+        los = np.asarray(starts, dtype=np.int64).reshape(n, self.ndim)
+        if n:
+            if len(box) != self.ndim:
+                raise ValueError(f"a box of {len(box)} dimensions for a {self.ndim}-d array")
+            size = np.asarray(box, dtype=np.int64)
+            bad = np.flatnonzero(((los < 0) | (los + size > np.asarray(self.shape))).any(axis=1))
+            if bad.size:  # the first one named, as start_read would
+                lo = los[bad[0]]
+                self._check_box(tuple(lo.tolist()), tuple((lo + size).tolist()))
+        loader = self.loader
+        task = ScatterTask(self, loader, out, los, boxes=boxes)
+        return loader.start(task)  # type: ignore[return-value]
+
+    def box_group(self, shape: Iterable[int], prefetch: int) -> int:
+        """Boxes of ``shape`` to read per :meth:`start_boxes` task with about
+        ``prefetch`` boxes in flight (:func:`~lsio_ray.zarr.stream.group_for`); 1 where
+        they are better read one by one with :meth:`start_read` (big boxes, and codecs
+        the C decoder does not handle)."""
+        return stream.group_for(self, tuple(int(s) for s in shape), prefetch)
+
+    @staticmethod
+    def abandon(tasks: Iterable[Task]) -> None:
+        """Cancel reads (from :meth:`start_read` or :meth:`start_boxes`) still in flight
+        and wait until their decoding stopped: after this nothing writes into their
+        outputs, which may be reused.  For a stream of reads that ends early."""
+        abandon(tasks)
+
     def _start_region(self, region: Region) -> ReadTask:
         return self.start_read(region.lo, region.hi)
 
@@ -310,9 +365,7 @@ class Array:
         ``1 + ahead`` blocks of crops (``ahead`` blocks are decoded while one is
         consumed); ``reuse=True`` yields views valid until the next crop is asked for
         instead of copies.  See :mod:`lsio_ray.zarr.sampler` for the trade-off."""
-        from lsio_ray.zarr.sampler import decode_aware_crops
-
-        return decode_aware_crops(
+        return sampler.decode_aware_crops(
             self,
             shape,
             count,
@@ -349,8 +402,6 @@ class Array:
     def write(self, region: Any, value: Any) -> None:
         """Write ``value`` (broadcast to the region) into a region of plain slices or
         integers.  Each chunk (or shard) is replaced atomically."""
-        from lsio_ray.zarr.write import write_region
-
         reg = normalize(region, self.shape)
         if reg.post is not None:
             raise ValueError("cannot write through a slice with a step")
@@ -378,8 +429,6 @@ class Array:
 
     def info(self) -> dict[str, Any]:
         """A JSON-able summary: format, shape, dtype, grids, codecs, stored size."""
-        from lsio_ray.zarr.info import array_info
-
         return array_info(self)
 
 
