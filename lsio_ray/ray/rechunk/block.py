@@ -29,8 +29,7 @@ from lsio_ray.ray.batches import Batch
 from lsio_ray.ray.pieces import close_process_io, process_io
 from lsio_ray.ray.rechunk.plan import block_box, block_ops, cached_layout, ceil_div
 from lsio_ray.ray.spec import piece_of_ops
-from lsio_ray.zarr.blocks import CBlock, c_decodable, decode_block
-from lsio_ray.zarr.encode import encode_unit
+from lsio_ray.zarr.codec_api import CBlock, c_decodable, decode_block, encode_unit
 
 __all__ = ["BlockJob", "BlockResult", "UnitWriter", "rechunk_block"]
 
@@ -143,7 +142,7 @@ def rechunk_block(job: BlockJob, bid: int, in_task: bool, *batches: Batch) -> Bl
 
 
 def _run_block(job: BlockJob, bid: int, in_task: bool, batches: Sequence[Batch]) -> BlockResult:
-    import ray
+    import ray  # optional and heavy (~1 s): imported on use
 
     src = cached_layout(job.src, job.src_docs)
     dst = cached_layout(job.dst, job.dst_docs)

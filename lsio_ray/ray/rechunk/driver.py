@@ -31,8 +31,7 @@ from lsio_ray.ray.rechunk.block import BlockJob, BlockResult, rechunk_block
 from lsio_ray.ray.rechunk.journal import Journal, job_identity
 from lsio_ray.ray.rechunk.plan import Plan, block_box, block_ops, local_engine, plan_job
 from lsio_ray.ray.tasks import on_node
-from lsio_ray.zarr.array import supports_direct
-from lsio_ray.zarr.layout import METADATA_FILES, docs_from_files
+from lsio_ray.zarr.codec_api import METADATA_FILES, docs_from_files, supports_direct
 
 __all__ = ["RechunkError", "RechunkResult", "check_disjoint_on", "rechunk"]
 
@@ -116,7 +115,7 @@ def rechunk(
     never removes the source.  A node-local destination on another node than the
     driver's is checked on that node as well.
     """
-    import ray
+    import ray  # optional and heavy (~1 s): imported on use
 
     if io not in ("auto", "actors"):
         raise ValueError(f"io must be 'auto' or 'actors', not {io!r}")
@@ -231,7 +230,7 @@ class _DriverIO:
     runs on another machine than the node it names."""
 
     def __init__(self, coord: Coordinator) -> None:
-        import ray
+        import ray  # optional and heavy (~1 s): imported on use
         from ray.util.client import ray as ray_client
 
         self.coord = coord
@@ -250,7 +249,7 @@ class _DriverIO:
     def call(self, node: str, method: str, *args: Any, **kwargs: Any) -> Any:
         """An IO actor method for ``node``'s files: run here when ``node`` is this
         driver's, else by the node's IO actor."""
-        import ray
+        import ray  # optional and heavy (~1 s): imported on use
 
         if node == self.here and self.see_here:
             self.used_here = True
@@ -300,7 +299,7 @@ class _Blocks:
         window: int | None,
         max_attempts: int,
     ) -> None:
-        import ray
+        import ray  # optional and heavy (~1 s): imported on use
 
         self.coord = coord
         self.plan = plan
@@ -390,7 +389,7 @@ class _Blocks:
     def _collect(self, ready: list[Any], journal: Journal, step: Callable[[int], None]) -> bool:
         """Take the results of the finished tasks ``ready``; whether one failed (and is
         to be run again)."""
-        import ray
+        import ray  # optional and heavy (~1 s): imported on use
 
         again = False
         for ref in ready:
@@ -415,7 +414,7 @@ class _Blocks:
         """Run the blocks ``todo`` (and their retries) to the end, journalling each
         finished one.  On any error the tasks and reads in flight are cancelled and the
         journal flushed before it is raised."""
-        import ray
+        import ray  # optional and heavy (~1 s): imported on use
 
         self.queue = iter(todo)
         try:
@@ -490,7 +489,7 @@ def _progress_fn(
 def check_disjoint_on(node: str, src: str, dst: str) -> None:
     """:func:`~lsio_ray.paths.check_disjoint` run on ``node`` (its file system's view);
     its :class:`ValueError` raised here as is, prefixed with the node."""
-    import ray
+    import ray  # optional and heavy (~1 s): imported on use
 
     check = ray.remote(num_cpus=0, max_retries=0)(check_disjoint)
     try:

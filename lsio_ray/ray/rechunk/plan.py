@@ -20,8 +20,7 @@ import numpy as np
 import zarr.codecs as zc
 
 from lsio_ray.io.ops import Operation, get_ranges
-from lsio_ray.zarr.layout import ArrayLayout, layout_from_docs, metadata_docs
-from lsio_ray.zarr.plan import select_chunks
+from lsio_ray.zarr.codec_api import ArrayLayout, layout_from_docs, metadata_docs, select_chunks
 
 __all__ = [
     "Plan",
