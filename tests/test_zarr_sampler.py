@@ -230,3 +230,33 @@ def test_clustered_crops_read_right(arr) -> None:
         next(a.clustered_crops(crop, 4, seed=1, per_cell=0))
     with pytest.raises(ValueError, match="cell"):
         next(a.clustered_crops(crop, 4, seed=1, cell=(0, 1, 1)))
+
+
+def test_start_boxes_public_api(arr, tmp_path):
+    """Array.start_boxes / box_group / abandon: what Ray Data's read tasks use."""
+    a, ref = arr
+    assert a.decodes_in_c
+    crop = (3, 20, 17)
+    starts = lz.random_box_starts(a.shape, crop, 10, 4)
+    out = np.empty((len(starts), *crop), dtype=a.dtype)
+    task = a.start_boxes(starts, out)
+    task.wait()
+    for lo, box in zip(starts, task.boxes, strict=True):
+        sl = tuple(slice(int(x), int(x) + c) for x, c in zip(lo, crop, strict=True))
+        assert np.array_equal(box, ref[sl])
+    rows = [np.empty(crop, dtype=a.dtype) for _ in range(3)]
+    a.start_boxes(starts[:3], boxes=rows).wait()
+    assert all(np.array_equal(r, o) for r, o in zip(rows, out[:3], strict=True))
+    assert 1 <= a.box_group(crop, 16) <= 8
+    assert a.box_group((24, 96, 80), 2) == 1  # big boxes: one by one
+    with pytest.raises(IndexError):
+        a.start_boxes(np.array([[22, 0, 0]]), np.empty((1, *crop), dtype=a.dtype))
+    with pytest.raises(ValueError, match="either out or boxes"):
+        a.start_boxes(starts, out, boxes=rows)
+    pending = [a.start_boxes(starts, np.empty_like(out)) for _ in range(4)]
+    a.abandon(pending)
+    assert all(t.done for t in pending)
+    path = tmp_path / "gzip.zarr"
+    zarr.create_array(path, data=ref[:4], chunks=(2, 16, 16), compressors=zarr.codecs.GzipCodec())
+    assert not lz.open(path).decodes_in_c
+    assert lz.open(path).box_group(crop, 16) == 1
