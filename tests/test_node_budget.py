@@ -15,6 +15,10 @@ from _ray_helpers import local_cluster
 from lsio_ray import config
 from lsio_ray.io import budget
 
+ray = pytest.importorskip("ray")
+# the task below runs in Ray workers, which cannot import this test module
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
 MIB = 1 << 20
 
 
@@ -113,8 +117,6 @@ def test_reading_workers_share_their_nodes_budget(tmp_path: Path) -> None:
     node's ledger holds its four pools, their sum stays within the node's budget but for
     the floor given to workers that came after it was spent, and one node's pools never
     count against another's."""
-    import ray
-
     budget_bytes, pool = 512 * MIB, 256 * MIB
     with local_cluster(tmp_path / "cluster", workers=2) as lc:
         ledgers = {n: str(tmp_path / f"ledger-{k}") for k, n in enumerate(lc.nodes)}
