@@ -355,8 +355,8 @@ static int release_locked(lsio_engine *e, uint64_t id) {
  * stalled -- or all of it, when less was out -- not at every release.  Waking it at
  * every release made it sleep and wake ~1,500 times per time series of 2,048 chunks,
  * each time preempting a decoding thread for one or two reads; now ~100, and the zarr
- * loader's IO thread uses 54-59 ms of CPU per series instead of 75-82 (BENCHMARKS.md,
- * issue 3).  A ring waiting while starved wakes by itself every STARVED_POLL_MS
+ * loader's IO thread uses 54-59 ms of CPU per series instead of 75-82
+ * (scripts/ab-loop.py series, benchmarks/results/zarr-reads.md).  A ring waiting while starved wakes by itself every STARVED_POLL_MS
  * (lsio__uring_drive), so a skipped wake costs at most that, and the last release always
  * wakes.  The pread workers are still woken at every release. */
 static int refilled(const lsio_engine *e) {

@@ -339,7 +339,7 @@ def _read(
     if parallelism is None and "override_num_blocks" not in args:
         # One read task per CPU of the cluster: Ray's own default (many small tasks, each
         # paying task and block costs and its own array open) was 2.1x slower here
-        # (BENCHMARKS.md, issue 5).
+        # (``scripts/bench-datasource.py``, benchmarks/results/ray-data.md).
         parallelism = max(1, int(ray.cluster_resources().get("CPU", 1)))
     if parallelism is not None:
         args["override_num_blocks"] = int(parallelism)

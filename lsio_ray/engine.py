@@ -42,8 +42,7 @@ from typing import Any, Literal
 import numpy as np
 
 from lsio_ray.errors import GroupCancelledError, RangePastEOFError
-from lsio_ray.io import config
-from lsio_ray.io._core import RawEngine, make_error
+from lsio_ray.io import RawEngine, config, make_error
 from lsio_ray.io.ops import ByteRange, Operation, OpGroup, get_ranges, put_file
 from lsio_ray.io.ordered import Order, OrderedGroup
 from lsio_ray.io.request import Request

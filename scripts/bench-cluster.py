@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Multi-node benchmark (issue 4): locality on the network-namespace cluster, and the model.
+"""Multi-node benchmark: locality on the network-namespace cluster, and the model
+(benchmarks/results/cluster.md).
 
 Starts ``lsio_ray.deploy.local_cluster.LocalCluster`` (``$LSIO_CLUSTER_BENCH_NODES`` (3)
 nodes, one CPU each, needs root) under ``$LSIO_CLUSTER_BENCH_DIR``

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Ray Data crops benchmark (issue 5): lsio_ray.data against what Ray users write today.
+"""Ray Data crops benchmark: lsio_ray.data against what Ray users write today
+(benchmarks/results/ray-data.md).
 
 Random crops (8,256,256) of the bench-zarr array (``scripts/bench-zarr.py``: v3, float32,
 (512,1024,1024), chunks (1,256,256), zstd 3, unsharded; reused if it exists), the same

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Re-chunk benchmark (issue 4): lsio_ray.rechunk against its peers and the codec limit.
+"""Re-chunk benchmark: lsio_ray.rechunk against its peers and the codec limit
+(benchmarks/results/rechunk.md).
 
 Re-chunks the bench-zarr array (``scripts/bench-zarr.py``, v3, float32, chunks
 (1,256,256), zstd 3; default shape (512,1024,1024) = 2 GiB decoded, reused if it exists)

@@ -257,7 +257,7 @@ def test_read_error_names_the_path(data_dir: Path, monkeypatch: pytest.MonkeyPat
         fs.sizes = fs.sizes * 4  # ranges past the end of every file
         return fs
 
-    monkeypatch.setattr(bench, "list_files", lying)
+    monkeypatch.setattr(bench.files, "list_files", lying)
     with pytest.raises(RangePastEOFError) as info:
         bench.run_read(
             bench.ReadSpec(

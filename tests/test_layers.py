@@ -53,12 +53,7 @@ ZARR_PUBLIC = {"lsio_ray.zarr", "lsio_ray.zarr.codec_api"}
 OPTIONAL_HEAVY = {"ray", "zarr", "numcodecs", "tensorstore", "tqdm", "matplotlib"}
 
 #: (rule, file) -> why the file may break the rule for now
-ALLOWED: dict[tuple[str, str], str] = {
-    # being moved onto io (issue 14): the Engine facade still drives a RawEngine itself
-    ("a", "lsio_ray/engine.py"): "being moved onto io (issue 14)",
-    # being split right now (by concern: specs, engine driver, file making, results)
-    ("e", "lsio_ray/bench.py"): "being split (issue 14)",
-}
+ALLOWED: dict[tuple[str, str], str] = {}
 
 RULE_TEXT = {
     "a": "only lsio_ray/io/ imports the C binding, and only io/ imports lsio_ray.io._core: "

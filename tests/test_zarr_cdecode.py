@@ -26,7 +26,7 @@ from lsio_ray.zarr.loader import Loader
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def loader(request: pytest.FixtureRequest) -> Iterator[Loader]:
-    ld = Loader(backend=request.param, threads=2)
+    ld = Loader(backend=request.param, decode_threads=2)
     yield ld
     ld.close()
 

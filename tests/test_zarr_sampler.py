@@ -100,7 +100,7 @@ def test_each_chunk_read_once_per_block(tmp_path):
     path = tmp_path / "a.zarr"
     ref = np.random.default_rng(1).random((16, 64, 64), dtype=np.float32)
     zarr.create_array(path, data=ref, chunks=(2, 16, 16), compressors=zarr.codecs.ZstdCodec())
-    with Loader(threads=2) as loader:
+    with Loader(decode_threads=2) as loader:
         a = lz.open(path, loader=loader)
         assert a.layout.codec.c_codec == "zstd"  # the ScatterTask path
         crop, n = (3, 20, 20), 40
@@ -161,7 +161,7 @@ def test_corrupt_chunk_fails_the_block_and_frees_buffers(tmp_path):
         zarr.create_array(p, data=ref, chunks=(2, 16, 16), compressors=zarr.codecs.ZstdCodec())
     with open(os.path.join(path, "c", "1", "1", "0"), "wb") as fh:
         fh.write(b"\x28\xb5\x2f\xfd garbage")
-    with Loader(threads=2) as loader:
+    with Loader(decode_threads=2) as loader:
         a = lz.open(path, loader=loader)
         with pytest.raises(lz.ChunkCorruptError, match="c/1/1/0"):
             list(a.decode_aware_crops((4, 32, 32), 3, seed=0, block=2))

@@ -137,11 +137,6 @@ class IOService:
         self._thread = threading.Thread(target=self._run, name="lsio-io", daemon=True)
         self._thread.start()
 
-    @property
-    def threads(self) -> int:
-        """The decode threads (the Zarr layer's name for :attr:`decode_threads`)."""
-        return self.decode_threads
-
     # -- public --------------------------------------------------------------------------
     def new_group(self) -> int:
         """A fresh engine group id."""
@@ -487,10 +482,10 @@ def default_service() -> IOService:
     read, the kernel does not look up and pin the buffer's pages for every read
     (``gup_fast_fallback`` in ``perf``).  Measured on random crops (A/B, 600 crops):
     9-12% more crops/s than buffered reads, 5-11% more than unregistered O_DIRECT reads
-    (BENCHMARKS.md, issue 3); the cost, once per process: the pool is made resident and
-    pinned when the engine starts, 0.1-0.7 s here.  ``direct`` itself is a property of
-    each request (``get_ranges(direct=True)``, ``zarr.open(direct=True)``): the same
-    service serves both kinds."""
+    (``scripts/ab-loop.py crops``, benchmarks/results/zarr-reads.md); the cost, once per
+    process: the pool is made resident and pinned when the engine starts, 0.1-0.7 s here.
+    ``direct`` itself is a property of each request (``get_ranges(direct=True)``,
+    ``zarr.open(direct=True)``): the same service serves both kinds."""
     global _default, _default_pid
     with _default_lock:
         if _default is None or _default.closed or _default_pid != os.getpid():

@@ -15,7 +15,7 @@ from lsio_ray.zarr.info import array_info
 from lsio_ray.zarr.layout import ArrayLayout, load_layout
 from lsio_ray.zarr.loader import Loader, Task, abandon, default_loader
 from lsio_ray.zarr.plan import Region, normalize
-from lsio_ray.zarr.read import ReadTask
+from lsio_ray.zarr.read import BoxRead
 from lsio_ray.zarr.scatter import ScatterTask, scatterable
 from lsio_ray.zarr.shards import ShardIndexCache
 from lsio_ray.zarr.write import write_region
@@ -145,7 +145,7 @@ class Array:
         )
 
     # -- reading -------------------------------------------------------------------------
-    def start_read(self, lo: Any, hi: Any, out: np.ndarray | None = None) -> ReadTask:
+    def start_read(self, lo: Any, hi: Any, out: np.ndarray | None = None) -> BoxRead:
         """Start reading the box ``[lo, hi)``; returns the task (``task.wait()``, then
         ``task.out`` holds the box).  ``out`` must have the box's shape and dtype."""
         lo = tuple(int(x) for x in lo)
@@ -160,7 +160,7 @@ class Array:
                 f"expected {shape} and {self.dtype}"
             )
         loader = self.loader
-        task = ReadTask(self, loader, out, lo, hi)
+        task = BoxRead(self, loader, out, lo, hi)
         return loader.start(task)  # type: ignore[return-value]
 
     def _check_box(self, lo: tuple[int, ...], hi: tuple[int, ...]) -> None:
@@ -182,7 +182,7 @@ class Array:
         out: np.ndarray | None = None,
         *,
         boxes: Sequence[np.ndarray] | None = None,
-    ) -> ReadTask:
+    ) -> BoxRead:
         """Start reading equal-shaped boxes as one task: each chunk under several of them
         is read and decoded once.  The box with corner ``starts[i]`` (``starts``: ``(n,
         ndim)``) goes to ``out[i]`` (``out``: ``(n, *box)``), or, given ``boxes``
@@ -222,7 +222,7 @@ class Array:
         outputs, which may be reused.  For a stream of reads that ends early."""
         abandon(tasks)
 
-    def _start_region(self, region: Region) -> ReadTask:
+    def _start_region(self, region: Region) -> BoxRead:
         return self.start_read(region.lo, region.hi)
 
     @staticmethod
@@ -470,9 +470,10 @@ def open_array(
     ``direct=True`` (default: the ``direct`` setting of :mod:`lsio_ray.config`, env
     ``LSIO_DIRECT``) reads chunks and shards with ``O_DIRECT``: the device writes
     straight into the engine's buffers, with no page-cache copy and no page cache
-    filled (BENCHMARKS.md, issue 3: up to ~20% faster here, most of all cold, and less
-    CPU even against a warm cache).  Data read again is read from the device again, so
-    leave it off for data that fits in memory and is read many times from a slow disk.
+    filled (``scripts/bench-zarr.py``, benchmarks/results/zarr-reads.md: up to ~20%
+    faster here, most of all cold, and less CPU even against a warm cache).  Data read again is
+    read from the device again, so leave it off for data that fits in memory and is read
+    many times from a slow disk.
     Where the file system refuses ``O_DIRECT`` (tmpfs before Linux 6.6, some network
     file systems) the array reads through the page cache (``Array.direct`` says
     which)."""

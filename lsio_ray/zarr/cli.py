@@ -92,7 +92,9 @@ def bench_crops(
         direct = bool(config.get("direct"))
     # a loader of the bench's own, registered for direct reads as the process-wide direct
     # one is (lsio_ray.zarr.loader.default_loader)
-    loader = Loader(backend=backend, threads=threads, register_buffers=True if direct else None)
+    loader = Loader(
+        backend=backend, decode_threads=threads, register_buffers=True if direct else None
+    )
     try:
         arr = open_array(path, loader=loader, direct=direct)
 
@@ -135,7 +137,7 @@ def bench_crops(
         "per_cell": per_cell,
         "direct": arr.direct,
         "backend": loader.backend,
-        "threads": loader.threads,
+        "threads": loader.decode_threads,
         "wall_s": wall,
         "crops_per_s": count / wall if wall > 0 else float("inf"),
         "mib_per_s": nbytes / mib / wall if wall > 0 else float("inf"),
@@ -203,10 +205,12 @@ def add_bench_crops_parser(bench_subparsers: Any) -> argparse.ArgumentParser:
         help="engine backend (LSIO_BACKEND, else auto)",
     )
     p.add_argument(
+        "--decode-threads",
         "--threads",
+        dest="threads",
         type=argtypes.positive,
         default=None,
-        help="decode threads (default: one per core)",
+        help="decode threads (default: one per core; --threads is its old name)",
     )
     p.add_argument("--warmup", type=int, default=0, help="crops read before measuring (0)")
     p.add_argument(

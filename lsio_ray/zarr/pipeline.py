@@ -51,7 +51,7 @@ from lsio_ray.zarr.array import Array, open_array
 from lsio_ray.zarr.layout import ArrayLayout
 from lsio_ray.zarr.loader import Loader
 from lsio_ray.zarr.plan import Selection
-from lsio_ray.zarr.read import ReadTask
+from lsio_ray.zarr.read import BoxRead
 from lsio_ray.zarr.store import Store
 
 if TYPE_CHECKING:
@@ -204,8 +204,8 @@ _CACHE = _ArrayCache()
 # -- the read task ------------------------------------------------------------------------
 
 
-class ChunkListTask(ReadTask):
-    """A :class:`~lsio_ray.zarr.read.ReadTask` over a given list of chunks: row ``i`` of
+class ChunkListTask(BoxRead):
+    """A :class:`~lsio_ray.zarr.read.BoxRead` over a given list of chunks: row ``i`` of
     ``sel`` says which chunk (``coords``), which part of it (``src_lo``..``src_hi``) and
     where that part goes in ``out`` (``dst_lo``..``dst_hi``, ``out`` having the chunk's
     rank).  ``on_done`` is called (on a loader thread) once the task is finished."""

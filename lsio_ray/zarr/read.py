@@ -1,6 +1,6 @@
 """Reading a box of an array: plan, one batch of IO, decode as chunks land.
 
-A :class:`ReadTask` plans the chunks a box touches (vectorised, see :mod:`.plan`) and
+A :class:`BoxRead` plans the chunks a box touches (vectorised, see :mod:`.plan`) and
 turns them into file ops for the engine:
 
 * unsharded: one file op per chunk, reading the whole file;
@@ -58,7 +58,7 @@ from lsio_ray.zarr.shards import EMPTY, decode_index
 if TYPE_CHECKING:
     from lsio_ray.zarr.array import Array
 
-__all__ = ["ReadTask", "origin_address"]
+__all__ = ["BoxRead", "origin_address"]
 
 _MISSING = object()  # a shard whose file does not exist
 _PAST_EOF = E_PAST_EOF
@@ -73,7 +73,7 @@ def origin_address(arr: np.ndarray) -> int:
     return address(arr[(slice(0, 1),) * arr.ndim] if arr.ndim else arr[...])
 
 
-class ReadTask(Task):
+class BoxRead(Task):
     """Read the box ``[lo, hi)`` of ``array`` into ``out`` (an array of the box's shape)."""
 
     def __init__(self, array: Array, loader: Loader, out: np.ndarray, lo: Any, hi: Any) -> None:
@@ -404,7 +404,7 @@ class ReadTask(Task):
         # pieces of about `size` jobs, cut where the chunk changes (the C code decodes a
         # chunk once for consecutive jobs of the same chunk)
         n = len(jobs)
-        size = min(8, max(1, -(-n // (2 * self.loader.threads))))
+        size = min(8, max(1, -(-n // (2 * self.loader.decode_threads))))
         if per_chunk is None:
             cuts = [*range(0, n, size), n]
         else:

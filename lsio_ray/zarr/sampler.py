@@ -34,7 +34,8 @@ A stronger trade-off lives in :meth:`lsio_ray.zarr.Array.clustered_crops` (and
 of positions.  Each crop's position is still exactly uniform over the array, but the
 crops of a cell are neighbours, so a minibatch holds fewer independent places; in
 exchange a cell's chunks are decoded once for all its crops (4.9x tensorstore's crop
-rate against this sampler's 1.7x, BENCHMARKS.md, issue 3).
+rate against this sampler's 1.7x; ``scripts/bench-sampler.py``,
+benchmarks/results/sampler.md).
 """
 
 from __future__ import annotations

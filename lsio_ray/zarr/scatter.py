@@ -17,7 +17,7 @@ import numpy as np
 from lsio_ray.io import DECODE_JOB_DTYPE, extent
 from lsio_ray.zarr.loader import Loader
 from lsio_ray.zarr.plan import Selection
-from lsio_ray.zarr.read import ReadTask, origin_address
+from lsio_ray.zarr.read import BoxRead, origin_address
 
 if TYPE_CHECKING:
     from lsio_ray.zarr.array import Array
@@ -31,7 +31,7 @@ def scatterable(array: Array) -> bool:
     return array.layout.codec.c_codec is not None and 0 < array.ndim <= 8
 
 
-class ScatterTask(ReadTask):
+class ScatterTask(BoxRead):
     """Read each distinct chunk under a block of equal-shaped boxes once, decode it once,
     and copy it into every box that needs it -- all in ``lsio_decode_batch`` (the jobs of
     one chunk are consecutive, so C decodes it into its scratch buffer once and copies

@@ -20,7 +20,8 @@ reads, open arrays with lsio_ray's codec pipeline as well (:mod:`lsio_ray.zarr.p
 makes zarr hand reads of unsharded raw / zstd / blosc chunks to lsio_ray's C decoder,
 which writes them straight into zarr's output (xarray: ``with lz.use_lsio_pipeline():
 xr.open_zarr(lz.Store(path))["v"].values`` is 3.1x zarr's LocalStore warm and 3.5x cold
-on 2 cores, BENCHMARKS.md issue 5).
+on 2 cores; ``LSIO_DS_BENCH_PARTS=xarray scripts/bench-datasource.py``,
+benchmarks/results/xarray.md).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ import numpy as np
 
 from lsio_ray.zarr.loader import abandon
 from lsio_ray.zarr.plan import Region, region_of_box
-from lsio_ray.zarr.read import ReadTask
+from lsio_ray.zarr.read import BoxRead
 from lsio_ray.zarr.scatter import ScatterTask, scatterable
 
 if TYPE_CHECKING:
@@ -56,7 +56,7 @@ def group_size(prefetch: int, box_nbytes: int) -> int:
 
 def group_for(array: Array, box: Sequence[int], prefetch: int) -> int:
     """Boxes of shape ``box`` per read task of ``array`` (:func:`group_size`); 1 (box by
-    box, :class:`~lsio_ray.zarr.read.ReadTask`) for codecs the C decoder does not handle,
+    box, :class:`~lsio_ray.zarr.read.BoxRead`) for codecs the C decoder does not handle,
     which :class:`~lsio_ray.zarr.scatter.ScatterTask` needs."""
     if not scatterable(array):
         return 1
@@ -68,7 +68,7 @@ def _pairs(
 ) -> Iterator[tuple[Region, np.ndarray]]:
     if int(prefetch) < 1:
         raise ValueError(f"prefetch must be at least 1, not {prefetch}")
-    window: deque[tuple[Region, ReadTask, int]] = deque()  # (region, read, output bytes)
+    window: deque[tuple[Region, BoxRead, int]] = deque()  # (region, read, output bytes)
     free: dict[tuple[int, ...], list[np.ndarray]] = {}
     lent: np.ndarray | None = None  # the buffer the consumer holds (reuse=True)
     held = 0  # output bytes of the reads in the window

@@ -50,7 +50,8 @@ the pages its objects touched.  The driver reads the metadata and keeps the jour
 itself when they are on its node (or shared), so a job whose blocks all do their own IO
 starts no IO actor.  Measured on the 2 GiB benchmark job (64 MiB blocks, 2 CPUs), the
 node's processes peaked ~180 MiB above an idle Ray cluster with ``io="auto"``, ~700 MiB
-with ``io="actors"`` (much of it object store pages; BENCHMARKS.md, issue 4).
+with ``io="actors"`` (much of it object store pages; ``scripts/bench-rechunk.py``,
+benchmarks/results/rechunk.md).
 
 **Resume.**  Each output unit is written atomically (temp file, rename).  When a block's
 units are all written, its number is appended to a journal
