@@ -42,7 +42,8 @@ from typing import Any, Literal
 import numpy as np
 
 from lsio_ray.errors import GroupCancelledError, RangePastEOFError
-from lsio_ray.io import RawEngine, config, make_error
+from lsio_ray.io import config, make_error
+from lsio_ray.io.engines import Engines
 from lsio_ray.io.ops import ByteRange, Operation, OpGroup, get_ranges, put_file
 from lsio_ray.io.ordered import Order, OrderedGroup
 from lsio_ray.io.request import Request
@@ -283,7 +284,7 @@ class GroupResult:
         t = self._task
         assert t is not None
         # a COMPLETION_DTYPE row as a tuple
-        _tag, _group, buf_id, data, offset, length, file_size, err, _flags = row
+        _tag, group, buf_id, data, offset, length, file_size, err, _flags = row
         k = int(t.range_op[tag])
         op = self._ops[k]
         i = tag - int(t.op_first[k])
@@ -300,6 +301,7 @@ class GroupResult:
                 file_size,
                 op=_OPNAME[op.kind],
                 pool_bytes=self._engine.pool_bytes,
+                detail=raw.detail(group, tag),
             )
             return Chunk(op, i, meta, self._metadata, offset, length, file_size, error=exc)
         if length == 0 and offset > max(file_size, 0) and op.kind == "get":
@@ -423,8 +425,9 @@ class Engine:
         return self._service.pool_bytes
 
     @property
-    def raw(self) -> RawEngine:
-        """The batch-level engine (arrays in, arrays out) under the service."""
+    def raw(self) -> Engines:
+        """The batch-level engine (arrays in, arrays out) under the service: the C engine,
+        with the object-storage backend beside it once a URL was read."""
         return self._service.engine
 
     def stats(self) -> dict[str, int]:

@@ -464,12 +464,14 @@ def make_error(
     *,
     op: str = "read",
     pool_bytes: int = 0,
+    detail: str | None = None,
 ) -> BaseException:
     """Turn a completion's error code into the exception the user sees.
 
     ``start``/``length`` are the range as the completion reports it: for a range past
     the end of its file, the request as asked (negative ``start``: the last ``-start``
-    bytes; ``length`` -1: to the end)."""
+    bytes; ``length`` -1: to the end).  ``detail``: what an object store answered,
+    added to the message."""
     end = start + length if length >= 0 else -1
     size = None if file_size < 0 else file_size
     if err == lib.LSIO_E_PAST_EOF:
@@ -494,6 +496,12 @@ def make_error(
     msg = f"{os.strerror(code)} ({op} {where})"
     if code in (errno.ENOENT,):
         msg = f"{os.strerror(code)} ({op})"
+    if detail:
+        msg = f"{msg}: {detail}"
+    if code == errno.ENOENT:
+        return FileNotFoundError(code, msg, path)
+    if code == errno.EACCES:
+        return PermissionError(code, msg, path)
     return OSError(code, msg, path)
 
 

@@ -24,12 +24,21 @@
 | batch_bytes      | LSIO_RAY_BATCH_BYTES  | 16 MiB (Ray batch objects)   | 4 KiB..physical memory |
 | node_pool_bytes  | LSIO_NODE_POOL_BYTES  | memory/16, 256M..8G (4)     | 4 KiB..phys. memory |
 | node_budget_dir  | LSIO_NODE_BUDGET_DIR  | /dev/shm/lsio-pools-<uid> (4) | an absolute path |
+| remote_inflight  | LSIO_REMOTE_INFLIGHT  | 64 requests per process (5)  | 1..4096          |
+| remote_coalesce_gap | LSIO_REMOTE_COALESCE_GAP | 1 MiB (5)              | 0..1 GiB         |
+| remote_max_request | LSIO_REMOTE_MAX_REQUEST | 16 MiB per coalesced GET (5) | 4 KiB..1 GiB  |
+| remote_retries   | LSIO_REMOTE_RETRIES   | 10 (5)                       | 0..100           |
+| remote_timeout   | LSIO_REMOTE_TIMEOUT   | 30 s per request (5)         | 0.1..3600 s      |
 
 (1) The pool is rounded up to a power of two, which must not exceed physical memory (nor
 1 TiB).  (2) And at most the process's open-file limit (``RLIMIT_NOFILE``, soft).
 (3) ``True``/``False``, 1/0, or in the environment and ``set``: 1/true/yes/on, 0/false/no/off.
 (4) The pool budget shared by the IO services of one node's processes, and its ledger
 (:mod:`lsio_ray.io.budget`).
+(5) Object storage and HTTP (:mod:`lsio_ray.io.remote`): requests in flight at once per
+process, the gap between two ranges of one object below which they are fetched by one
+GET, the largest such GET, retries of a throttled (503), failed (5xx) or timed-out
+request (with exponential backoff), and each request's timeout.
 
 Every value is checked -- given to an engine, to :func:`set`, or read from the
 environment -- before anything is allocated: a wrong type raises ``TypeError``, a value
@@ -233,6 +242,18 @@ def _budget_dir_default() -> str:
     return os.path.join(base, f"lsio-pools-{os.getuid()}")
 
 
+def _check_timeout(name: str, value: Any) -> float:
+    try:
+        t = parse_duration(value)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{name} must be a duration (e.g. 30, 30s, 500ms), not {value!r}"
+        ) from None
+    if not 0.1 <= t <= 3600:
+        raise ValueError(f"{name} must be in 0.1 s..3600 s, not {value!r}")
+    return t
+
+
 def _check_dir(name: str, value: Any) -> str:
     if not isinstance(value, str | os.PathLike) or not os.fspath(value):
         raise TypeError(f"{name} must be a directory path, not {value!r}")
@@ -272,6 +293,31 @@ _SPEC: dict[str, tuple[str, Callable[[], Any], Callable[[str, Any], Any]]] = {
         "LSIO_ZARR_COALESCE_GAP",
         lambda: 0,
         lambda n, v: _check_int(n, v, -1, 1 << 30),
+    ),
+    "remote_inflight": (
+        "LSIO_REMOTE_INFLIGHT",
+        lambda: 64,
+        lambda n, v: _check_int(n, v, 1, 4096),
+    ),
+    "remote_coalesce_gap": (
+        "LSIO_REMOTE_COALESCE_GAP",
+        lambda: 1 << 20,
+        lambda n, v: _check_size(n, v, 0, 1 << 30),
+    ),
+    "remote_max_request": (
+        "LSIO_REMOTE_MAX_REQUEST",
+        lambda: 16 << 20,
+        lambda n, v: _check_size(n, v, 4096, 1 << 30),
+    ),
+    "remote_retries": (
+        "LSIO_REMOTE_RETRIES",
+        lambda: 10,
+        lambda n, v: _check_int(n, v, 0, 100),
+    ),
+    "remote_timeout": (
+        "LSIO_REMOTE_TIMEOUT",
+        lambda: 30.0,
+        _check_timeout,
     ),
     "node_pool_bytes": (
         "LSIO_NODE_POOL_BYTES",

@@ -29,6 +29,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from lsio_ray.io.url import resolve
+
 __all__ = ["ByteRange", "OpGroup", "Operation", "get_ranges", "put_file", "put_ranges"]
 
 Kind = Literal["get", "put_file", "put_ranges"]
@@ -277,13 +279,5 @@ class OpGroup:
 
 
 def _path(path: Any) -> str:
-    import os
-
-    p = os.fspath(path)
-    if isinstance(p, bytes):
-        p = os.fsdecode(p)
-    if not p:
-        raise ValueError("empty path")
-    if "\0" in p:
-        raise ValueError(f"path contains a NUL byte: {p!r}")
-    return os.path.abspath(p)
+    """A local path made absolute, or a checked URL (:func:`lsio_ray.io.url.resolve`)."""
+    return resolve(path)

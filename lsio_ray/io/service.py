@@ -53,6 +53,7 @@ import numpy as np
 from lsio_ray.errors import GroupCancelledError
 from lsio_ray.io import budget, config
 from lsio_ray.io._core import RawEngine
+from lsio_ray.io.engines import Engines
 from lsio_ray.io.ordered import break_wait_cycle
 from lsio_ray.io.task import Task, abandon
 
@@ -101,7 +102,7 @@ class IOService:
             self._reservation = res
         elif engine_settings:
             raise ValueError("give an engine or engine settings, not both")
-        self.engine = engine
+        self.engine = Engines(engine)  # the C engine, and object storage once a URL comes
         self.backend = self.engine.backend
         self.pool_bytes = self.engine.pool_bytes
         self.decode_threads = decode_threads or config.decode_threads()

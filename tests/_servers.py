@@ -1,0 +1,218 @@
+"""Real servers for the object-storage tests, started on 127.0.0.1 and always stopped.
+
+* :func:`moto_server`: moto's S3-compatible server, a process of its own
+  (``python -m moto.server``);
+* :class:`FaultProxy`: a TCP proxy in front of a server, in a thread of the test process,
+  that can answer ``503 SlowDown`` to the next N requests, cut the connection after N
+  bytes of a response (a truncated body / a server that dies mid-read), or delay each
+  direction (latency).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+KEY = {"access_key_id": "testing", "secret_access_key": "testing", "region": "us-east-1"}
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class S3Server:
+    """A running S3-compatible server: its endpoint and a boto3 client for setup."""
+
+    endpoint: str
+    proc: subprocess.Popen[bytes]
+
+    def client(self) -> Any:
+        """A boto3 S3 client for the server (bucket creation, checks)."""
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=KEY["access_key_id"],
+            aws_secret_access_key=KEY["secret_access_key"],
+            region_name=KEY["region"],
+        )
+
+    def options(self, endpoint: str | None = None) -> dict[str, Any]:
+        """``storage_options`` for lsio_ray / obstore reaching this server."""
+        return {**KEY, "endpoint": endpoint or self.endpoint}
+
+
+@contextlib.contextmanager
+def moto_server() -> Iterator[S3Server]:
+    """moto's S3 server on a free port of 127.0.0.1, stopped (and reaped) on exit."""
+    port = free_port()
+    env = {**os.environ, "MOTO_PORT": str(port)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(endpoint + "/moto-api/", timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"moto server did not start on {endpoint}") from None
+                time.sleep(0.1)
+        yield S3Server(endpoint, proc)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class FaultProxy:
+    """A TCP proxy on 127.0.0.1 to ``target`` (host, port) that injects faults.
+
+    ``throttle(n)``: the next ``n`` connections' first request gets ``503 SlowDown``
+    (S3's throttling answer) instead of being forwarded.  ``cut_after(n)``: responses are
+    cut (the connection closed) after ``n`` bytes.  ``delay_s``: added before forwarding
+    each chunk, in each direction.  ``requests`` counts connections' first requests."""
+
+    def __init__(self, target: tuple[str, int], delay_s: float = 0.0) -> None:
+        self.target = target
+        self.delay_s = delay_s
+        self._throttle = 0
+        self._cut: int | None = None
+        self.requests = 0
+        self.throttled = 0
+        self._lock = threading.Lock()
+        self._sock = socket.socket()
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(128)
+        self.port = int(self._sock.getsockname()[1])
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._stop = False
+        self._conns: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, name="fault-proxy", daemon=True)
+        self._thread.start()
+
+    def throttle(self, n: int) -> None:
+        """Answer 503 SlowDown to the next ``n`` requests."""
+        with self._lock:
+            self._throttle = n
+
+    def cut_after(self, n: int | None) -> None:
+        """Close each response's connection after ``n`` bytes (None: never)."""
+        with self._lock:
+            self._cut = n
+
+    def _accept(self) -> None:
+        while not self._stop:
+            try:
+                c, _ = self._sock.accept()
+            except OSError:
+                return
+            with self._lock:
+                self._conns.append(c)
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c: socket.socket) -> None:
+        try:
+            first = c.recv(65536)
+            if not first:
+                c.close()
+                return
+            with self._lock:
+                self.requests += 1
+                throttle = self._throttle > 0
+                if throttle:
+                    self._throttle -= 1
+                    self.throttled += 1
+                cut = self._cut
+            if throttle:
+                body = (
+                    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
+                    b"<Message>Please reduce your request rate.</Message></Error>"
+                )
+                c.sendall(
+                    b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\n"
+                    + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                    + body
+                )
+                c.close()
+                return
+            u = socket.create_connection(self.target)
+            with self._lock:
+                self._conns.append(u)
+            if self.delay_s:
+                time.sleep(self.delay_s)
+            u.sendall(first)
+            t = threading.Thread(target=self._pipe, args=(c, u, None), daemon=True)
+            t.start()
+            self._pipe(u, c, cut)
+        except OSError:
+            pass
+        finally:
+            for s in (c,):
+                with contextlib.suppress(OSError):
+                    s.close()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, cut: int | None) -> None:
+        sent = 0
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if self.delay_s:
+                    time.sleep(self.delay_s)
+                if cut is not None and sent + len(data) > cut:
+                    dst.sendall(data[: max(0, cut - sent)])
+                    break
+                dst.sendall(data)
+                sent += len(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                with contextlib.suppress(OSError):
+                    s.close()
+
+    def close(self) -> None:
+        """Stop accepting and close every connection."""
+        self._stop = True
+        with contextlib.suppress(OSError):
+            self._sock.close()
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for s in conns:
+            with contextlib.suppress(OSError):
+                s.close()
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> FaultProxy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
