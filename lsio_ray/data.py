@@ -55,6 +55,7 @@ from ray.data.block import BlockAccessor, BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 import lsio_ray.zarr as lz
+from lsio_ray.io.url import local_path
 from lsio_ray.zarr import random_box_starts
 
 if TYPE_CHECKING:
@@ -130,7 +131,7 @@ class ZarrBoxesDatasource(Datasource):
             raise ValueError(f"per_cell must not be negative, not {per_cell}")
         if self.per_cell and self.decode_block:
             raise ValueError("decode_block and per_cell are two samplers: give one of them")
-        self.path = os.path.abspath(os.fspath(path))
+        self.path = local_path(path, "a Zarr array read by Ray Data")
         self.crop_shape = tuple(int(c) for c in crop_shape)
         self.count = int(count)
         self.starts = starts

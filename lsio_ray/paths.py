@@ -21,6 +21,8 @@ from __future__ import annotations
 import os
 import time
 
+from lsio_ray.io.url import local_path
+
 __all__ = [
     "TEMP_MARKER",
     "check_disjoint",
@@ -76,8 +78,8 @@ def check_disjoint(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> 
     in the existing ``dst`` tree leads to the source, into it, or to a directory
     holding it: removing or writing the destination would then remove or overwrite the
     source.  Call it before anything is removed or written."""
-    src_abs = os.path.abspath(os.fspath(src))
-    dst_abs = os.path.abspath(os.fspath(dst))
+    src_abs = local_path(src, "a conversion's source")
+    dst_abs = local_path(dst, "a conversion's destination")
     src_real = os.path.realpath(src_abs)
     dst_real = os.path.realpath(dst_abs)
     shown_s = src_abs if src_abs == src_real else f"{src_abs} (= {src_real})"

@@ -30,6 +30,7 @@ __all__ = [
     "check_key",
     "is_remote",
     "join",
+    "local_path",
     "resolve",
     "split",
 ]
@@ -136,3 +137,17 @@ def join(base: str, *names: str) -> str:
     if is_remote(base):
         return "/".join([base.rstrip("/"), *names])
     return os.path.join(base, *names)
+
+
+def local_path(path: Any, what: str) -> str:
+    """``path`` as an absolute local path for ``what`` (e.g. "a Zarr array"): an
+    unknown scheme is :class:`UnsupportedURLError`, and so is an object-storage or HTTP
+    URL where ``what`` is not read or written through the remote backend yet (op groups
+    -- ``get_ranges``, ``put_file`` -- are) -- never a local directory named ``s3:``."""
+    p = resolve(path)
+    if is_remote(p):
+        raise UnsupportedURLError(
+            f"{p}: {what} on object storage or HTTP is not supported yet; "
+            "read and write URLs with op groups (lsio_ray.get_ranges, lsio_ray.put_file)"
+        )
+    return p

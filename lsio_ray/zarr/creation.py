@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from lsio_ray.io.url import local_path
 from lsio_ray.paths import check_disjoint, remove_stray_temp_files
 from lsio_ray.zarr.array import Array
 from lsio_ray.zarr.layout import ArrayLayout, layout_from_docs, metadata_docs
@@ -118,7 +119,7 @@ def create(
     removes what is at ``path`` first.  ``write_empty_chunks``: zarr-python's array
     config of that name (default False: chunks all fill value are not stored, see
     :mod:`lsio_ray.zarr.encode`), for the writes through the returned array."""
-    root = os.path.abspath(os.fspath(path))
+    root = local_path(path, "a Zarr array")
     kwargs = _create_kwargs(
         shape,
         dtype,
@@ -168,7 +169,7 @@ def save(
     or hold it (symbolic links resolved), else :class:`ValueError` -- with
     ``overwrite=True`` that would remove the array being saved.  Chunks all fill value
     are not stored unless ``write_empty_chunks=True``, as in zarr-python."""
-    root = os.path.abspath(os.fspath(path))
+    root = local_path(path, "a Zarr array")
     source = _source_dir(data)
     if source is not None:
         check_disjoint(source, root)  # before reading (and later removing) anything

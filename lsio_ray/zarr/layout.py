@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from lsio_ray.io.url import local_path
 from lsio_ray.zarr import _zarr_compat
 from lsio_ray.zarr.codecs import ChunkCodec, ShardIndexCodec, build_chunk_codec
 from lsio_ray.zarr.errors import ArrayMetadataError, UnsupportedError
@@ -217,7 +218,7 @@ def load_layout(path: str | os.PathLike[str]) -> ArrayLayout:
     (a ``ValueError``) when the metadata is invalid or names a group, and
     ``UnsupportedError`` when lsio_ray cannot read it.
     """
-    root = os.path.abspath(os.fspath(path))
+    root = local_path(path, "a Zarr array")
     docs: dict[str, Any] = {}
     v3 = os.path.join(root, "zarr.json")
     v2 = os.path.join(root, ".zarray")

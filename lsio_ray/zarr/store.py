@@ -51,6 +51,7 @@ from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
 from lsio_ray.engine import Engine
 from lsio_ray.errors import BufferPoolTooSmallError, RangePastEOFError
 from lsio_ray.io.ops import ByteRange, OpGroup, get_ranges, put_file
+from lsio_ray.io.url import local_path
 from lsio_ray.paths import is_within, remove_stray_temp_files, temp_file_pid
 
 if TYPE_CHECKING:
@@ -151,7 +152,7 @@ class Store(_ZarrStore):
                 f"'root' must be a string or Path instance. Got an instance of {type(root)} "
                 "instead."
             )
-        self.root = Path(os.path.abspath(os.fspath(root)))
+        self.root = Path(local_path(root, "a Zarr store"))
         self._engine = engine
         # key directories ("a/c/0") a read found free of links leading out
         self._checked_dirs: set[str] = set()
