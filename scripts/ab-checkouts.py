@@ -24,6 +24,11 @@ four 64 MiB files under ``$LSIO_AB_DIR``, default /tmp/lsio-ab, made once):
   (warm), crops/s, Ray's start excluded;
 * ``rechunk``: ``lsio_ray.rechunk`` of the array to (16,256,256) zstd-3 on a 2-CPU local
   Ray, MiB/s, Ray's start excluded.
+* ``w1`` .. ``w4``: the engine workloads of ``scripts/bench-io.sh`` through
+  ``lsio_ray.bench.run_read`` (4 s each): 4 KiB random O_DIRECT reads at depth 32 of
+  the four big files (k IOPS), 256 KiB sequential O_DIRECT reads (MiB/s), 4 KiB random
+  warm reads on 2 threads (k IOPS), and one pass of whole-file reads of the 20,000 small
+  files, warm (files/s).
 """
 
 from __future__ import annotations
@@ -148,6 +153,24 @@ finally:
 print(nbytes / 2**20 / dt)
 """,
 }
+_W = """
+from lsio_ray.bench import ReadSpec, run_read
+r = run_read(ReadSpec(**{{"dir": sys.argv[2], "duration_s": 4.0, "seed": 5, **{spec}}}))
+print(r.{rate})
+"""
+# the engine workloads of scripts/bench-io.sh (W1-W4), shorter, through lsio_ray.bench
+JOBS["w1"] = _W.format(
+    spec='dict(pattern="random", block_size=4096, direct=True, depth=32)', rate="ops_per_s / 1e3"
+)
+JOBS["w2"] = _W.format(
+    spec='dict(pattern="sequential", block_size=256 << 10, direct=True, depth=8)', rate="mib_per_s"
+)
+JOBS["w3"] = _W.format(
+    spec='dict(pattern="random", block_size=4096, depth=32, threads=2)', rate="ops_per_s / 1e3"
+)
+JOBS["w4"] = _W.format(
+    spec='dict(pattern="whole-file", depth=64, passes=1, duration_s=0)', rate="files_per_s"
+)
 JOBS["series-cold"] = JOBS["series"]
 UNITS = {
     "engine-files": "files/s",
@@ -158,6 +181,10 @@ UNITS = {
     "series-cold": "series/s",
     "ray-crops": "crops/s",
     "rechunk": "MiB/s",
+    "w1": "k IOPS",
+    "w2": "MiB/s",
+    "w3": "k IOPS",
+    "w4": "files/s",
 }
 
 
@@ -185,6 +212,14 @@ def _data() -> tuple[str, str, str]:
 def _run(checkout: str, job: str, zarr_path: str, small: str, big: str) -> float:
     py = os.path.join(checkout, ".venv", "bin", "python")
     data = small if job == "engine-files" else big
+    if job.startswith("w"):  # lsio_ray.bench's own files (f000000...)
+        from lsio_ray.bench import make_files
+
+        data = os.path.join(AB_DIR, "w-small" if job == "w4" else "w-big")
+        if job == "w4":
+            make_files(data, 20000, 16 << 10)
+        else:
+            make_files(data, 4, 64 << 20)
     env = {**os.environ, "AB_COLD": "1" if job.endswith("-cold") else "0"}
     env.pop("PYTHONPATH", None)
     code = _PRE + textwrap.dedent(JOBS[job])
