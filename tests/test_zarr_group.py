@@ -341,6 +341,18 @@ def test_info_cli_on_a_group(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert json.loads(capsys.readouterr().out)["chunk_grid"] == [3, 3]
 
 
+def test_info_cli_refuses_a_hostile_group(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    build(tmp_path / "outside.zarr", 3, consolidated=False)
+    path = tmp_path / "g.zarr"
+    build(path, 3, consolidated=False)
+    os.symlink(tmp_path / "outside.zarr", path / "sub" / "escape")
+    assert zarr_cli(["info", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "'sub/escape' resolves to" in err and "outside the group" in err
+
+
 def test_info_cli_through_lsio_ray_main(tmp_path: Path) -> None:
     path = tmp_path / "g.zarr"
     build(path, 3, consolidated=False)

@@ -2,7 +2,7 @@
 
 >>> import lsio_ray.zarr as lz
 >>> g = lz.open("dataset.zarr")                 # a Group when the path holds a group
->>> g                                           # a tree: shapes, dtypes, chunks, codecs, sizes
+>>> print(g)                                    # a tree: shapes, dtypes, chunks, codecs, sizes
 >>> t = g["temperature"][0:8]                   # members are lsio_ray.zarr.Array
 >>> x = g["sub/x"]                              # paths through nested groups
 >>> [name for name, _ in g.arrays()], list(g.keys()), g.attrs
