@@ -53,7 +53,8 @@ def __getattr__(name: str) -> object:
         from lsio_ray.ray.rechunk import rechunk
 
         return rechunk
-    # lsio_ray.open: arrays for notebooks (progress bars, quick looks), on first use
+    # lsio_ray.open: arrays (and groups of them) for notebooks (progress bars, quick
+    # looks), on first use
     if name == "open":
         from lsio_ray.interactive import open
 

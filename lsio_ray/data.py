@@ -213,7 +213,7 @@ class _ReadRange:
         self.direct = src.direct
 
     def __call__(self) -> Iterator[Any]:
-        arr = lz.open(self.path, direct=self.direct)
+        arr = lz.open_array(self.path, direct=self.direct)
         if self.decode_block > 1 and arr.decodes_in_c:
             yield from self._decode_aware(arr)
             return
@@ -404,7 +404,7 @@ def read_zarr_crops(
 
     Other keyword arguments go to ``ray.data.read_datasource`` (``num_cpus``,
     ``concurrency``, ...)."""
-    arr = lz.open(path)
+    arr = lz.open_array(path)
     crop = tuple(int(c) for c in crop_shape)
     if int(per_cell) > 0:
         plan = arr.clustered_starts(crop, count, seed=seed, per_cell=int(per_cell), cell=cell)
@@ -443,7 +443,7 @@ def read_zarr_windows(
     (default: the window, i.e. non-overlapping tiles) in C order of their corners.
 
     Rows and the other arguments as :func:`read_zarr_crops`."""
-    arr = lz.open(path)
+    arr = lz.open_array(path)
     win = tuple(int(w) for w in window_shape)
     axes = window_starts(arr.shape, win, None if stride is None else tuple(stride))
     count = int(np.prod([len(a) for a in axes], dtype=np.int64))

@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lsio_ray.zarr.array import Array, open_array
-from lsio_ray.zarr.info import _size
+from lsio_ray.zarr.array import Array
+from lsio_ray.zarr.group import Group, open_node
+from lsio_ray.zarr.info import _size, codec_label
 from lsio_ray.zarr.plan import normalize
 
 if TYPE_CHECKING:
@@ -172,7 +173,7 @@ class InteractiveArray:
 
     def __repr__(self) -> str:
         s = self.summary()
-        codecs = ", ".join(_codec_name(c) for c in s["codecs"]) or "none"
+        codecs = ", ".join(codec_label(c) for c in s["codecs"]) or "none"
         more = "" if s["stored_complete"] else "at least "
         ratio = f", ratio {s['nbytes'] / s['stored_bytes']:.2f}" if s["stored_bytes"] else ""
         rows = [
@@ -272,20 +273,6 @@ class InteractiveArray:
         return ax
 
 
-def _codec_name(codec: dict[str, Any]) -> str:
-    if "name" in codec:
-        inner = codec.get("configuration", {}).get("codecs")
-        if inner:
-            return f"{codec['name']}({', '.join(_codec_name(c) for c in inner)})"
-        return str(codec["name"])
-    for kind in ("compressor", "filter"):
-        if kind in codec:
-            return str(codec[kind].get("id", codec[kind]))
-    if "order" in codec:
-        return f"order {codec['order']}"
-    return str(codec)
-
-
 def _key_text(index: Any) -> str:
     items = index if isinstance(index, tuple) else (index,)
     out = []
@@ -307,12 +294,15 @@ def open(
     progress_bytes: int = PROGRESS_BYTES,
     coordinator: Coordinator | None = None,
     **options: Any,
-) -> InteractiveArray:
-    """Open the Zarr array at ``path`` for interactive use.
+) -> InteractiveArray | Group:
+    """Open the Zarr array at ``path`` for interactive use; a group opens as a
+    :class:`lsio_ray.zarr.Group` whose arrays come out as :class:`InteractiveArray`.
 
     ``progress_bytes``: reads at least this large show a progress bar; ``coordinator``: a
     :class:`~lsio_ray.ray.Coordinator` whose locality tells which node holds the data
     (shown in the summary).  Other options go to :func:`lsio_ray.zarr.open`."""
-    return InteractiveArray(
-        open_array(path, **options), progress_bytes=progress_bytes, coordinator=coordinator
-    )
+
+    def wrap(array: Array) -> InteractiveArray:
+        return InteractiveArray(array, progress_bytes=progress_bytes, coordinator=coordinator)
+
+    return open_node(path, wrap_array=wrap, **options)

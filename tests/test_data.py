@@ -112,13 +112,13 @@ def test_read_tasks_open_the_array_with_direct(
     crops and for windows."""
     path, _ = arrays["v3"]
     seen: list[bool | None] = []
-    real = lz.open
+    real = lz.open_array
 
     def recording(p: Any, **kw: Any) -> Any:
         seen.append(kw.get("direct"))
         return real(p, **kw)
 
-    monkeypatch.setattr(lz, "open", recording)
+    monkeypatch.setattr(lz, "open_array", recording)
     monkeypatch.setattr(ld, "_read", lambda src, parallelism, args: src)  # no Ray Data
     for src in (
         ld.read_zarr_crops(path, CROP, 5, seed=1, direct=direct),

@@ -79,12 +79,15 @@ def test_invalid_metadata(tmp_path) -> None:
 
 
 def test_group_is_not_an_array(tmp_path) -> None:
+    # open_array refuses a group; lz.open opens it as one (tests/test_zarr_group.py)
     zarr.create_group(str(tmp_path / "g.zarr"))
     with pytest.raises(lz.ArrayMetadataError, match="not an array"):
-        lz.open(tmp_path / "g.zarr")
+        lz.open_array(tmp_path / "g.zarr")
+    assert isinstance(lz.open(tmp_path / "g.zarr"), lz.Group)
     zarr.create_group(str(tmp_path / "g2.zarr"), zarr_format=2)
     with pytest.raises(lz.ArrayMetadataError, match="group"):
-        lz.open(tmp_path / "g2.zarr")
+        lz.open_array(tmp_path / "g2.zarr")
+    assert isinstance(lz.open(tmp_path / "g2.zarr"), lz.Group)
 
 
 def test_unknown_codec(tmp_path) -> None:

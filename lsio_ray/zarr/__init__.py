@@ -1,7 +1,9 @@
-"""Zarr v2 and v3 arrays (sharded or not) read and written through the lsio engine.
+"""Zarr v2 and v3 arrays (sharded or not) and groups, read and written through the lsio engine.
 
 >>> import lsio_ray.zarr as lz
 >>> a = lz.open("data.zarr")
+>>> g = lz.open("dataset.zarr")                        # a group: lz.Group
+>>> g, list(g.keys()), g["sub/temperature"][0:8]
 >>> a.shape, a.dtype, a.chunks, a.shards
 >>> crop = a[0:8, 100:356, 5:261]                      # numpy.ndarray
 >>> for crop in a.random_crops((8, 256, 256), 1000, seed=0, prefetch=16): ...
@@ -19,31 +21,37 @@ from lsio_ray.zarr.creation import create, save
 from lsio_ray.zarr.errors import (
     ArrayMetadataError,
     ChunkCorruptError,
+    GroupError,
     ShardIndexError,
     UnsupportedError,
     ZarrError,
 )
+from lsio_ray.zarr.group import Group, consolidate_metadata, open_group, open_node
 from lsio_ray.zarr.loader import Loader, default_loader
 from lsio_ray.zarr.pipeline import LsioCodecPipeline, use_lsio_pipeline
 from lsio_ray.zarr.store import Store
 from lsio_ray.zarr.stream import random_box_starts
 
-open = open_array  # the package's entry point: lsio_ray.zarr.open(path)
+open = open_node  # the package's entry point: lsio_ray.zarr.open(path), array or group
 
 __all__ = [
     "Array",
     "ArrayMetadataError",
     "ChunkCorruptError",
+    "Group",
+    "GroupError",
     "Loader",
     "LsioCodecPipeline",
     "ShardIndexError",
     "Store",
     "UnsupportedError",
     "ZarrError",
+    "consolidate_metadata",
     "create",
     "default_loader",
     "open",
     "open_array",
+    "open_group",
     "random_box_starts",
     "save",
     "use_lsio_pipeline",

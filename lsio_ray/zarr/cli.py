@@ -24,7 +24,8 @@ import numpy as np
 from lsio_ray import argtypes
 from lsio_ray.io import config
 from lsio_ray.zarr.array import Array, open_array
-from lsio_ray.zarr.info import array_info, format_info
+from lsio_ray.zarr.group import is_group, open_group
+from lsio_ray.zarr.info import array_info, format_group_info, format_info
 from lsio_ray.zarr.layout import load_layout
 from lsio_ray.zarr.loader import Loader
 from lsio_ray.zarr.plan import select_chunks
@@ -44,7 +45,13 @@ __all__ = [
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    """``lsio-ray info PATH``: metadata, chunk and shard grids, codecs, stored size."""
+    """``lsio-ray info PATH``: metadata, chunk and shard grids, codecs, stored size; for a
+    group, the tree of its members."""
+    if is_group(args.path):
+        with open_group(args.path) as group:
+            ginfo = group.info()
+        print(json.dumps(ginfo, indent=1, default=str) if args.json else format_group_info(ginfo))
+        return 0
     info = array_info(Array(load_layout(args.path)))
     if args.json:
         print(json.dumps(info, indent=1, default=str))
@@ -57,11 +64,13 @@ def add_info_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``info`` on a subparsers object; returns its parser."""
     p = subparsers.add_parser(
         "info",
-        help="describe a Zarr array",
+        help="describe a Zarr array or group",
         description="Describe a Zarr array (v2 or v3): metadata, chunk and shard grid, "
-        "codecs, stored size.",
+        "codecs, stored size; or a group: the tree of its members with the same facts.",
     )
-    p.add_argument("path", help="the array's directory (holding zarr.json or .zarray)")
+    p.add_argument(
+        "path", help="the array's or group's directory (holding zarr.json, .zarray or .zgroup)"
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_info)
     return p

@@ -15,6 +15,7 @@ from lsio_ray.errors import LsioError
 __all__ = [
     "ArrayMetadataError",
     "ChunkCorruptError",
+    "GroupError",
     "ShardIndexError",
     "UnsupportedError",
     "ZarrError",
@@ -38,6 +39,18 @@ class UnsupportedError(ArrayMetadataError):
 
     def __init__(self, array: str, what: str) -> None:
         super().__init__(array, f"unsupported: {what}")
+
+
+class GroupError(ZarrError, ValueError):
+    """A group's metadata is invalid, or a member's name or path is refused (it would
+    lead out of the group's directory)."""
+
+    def __init__(self, group: str, reason: str) -> None:
+        self.group, self.reason = group, reason
+        super().__init__(f"{group}: {reason}")
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        return (type(self), (self.group, self.reason))
 
 
 class ChunkCorruptError(ZarrError, OSError):

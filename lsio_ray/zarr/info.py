@@ -1,29 +1,58 @@
-"""A summary of an array: metadata, chunk and shard grids, codecs, stored size."""
+"""Summaries: of an array (metadata, chunk and shard grids, codecs, stored size) and of
+a group (a tree of its members with the same facts, :func:`format_group_info`)."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lsio_ray.zarr.errors import ZarrError
+from lsio_ray.zarr.layout import layout_from_docs
+
 if TYPE_CHECKING:
     from lsio_ray.zarr.array import Array
 
-__all__ = ["array_info", "format_info", "stored_size"]
+__all__ = [
+    "MAX_WALK",
+    "array_info",
+    "array_summary",
+    "codec_label",
+    "count_stored",
+    "format_group_info",
+    "format_info",
+    "stored_size",
+]
+
+#: files counted under one array for a group's summary before giving up (a huge array's
+#: stored size is then reported as "at least")
+MAX_WALK = 200_000
 
 
-def stored_size(path: str) -> tuple[int, int]:
-    """(bytes, files) stored under ``path``, metadata included."""
+def count_stored(path: str, max_files: int | None = None) -> tuple[int, int, bool]:
+    """``(bytes, files, complete)`` stored under ``path``, metadata included; counting
+    stops after ``max_files`` files (``complete`` is then False).  Symbolic links are
+    counted as links, never followed."""
     total = files = 0
     for root, _, names in os.walk(path):
         for name in names:
             try:
-                total += os.stat(os.path.join(root, name)).st_size
-                files += 1
+                total += os.lstat(os.path.join(root, name)).st_size
             except FileNotFoundError:  # a temp file renamed meanwhile
                 continue
+            files += 1
+            if max_files is not None and files >= max_files:
+                return total, files, False
+    return total, files, True
+
+
+def stored_size(path: str) -> tuple[int, int]:
+    """(bytes, files) stored under ``path``, metadata included."""
+    total, files, _ = count_stored(path)
     return total, files
 
 
@@ -104,3 +133,194 @@ def format_info(info: dict[str, Any]) -> str:
     )
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+# -- groups --------------------------------------------------------------------------------
+
+
+def codec_label(codec: Mapping[str, Any]) -> str:
+    """A codec's short name (``zstd``, ``sharding_indexed(bytes, zstd)``, v2's compressor
+    or filter id) from the JSON :meth:`ArrayLayout.describe_codecs` returns."""
+    if "name" in codec:
+        inner = (codec.get("configuration") or {}).get("codecs")
+        if inner:
+            return f"{codec['name']}({', '.join(codec_label(c) for c in inner)})"
+        return str(codec["name"])
+    for kind in ("compressor", "filter"):
+        if kind in codec:
+            return str(codec[kind].get("id", codec[kind]))
+    if "order" in codec:
+        return f"order {codec['order']}"
+    return str(codec)
+
+
+def array_summary(
+    path: str | None, docs: Mapping[str, Any], *, max_files: int | None = MAX_WALK
+) -> dict[str, Any]:
+    """A JSON-able summary of the array whose metadata documents are ``docs`` (parsed
+    JSON by file name) and whose directory is ``path`` (None: not on disk, ``missing``).
+
+    An array lsio_ray cannot read (a string data type, say) is still described, from
+    its raw documents, with the reason in ``error``."""
+    out: dict[str, Any] = {"node_type": "array", "error": None}
+    name = path or "array"
+    try:
+        lay = layout_from_docs(name, docs)
+        out.update(
+            shape=list(lay.shape),
+            dtype=str(lay.dtype),
+            chunks=list(lay.chunks),
+            shards=list(lay.shards) if lay.shards else None,
+            codecs=lay.describe_codecs(),
+            nbytes=math.prod(lay.shape) * lay.dtype.itemsize,
+            attributes=lay.attrs,
+        )
+    except ZarrError as exc:
+        out.update(_raw_summary(docs), error=getattr(exc, "reason", str(exc)))
+    except (ValueError, TypeError, KeyError, RecursionError) as exc:
+        out.update(_raw_summary(docs), error=str(exc))
+    if path is None:
+        out.update(missing=True, stored_bytes=None, stored_files=None, stored_complete=False)
+    else:
+        stored, files, complete = count_stored(path, max_files)
+        out.update(missing=False, stored_bytes=stored, stored_files=files, stored_complete=complete)
+    return out
+
+
+def _raw_summary(docs: Mapping[str, Any]) -> dict[str, Any]:
+    """What can be said of an array from documents lsio_ray could not parse (any field
+    may be absent or of the wrong type: nothing here trusts them)."""
+
+    def field(doc: Any, *keys: str) -> Any:
+        for key in keys:
+            doc = doc.get(key) if isinstance(doc, dict) else None
+        return doc
+
+    if "zarr.json" in docs:
+        doc = docs["zarr.json"]
+        dtype, chunks = field(doc, "data_type"), field(doc, "chunk_grid", "configuration")
+        chunks = field(chunks, "chunk_shape")
+        codecs = field(doc, "codecs")
+        codecs = [c for c in codecs if isinstance(c, dict)] if isinstance(codecs, list) else []
+    else:
+        doc = docs.get(".zarray")
+        dtype, chunks = field(doc, "dtype"), field(doc, "chunks")
+        codecs = [{"filter": f} for f in field(doc, "filters") or [] if isinstance(f, dict)]
+        if isinstance(field(doc, "compressor"), dict):
+            codecs.append({"compressor": field(doc, "compressor")})
+    shape = field(doc, "shape")
+    attrs = field(doc, "attributes") if "zarr.json" in docs else docs.get(".zattrs")
+    return {
+        "shape": shape if isinstance(shape, list) else None,
+        "dtype": _dtype_name(dtype),
+        "chunks": chunks if isinstance(chunks, list) else None,
+        "shards": None,
+        "codecs": codecs,
+        "nbytes": None,
+        "attributes": attrs if isinstance(attrs, dict) else {},
+    }
+
+
+def _dtype_name(dtype: Any) -> str:
+    """A raw data type as written: v2's string, v3's name or extension object's name."""
+    if isinstance(dtype, dict) and isinstance(dtype.get("name"), str):
+        return dtype["name"]
+    return dtype if isinstance(dtype, str) else json.dumps(dtype, default=str)
+
+
+def _shown(name: str) -> str:
+    """A member name as printed: names with control characters (a newline, a terminal
+    escape) are shown as Python literals, never written raw to a terminal."""
+    return name if name.isprintable() else repr(name)
+
+
+def _shape(value: Any) -> str:
+    return str(tuple(value)) if isinstance(value, list) else "?"
+
+
+def _array_cells(m: Mapping[str, Any]) -> list[str]:
+    """The columns of an array's line: shape, dtype, chunks, codecs, stored size, and
+    why lsio_ray cannot read it (when it cannot)."""
+    chunks = f"chunks {_shape(m['chunks'])}"
+    if m["shards"]:
+        chunks += f" in shards {_shape(m['shards'])}"
+    codecs = [c for c in m["codecs"] if c != {"order": "C"}]  # v2's default, noise here
+    cells = [
+        _shape(m["shape"]),
+        _shown(str(m["dtype"])),
+        chunks,
+        ", ".join(_shown(codec_label(c)) for c in codecs) or "no codecs",
+    ]
+    if m["missing"]:
+        cells.append("MISSING on disk")
+    else:
+        more = "" if m["stored_complete"] else "at least "
+        stored = f"{more}{_size(m['stored_bytes'])} stored"
+        if m["nbytes"] and m["stored_bytes"] and m["stored_complete"]:
+            stored += f" (ratio {m['nbytes'] / m['stored_bytes']:.2f})"
+        cells.append(stored)
+    if m["error"]:
+        cells.append(f"[lsio_ray cannot read it: {_shown(m['error'])}]")
+    return cells
+
+
+def format_group_info(info: Mapping[str, Any]) -> str:
+    """A group's summary (``Group.info()``) as a header and a tree of its members, one
+    line each, in aligned columns: arrays with shape, dtype, chunks (and shards),
+    codecs and stored size."""
+    members = info["members"]
+    arrays = [m for m in members if m["node_type"] == "array"]
+    groups = len(members) - len(arrays)
+    stored = sum(m["stored_bytes"] or 0 for m in arrays)
+    more = "" if all(m["stored_complete"] for m in arrays) else "at least "
+    head = (
+        f"Zarr v{info['zarr_format']} group {_shown(info['path'])}"
+        + (" (consolidated metadata)" if info["consolidated"] else "")
+        + f": {len(arrays)} array{'s' * (len(arrays) != 1)}, "
+        f"{groups} group{'s' * (groups != 1)}, {more}{_size(stored)} stored"
+    )
+    lines = [head]
+    if info["attributes"]:
+        lines.append(f"attributes {json.dumps(info['attributes'], default=str)[:200]}")
+    rows: list[list[str]] = [["/"]]
+    for i, m in enumerate(members):
+        depth = m["path"].count("/")
+        # one guide column per ancestor: "│" while that ancestor has siblings below
+        guide = "".join("│   " if _has_next(members, i, lv) else "    " for lv in range(depth))
+        branch = "├── " if _has_next(members, i, depth) else "└── "
+        name = guide + branch + _shown(m["path"].rsplit("/", 1)[-1])
+        if m["node_type"] == "group":
+            rows.append([name + "/"] + (["MISSING on disk"] if m["missing"] else []))
+        else:
+            rows.append([name, *_array_cells(m)])
+    lines.extend(_aligned(rows))
+    if info.get("truncated"):
+        lines.append(f"... and {info['truncated']} more members")
+    return "\n".join(lines)
+
+
+def _aligned(rows: list[list[str]], max_width: int = 40) -> list[str]:
+    """The rows with their columns padded to a common width (a cell wider than
+    ``max_width`` does not widen its column; the last cell of a row is not padded)."""
+    ncol = max(len(r) for r in rows)
+    widths = [
+        max((len(r[c]) for r in rows if len(r) > c + 1 and len(r[c]) <= max_width), default=0)
+        for c in range(ncol)
+    ]
+    return [
+        "  ".join(c.ljust(widths[i]) for i, c in enumerate(r[:-1]))
+        + (("  " if len(r) > 1 else "") + r[-1])
+        for r in rows
+    ]
+
+
+def _has_next(members: list[Mapping[str, Any]], i: int, level: int) -> bool:
+    """Whether the ancestor of ``members[i]`` at ``level`` (its own level: itself) has a
+    sibling after it (members are listed depth first)."""
+    for m in members[i + 1 :]:
+        depth = m["path"].count("/")
+        if depth < level:
+            return False
+        if depth == level:
+            return True
+    return False
