@@ -13,6 +13,7 @@ file (a URL or a path).
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,7 @@ class Engines:
         self.raw = raw
         self.remote: RemoteBackend | None = None
         self._remote_settings = current_settings()  # read on the maker's thread
+        self._counter_lock = threading.Lock()  # shared decode counters of remote buffers
         self.backend = raw.backend
         self.features = raw.features
         self.pool_bytes = raw.pool_bytes
@@ -124,12 +126,12 @@ class Engines:
         if not rem.any():
             return self.raw.decode(spec, jobs)
         sub = np.ascontiguousarray(jobs[rem])
-        ids = sub["buf_id"].copy()
+        ends = sub[["buf_id", "refcnt"]].copy()
         sub["buf_id"] = 0
         try:
             failed = decode_chunks(spec, sub)
         finally:
-            self._release_many(np.unique(ids))
+            self._end_remote(ends)
         jobs["status"][rem] = sub["status"]
         jobs["detail"][rem] = sub["detail"]
         if rem.all():
@@ -140,10 +142,26 @@ class Engines:
         jobs["detail"][~rem] = local["detail"]
         return failed
 
+    def _end_remote(self, jobs: np.ndarray) -> None:
+        """End decode jobs on remote bytes as the C decoder ends its own (decode.c
+        ``end_job``): a job with a ``refcnt`` counter releases its buffer only when it
+        brings the counter to zero; one without releases it."""
+        assert self.remote is not None
+        with self._counter_lock:
+            for bid, rc in zip(jobs["buf_id"].tolist(), jobs["refcnt"].tolist(), strict=True):
+                if not bid:
+                    continue
+                if rc:
+                    cnt = view(rc, 4).view(np.int32)
+                    cnt[0] -= 1
+                    if cnt[0] != 0:
+                        continue
+                self.remote.release(bid)
+
     def _decode_end(self, jobs: np.ndarray) -> None:
         rem = self._split_jobs(jobs)
         if rem.any():
-            self._release_many(np.unique(jobs["buf_id"][rem]))
+            self._end_remote(jobs[rem])
         if (~rem).any():
             self.raw.decode_end(np.ascontiguousarray(jobs[~rem]))
 

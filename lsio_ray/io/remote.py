@@ -171,7 +171,11 @@ class RemoteBackend:
                     with self._lock:
                         self.counters["remote_inflight"] -= 1
         except BaseException as exc:  # never lose a request's completions
-            self._fail(req, errno_of(exc), describe(exc))
+            try:
+                self._fail(req, errno_of(exc), describe(exc))
+            except BaseException:
+                self._finish(req, None)  # cannot even report it: at least unblock
+                raise
 
     async def _read(self, req: _Request) -> None:
         import obstore
@@ -307,15 +311,15 @@ class RemoteBackend:
             return
         arr = np.zeros(len(rows), COMPLETION_DTYPE)
         if rows:
-            cols = np.array(rows, dtype=np.int64).T
-            arr["tag"] = cols[0].astype(np.uint64)
+            tag, bid, data, off, ln, size, err = zip(*rows, strict=True)
+            arr["tag"] = np.array(tag, np.uint64)  # tags may use bit 63 (the Zarr index's)
             arr["group"] = req.group
-            arr["buf_id"] = cols[1].astype(np.uint64)
-            arr["data"] = cols[2].astype(np.uint64)
-            arr["offset"] = cols[3]
-            arr["length"] = cols[4]
-            arr["file_size"] = cols[5]
-            arr["error"] = cols[6].astype(np.int32)
+            arr["buf_id"] = np.array(bid, np.uint64)
+            arr["data"] = np.array(data, np.uint64)
+            arr["offset"] = off
+            arr["length"] = ln
+            arr["file_size"] = size
+            arr["error"] = err
         self._finish(req, arr)
 
     def _finish(self, req: _Request, arr: np.ndarray | None) -> None:

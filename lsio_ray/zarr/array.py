@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from lsio_ray.io import F_DIRECT, config
+from lsio_ray.io.url import is_remote
 from lsio_ray.zarr import sampler, stream
 from lsio_ray.zarr.info import array_info
 from lsio_ray.zarr.layout import ArrayLayout, load_layout
@@ -435,7 +436,7 @@ class Array:
 def supports_direct(path: str | os.PathLike[str]) -> bool:
     """Whether the file system holding the directory ``path`` opens files ``O_DIRECT``
     (tried on the array's metadata file)."""
-    if not hasattr(os, "O_DIRECT"):
+    if not hasattr(os, "O_DIRECT") or is_remote(os.fspath(path)):
         return False
     for name in ("zarr.json", ".zarray"):
         try:

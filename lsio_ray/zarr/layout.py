@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from lsio_ray.io.url import local_path
+from lsio_ray.io.objects import read_object
+from lsio_ray.io.url import is_remote, resolve
 from lsio_ray.zarr import _zarr_compat
 from lsio_ray.zarr.codecs import ChunkCodec, ShardIndexCodec, build_chunk_codec
 from lsio_ray.zarr.errors import ArrayMetadataError, UnsupportedError
@@ -196,41 +197,55 @@ def _ceil_div(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(-(-x // y) for x, y in zip(a, b, strict=True))
 
 
-def _read_json(path: str, name: str) -> Any:
-    with open(path, "rb") as fh:
-        raw = fh.read()
+def _fetch(root: str, name: str) -> bytes | None:
+    """The document ``name`` of the array at ``root`` (a directory or a URL), or None."""
+    if is_remote(root):
+        return read_object(f"{root.rstrip('/')}/{name}")
+    try:
+        with open(os.path.join(root, name), "rb") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        return None
+
+
+def _parse_json(raw: bytes, fname: str, name: str) -> Any:
     try:
         return json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArrayMetadataError(
-            name, f"{os.path.basename(path)} is not valid JSON: {exc}"
-        ) from None
+        raise ArrayMetadataError(name, f"{fname} is not valid JSON: {exc}") from None
     except RecursionError:
-        raise ArrayMetadataError(
-            name, f"{os.path.basename(path)} is nested too deeply to parse"
-        ) from None
+        raise ArrayMetadataError(name, f"{fname} is nested too deeply to parse") from None
+
+
+def _read_json(path: str, name: str) -> Any:
+    """The JSON document in the local file ``path`` (errors name ``name``)."""
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    return _parse_json(raw, os.path.basename(path), name)
 
 
 def load_layout(path: str | os.PathLike[str]) -> ArrayLayout:
-    """Read an array's metadata from the directory ``path`` and build its layout.
+    """Read an array's metadata from ``path`` (a directory, or an object-storage or
+    HTTP URL) and build its layout.
 
     Raises ``FileNotFoundError`` when there is no array there, ``ArrayMetadataError``
     (a ``ValueError``) when the metadata is invalid or names a group, and
     ``UnsupportedError`` when lsio_ray cannot read it.
     """
-    root = local_path(path, "a Zarr array")
+    root = resolve(path)
+    if is_remote(root):
+        root = root.rstrip("/")
     docs: dict[str, Any] = {}
-    v3 = os.path.join(root, "zarr.json")
-    v2 = os.path.join(root, ".zarray")
-    if os.path.exists(v3):
-        docs["zarr.json"] = _read_json(v3, root)
-    elif os.path.exists(v2):
-        docs[".zarray"] = _read_json(v2, root)
-        attrs = os.path.join(root, ".zattrs")
-        if os.path.exists(attrs):
-            docs[".zattrs"] = _read_json(attrs, root)
+    raw = _fetch(root, "zarr.json")
+    if raw is not None:
+        docs["zarr.json"] = _parse_json(raw, "zarr.json", root)
+    elif (raw := _fetch(root, ".zarray")) is not None:
+        docs[".zarray"] = _parse_json(raw, ".zarray", root)
+        attrs = _fetch(root, ".zattrs")
+        if attrs is not None:
+            docs[".zattrs"] = _parse_json(attrs, ".zattrs", root)
     else:
-        if os.path.exists(os.path.join(root, ".zgroup")):
+        if _fetch(root, ".zgroup") is not None:
             raise ArrayMetadataError(root, "is a Zarr v2 group, not an array")
         raise FileNotFoundError(2, "no Zarr array here (no zarr.json or .zarray)", root)
     try:
