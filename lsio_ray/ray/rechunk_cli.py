@@ -96,15 +96,19 @@ def _source_layout(src: str) -> tuple[dict[str, Any], Any]:
 
 def _check_destination(dst: str, overwrite: bool) -> None:
     """Refuse an existing destination unless ``overwrite`` -- except an unfinished run
-    (its job state inside), which the job itself resumes or refuses."""
+    (its job state inside), which the job itself resumes or refuses -- and anything
+    there but a directory (a file, a dangling link), which the job cannot replace."""
     from lsio_ray.ray.rechunk import STATE_DIR
 
-    if not os.path.lexists(dst) or overwrite:
+    if not os.path.lexists(dst):
         return
     if not os.path.isdir(dst):
         raise ArgumentsError(
-            f"the destination {dst} exists and is not a directory; pass --overwrite to replace it"
+            f"the destination {dst} exists and is not a directory (the new array is one): "
+            "remove it or choose another path"
         )
+    if overwrite:
+        return
     listing = os.listdir(dst)
     if not listing or os.path.isfile(os.path.join(dst, STATE_DIR, "job.json")):
         return
@@ -125,9 +129,10 @@ def check_arguments(args: argparse.Namespace) -> None:
     source or the job cannot be planned with them (``--codec``, ``--zarr-format``:
     :func:`~lsio_ray.ray.rechunk.plan.plan_job`, as the job does); and when the
     destination exists without ``--overwrite`` (an unfinished run of a job is left to
-    the job, which resumes it or refuses it).  Paths this process may not see as the
-    job does -- under a ``--root`` directory (one node's disk) or with a ``ray://``
-    address -- are checked by the job on their node instead, after Ray starts."""
+    the job, which resumes it or refuses it) or is no directory.  Paths this process
+    may not see as the job does -- under a ``--root`` directory (one node's disk) or
+    with a ``ray://`` address -- are checked by the job on their node instead, after
+    Ray starts."""
     from lsio_ray.ray.rechunk.plan import plan_job
 
     roots = _roots(args.root)
