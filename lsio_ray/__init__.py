@@ -12,6 +12,12 @@ The local engine needs no Ray::
         for chunk in eng.submit(OpGroup([get_ranges("data/0.0"), get_ranges("data/0.1")])):
             with chunk:
                 use(chunk.data)
+
+Zarr arrays open two ways.  ``lsio_ray.zarr.open(path)`` returns a
+:class:`lsio_ray.zarr.Array`: reads, writes, crops, time series.  ``lsio_ray.open(path)``
+returns a :class:`lsio_ray.interactive.InteractiveArray`, a read-only wrapper of one
+for notebooks (a summary ``repr``, progress bars, ``quicklook``), whose ``.array`` is
+the ``Array``.
 """
 
 from lsio_ray.engine import Chunk, Engine, GroupResult
@@ -54,7 +60,8 @@ def __getattr__(name: str) -> object:
 
         return rechunk
     # lsio_ray.open: arrays (and groups of them) for notebooks (progress bars, quick
-    # looks), on first use
+    # looks), on first use; an InteractiveArray wrapping the lsio_ray.zarr.Array that
+    # lsio_ray.zarr.open returns (a Group for a group)
     if name == "open":
         from lsio_ray.interactive import open
 

@@ -38,11 +38,18 @@ def positive(text: str) -> int:
 
 
 def shape(text: str) -> tuple[int, ...]:
-    """``8,256,256`` (or ``8x256x256``): positive sizes."""
-    try:
-        out = tuple(int(s) for s in text.replace("x", ",").split(",") if s.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a shape: {text!r} (use e.g. 8,256,256)") from None
-    if not out or any(s <= 0 for s in out):
+    """``8,256,256`` (or ``8x256x256``): positive integer sizes, nothing else.
+
+    Strict: every part between the separators must be a positive integer written in
+    digits (spaces around it allowed), so ``16,128,12x``, ``16,,128``, ``16,128,`` and
+    ``8x256,256`` are refused rather than read as a shorter or different shape."""
+    sep = "," if "," in text else "x"
+    parts = [p.strip() for p in text.split(sep)]
+    for part in parts:
+        if not part.isascii() or not part.isdigit():
+            what = "an empty size" if not part else f"{part!r} is not a positive integer"
+            raise argparse.ArgumentTypeError(f"not a shape: {text!r}: {what} (use e.g. 8,256,256)")
+    out = tuple(int(p) for p in parts)
+    if any(s <= 0 for s in out):
         raise argparse.ArgumentTypeError(f"not a shape of positive sizes: {text!r}")
     return out

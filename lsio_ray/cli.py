@@ -15,24 +15,35 @@ function to :data:`BENCH_MODES`.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from lsio_ray import argtypes
+import lsio_ray
+from lsio_ray import argtypes, zarr_args
 
 __all__ = [
     "BENCH_MODES",
     "COMMAND_GROUPS",
+    "EXTRAS",
     "add_bench_commands",
+    "add_bench_crops",
     "add_bench_make_files",
     "add_bench_read",
+    "add_demo_command",
+    "add_info_command",
     "add_rechunk_command",
     "build_parser",
+    "cmd_bench_crops",
     "cmd_bench_make_files",
     "cmd_bench_read",
+    "cmd_demo",
+    "cmd_info",
     "main",
+    "missing_extra",
 ]
 
 Subparsers = Any  # argparse's _SubParsersAction is private
@@ -261,11 +272,17 @@ def add_bench_read(bsub: Subparsers) -> argparse.ArgumentParser:
     return rd
 
 
+def cmd_bench_crops(args: argparse.Namespace) -> int:
+    """``lsio-ray bench crops``: :func:`lsio_ray.zarr.cli.cmd_bench_crops`, imported now
+    (it needs the ``zarr`` extra)."""
+    from lsio_ray.zarr.cli import cmd_bench_crops as run
+
+    return run(args)
+
+
 def add_bench_crops(bsub: Subparsers) -> argparse.ArgumentParser:
     """Register ``bench crops`` (random crops of a Zarr array, :mod:`lsio_ray.zarr.cli`)."""
-    from lsio_ray.zarr.cli import add_bench_crops_parser
-
-    return add_bench_crops_parser(bsub)
+    return zarr_args.add_bench_crops_parser(bsub, cmd_bench_crops)
 
 
 BENCH_MODES: list[Callable[[Subparsers], argparse.ArgumentParser]] = [
@@ -321,11 +338,17 @@ def add_demo_command(sub: Subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def cmd_info(args: argparse.Namespace) -> int:
+    """``lsio-ray info``: :func:`lsio_ray.zarr.cli.cmd_info`, imported now (it needs the
+    ``zarr`` extra)."""
+    from lsio_ray.zarr.cli import cmd_info as run
+
+    return run(args)
+
+
 def add_info_command(sub: Subparsers) -> argparse.ArgumentParser:
     """Register ``info`` (describe a Zarr array, :mod:`lsio_ray.zarr.cli`)."""
-    from lsio_ray.zarr.cli import add_info_parser
-
-    return add_info_parser(sub)
+    return zarr_args.add_info_parser(sub, cmd_info)
 
 
 COMMAND_GROUPS: list[Callable[[Subparsers], argparse.ArgumentParser]] = [
@@ -346,10 +369,12 @@ def _usage(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], in
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The full ``lsio-ray`` parser."""
+    """The full ``lsio-ray`` parser.  Building it imports no optional dependency (zarr,
+    numcodecs, Ray): each command imports what it needs when it runs."""
     parser = argparse.ArgumentParser(
         prog="lsio-ray", description="Light-speed IO on Ray: tools and benchmarks."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {lsio_ray.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in COMMAND_GROUPS:
         add(sub)
@@ -357,14 +382,78 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXTRAS: dict[str, str] = {
+    "zarr": "zarr",
+    "numcodecs": "zarr",
+    "google_crc32c": "zarr",
+    "crc32c": "zarr",
+    "ray": "ray",
+    "matplotlib": "interactive",
+}
+"""Top-level module -> the ``lsio_ray`` extra (``pip install 'lsio_ray[EXTRA]'``) that
+installs it: named in the error when a command finds it missing."""
+
+
+def missing_extra(exc: BaseException) -> tuple[str, str] | None:
+    """``(module, extra)`` when ``exc`` (or what caused it) is the failed import of a
+    module an ``lsio_ray`` extra provides (:data:`EXTRAS`) and that module is not
+    installed, else None (an installed but broken module is another matter)."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, ImportError) and cur.name:
+            top = cur.name.split(".")[0]
+            if top in EXTRAS and importlib.util.find_spec(top) is None:
+                return top, EXTRAS[top]
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the flush at exit cannot fail again on a
+    reader that went away (the Python docs' recipe, "Note on SIGPIPE")."""
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(fd, sys.stdout.fileno())
+        os.close(fd)
+    except (OSError, ValueError):  # stdout is no file (tests capturing it)
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``lsio-ray`` script; returns the exit status."""
+    """Entry point of the ``lsio-ray`` script; returns the exit status.
+
+    0 on success; 2 for a usage error (argparse's, and the commands' own checks of
+    their arguments, e.g. ``rechunk``'s of its paths); 1 when the command failed, or
+    needs an extra that is not installed (the message says which: ``pip install
+    'lsio_ray[zarr]'``); 130 on Ctrl-C.  Output cut short by its reader (``lsio-ray
+    info x | head -3``) is not an error: 0, and nothing on stderr."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    name = " ".join(
+        p for p in ("lsio-ray", args.command, getattr(args, "bench_command", None)) if p
+    )
     try:
-        return int(args.func(args))
+        status = int(args.func(args))
+        sys.stdout.flush()  # a closed pipe raises here, not in the flush at exit
+        return status
+    except BrokenPipeError:
+        _silence_stdout()
+        return 0
+    except ImportError as exc:
+        found = missing_extra(exc)
+        if found is None:
+            raise
+        module, extra = found
+        print(
+            f"{name}: error: this command needs the '{extra}' extra ({module} is not "
+            f"installed): pip install 'lsio_ray[{extra}]'",
+            file=sys.stderr,
+        )
+        return 1
     except (OSError, ValueError) as exc:
-        print(f"lsio-ray: error: {exc}", file=sys.stderr)
+        print(f"{name}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -73,11 +73,14 @@ def _stored(path: str) -> tuple[int, int, bool]:
 
 
 class InteractiveArray:
-    """A :class:`lsio_ray.zarr.Array` with a notebook-friendly face.
+    """A read-only, notebook-friendly wrapper of a :class:`lsio_ray.zarr.Array`
+    (what :func:`lsio_ray.open` returns).
 
     Indexing (``a[...]``) and :meth:`read` return numpy arrays like the underlying
     array, with a progress bar for reads of at least ``progress_bytes`` bytes;
-    :meth:`quicklook` plots a 2-D slice.  The plain array is :attr:`array`.
+    :meth:`quicklook` plots a 2-D slice; ``repr`` is a summary (codecs, stored size,
+    where the data lives).  It is not an ``Array`` (no subclass) and has no writes,
+    crops, time series or close: those are the wrapped array's, :attr:`array`.
     """
 
     def __init__(
@@ -295,8 +298,14 @@ def open(
     coordinator: Coordinator | None = None,
     **options: Any,
 ) -> InteractiveArray | Group:
-    """Open the Zarr array at ``path`` for interactive use; a group opens as a
-    :class:`lsio_ray.zarr.Group` whose arrays come out as :class:`InteractiveArray`.
+    """Open the Zarr array at ``path`` for interactive use: ``lsio_ray.open``; a group
+    opens as a :class:`lsio_ray.zarr.Group` whose arrays come out as
+    :class:`InteractiveArray`.
+
+    Returns an :class:`InteractiveArray`, not the :class:`lsio_ray.zarr.Array` that
+    :func:`lsio_ray.zarr.open` returns: a read-only wrapper of one, adding a summary
+    ``repr``, progress bars on long reads and :meth:`~InteractiveArray.quicklook`.  The
+    wrapped ``Array`` (writes, ``random_crops``, ``time_series``, ...) is its ``array``.
 
     ``progress_bytes``: reads at least this large show a progress bar; ``coordinator``: a
     :class:`~lsio_ray.ray.Coordinator` whose locality tells which node holds the data

@@ -466,8 +466,8 @@ def test_cli(lc: LocalCluster) -> None:
     with redirect_stdout(io.StringIO()):
         assert (
             main(["rechunk", str(src), str(base / "dst.zarr"), "--chunks", "5,5", "--no-progress"])
-            == 1
-        )  # exists already
+            == 2
+        )  # exists already: refused by the CLI's checks, before the job
     shutil.rmtree(base)
 
 

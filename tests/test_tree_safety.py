@@ -69,8 +69,9 @@ def no_ray(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def test_cli_overwrite_of_the_sources_parent_is_refused_before_ray(tmp_path: Path) -> None:
     """The reported command, exactly: ``lsio-ray rechunk work/in.zarr work --chunks
     16,64,64 --overwrite``.  It used to remove ``work`` (and the source in it), read the
-    missing chunks as fill and exit 0.  Now: exit 1, a message naming both paths, the
-    source untouched, and Ray never imported."""
+    missing chunks as fill and exit 0.  Now: exit 2 (the CLI's arguments are checked
+    before Ray), a message naming both paths, the source untouched, and Ray never
+    imported."""
     work = tmp_path / "work"
     data = _source(work / "in.zarr")
     (work / "notes.txt").write_text("keep me")
@@ -89,7 +90,7 @@ def test_cli_overwrite_of_the_sources_parent_is_refused_before_ray(tmp_path: Pat
         text=True,
         timeout=120,
     )
-    assert proc.returncode == 1, proc.stderr
+    assert proc.returncode == 2, proc.stderr
     err = proc.stderr
     assert "contains the source" in err, err
     assert str(work) in err and str(work / "in.zarr") in err, err
@@ -156,7 +157,7 @@ def test_rechunk_cli_refuses_overlapping_trees(
     before = _tree(tmp_path)
     rc = main(["rechunk", str(src), str(dst), "--chunks", "16,64,64", "--overwrite"])
     err = capsys.readouterr().err
-    assert rc == 1
+    assert rc == 2
     assert what in err and str(src) in err and str(dst) in err, err
     assert _tree(tmp_path) == before
     np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "work" / "in.zarr"))[...], data)

@@ -3,20 +3,31 @@
     lsio-ray rechunk in.zarr out.zarr --chunks 64,256,256 --shards 64,1024,1024 \\
         --codec zstd:3 --zarr-format 3 --address auto
 
-Registered in ``lsio_ray.cli`` through :func:`add_rechunk_parser`.  The progress bar
-(tqdm, on stderr) is shown when stderr is a terminal, unless ``--no-progress``.
+Registered in ``lsio_ray.cli`` through :func:`add_rechunk_parser`.  The arguments are
+checked before Ray is imported or started (:func:`check_arguments`: exit status 2 and a
+message naming the argument or path); then the command starts a local Ray cluster of
+its own, or joins the one ``--address`` (or ``RAY_ADDRESS``) names, and says which on
+stderr (:func:`start_ray`).  The progress bar (tqdm, on stderr) is shown when stderr is
+a terminal, unless ``--no-progress``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
 from lsio_ray import argtypes
+from lsio_ray.paths import check_disjoint, is_within
 
-__all__ = ["add_rechunk_parser", "cmd_rechunk"]
+__all__ = ["ArgumentsError", "add_rechunk_parser", "check_arguments", "cmd_rechunk", "start_ray"]
+
+
+class ArgumentsError(ValueError):
+    """An argument of ``lsio-ray rechunk`` that cannot work, found before Ray starts:
+    the message names the argument or path (exit status 2)."""
 
 
 def _roots(items: list[str] | None) -> dict[str, list[str]] | None:
@@ -26,32 +37,200 @@ def _roots(items: list[str] | None) -> dict[str, list[str]] | None:
     for item in items:
         node, sep, path = item.partition("=")
         if not sep or not node or not path:
-            raise ValueError(f"--root {item!r}: use NODE_ID=DIRECTORY")
+            raise ArgumentsError(f"--root {item!r}: use NODE_ID=DIRECTORY")
         out.setdefault(node, []).append(path)
     return out
+
+
+def _shape_text(shape: tuple[int, ...]) -> str:
+    return ",".join(str(s) for s in shape)
+
+
+def _visible_here(path: str, roots: dict[str, list[str]] | None, address: str | None) -> bool:
+    """Whether this process sees ``path`` as the job will: not under Ray Client (a
+    ``ray://`` address: this machine is no node of the cluster) and not under a
+    ``--root`` directory (one node's local disk, perhaps not this machine's)."""
+    if address is not None and address.startswith("ray://"):
+        return False
+    for dirs in (roots or {}).values():
+        if any(is_within(path, os.path.abspath(d)) for d in dirs):
+            return False
+    return True
+
+
+def _source_layout(src: str) -> tuple[dict[str, Any], Any]:
+    """The metadata documents and layout of the source array, read here; raises
+    :class:`ArgumentsError` naming ``src`` when it is missing or no Zarr array."""
+    from lsio_ray.zarr.codec_api import METADATA_FILES, docs_from_files, layout_from_docs
+
+    if not os.path.exists(src):
+        raise ArgumentsError(f"the source {src} does not exist")
+    if not os.path.isdir(src):
+        raise ArgumentsError(
+            f"the source {src} is not a Zarr array: not a directory (an array is a "
+            "directory holding zarr.json or .zarray)"
+        )
+    raw: dict[str, bytes | None] = {}
+    for name in METADATA_FILES:
+        path = os.path.join(src, name)
+        try:
+            with open(path, "rb") as f:
+                raw[name] = f.read()
+        except FileNotFoundError:
+            raw[name] = None
+        except OSError as exc:
+            raise ArgumentsError(f"the source {src}: cannot read {path}: {exc}") from None
+    try:
+        docs = docs_from_files(raw, src)
+    except FileNotFoundError:
+        raise ArgumentsError(
+            f"the source {src} is not a Zarr array: no zarr.json or .zarray in it"
+        ) from None
+    except ValueError as exc:  # not JSON
+        raise ArgumentsError(f"the source {src} is not a Zarr array: {exc}") from None
+    try:
+        return docs, layout_from_docs(src, docs)
+    except ValueError as exc:  # ArrayMetadataError: a group, or invalid metadata
+        raise ArgumentsError(f"the source is not a Zarr array: {exc}") from None
+
+
+def _check_destination(dst: str, overwrite: bool) -> None:
+    """Refuse an existing destination unless ``overwrite`` -- except an unfinished run
+    (its job state inside), which the job itself resumes or refuses -- and anything
+    there but a directory (a file, a dangling link), which the job cannot replace."""
+    from lsio_ray.ray.rechunk import STATE_DIR
+
+    if not os.path.lexists(dst):
+        return
+    if not os.path.isdir(dst):
+        raise ArgumentsError(
+            f"the destination {dst} exists and is not a directory (the new array is one): "
+            "remove it or choose another path"
+        )
+    if overwrite:
+        return
+    listing = os.listdir(dst)
+    if not listing or os.path.isfile(os.path.join(dst, STATE_DIR, "job.json")):
+        return
+    what = "a Zarr array" if {"zarr.json", ".zarray"} & set(listing) else "a non-empty directory"
+    raise ArgumentsError(
+        f"the destination {dst} exists and holds {what}; pass --overwrite to replace it"
+    )
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Check the arguments of ``lsio-ray rechunk`` before Ray is imported or started.
+
+    Raises :class:`ArgumentsError` naming the argument or path when ``--root``,
+    ``--block-bytes`` or ``--batch-bytes`` is malformed; when the destination is the
+    source, lies inside it or holds it (symbolic links resolved,
+    :func:`lsio_ray.paths.check_disjoint`); when the source is missing or no Zarr
+    array; when ``--chunks``/``--shards`` do not have one size per dimension of the
+    source or the job cannot be planned with them (``--codec``, ``--zarr-format``:
+    :func:`~lsio_ray.ray.rechunk.plan.plan_job`, as the job does); and when the
+    destination exists without ``--overwrite`` (an unfinished run of a job is left to
+    the job, which resumes it or refuses it) or is no directory.  Paths this process
+    may not see as the job does -- under a ``--root`` directory (one node's disk) or
+    with a ``ray://`` address -- are checked by the job on their node instead, after
+    Ray starts."""
+    from lsio_ray.ray.rechunk.plan import plan_job
+
+    roots = _roots(args.root)
+    if args.block_bytes <= 0:
+        raise ArgumentsError(f"--block-bytes must be positive, not {args.block_bytes}")
+    if args.batch_bytes is not None and args.batch_bytes <= 0:
+        raise ArgumentsError(f"--batch-bytes must be positive, not {args.batch_bytes}")
+    try:
+        src, dst = check_disjoint(args.src, args.dst)
+    except ValueError as exc:
+        raise ArgumentsError(str(exc)) from None
+    address = args.address or os.environ.get("RAY_ADDRESS") or None
+    if _visible_here(src, roots, address):
+        docs, layout = _source_layout(src)
+        for flag, shape in (("--chunks", args.chunks), ("--shards", args.shards)):
+            if shape is not None and len(shape) != layout.ndim:
+                n = len(shape)
+                raise ArgumentsError(
+                    f"{flag} {_shape_text(shape)}: {n} size{'s' * (n != 1)} for the source "
+                    f"{src}, an array of {layout.ndim} dimensions (shape "
+                    f"{_shape_text(layout.shape)})"
+                )
+        try:
+            plan_job(
+                src,
+                dst,
+                docs,
+                chunks=args.chunks,
+                shards=args.shards,
+                codec=args.codec,
+                zarr_format=args.zarr_format,
+                block_bytes=args.block_bytes,
+                cpus=1,
+            )
+        except ValueError as exc:
+            given = [f"--chunks {_shape_text(args.chunks)}"]
+            if args.shards is not None:
+                given.append(f"--shards {_shape_text(args.shards)}")
+            if args.codec is not None:
+                given.append(f"--codec {args.codec}")
+            if args.zarr_format is not None:
+                given.append(f"--zarr-format {args.zarr_format}")
+            raise ArgumentsError(
+                f"the new array ({' '.join(given)}) cannot be made from the source {src}: {exc}"
+            ) from None
+    if _visible_here(dst, roots, address):
+        _check_destination(dst, args.overwrite)
+
+
+def start_ray(address: str | None) -> str:
+    """Connect this process to Ray for the job; returns a line saying to which cluster.
+
+    ``address`` (``--address``), else env ``RAY_ADDRESS``: that cluster.  Neither: a
+    new local cluster for this run (``address="local"``; a bare ``ray.init()`` would
+    join whatever cluster ``ray start`` left on this machine), with Ray's token
+    authentication on as Ray's default is, but set through ``RAY_AUTH_MODE`` so that
+    Ray does not print its notice about it.  Ray's logging setup and worker logs stay
+    out of the terminal (``configure_logging=False``, ``log_to_driver=False``)."""
+    target = address or os.environ.get("RAY_ADDRESS") or None
+    if target is None and "ray" not in sys.modules:
+        # Ray's default for a new local cluster, said explicitly: no notice printed.
+        # Only before Ray is imported: it reads the setting once.
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+    import ray  # optional (the ray extra) and heavy: imported once the arguments are good
+
+    if ray.is_initialized():
+        return "Ray: the cluster this process is connected to already"
+    ctx = ray.init(address=target or "local", log_to_driver=False, configure_logging=False)
+    cpus = int(ray.cluster_resources().get("CPU", 0))
+    if target is None:
+        return f"Ray: started a local cluster for this run ({cpus} CPUs)"
+    info = getattr(ctx, "address_info", None) or {}
+    resolved = info.get("gcs_address")
+    where = target if not resolved or resolved == target else f"{target} ({resolved})"
+    source = "--address" if address else "RAY_ADDRESS"
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    return f"Ray: connected to the cluster at {where} ({source}; {nodes} nodes, {cpus} CPUs)"
 
 
 def cmd_rechunk(args: argparse.Namespace) -> int:
     """Run ``lsio-ray rechunk``; returns the exit status.
 
-    A destination that is the source, inside it or holding it (symbolic links
-    resolved, see :func:`lsio_ray.paths.check_disjoint`) is refused with status 1
-    before Ray is imported or started, and before anything is removed."""
-    from lsio_ray.paths import check_disjoint
-
+    Every argument is checked first (:func:`check_arguments`), before Ray is imported
+    or started and before anything is removed: a mistake exits with status 2 and a
+    message naming the argument or path.  Then Ray starts or is joined
+    (:func:`start_ray`, which cluster is said on stderr) and the job runs; a failure
+    of the job exits with status 1."""
     try:
-        check_disjoint(args.src, args.dst)
-    except ValueError as exc:
+        check_arguments(args)
+    except ArgumentsError as exc:
         print(f"lsio-ray rechunk: error: {exc}", file=sys.stderr)
-        return 1
-
-    import ray
+        return 2
 
     from lsio_ray.ray.rechunk import RechunkError, rechunk
 
     show = not args.no_progress and not args.json and sys.stderr.isatty()
-    if not ray.is_initialized():
-        ray.init(address=args.address, log_to_driver=False, configure_logging=False)
+    print(f"lsio-ray rechunk: {start_ray(args.address)}", file=sys.stderr, flush=True)
     try:
         res = rechunk(
             args.src,
@@ -119,7 +298,8 @@ def add_rechunk_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--address",
         default=None,
-        help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)",
+        help="the Ray cluster to join, e.g. auto (the one `ray start` made here) or "
+        "HOST:PORT (default: env RAY_ADDRESS, else a new local Ray for this run)",
     )
     p.add_argument(
         "--overwrite",

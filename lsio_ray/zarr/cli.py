@@ -1,9 +1,11 @@
 """The Zarr commands of ``lsio-ray``: ``info`` and ``bench crops``.
 
-Registered into :mod:`lsio_ray.cli` by :func:`add_info_parser` (a top-level command)
-and :func:`add_bench_crops_parser` (a ``bench`` mode); each command is one ``cmd_*``
-function taking the parsed namespace and returning the exit status.  ``python -m
-lsio_ray.zarr.cli`` runs them without the rest of the CLI.
+Each command is one ``cmd_*`` function taking the parsed namespace and returning the
+exit status.  Their arguments are defined in :mod:`lsio_ray.zarr_args`, which
+:mod:`lsio_ray.cli` uses to register them without importing this module (nor
+zarr-python) until one of them runs; :func:`add_info_parser` and
+:func:`add_bench_crops_parser` register them with this module's functions, and ``python
+-m lsio_ray.zarr.cli`` runs them without the rest of the CLI.
 
     lsio-ray info data.zarr [--json]
     lsio-ray bench crops data.zarr --shape 8,256,256 --count 200 --seed 0 --prefetch 16 --json
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sys
 import time
@@ -21,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from lsio_ray import argtypes
+from lsio_ray import zarr_args
 from lsio_ray.io import config
 from lsio_ray.zarr.array import Array, open_array
 from lsio_ray.zarr.group import is_group, open_group
@@ -61,19 +64,9 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def add_info_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``info`` on a subparsers object; returns its parser."""
-    p = subparsers.add_parser(
-        "info",
-        help="describe a Zarr array or group",
-        description="Describe a Zarr array (v2 or v3): metadata, chunk and shard grid, "
-        "codecs, stored size; or a group: the tree of its members with the same facts.",
-    )
-    p.add_argument(
-        "path", help="the array's or group's directory (holding zarr.json, .zarray or .zgroup)"
-    )
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=cmd_info)
-    return p
+    """Register ``info`` (run by :func:`cmd_info`) on a subparsers object; returns its
+    parser (the arguments: :func:`lsio_ray.zarr_args.add_info_parser`)."""
+    return zarr_args.add_info_parser(subparsers, cmd_info)
 
 
 # -- bench crops -------------------------------------------------------------------------
@@ -195,48 +188,10 @@ def cmd_bench_crops(args: argparse.Namespace) -> int:
 
 
 def add_bench_crops_parser(bench_subparsers: Any) -> argparse.ArgumentParser:
-    """Register the ``crops`` mode on the ``bench`` subparsers; returns its parser."""
-    p = bench_subparsers.add_parser(
-        "crops",
-        help="random crops from a Zarr array",
-        description="Read random crops of a Zarr array through lsio_ray.zarr and report "
-        "crops/s and decoded MiB/s.",
-    )
-    p.add_argument("path", help="the array's directory")
-    p.add_argument("--shape", type=argtypes.shape, required=True, help="crop shape, e.g. 8,256,256")
-    p.add_argument("--count", type=argtypes.positive, default=200, help="crops to read (200)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (0)")
-    p.add_argument("--prefetch", type=argtypes.positive, default=16, help="crops in flight (16)")
-    p.add_argument(
-        "--backend",
-        choices=["auto", "uring", "pread"],
-        default=None,
-        help="engine backend (LSIO_BACKEND, else auto)",
-    )
-    p.add_argument(
-        "--decode-threads",
-        "--threads",
-        dest="threads",
-        type=argtypes.positive,
-        default=None,
-        help="decode threads (default: one per core; --threads is its old name)",
-    )
-    p.add_argument("--warmup", type=int, default=0, help="crops read before measuring (0)")
-    p.add_argument(
-        "--per-cell",
-        type=argtypes.positive,
-        default=0,
-        help="clustered crops: N at a time from one cell, each still uniform, the cell's "
-        "chunks decoded once (default: independent crops)",
-    )
-    p.add_argument(
-        "--direct",
-        action="store_true",
-        help="read with O_DIRECT (default: env LSIO_DIRECT)",
-    )
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=cmd_bench_crops)
-    return p
+    """Register the ``crops`` mode (run by :func:`cmd_bench_crops`) on the ``bench``
+    subparsers; returns its parser (the arguments:
+    :func:`lsio_ray.zarr_args.add_bench_crops_parser`)."""
+    return zarr_args.add_bench_crops_parser(bench_subparsers, cmd_bench_crops)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -248,8 +203,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_bench_crops_parser(bench.add_subparsers(dest="mode", metavar="MODE", required=True))
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args))
+        status = int(args.func(args))
+        sys.stdout.flush()  # a closed pipe (``| head``) raises here, not at exit
+        return status
     except BrokenPipeError:
+        # the reader went away: nothing more to say (the Python docs' recipe, "Note on
+        # SIGPIPE"): point stdout at /dev/null so the flush at exit cannot fail again
+        try:
+            fd = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(fd, sys.stdout.fileno())
+            os.close(fd)
+        except (OSError, ValueError):  # stdout is no file (tests capturing it)
+            pass
         return 0
     except (OSError, ValueError) as exc:
         print(f"lsio-ray: error: {exc}", file=sys.stderr)
