@@ -284,6 +284,8 @@ def coordinate(array: Array, selection: Any) -> np.ndarray:
             f"shape mismatch: indexing arrays could not be broadcast together with shapes {shapes}"
         ) from None
     shape = b[0].shape or (1,)
+    if array.ndim == 1:  # the same as an orthogonal selection, which reads runs as boxes
+        return orthogonal(array, b[0].reshape(-1)).reshape(shape)
     return read_points(array, [x.reshape(-1) for x in b]).reshape(shape)
 
 
