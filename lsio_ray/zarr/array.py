@@ -11,7 +11,8 @@ import numpy as np
 
 from lsio_ray.io import F_DIRECT, config
 from lsio_ray.io.url import is_remote
-from lsio_ray.zarr import sampler, stream
+from lsio_ray.zarr import indexing, sampler, stream
+from lsio_ray.zarr.html import array_html
 from lsio_ray.zarr.info import array_info
 from lsio_ray.zarr.layout import ArrayLayout, load_layout
 from lsio_ray.zarr.loader import Loader, Task, abandon, default_loader
@@ -33,8 +34,11 @@ def _env_coalesce_gap() -> int:
 class Array:
     """A Zarr array (v2 or v3, sharded or not) read and written through lsio_ray.
 
-    Indexing (``a[0:8, 100:356, 5:261]``, integers, steps, ``...``) returns a new
-    ``numpy.ndarray``.  Slices reaching past the array raise ``IndexError``.
+    Indexing (``a[0:8, 100:356, 5:261]``, integers, steps, ``...``, ``None``) returns a
+    new ``numpy.ndarray``.  Slices reaching past the array raise ``IndexError``.  Index
+    arrays and masks as in zarr-python: ``a.oindex[...]`` (orthogonal), ``a.vindex[...]``
+    (coordinates, masks), and ``a[key]`` for the keys zarr-python reads
+    (:func:`~lsio_ray.zarr.indexing.getitem`); ``np.asarray(a)`` reads it all.
     """
 
     def __init__(
@@ -138,6 +142,12 @@ class Array:
             raise TypeError("len() of a 0-d array")
         return self.shape[0]
 
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        return indexing.to_numpy(self, dtype, copy)
+
+    def _repr_html_(self) -> str:
+        return array_html(self)
+
     def __repr__(self) -> str:
         shards = f", shards={self.shards}" if self.shards else ""
         return (
@@ -236,7 +246,31 @@ class Array:
         return np.ascontiguousarray(out) if region.post is not None else out
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        return self.read(key)
+        return indexing.getitem(self, key)
+
+    @property
+    def oindex(self) -> indexing.OIndex:
+        """Orthogonal selections: ``a.oindex[[0, 5], :, mask]`` (zarr-python's)."""
+        return indexing.OIndex(self)
+
+    @property
+    def vindex(self) -> indexing.VIndex:
+        """Coordinate and mask selections: ``a.vindex[[0, 5], [1, 2], [3, 3]]``,
+        ``a.vindex[mask]`` (zarr-python's)."""
+        return indexing.VIndex(self)
+
+    def get_orthogonal_selection(self, selection: Any) -> np.ndarray:
+        """``a.oindex[selection]`` (:func:`~lsio_ray.zarr.indexing.orthogonal`)."""
+        return indexing.orthogonal(self, selection)
+
+    def get_coordinate_selection(self, selection: Any) -> np.ndarray:
+        """``a.vindex[selection]`` for integer arrays
+        (:func:`~lsio_ray.zarr.indexing.coordinate`)."""
+        return indexing.coordinate(self, selection)
+
+    def get_mask_selection(self, mask: Any) -> np.ndarray:
+        """``a.vindex[mask]`` (:func:`~lsio_ray.zarr.indexing.mask`)."""
+        return indexing.mask(self, mask)
 
     def read(self, region: Any = ..., out: np.ndarray | None = None) -> np.ndarray:
         """Read a region (any numpy-style key) and return it, or fill ``out`` with it.
