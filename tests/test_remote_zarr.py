@@ -87,3 +87,27 @@ def test_missing_array_and_missing_chunks(s3: S3Server, tmp_path: Path) -> None:
     zarr.create_array(path, shape=(4, 8), chunks=(2, 4), dtype="i2", fill_value=7)
     url = upload(s3, path, "empty.zarr")
     np.testing.assert_array_equal(lz.open(url)[...], np.full((4, 8), 7, "i2"))
+
+
+def test_arrays_over_http_equal_zarr_python(
+    uploaded: dict[str, tuple[str, str]], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The same fixtures served read-only by nginx (byte ranges, suffix ranges for shard
+    indexes at the end, 404 for missing chunks)."""
+    from _servers import nginx_server
+
+    root = os.path.dirname(next(iter(uploaded.values()))[0])
+    names = [
+        s.name
+        for s in LAYOUTS
+        if s.name in ("v3-raw", "v3-shard-end", "v3-blosc-lz4", "v2-blosc-lz4-shuffle")
+    ] or [s.name for s in LAYOUTS[:3]]
+    with nginx_server(root) as base:
+        for name in names:
+            local = uploaded[name][0]
+            want = zarr.open_array(local, mode="r")[...]
+            arr = lz.open(f"{base}/{os.path.basename(local)}")
+            for key in regions(want.shape)[:6]:
+                check_equal(arr[key], want[key], f"{name} {key!r} over HTTP")
+        with pytest.raises(FileNotFoundError, match=f"{base}/nothing.zarr"):
+            lz.open(f"{base}/nothing.zarr")
