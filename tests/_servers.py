@@ -93,12 +93,14 @@ class FaultProxy:
 
     ``throttle(n)``: the next ``n`` connections' first request gets ``503 SlowDown``
     (S3's throttling answer) instead of being forwarded.  ``cut_after(n)``: responses are
-    cut (the connection closed) after ``n`` bytes.  ``delay_s``: added before forwarding
-    each chunk, in each direction.  ``requests`` counts connections' first requests."""
+    cut (the connection closed) after ``n`` bytes.  ``rtt_s``: a round trip added to each
+    request (half before it is forwarded, half before the first byte of its answer; the
+    rest of a response streams at once, as over a real link with that latency).
+    ``requests`` counts connections' first requests."""
 
-    def __init__(self, target: tuple[str, int], delay_s: float = 0.0) -> None:
+    def __init__(self, target: tuple[str, int], rtt_s: float = 0.0) -> None:
         self.target = target
-        self.delay_s = delay_s
+        self.delay_s = rtt_s / 2
         self._throttle = 0
         self._cut: int | None = None
         self.requests = 0
@@ -163,12 +165,14 @@ class FaultProxy:
             u = socket.create_connection(self.target)
             with self._lock:
                 self._conns.append(u)
+            asked = threading.Event()  # a request went up since the last answer byte
             if self.delay_s:
                 time.sleep(self.delay_s)
             u.sendall(first)
-            t = threading.Thread(target=self._pipe, args=(c, u, None), daemon=True)
+            asked.set()
+            t = threading.Thread(target=self._pipe, args=(c, u, None, asked, True), daemon=True)
             t.start()
-            self._pipe(u, c, cut)
+            self._pipe(u, c, cut, asked, False)
         except OSError:
             pass
         finally:
@@ -176,15 +180,26 @@ class FaultProxy:
                 with contextlib.suppress(OSError):
                     s.close()
 
-    def _pipe(self, src: socket.socket, dst: socket.socket, cut: int | None) -> None:
+    def _pipe(
+        self,
+        src: socket.socket,
+        dst: socket.socket,
+        cut: int | None,
+        asked: threading.Event,
+        upstream: bool,
+    ) -> None:
         sent = 0
         try:
             while True:
-                data = src.recv(65536)
+                data = src.recv(1 << 20)
                 if not data:
                     break
-                if self.delay_s:
-                    time.sleep(self.delay_s)
+                if self.delay_s and (upstream or asked.is_set()):
+                    time.sleep(self.delay_s)  # the request's way up, or its answer's way down
+                if upstream:
+                    asked.set()
+                else:
+                    asked.clear()
                 if cut is not None and sent + len(data) > cut:
                     dst.sendall(data[: max(0, cut - sent)])
                     break
@@ -219,9 +234,10 @@ class FaultProxy:
 
 
 @contextlib.contextmanager
-def nginx_server(root: str) -> Iterator[str]:
+def nginx_server(root: str, access_log: str | None = None) -> Iterator[str]:
     """nginx (from Debian, ``scripts/setup`` installs it) serving the directory ``root``
-    read-only on a free port of 127.0.0.1, with byte ranges; yields its base URL."""
+    read-only on a free port of 127.0.0.1, with byte ranges; yields its base URL.
+    ``access_log``: a file getting one line per request, ``<status> <body bytes>``."""
     import shutil
     import tempfile
 
@@ -241,7 +257,8 @@ pid {work}/nginx.pid;
 error_log {work}/error.log;
 events {{ worker_connections 1024; }}
 http {{
-    access_log off;
+    log_format counts '$status $body_bytes_sent';
+    {f"access_log {access_log} counts;" if access_log else "access_log off;"}
     client_body_temp_path {work}/body;
     proxy_temp_path {work}/proxy;
     fastcgi_temp_path {work}/fastcgi;
