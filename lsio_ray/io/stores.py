@@ -16,7 +16,16 @@ from typing import Any
 
 from lsio_ray.io import config, url
 
-__all__ = ["SETTINGS", "configure", "current_settings", "describe", "errno_of", "store_for"]
+__all__ = [
+    "SETTINGS",
+    "apply",
+    "configure",
+    "current_settings",
+    "describe",
+    "errno_of",
+    "exported",
+    "store_for",
+]
 
 _options: dict[str, dict[str, Any]] = {}  # URL prefix -> obstore options (configure)
 _options_lock = threading.Lock()
@@ -32,8 +41,28 @@ def configure(prefix: str, **storage_options: Any) -> None:
     prefix = prefix.rstrip("/")
     url.split(prefix)  # a bucket or host is required
     with _options_lock:
+        if _options.get(prefix) == storage_options:
+            return  # the same again (e.g. shipped with every piece to an IO actor)
         _options[prefix] = dict(storage_options)
-    _stores.clear()
+    with _stores_lock:
+        _stores.clear()
+
+
+def exported(urls: Any) -> dict[str, dict[str, Any]]:
+    """The :func:`configure` options that apply to any of ``urls`` (by prefix), to
+    ship to another process: Ray workers get them with the work that names the URLs."""
+    with _options_lock:
+        return {
+            prefix: dict(opts)
+            for prefix, opts in _options.items()
+            if any(str(u).startswith(prefix) for u in urls)
+        }
+
+
+def apply(options: dict[str, dict[str, Any]] | None) -> None:
+    """:func:`configure` each prefix of :func:`exported` options (no-op when unchanged)."""
+    for prefix, opts in (options or {}).items():
+        configure(prefix, **opts)
 
 
 _stores: dict[str, Any] = {}

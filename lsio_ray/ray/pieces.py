@@ -32,10 +32,12 @@ from typing import Any
 
 import numpy as np
 
+from lsio_ray.io import stores
 from lsio_ray.io.ops import get_ranges, put_file, put_ranges
 from lsio_ray.io.ordered import OrderedGroup
 from lsio_ray.io.request import KIND_CODES
 from lsio_ray.io.service import IOService, default_service
+from lsio_ray.io.url import is_remote
 from lsio_ray.paths import remove_stray_temp_files
 from lsio_ray.ray.batches import INDEX_DTYPE, Batch, BatchBuilder, default_batch_bytes
 from lsio_ray.ray.errors import OutputError
@@ -268,6 +270,8 @@ class PieceServer:
         Called through Ray (a streaming generator), every batch is an object of its own.
         Called directly, a batch's buffer is reused once the next one is asked for:
         copy what must outlive the iteration."""
+        if spec.store_options:
+            stores.apply(spec.store_options)
         if spec.data:
             self._make_parent_dirs(spec)
         run = _PieceRun(self, spec, batch_bytes or default_batch_bytes())
@@ -366,6 +370,8 @@ class PieceServer:
         # not cached across calls: another node may remove a directory (shared storage)
         made: set[str] = set()
         for i in np.flatnonzero(spec.kinds != _READ).tolist():
+            if is_remote(spec.path(i)):
+                continue  # objects have no directories
             d = os.path.dirname(spec.path(i))
             if d not in made:
                 os.makedirs(d, exist_ok=True)

@@ -16,8 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from lsio_ray.io import stores
 from lsio_ray.io.ops import Operation, OpGroup
 from lsio_ray.io.request import KIND_CODES, Request
+from lsio_ray.io.url import is_remote
 
 __all__ = ["KIND_CODES", "PieceSpec", "piece_of_ops", "split_runs"]
 
@@ -35,6 +37,8 @@ class PieceSpec(Request):
     range_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     metadata: Any = None
     group_metadata: Any = None
+    #: object-store options (lsio_ray.io.stores.configure) for the URLs it names
+    store_options: dict[str, dict[str, Any]] | None = None
 
 
 def _metadata_slice(ops: Sequence[Operation]) -> Any:
@@ -79,7 +83,13 @@ def piece_of_ops(
         range_ids=range_ids,
         metadata=_metadata_slice(ops),
         group_metadata=group_metadata,
+        store_options=_store_options(ops),
     )
+
+
+def _store_options(ops: Sequence[Operation]) -> dict[str, dict[str, Any]] | None:
+    urls = [op.path for op in ops if is_remote(op.path)]
+    return stores.exported(urls) or None if urls else None
 
 
 def split_runs(
