@@ -11,11 +11,8 @@ number in the plan) and ``lo`` (the coordinates of its first element; the crop c
 ``lo[d] : lo[d] + crop_shape[d]`` on each axis), and with ``include_paths=True`` also
 ``path``, the array's absolute path.
 
-The readers take their arguments as Ray Data's own readers do (``read_parquet``,
-``read_images``): one path or a list of paths, ``include_paths``, ``filesystem`` (local
-only), ``override_num_blocks``, ``concurrency``, ``num_cpus``, ``memory``,
-``ray_remote_args``...; an unknown keyword argument is a ``TypeError`` naming it (see
-:func:`read_zarr_crops` and :mod:`lsio_ray.data_plan`).
+The readers take their arguments as Ray Data's own readers (``read_parquet``,
+``read_images``) take theirs: see :func:`read_zarr_crops` and :mod:`lsio_ray.data_plan`.
 
 The crops are planned in the driver from the seed alone -- the same boxes, in the same
 order, as ``lsio_ray.zarr.open(path).random_crops(crop_shape, count, seed=seed)`` -- and
@@ -488,6 +485,17 @@ def read_zarr_crops(
     default: the workers' ``direct`` setting, env ``LSIO_DIRECT``).  Each worker process
     that runs such a task then holds the process-wide direct loader, whose pool
     (``pool_bytes``, 256 MiB) is registered with io_uring and so resident.
+
+    Paths and the arguments of Ray Data's readers: ``paths``, one path or a list of them
+    (read into one dataset); ``include_paths``: a ``path`` column, the array's absolute
+    path; ``filesystem``: None or a local filesystem (any other raises ``ValueError``);
+    ``override_num_blocks``: the number of read tasks (default: one per CPU of the
+    cluster); ``concurrency``, ``compute``, ``num_cpus``, ``num_gpus``, ``memory``,
+    ``label_selector``, ``fallback_strategy``, ``max_calls``, ``resources``,
+    ``accelerator_type``, ``runtime_env``, ``ray_remote_args``: as for
+    ``ray.data.read_datasource``; ``parallelism``: the deprecated old name of
+    ``override_num_blocks`` (``DeprecationWarning``).  An unknown keyword argument is a
+    ``TypeError`` naming it.
     """
     params = dict(locals())  # the arguments, the Ray Data ones among them
     name = "read_zarr_crops"
@@ -554,7 +562,7 @@ def read_zarr_windows(
     a row is padded where ``lo + window_shape`` exceeds the array's shape.  ``"drop"``:
     whole windows only (the elements past the last whole window are never read).
     ``"error"``: ``ValueError`` if there are any such elements.
-    (:func:`~lsio_ray.data_args.window_starts` gives the window corners per axis.)
+    (:func:`~lsio_ray.data_plan.window_starts` gives the window corners per axis.)
 
     Rows and the other arguments as :func:`read_zarr_crops`."""
     params = dict(locals())  # the arguments, the Ray Data ones among them
