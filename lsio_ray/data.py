@@ -8,7 +8,11 @@
 
 Every row is one crop: ``crop`` (a numpy array of the crop's shape), ``index`` (its
 number in the plan) and ``lo`` (the coordinates of its first element; the crop covers
-``lo[d] : lo[d] + crop_shape[d]`` on each axis).
+``lo[d] : lo[d] + crop_shape[d]`` on each axis), and with ``include_paths=True`` also
+``path``, the array's absolute path.
+
+The readers take their arguments as Ray Data's own readers (``read_parquet``,
+``read_images``) take theirs: see :func:`read_zarr_crops` and :mod:`lsio_ray.data_plan`.
 
 The crops are planned in the driver from the seed alone -- the same boxes, in the same
 order, as ``lsio_ray.zarr.open(path).random_crops(crop_shape, count, seed=seed)`` -- and
@@ -21,24 +25,15 @@ megabytes, not one crop each).  The dataset's own ``DataContext`` gets a
 ``target_max_block_size`` of one block, so Ray Data passes these blocks on as they are
 instead of merging them into 128 MiB ones (a copy of every crop, and a later first row).
 
-``decode_block=N`` (crops only) decodes each read task's crops N at a time with the
-decode-aware sampler (:meth:`lsio_ray.zarr.Array.start_boxes`): every chunk the N
-crops touch is read and decoded once.  The rows are exactly the same -- same crops, same
-order, same ``index`` -- so there is no statistical trade-off; the cost is memory (N
-crops per read task) and the latency of a group before its first row.
-
-``per_cell=K`` (crops only) draws the crops K at a time from one cell of start corners
-(:meth:`lsio_ray.zarr.Array.clustered_crops`): every crop's position is still exactly
-uniform over the array, but the K crops of a cell lie close together, and the cell's
-chunks are decoded once for all K -- several times the crop rate, at the price of
-minibatches holding about ``B / K`` independent places instead of ``B``.  Read tasks
-and blocks are cut at cell boundaries, so no cell is split between two reads.
+``decode_block=N`` (the decode-aware sampler: the same rows, each chunk under N crops
+decoded once) and ``per_cell=K`` (the clustered sampler: crops drawn K at a time from one
+small cell, read tasks and blocks cut at cell boundaries): see :func:`read_zarr_crops`.
 
 Placement: when a :class:`~lsio_ray.ray.Coordinator` is given and its locality (declared
-roots or discovery) says one node holds the array, every read task is pinned to that
+roots or discovery) says one node holds the arrays, every read task is pinned to that
 node (the files cannot be read anywhere else); otherwise Ray's default scheduling is
-used (shared storage).  Ray Data has no per-read-task placement, so an array spread over
-several nodes' local disks is not supported by these readers.
+used (shared storage).  Ray Data has no per-read-task placement, so arrays spread over
+several nodes' local disks are not supported by these readers (refused).
 """
 
 from __future__ import annotations
@@ -51,16 +46,30 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import ray.data
 from ray.data.block import BlockAccessor, BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 import lsio_ray.zarr as lz
+from lsio_ray.data_plan import (
+    Grid,
+    Slicer,
+    arrays_in,
+    crop_plan,
+    local_paths,
+    node_of_all,
+    open_all,
+    ray_read_args,
+    resolve_num_blocks,
+    restrict,
+    strict_keywords,
+    window_starts,
+)
+from lsio_ray.data_plan import node_of as _node_of  # noqa: F401 (tests use it)
 from lsio_ray.io.url import local_path
 from lsio_ray.zarr import random_box_starts
 
 if TYPE_CHECKING:
-    import ray.data
-
     from lsio_ray.ray.coordinator import Coordinator
 
 __all__ = [
@@ -74,45 +83,31 @@ __all__ = [
 
 DEFAULT_BLOCK_BYTES = 32 << 20
 
-
-def window_starts(
-    shape: Sequence[int], window_shape: Sequence[int], stride: Sequence[int] | None = None
-) -> tuple[np.ndarray, ...]:
-    """Per axis, the start offsets of the windows of a full scan (whole windows only)."""
-    shape = tuple(int(s) for s in shape)
-    win = tuple(int(w) for w in window_shape)
-    step = win if stride is None else tuple(int(s) for s in stride)
-    if not len(win) == len(step) == len(shape):
-        raise ValueError(
-            f"window {win} and stride {step} must have the array's {len(shape)} dimensions"
-        )
-    if any(w <= 0 or w > s for w, s in zip(win, shape, strict=True)):
-        raise ValueError(f"window shape {win} does not fit in the array's shape {shape}")
-    if any(s <= 0 for s in step):
-        raise ValueError(f"stride {step} must be positive")
-    return tuple(
-        np.arange(0, n - w + 1, s, dtype=np.int64) for n, w, s in zip(shape, win, step, strict=True)
-    )
+Paths = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
 
 
 class ZarrBoxesDatasource(Datasource):
-    """Crops of one Zarr array as a Ray Data datasource.
+    """Equal-shaped boxes of one or more Zarr arrays as a Ray Data datasource.
 
     ``starts(a, b)`` returns the ``(b - a, ndim)`` start corners of boxes ``a`` to ``b``
-    of the plan (``count`` boxes in all); each box has shape ``crop_shape``.  Read tasks
-    take contiguous index ranges of the plan.  ``node``: pin read tasks to this node id.
-    ``direct``: open the array with ``direct=`` (O_DIRECT reads; None: the workers'
-    setting).
+    of the plan (``count`` boxes in all); each box has shape ``crop_shape``.  With
+    several ``paths``, ``sources(a, b)`` returns the array (its number in ``paths``) of
+    each of those boxes (None: all from the first).  Read tasks take contiguous index
+    ranges of the plan.  ``node``: pin read tasks to this node id.  ``direct``: open the
+    arrays with ``direct=`` (O_DIRECT reads; None: the workers' setting).
+    ``include_paths``: a ``path`` column.  ``pad``: a box that runs past its array's end
+    is read padded with the array's fill value (otherwise such a box is an error).
     """
 
     def __init__(
         self,
-        path: str | os.PathLike[str],
+        path: Paths,
         crop_shape: Sequence[int],
         count: int,
         starts: Callable[[int, int], np.ndarray],
         *,
         dtype: np.dtype,
+        sources: Callable[[int, int], np.ndarray] | None = None,
         prefetch: int = 16,
         block_bytes: int = DEFAULT_BLOCK_BYTES,
         node: str | None = None,
@@ -120,6 +115,8 @@ class ZarrBoxesDatasource(Datasource):
         decode_block: int = 0,
         per_cell: int = 0,
         direct: bool | None = None,
+        include_paths: bool = False,
+        pad: bool = False,
     ) -> None:
         super().__init__()
         self.direct = direct
@@ -131,10 +128,17 @@ class ZarrBoxesDatasource(Datasource):
             raise ValueError(f"per_cell must not be negative, not {per_cell}")
         if self.per_cell and self.decode_block:
             raise ValueError("decode_block and per_cell are two samplers: give one of them")
-        self.path = local_path(path, "a Zarr array read by Ray Data")
+        one = isinstance(path, str | os.PathLike)
+        self.paths = tuple(
+            local_path(p, "a Zarr array read by Ray Data") for p in ([path] if one else path)
+        )
+        if not self.paths:
+            raise ValueError("ZarrBoxesDatasource needs at least one path")
+        self.path = self.paths[0]
         self.crop_shape = tuple(int(c) for c in crop_shape)
         self.count = int(count)
         self.starts = starts
+        self.sources = sources
         self.dtype = np.dtype(dtype)
         self.prefetch = int(prefetch)
         if self.prefetch < 1:
@@ -142,6 +146,8 @@ class ZarrBoxesDatasource(Datasource):
         self.block_bytes = int(block_bytes)
         self.node = node
         self._name = name
+        self.include_paths = bool(include_paths)
+        self.pad = bool(pad)
 
     @property
     def crop_nbytes(self) -> int:
@@ -178,19 +184,22 @@ class ZarrBoxesDatasource(Datasource):
         tasks = []
         for a, b in itertools.pairwise(edges):
             a, b = int(a), int(b)
+            ids = arrays_in(self.sources, a, b)
             meta = BlockMetadata(
                 num_rows=b - a,
                 size_bytes=(b - a) * self.crop_nbytes,
-                input_files=None,
+                input_files=[self.paths[k] for k in ids],
                 exec_stats=None,
             )
-            tasks.append(
-                ReadTask(
-                    _ReadRange(self, a, b, _restrict(self.starts, a, b)),
-                    meta,
-                    per_task_row_limit=per_task_row_limit,
-                )
+            body = _ReadRange(
+                self,
+                a,
+                b,
+                restrict(self.starts, a, b),
+                None if self.sources is None else restrict(self.sources, a, b),
+                ids,
             )
+            tasks.append(ReadTask(body, meta, per_task_row_limit=per_task_row_limit))
         return tasks
 
 
@@ -203,90 +212,154 @@ class _ReadRange:
         a: int,
         b: int,
         starts: Callable[[int, int], np.ndarray],
+        sources: Callable[[int, int], np.ndarray] | None,
+        ids: list[int],
     ) -> None:
-        self.path, self.crop, self.a, self.b = src.path, src.crop_shape, a, b
-        self.starts = starts
+        self.paths = {k: src.paths[k] for k in ids}  # the arrays this range reads
+        self.crop, self.a, self.b = src.crop_shape, a, b
+        self.starts, self.sources = starts, sources
         self.prefetch = src.prefetch
         self.rows = src.rows_per_block
         self.decode_block = src.decode_block
         self.per_cell = src.per_cell
         self.direct = src.direct
+        self.include_paths = src.include_paths
+        self.pad = src.pad
+
+    def _sources(self, a: int, b: int) -> np.ndarray:
+        if self.sources is None:
+            return np.zeros(b - a, dtype=np.int64)
+        return np.asarray(self.sources(a, b), dtype=np.int64)
+
+    def _block(self, a: int, b: int, lo: np.ndarray, src: np.ndarray, crops: np.ndarray) -> Any:
+        cols = {"crop": crops, "index": np.arange(a, b, dtype=np.int64), "lo": lo}
+        if self.include_paths:
+            cols["path"] = np.array([self.paths[int(k)] for k in src], dtype=object)
+        return BlockAccessor.batch_to_block(cols)
 
     def __call__(self) -> Iterator[Any]:
-        arr = lz.open_array(self.path, direct=self.direct)
-        if self.decode_block > 1 and arr.decodes_in_c:
-            yield from self._decode_aware(arr)
-            return
-        size = np.asarray(self.crop, dtype=np.int64)
+        arrays = {k: lz.open_array(p, direct=self.direct) for k, p in self.paths.items()}
+        if self.decode_block > 1 and all(arr.decodes_in_c for arr in arrays.values()):
+            yield from self._decode_aware(arrays)
+        else:
+            yield from self._plain(arrays)
+
+    def _plain(self, arrays: dict[int, Any]) -> Iterator[Any]:
         pool = _BlockPool()
+        dtype = next(iter(arrays.values())).dtype
+        # crops are read a group at a time (one Array.start_boxes task, straight into the
+        # block's rows) where the C decoder applies: one plan and one set of decode calls
+        # per group instead of per crop (as Array.crops does)
+        groups = {k: arr.box_group(self.crop, self.prefetch) for k, arr in arrays.items()}
+        prefetch = self.prefetch
+        for k, group in groups.items():
+            if self.per_cell and group > 1:  # a cell is a group: its chunks decoded once
+                groups[k] = self.per_cell
+                prefetch = max(prefetch, 2 * self.per_cell)  # one cell decodes, one copied
         # The window of `prefetch` crops in flight runs on across block boundaries: a block
         # is yielded (and copied into the object store by Ray) while the next one's crops
         # are being read and decoded (draining the window at every block stalled the
         # decode threads at each boundary).
-        blocks: collections.deque[tuple[int, int, np.ndarray, np.ndarray]] = collections.deque()
-        window: collections.deque[Any] = collections.deque()
-        ends: collections.deque[int] = collections.deque()  # crop index of each read
+        blocks: collections.deque[tuple[int, int, np.ndarray, np.ndarray, np.ndarray]]
+        blocks = collections.deque()
+        # (read, its crops, crops [a, mark) decoded once it is done)
+        window: collections.deque[tuple[Any, int, int]] = collections.deque()
+        inflight = 0
         done = self.a  # crops [a, done) are decoded
 
         def ready() -> Iterator[Any]:
             while blocks and blocks[0][1] <= done:
-                lo_idx, hi_idx, lo, out = blocks.popleft()
-                yield BlockAccessor.batch_to_block(
-                    {"crop": out, "index": np.arange(lo_idx, hi_idx, dtype=np.int64), "lo": lo}
-                )
+                yield self._block(*blocks.popleft())
 
-        # crops are read a group at a time (one Array.start_boxes task, straight into the
-        # block's rows) where the C decoder applies: one plan and one set of decode calls
-        # per group instead of per crop (as Array.crops does)
-        group = arr.box_group(self.crop, self.prefetch)
-        prefetch = self.prefetch
-        if self.per_cell and group > 1:  # a cell is a group: its chunks decoded once
-            group = self.per_cell
-            prefetch = max(prefetch, 2 * group)  # one cell decodes while one is copied
         try:
             for lo_idx in range(self.a, self.b, self.rows):
                 hi_idx = min(self.b, lo_idx + self.rows)
                 lo = self.starts(lo_idx, hi_idx)
-                out = pool.take((hi_idx - lo_idx, *self.crop), arr.dtype)
-                blocks.append((lo_idx, hi_idx, lo, out))
-                for k in range(0, len(lo), group):
-                    los = lo[k : k + group]
-                    if group > 1:
-                        rows = [out[k + j] for j in range(len(los))]
-                        window.append(arr.start_boxes(los, boxes=rows))
-                    else:  # each crop straight into its row of the block
-                        window.append(arr.start_read(los[0], los[0] + size, out[k]))
-                    ends.append(lo_idx + k + len(los))
-                    if len(window) * group >= prefetch:
-                        window.popleft().wait()
-                        done = ends.popleft()
+                src = self._sources(lo_idx, hi_idx)
+                out = pool.take((hi_idx - lo_idx, *self.crop), dtype)
+                blocks.append((lo_idx, hi_idx, lo, src, out))
+                reads = self._block_reads(arrays, groups, lo, src)
+                for j, (k, rows, edge) in enumerate(reads):
+                    task = self._start(arrays[k], groups[k] > 1, lo, rows, out, edge)
+                    window.append((task, len(rows), hi_idx if j == len(reads) - 1 else lo_idx))
+                    inflight += len(rows)
+                    while inflight >= prefetch:
+                        task, n, done = window.popleft()
+                        task.wait()
+                        inflight -= n
                         yield from ready()
             while window:
-                window.popleft().wait()
-                done = ends.popleft()
+                task, _, done = window.popleft()
+                task.wait()
                 yield from ready()
         finally:
-            arr.abandon(window)
+            lz.Array.abandon(task for task, _, _ in window)
 
-    def _decode_aware(self, arr: Any) -> Iterator[Any]:
+    def _block_reads(
+        self, arrays: dict[int, Any], groups: dict[int, int], lo: np.ndarray, src: np.ndarray
+    ) -> list[tuple[int, np.ndarray, bool]]:
+        """The reads that fill one block: ``(array, rows, edge)``, an array's rows in
+        groups of its ``box_group``, and each box running past its array's end (``pad``)
+        on its own."""
+        size = np.asarray(self.crop, dtype=np.int64)
+        reads = []
+        for k in np.unique(src).tolist():
+            rows = np.flatnonzero(src == k)
+            edge = np.empty(0, dtype=np.int64)
+            if self.pad:
+                over = (lo[rows] + size > np.asarray(arrays[k].shape)).any(axis=1)
+                rows, edge = rows[~over], rows[over]
+            g = groups[k]
+            reads.extend((k, rows[i : i + g], False) for i in range(0, len(rows), g))
+            reads.extend((k, edge[i : i + 1], True) for i in range(len(edge)))
+        return reads
+
+    def _start(
+        self, arr: Any, grouped: bool, lo: np.ndarray, rows: np.ndarray, out: np.ndarray, edge: bool
+    ) -> Any:
+        """Start reading the boxes of ``rows`` into their rows of ``out``."""
+        if edge:  # the part inside the array into the row's corner, the rest fill value
+            start = lo[rows[0]]
+            stop = np.minimum(start + np.asarray(self.crop), np.asarray(arr.shape))
+            row = out[rows[0]]
+            row[...] = arr.fill_value
+            corner = row[tuple(slice(0, int(n)) for n in stop - start)]
+            return arr.start_read(start, stop, corner)
+        if grouped:
+            return arr.start_boxes(lo[rows], boxes=[out[r] for r in rows])
+        r = rows[0]  # each crop straight into its row of the block
+        return arr.start_read(lo[r], lo[r] + np.asarray(self.crop), out[r])
+
+    def _decode_aware(self, arrays: dict[int, Any]) -> Iterator[Any]:
         """The same rows, decoded ``decode_block`` crops at a time: each chunk those
         crops touch is read and decoded once (:meth:`lsio_ray.zarr.Array.start_boxes`)."""
-        buf = np.empty((min(self.decode_block, self.b - self.a), *self.crop), dtype=arr.dtype)
+        dtype = next(iter(arrays.values())).dtype
+        buf = np.empty((min(self.decode_block, self.b - self.a), *self.crop), dtype=dtype)
         pool = _BlockPool()
         for first in range(self.a, self.b, self.decode_block):
             last = min(self.b, first + self.decode_block)
             lo = self.starts(first, last)
-            arr.start_boxes(lo, buf[: last - first]).wait()
+            src = self._sources(first, last)
+            tasks = []
+            try:
+                for k in np.unique(src).tolist():
+                    rows = np.flatnonzero(src == k)
+                    if len(rows) == last - first:
+                        tasks.append(arrays[k].start_boxes(lo, buf[: last - first]))
+                    else:
+                        boxes = [buf[r] for r in rows]
+                        tasks.append(arrays[k].start_boxes(lo[rows], boxes=boxes))
+                while tasks:
+                    tasks[0].wait()
+                    tasks.pop(0)
+            finally:
+                lz.Array.abandon(tasks)
             for a in range(first, last, self.rows):
                 b = min(last, a + self.rows)
-                crops = pool.take((b - a, *self.crop), arr.dtype)
+                crops = pool.take((b - a, *self.crop), dtype)
                 np.copyto(crops, buf[a - first : b - first])  # buf is reused
-                yield BlockAccessor.batch_to_block(
-                    {
-                        "crop": crops,
-                        "index": np.arange(a, b, dtype=np.int64),
-                        "lo": lo[a - first : b - first],
-                    }
+                yield self._block(
+                    a, b, lo[a - first : b - first], src[a - first : b - first], crops
                 )
 
 
@@ -318,32 +391,23 @@ class _BlockPool:
         return buf
 
 
-def _node_of(path: str, coordinator: Coordinator | None) -> str | None:
-    if coordinator is None:
-        return None
-    v2 = os.path.join(path, ".zarray")
-    meta = v2 if os.path.exists(v2) else os.path.join(path, "zarr.json")
-    return coordinator.node_of(meta)
-
-
 def _read(
     src: ZarrBoxesDatasource,
     parallelism: int | None,
     ray_args: dict[str, Any],
 ) -> ray.data.Dataset:
     import ray
-    import ray.data
 
     args = dict(ray_args)
-    if src.node is not None and "label_selector" not in args:
+    remote = args.get("ray_remote_args") or {}
+    if src.node is not None and "label_selector" not in args and "label_selector" not in remote:
         args["label_selector"] = {ray._raylet.RAY_NODE_ID_KEY: src.node}
-    if parallelism is None and "override_num_blocks" not in args:
+    if parallelism is None:
         # One read task per CPU of the cluster: Ray's own default (many small tasks, each
         # paying task and block costs and its own array open) was 2.1x slower here
         # (``scripts/bench-datasource.py``, benchmarks/results/ray-data.md).
         parallelism = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    if parallelism is not None:
-        args["override_num_blocks"] = int(parallelism)
+    args["override_num_blocks"] = int(parallelism)
     ds = ray.data.read_datasource(src, **args)
     # Ray Data merges a read task's blocks until they reach the dataset's
     # target_max_block_size (128 MiB by default): a copy of every crop into a fresh
@@ -357,13 +421,13 @@ def _read(
     return ds
 
 
+@strict_keywords
 def read_zarr_crops(
-    path: str | os.PathLike[str],
+    paths: Paths,
     crop_shape: Iterable[int],
     count: int,
     *,
     seed: int | None = 0,
-    parallelism: int | None = None,
     prefetch: int = 16,
     block_bytes: int = DEFAULT_BLOCK_BYTES,
     coordinator: Coordinator | None = None,
@@ -371,15 +435,37 @@ def read_zarr_crops(
     per_cell: int = 0,
     cell: Iterable[int] | None = None,
     direct: bool | None = None,
-    **read_args: Any,
+    include_paths: bool = False,
+    filesystem: Any = None,
+    override_num_blocks: int | None = None,
+    concurrency: int | None = None,
+    compute: Any = None,
+    num_cpus: float | None = None,
+    num_gpus: float | None = None,
+    memory: float | None = None,
+    label_selector: dict[str, str] | None = None,
+    fallback_strategy: list[dict[str, Any]] | None = None,
+    max_calls: int | None = None,
+    resources: dict[str, float] | None = None,
+    accelerator_type: str | None = None,
+    runtime_env: dict[str, Any] | None = None,
+    ray_remote_args: dict[str, Any] | None = None,
+    parallelism: int | None = None,
 ) -> ray.data.Dataset:
-    """A dataset of ``count`` random crops of ``crop_shape`` from the array at ``path``.
+    """A dataset of ``count`` random crops of ``crop_shape`` from the array at ``paths``
+    (or from the arrays, if a list).
 
-    Rows: ``crop``, ``index``, ``lo`` (see the module doc).  ``seed`` alone decides the
-    crops (the same as ``Array.random_crops`` with that seed); ``parallelism``: read
-    tasks (default: one per CPU of the cluster); ``prefetch``: crops in flight per task;
-    ``block_bytes``: target block size; ``coordinator``: place read tasks where its
-    locality says the array lives.
+    Rows: ``crop``, ``index``, ``lo`` (and ``path``, see the module doc).  ``seed`` alone
+    decides the crops (with one path, the same as ``Array.random_crops`` with that seed);
+    ``prefetch``: crops in flight per task; ``block_bytes``: target block size;
+    ``coordinator``: place read tasks where its locality says the arrays live.
+
+    Several arrays: each crop is drawn from array ``k`` with probability proportional
+    to its number of crop positions, so every crop position of every array is equally
+    likely, and the arrays' crops come interleaved in the plan.  The draws are
+    ``numpy.random.SeedSequence(seed).spawn(len(paths) + 1)``: the last child picks the
+    arrays, child ``k`` places array ``k``'s crops (as ``random_box_starts`` or
+    ``clustered_starts`` with it as the seed).  The arrays must share one dtype.
 
     ``decode_block``: the decode-aware sampler (:mod:`lsio_ray.zarr.sampler`): each read
     task decodes its crops ``decode_block`` at a time (e.g. 512), reading and decoding
@@ -395,103 +481,119 @@ def read_zarr_crops(
     one ``cell`` of start corners (default per axis: the larger of the chunk and the
     crop), each still uniform over the array, the cell's chunks decoded once.  The
     trade-off: a cell's crops are neighbours, so a minibatch of ``B`` crops holds about
-    ``B / per_cell`` independent places.  0 (default): independent crops.
+    ``B / per_cell`` independent places.  0 (default): independent crops.  With several
+    arrays, each cell's array is drawn as above.
 
     ``direct``: read tasks read with O_DIRECT (``lsio_ray.zarr.open(..., direct=)``;
     default: the workers' ``direct`` setting, env ``LSIO_DIRECT``).  Each worker process
     that runs such a task then holds the process-wide direct loader, whose pool
     (``pool_bytes``, 256 MiB) is registered with io_uring and so resident.
 
-    Other keyword arguments go to ``ray.data.read_datasource`` (``num_cpus``,
-    ``concurrency``, ...)."""
-    arr = lz.open_array(path)
+    Paths and the arguments of Ray Data's readers: ``paths``, one path or a list of them
+    (read into one dataset); ``include_paths``: a ``path`` column, the array's absolute
+    path; ``filesystem``: None or a local filesystem (any other raises ``ValueError``);
+    ``override_num_blocks``: the number of read tasks (default: one per CPU of the
+    cluster); ``concurrency``, ``compute``, ``num_cpus``, ``num_gpus``, ``memory``,
+    ``label_selector``, ``fallback_strategy``, ``max_calls``, ``resources``,
+    ``accelerator_type``, ``runtime_env``, ``ray_remote_args``: as for
+    ``ray.data.read_datasource``; ``parallelism``: the deprecated old name of
+    ``override_num_blocks`` (``DeprecationWarning``).  An unknown keyword argument is a
+    ``TypeError`` naming it.
+    """
+    params = dict(locals())  # the arguments, the Ray Data ones among them
+    name = "read_zarr_crops"
+    num_blocks = resolve_num_blocks(override_num_blocks, parallelism, name)
+    arrays = open_all(local_paths(paths, filesystem, name))
     crop = tuple(int(c) for c in crop_shape)
-    if int(per_cell) > 0:
-        plan = arr.clustered_starts(crop, count, seed=seed, per_cell=int(per_cell), cell=cell)
-    else:
-        plan = random_box_starts(arr.shape, crop, count, seed)
+    plan, which = crop_plan(arrays, crop, int(count), seed, max(0, int(per_cell)), cell)
     src = ZarrBoxesDatasource(
-        arr.path,
+        [arr.path for arr in arrays],
         crop,
         count,
-        _Slicer(plan),
-        dtype=arr.dtype,
+        Slicer(plan),
+        sources=None if which is None else Slicer(which),
+        dtype=arrays[0].dtype,
         prefetch=prefetch,
         block_bytes=block_bytes,
-        node=_node_of(arr.path, coordinator),
+        node=node_of_all([arr.path for arr in arrays], coordinator),
         name="ZarrCrops",
         decode_block=decode_block,
         per_cell=max(0, int(per_cell)),
         direct=direct,
+        include_paths=include_paths,
     )
-    return _read(src, parallelism, read_args)
+    return _read(src, num_blocks, ray_read_args(ray.data.read_datasource, params))
 
 
+@strict_keywords
 def read_zarr_windows(
-    path: str | os.PathLike[str],
+    paths: Paths,
     window_shape: Iterable[int],
     *,
     stride: Iterable[int] | None = None,
-    parallelism: int | None = None,
+    partial: str = "pad",
     prefetch: int = 16,
     block_bytes: int = DEFAULT_BLOCK_BYTES,
     coordinator: Coordinator | None = None,
     direct: bool | None = None,
-    **read_args: Any,
+    include_paths: bool = False,
+    filesystem: Any = None,
+    override_num_blocks: int | None = None,
+    concurrency: int | None = None,
+    compute: Any = None,
+    num_cpus: float | None = None,
+    num_gpus: float | None = None,
+    memory: float | None = None,
+    label_selector: dict[str, str] | None = None,
+    fallback_strategy: list[dict[str, Any]] | None = None,
+    max_calls: int | None = None,
+    resources: dict[str, float] | None = None,
+    accelerator_type: str | None = None,
+    runtime_env: dict[str, Any] | None = None,
+    ray_remote_args: dict[str, Any] | None = None,
+    parallelism: int | None = None,
 ) -> ray.data.Dataset:
-    """A full scan: every whole window of ``window_shape`` at multiples of ``stride``
-    (default: the window, i.e. non-overlapping tiles) in C order of their corners.
+    """A full scan: the windows of ``window_shape`` at multiples of ``stride`` (default:
+    the window, i.e. non-overlapping tiles) in C order of their corners, array after
+    array for a list of paths (``index`` runs on across them).
+
+    ``partial``: the windows at an axis's far end, where the whole windows stop short of
+    it (a (32, 256, 256) array in (8, 100, 100) windows: 200:256 on the last two axes).
+    ``"pad"`` (default) reads them too, each row full size, the part past the array's
+    end filled with the array's fill value, so every element is read (unless ``stride``
+    is larger than the window: then the gaps between windows are skipped, by request);
+    a row is padded where ``lo + window_shape`` exceeds the array's shape.  ``"drop"``:
+    whole windows only (the elements past the last whole window are never read).
+    ``"error"``: ``ValueError`` if there are any such elements.
+    (:func:`~lsio_ray.data_plan.window_starts` gives the window corners per axis.)
 
     Rows and the other arguments as :func:`read_zarr_crops`."""
-    arr = lz.open_array(path)
+    params = dict(locals())  # the arguments, the Ray Data ones among them
+    name = "read_zarr_windows"
+    num_blocks = resolve_num_blocks(override_num_blocks, parallelism, name)
+    arrays = open_all(local_paths(paths, filesystem, name))
     win = tuple(int(w) for w in window_shape)
-    axes = window_starts(arr.shape, win, None if stride is None else tuple(stride))
-    count = int(np.prod([len(a) for a in axes], dtype=np.int64))
+    step = None if stride is None else tuple(int(s) for s in stride)
+    grids = []
+    for arr in arrays:
+        try:
+            grids.append(window_starts(arr.shape, win, step, partial))
+        except ValueError as exc:
+            raise ValueError(f"{arr.path}: {exc}") from None
+    grid = Grid(grids)
     src = ZarrBoxesDatasource(
-        arr.path,
+        [arr.path for arr in arrays],
         win,
-        count,
-        _Grid(axes),
-        dtype=arr.dtype,
+        grid.count,
+        grid,
+        sources=grid.sources() if len(arrays) > 1 else None,
+        dtype=arrays[0].dtype,
         prefetch=prefetch,
         block_bytes=block_bytes,
-        node=_node_of(arr.path, coordinator),
+        node=node_of_all([arr.path for arr in arrays], coordinator),
         name="ZarrWindows",
         direct=direct,
+        include_paths=include_paths,
+        pad=partial == "pad",
     )
-    return _read(src, parallelism, read_args)
-
-
-def _restrict(
-    starts: Callable[[int, int], np.ndarray], a: int, b: int
-) -> Callable[[int, int], np.ndarray]:
-    restrict = getattr(starts, "restrict", None)
-    return starts if restrict is None else restrict(a, b)
-
-
-class _Slicer:
-    """Boxes of a plan held as one array (planned in the driver); ``restrict`` keeps a
-    read task's share only, so each task carries its own boxes and no more."""
-
-    def __init__(self, plan: np.ndarray, first: int = 0) -> None:
-        self.plan, self.first = plan, first
-
-    def restrict(self, a: int, b: int) -> _Slicer:
-        """The boxes ``a:b`` only."""
-        return _Slicer(self.plan[a - self.first : b - self.first].copy(), a)
-
-    def __call__(self, a: int, b: int) -> np.ndarray:
-        return self.plan[a - self.first : b - self.first]
-
-
-class _Grid:
-    """Boxes ``a:b`` of a window grid, computed on demand (a full scan can be huge)."""
-
-    def __init__(self, axes: tuple[np.ndarray, ...]) -> None:
-        self.axes = axes
-
-    def __call__(self, a: int, b: int) -> np.ndarray:
-        idx = np.unravel_index(np.arange(a, b, dtype=np.int64), [len(x) for x in self.axes])
-        return np.stack([ax[i] for ax, i in zip(self.axes, idx, strict=True)], axis=1).astype(
-            np.int64
-        )
+    return _read(src, num_blocks, ray_read_args(ray.data.read_datasource, params))

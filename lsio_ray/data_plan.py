@@ -1,0 +1,426 @@
+"""The planning half of :mod:`lsio_ray.data`, done in the driver: the readers'
+arguments, taken as Ray Data's own readers (``ray.data.read_parquet``, ``read_images``,
+``read_binary_files``) take theirs, and the plan of boxes they turn into.
+
+* One path or a list of paths; ``include_paths`` adds a ``path`` column.
+* ``filesystem``: the readers read local files (or a shared mount) through the io_uring
+  engine, so only a local filesystem (or None) is accepted; any other is refused, never
+  ignored.
+* ``override_num_blocks`` (``parallelism`` is its deprecated old name, as in Ray Data
+  since 2.10), ``concurrency``, ``compute``, ``num_cpus``, ``num_gpus``, ``memory``, the
+  named remote parameters (``label_selector``, ``fallback_strategy``, ``max_calls``,
+  ``resources``, ``accelerator_type``, ``runtime_env``) and ``ray_remote_args`` go to
+  ``ray.data.read_datasource``.
+* An unknown keyword argument is a ``TypeError`` naming it, as Python raises it, with the
+  nearest known name as a suggestion.
+
+The plans: random crops over one or several arrays (:func:`crop_plan`), and the window
+grid of a full scan (:func:`window_starts`, with its ``partial`` policy for the windows
+at the array's far edges), held as :class:`Slicer` / :class:`Grid` for the read tasks.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import inspect
+import math
+import os
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+
+import lsio_ray.zarr as lz
+from lsio_ray.zarr import random_box_starts
+
+if TYPE_CHECKING:
+    from lsio_ray.ray.coordinator import Coordinator
+
+__all__ = [
+    "PARTIAL",
+    "RAY_READ_ARGS",
+    "Grid",
+    "Slicer",
+    "arrays_in",
+    "crop_plan",
+    "local_paths",
+    "node_of",
+    "node_of_all",
+    "open_all",
+    "ray_read_args",
+    "resolve_num_blocks",
+    "restrict",
+    "strict_keywords",
+    "window_starts",
+]
+
+#: what ``read_zarr_windows`` does with the windows that run past the array's end:
+#: ``"pad"`` reads them, the part outside the array filled with its fill value;
+#: ``"drop"`` leaves them out (whole windows only: the elements past the last whole
+#: window are never read); ``"error"`` raises ``ValueError`` if there are any
+PARTIAL = ("pad", "drop", "error")
+
+#: the keyword arguments of ``ray.data.read_datasource`` the readers take and pass on
+RAY_READ_ARGS = (
+    "num_cpus",
+    "num_gpus",
+    "memory",
+    "concurrency",
+    "compute",
+    "override_num_blocks",
+    "label_selector",
+    "fallback_strategy",
+    "max_calls",
+    "resources",
+    "accelerator_type",
+    "runtime_env",
+    "ray_remote_args",
+)
+
+#: options of a Ray task that older Ray versions' ``read_datasource`` takes only inside
+#: ``ray_remote_args``
+_REMOTE_OPTIONS = frozenset(
+    {
+        "num_cpus",
+        "num_gpus",
+        "memory",
+        "label_selector",
+        "fallback_strategy",
+        "max_calls",
+        "resources",
+        "accelerator_type",
+        "runtime_env",
+    }
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def unexpected_keyword(func: str, key: str, known: Sequence[str]) -> str:
+    """Python's message for an unknown keyword argument, with the nearest known name."""
+    msg = f"{func}() got an unexpected keyword argument {key!r}"
+    near = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+    return f"{msg}. Did you mean {near[0]!r}?" if near else msg
+
+
+def strict_keywords(fn: F) -> F:
+    """``fn`` raising ``TypeError`` for a keyword argument it does not take, naming it
+    (and the nearest name it does take) before anything runs."""
+    known = tuple(
+        name
+        for name, p in inspect.signature(fn).parameters.items()
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    )
+
+    @functools.wraps(fn)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        for key in kwargs:
+            if key not in known:
+                raise TypeError(unexpected_keyword(fn.__name__, key, known))
+        return fn(*args, **kwargs)
+
+    return checked  # type: ignore[return-value]
+
+
+def _is_local_filesystem(fs: Any) -> bool:
+    try:
+        import pyarrow.fs as pafs  # pyarrow comes with ray[data]
+
+        if isinstance(fs, pafs.LocalFileSystem):
+            return True
+    except ImportError:  # pragma: no cover - ray[data] depends on pyarrow
+        pass
+    protocol = getattr(fs, "protocol", None)  # fsspec
+    protocols = (protocol,) if isinstance(protocol, str) else tuple(protocol or ())
+    return bool(protocols) and set(protocols) <= {"file", "local"}
+
+
+def local_paths(
+    paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    filesystem: Any,
+    func: str,
+) -> list[str]:
+    """``paths`` (one, or a list) as local paths; ``file://`` URIs are accepted.
+
+    Raises ``ValueError`` for another URI scheme, an empty list, or a ``filesystem``
+    that is not local: ``func`` reads files through the io_uring engine, which sees
+    local files (and shared mounts) only."""
+    if filesystem is not None and not _is_local_filesystem(filesystem):
+        raise ValueError(
+            f"{func}() reads local files (or a shared mount) through its io_uring engine and "
+            f"cannot read through filesystem={type(filesystem).__name__}: mount the store "
+            "and give its local path, or leave filesystem unset"
+        )
+    if isinstance(paths, str | os.PathLike):
+        given: list[Any] = [paths]
+    else:
+        given = list(paths)
+        if not given:
+            raise ValueError(f"{func}() got an empty list of paths")
+    out = []
+    for p in given:
+        if not isinstance(p, str | os.PathLike):
+            raise TypeError(f"{func}() takes paths as str or os.PathLike, not {type(p).__name__}")
+        s = os.fspath(p)
+        if s.startswith("file://"):
+            s = s[len("file://") :]
+        elif "://" in s:
+            raise ValueError(
+                f"{func}() reads local paths (or a shared mount), not {s!r}: mount the store "
+                "and give its local path"
+            )
+        out.append(s)
+    return out
+
+
+def resolve_num_blocks(
+    override_num_blocks: int | None, parallelism: int | None, func: str
+) -> int | None:
+    """``override_num_blocks``, or the deprecated ``parallelism`` (with a
+    ``DeprecationWarning`` pointing at the caller of ``func``); giving both is a
+    ``TypeError``."""
+    if parallelism is None:
+        return None if override_num_blocks is None else int(override_num_blocks)
+    if override_num_blocks is not None:
+        raise TypeError(
+            f"{func}(): give override_num_blocks, not both it and parallelism (its old name)"
+        )
+    warnings.warn(
+        f"{func}(parallelism=) is deprecated, as in Ray Data since 2.10: use override_num_blocks=",
+        DeprecationWarning,
+        stacklevel=4,  # this function, the reader, strict_keywords' wrapper, the caller
+    )
+    return int(parallelism)
+
+
+def ray_read_args(read_datasource: Callable[..., Any], params: Mapping[str, Any]) -> dict[str, Any]:
+    """The keyword arguments for ``read_datasource``: those of :data:`RAY_READ_ARGS` in
+    ``params`` (a reader's arguments) that are not None, ``override_num_blocks`` aside
+    (see :func:`resolve_num_blocks`); a remote option this Ray's ``read_datasource``
+    does not name goes into ``ray_remote_args`` instead (older Ray versions)."""
+    names = inspect.signature(read_datasource).parameters
+    args: dict[str, Any] = {}
+    remote = dict(params.get("ray_remote_args") or {})
+    for key in RAY_READ_ARGS:
+        value = params.get(key)
+        if value is None or key in ("ray_remote_args", "override_num_blocks"):
+            continue
+        if key in names or key not in _REMOTE_OPTIONS:
+            args[key] = value
+        else:
+            remote[key] = value
+    if remote:
+        args["ray_remote_args"] = remote
+    return args
+
+
+def window_starts(
+    shape: Sequence[int],
+    window_shape: Sequence[int],
+    stride: Sequence[int] | None = None,
+    partial: str = "pad",
+) -> tuple[np.ndarray, ...]:
+    """Per axis, the start offsets of the windows of a full scan: ``0, s, 2s, ...`` for a
+    stride ``s`` (default: the window, i.e. non-overlapping tiles).
+
+    ``partial`` says what happens where the whole windows stop short of the array's end
+    (a (256,) axis in windows of 100 leaves 200:256): ``"pad"`` (default) adds the one
+    window that starts there and runs past the end (its outside part is padding), so
+    every element is in a window unless it lies in a gap between windows (``s`` larger
+    than the window); ``"drop"`` keeps whole windows only; ``"error"`` raises
+    ``ValueError`` naming the axis and the elements left out.  A window larger than the
+    array on an axis is one padded window with ``"pad"``, an error otherwise."""
+    if partial not in PARTIAL:
+        raise ValueError(f"partial must be one of {', '.join(map(repr, PARTIAL))}, not {partial!r}")
+    shape = tuple(int(s) for s in shape)
+    win = tuple(int(w) for w in window_shape)
+    step = win if stride is None else tuple(int(s) for s in stride)
+    if not len(win) == len(step) == len(shape):
+        raise ValueError(
+            f"window {win} and stride {step} must have the array's {len(shape)} dimensions"
+        )
+    if any(w <= 0 for w in win):
+        raise ValueError(f"window shape {win} must be positive")
+    if any(s <= 0 for s in step):
+        raise ValueError(f"stride {step} must be positive")
+    if partial != "pad" and any(w > s for w, s in zip(win, shape, strict=True)):
+        raise ValueError(
+            f"window shape {win} does not fit in the array's shape {shape} "
+            "(partial='pad' reads it padded)"
+        )
+    axes = []
+    for axis, (n, w, s) in enumerate(zip(shape, win, step, strict=True)):
+        whole = np.arange(0, max(n - w + 1, 0), s, dtype=np.int64)
+        end = int(whole[-1]) + w if len(whole) else 0
+        nxt = int(whole[-1]) + s if len(whole) else 0
+        if end < n and nxt < n:  # elements past the last whole window, not in a gap
+            if partial == "error":
+                raise ValueError(
+                    f"windows {win} at stride {step} leave elements {max(end, nxt)}:{n} of "
+                    f"axis {axis} of the array's shape {shape} unread: pass partial='pad' (the "
+                    "edge windows padded with the fill value) or partial='drop' (whole windows "
+                    "only)"
+                )
+            if partial == "pad":
+                whole = np.append(whole, np.int64(nxt))
+        axes.append(whole)
+    return tuple(axes)
+
+
+def node_of(path: str, coordinator: Coordinator | None) -> str | None:
+    """The node whose local disk holds the array at ``path``, as ``coordinator``'s
+    locality says (None: shared storage, unknown, or no coordinator)."""
+    if coordinator is None:
+        return None
+    v2 = os.path.join(path, ".zarray")
+    meta = v2 if os.path.exists(v2) else os.path.join(path, "zarr.json")
+    return coordinator.node_of(meta)
+
+
+def node_of_all(paths: Sequence[str], coordinator: Coordinator | None) -> str | None:
+    """The one node holding the arrays (None: shared storage, or no coordinator)."""
+    found = {p: node_of(p, coordinator) for p in paths}
+    nodes = sorted({n for n in found.values() if n is not None})
+    if len(nodes) > 1:
+        where = ", ".join(f"{p} on {n}" for p, n in found.items() if n is not None)
+        raise ValueError(
+            f"the arrays lie on several nodes' local disks ({where}): a Ray Data read "
+            "cannot place its read tasks per array; read each node's arrays on their own"
+        )
+    return nodes[0] if nodes else None
+
+
+def open_all(paths: Sequence[str]) -> list[Any]:
+    """The arrays at ``paths``, checked to share one dtype (one ``crop`` column)."""
+    arrays = [lz.open_array(p) for p in paths]
+    for arr in arrays[1:]:
+        if arr.dtype != arrays[0].dtype:
+            raise ValueError(
+                f"the arrays of one dataset share one dtype: {arrays[0].path} is "
+                f"{arrays[0].dtype}, {arr.path} is {arr.dtype}"
+            )
+    return arrays
+
+
+def crop_plan(
+    arrays: Sequence[Any],
+    crop: tuple[int, ...],
+    count: int,
+    seed: int | None,
+    per_cell: int,
+    cell: Iterable[int] | None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The crops' start corners, and (several arrays) each crop's array number."""
+    if len(arrays) == 1:
+        arr = arrays[0]
+        if per_cell:
+            return arr.clustered_starts(crop, count, seed=seed, per_cell=per_cell, cell=cell), None
+        return random_box_starts(arr.shape, crop, count, seed), None
+    positions = []
+    for arr in arrays:
+        try:
+            random_box_starts(arr.shape, crop, 0, None)  # checks that the crop fits
+        except ValueError as exc:
+            raise ValueError(f"{arr.path}: {exc}") from None
+        positions.append(math.prod(n - c + 1 for n, c in zip(arr.shape, crop, strict=True)))
+    seeds = np.random.SeedSequence(seed).spawn(len(arrays) + 1)
+    unit = per_cell or 1  # a cell's crops come from one array
+    weights = np.asarray(positions, dtype=np.float64) / float(sum(positions))
+    picks = np.random.default_rng(seeds[-1]).choice(len(arrays), size=-(-count // unit), p=weights)
+    which = np.repeat(picks, unit)[:count].astype(np.int32)
+    plan = np.empty((count, len(crop)), dtype=np.int64)
+    for k, arr in enumerate(arrays):
+        rows = np.flatnonzero(which == k)
+        if per_cell:
+            plan[rows] = arr.clustered_starts(
+                crop, len(rows), seed=seeds[k], per_cell=per_cell, cell=cell
+            )
+        else:
+            plan[rows] = random_box_starts(arr.shape, crop, len(rows), seeds[k])
+    return plan, which
+
+
+def restrict(
+    starts: Callable[[int, int], np.ndarray], a: int, b: int
+) -> Callable[[int, int], np.ndarray]:
+    """``starts`` cut down to boxes ``a:b`` where it can be (a read task's share)."""
+    cut = getattr(starts, "restrict", None)
+    return starts if cut is None else cut(a, b)
+
+
+def arrays_in(sources: Callable[[int, int], np.ndarray] | None, a: int, b: int) -> list[int]:
+    """The arrays (numbers) boxes ``a:b`` come from."""
+    if sources is None:
+        return [0]
+    known = getattr(sources, "arrays_in", None)
+    ids = known(a, b) if known is not None else np.unique(np.asarray(sources(a, b)))
+    return [int(k) for k in ids]
+
+
+class Slicer:
+    """Rows of a plan held as one array (planned in the driver); ``restrict`` keeps a
+    read task's share only, so each task carries its own boxes and no more."""
+
+    def __init__(self, plan: np.ndarray, first: int = 0) -> None:
+        self.plan, self.first = plan, first
+
+    def restrict(self, a: int, b: int) -> Slicer:
+        """The rows ``a:b`` only."""
+        return Slicer(self.plan[a - self.first : b - self.first].copy(), a)
+
+    def arrays_in(self, a: int, b: int) -> np.ndarray:
+        """The distinct values of rows ``a:b`` (of a plan of array numbers)."""
+        return np.unique(self(a, b))
+
+    def __call__(self, a: int, b: int) -> np.ndarray:
+        return self.plan[a - self.first : b - self.first]
+
+
+class Grid:
+    """Boxes ``a:b`` of the window grids of one or more arrays, one after the other,
+    computed on demand (a full scan can be huge)."""
+
+    def __init__(self, grids: Sequence[tuple[np.ndarray, ...]]) -> None:
+        self.grids = list(grids)
+        sizes = [math.prod(len(x) for x in axes) for axes in self.grids]
+        #: the first box of each array, and the total
+        self.offsets = np.cumsum([0, *sizes], dtype=np.int64)
+        self.count = int(self.offsets[-1])
+
+    def sources(self) -> GridSources:
+        """The array of each box."""
+        return GridSources(self.offsets)
+
+    def __call__(self, a: int, b: int) -> np.ndarray:
+        out = np.empty((b - a, len(self.grids[0])), dtype=np.int64)
+        for k in GridSources(self.offsets).arrays_in(a, b):
+            lo = max(a, int(self.offsets[k]))
+            hi = min(b, int(self.offsets[k + 1]))
+            axes = self.grids[k]
+            local = np.arange(lo - self.offsets[k], hi - self.offsets[k], dtype=np.int64)
+            idx = np.unravel_index(local, [len(x) for x in axes])
+            out[lo - a : hi - a] = np.stack(
+                [ax[i] for ax, i in zip(axes, idx, strict=True)], axis=1
+            )
+        return out
+
+
+class GridSources:
+    """The array number of boxes ``a:b`` of a :class:`Grid`."""
+
+    def __init__(self, offsets: np.ndarray) -> None:
+        self.offsets = offsets
+
+    def arrays_in(self, a: int, b: int) -> range:
+        """The arrays boxes ``a:b`` come from."""
+        if b <= a:
+            return range(0)
+        first = int(np.searchsorted(self.offsets, a, side="right")) - 1
+        last = int(np.searchsorted(self.offsets, b - 1, side="right")) - 1
+        return range(first, last + 1)
+
+    def __call__(self, a: int, b: int) -> np.ndarray:
+        idx = np.arange(a, b, dtype=np.int64)
+        return np.searchsorted(self.offsets, idx, side="right") - 1
