@@ -70,7 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for epoch in range(args.epochs):
             ds = lsio_ray.data.read_zarr_crops(
-                path, args.crop, args.crops, seed=args.seed + epoch, parallelism=args.parallelism
+                path,
+                args.crop,
+                args.crops,
+                seed=args.seed + epoch,
+                override_num_blocks=args.parallelism,
             )
             total, rows = 0.0, 0
             dtypes = {"crop": torch.float32, "index": torch.int64, "lo": torch.int64}

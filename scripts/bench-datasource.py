@@ -88,7 +88,7 @@ def run_lsio_data(
         CROP,
         COUNT,
         seed=SEED,
-        parallelism=parallelism,
+        override_num_blocks=parallelism,
         decode_block=decode_block,
         per_cell=per_cell,
         direct=direct,

@@ -108,7 +108,7 @@ TRAINING = [
     (
         "code",
         "CROP = (8, 32, 32)\n"
-        "ds = lsio_ray.data.read_zarr_crops(path, CROP, 1024, seed=42, parallelism=2)\n"
+        "ds = lsio_ray.data.read_zarr_crops(path, CROP, 1024, seed=42, override_num_blocks=2)\n"
         "ds.schema()",
     ),
     ("md", "## A linear model on pooled crops, trained with SGD from `iter_batches`"),
@@ -144,8 +144,9 @@ TRAINING = [
         "    for batch in d.iter_batches(batch_size=None, batch_format='numpy'):\n"
         "        rows.update({int(i): lo.tolist() for i, lo in zip(batch['index'], batch['lo'])})\n"
         "    return rows\n\n"
-        "one = by_index(lsio_ray.data.read_zarr_crops(path, CROP, 64, seed=7, parallelism=1))\n"
-        "four = by_index(lsio_ray.data.read_zarr_crops(path, CROP, 64, seed=7, parallelism=3))\n"
+        "crops = lsio_ray.data.read_zarr_crops\n"
+        "one = by_index(crops(path, CROP, 64, seed=7, override_num_blocks=1))\n"
+        "four = by_index(crops(path, CROP, 64, seed=7, override_num_blocks=3))\n"
         "assert one == four\n"
         "len(one)",
     ),
@@ -162,7 +163,9 @@ TRAINING = [
     (
         "code",
         "clustered = by_index(\n"
-        "    lsio_ray.data.read_zarr_crops(path, CROP, 64, seed=7, parallelism=2, per_cell=16)\n"
+        "    lsio_ray.data.read_zarr_crops(\n"
+        "        path, CROP, 64, seed=7, override_num_blocks=2, per_cell=16\n"
+        "    )\n"
         ")\n"
         "first = np.array([clustered[i] for i in range(16)])\n"
         "spread = first.max(axis=0) - first.min(axis=0)\n"

@@ -90,7 +90,9 @@ def test_crops_equal_zarr_python(
     ray_local: None, arrays: Any, fmt: str, direct: bool | None
 ) -> None:
     path, _ = arrays[fmt]
-    ds = ld.read_zarr_crops(path, CROP, 37, seed=3, parallelism=3, block_bytes=4096, direct=direct)
+    ds = ld.read_zarr_crops(
+        path, CROP, 37, seed=3, override_num_blocks=3, block_bytes=4096, direct=direct
+    )
     rows = _rows(ds)
     assert sorted(rows) == list(range(37))
     ref = zarr.open(path, mode="r")
@@ -137,7 +139,9 @@ def test_many_small_blocks_are_kept_as_they_are(ray_local: None, arrays: Any) ->
     path, data = arrays["v2"]
     before = ray.data.DataContext.get_current().target_max_block_size
     crop_bytes = int(np.prod(CROP)) * 2
-    ds = ld.read_zarr_crops(path, CROP, 120, seed=4, parallelism=1, block_bytes=2 * crop_bytes)
+    ds = ld.read_zarr_crops(
+        path, CROP, 120, seed=4, override_num_blocks=1, block_bytes=2 * crop_bytes
+    )
     assert ds.context.target_max_block_size == 2 * crop_bytes
     assert ray.data.DataContext.get_current().target_max_block_size == before
     mat = ds.materialize()
@@ -166,13 +170,13 @@ def test_block_pool_reuses_only_unreferenced_buffers() -> None:
 
 def test_same_seed_same_crops_whatever_the_parallelism(ray_local: None, arrays: Any) -> None:
     path, _ = arrays["v3"]
-    one = _rows(ld.read_zarr_crops(path, CROP, 25, seed=9, parallelism=1))
-    four = _rows(ld.read_zarr_crops(path, CROP, 25, seed=9, parallelism=4))
+    one = _rows(ld.read_zarr_crops(path, CROP, 25, seed=9, override_num_blocks=1))
+    four = _rows(ld.read_zarr_crops(path, CROP, 25, seed=9, override_num_blocks=4))
     assert one.keys() == four.keys()
     for i in one:
         np.testing.assert_array_equal(one[i][0], four[i][0])
         np.testing.assert_array_equal(one[i][1], four[i][1])
-    other = _rows(ld.read_zarr_crops(path, CROP, 25, seed=10, parallelism=4))
+    other = _rows(ld.read_zarr_crops(path, CROP, 25, seed=10, override_num_blocks=4))
     assert any(not np.array_equal(one[i][0], other[i][0]) for i in one)
 
 
@@ -180,9 +184,13 @@ def test_same_seed_same_crops_whatever_the_parallelism(ray_local: None, arrays: 
 def test_decode_aware_rows_are_the_same_rows(ray_local: None, arrays: Any, fmt: str) -> None:
     path, _ = arrays[fmt]
     assert lz.open(path).layout.codec.c_codec is not None  # the decode-aware path runs
-    plain = _rows(ld.read_zarr_crops(path, CROP, 41, seed=5, parallelism=2, block_bytes=4096))
+    plain = _rows(
+        ld.read_zarr_crops(path, CROP, 41, seed=5, override_num_blocks=2, block_bytes=4096)
+    )
     aware = _rows(
-        ld.read_zarr_crops(path, CROP, 41, seed=5, parallelism=2, block_bytes=4096, decode_block=9)
+        ld.read_zarr_crops(
+            path, CROP, 41, seed=5, override_num_blocks=2, block_bytes=4096, decode_block=9
+        )
     )
     assert plain.keys() == aware.keys() == set(range(41))
     for i in plain:
@@ -204,7 +212,7 @@ def test_clustered_rows_are_the_arrays_clustered_crops(
     starts = arr.clustered_starts(CROP, 43, seed=6, per_cell=5)
     for par in (1, 3):
         ds = ld.read_zarr_crops(
-            path, CROP, 43, seed=6, parallelism=par, per_cell=5, block_bytes=3000
+            path, CROP, 43, seed=6, override_num_blocks=par, per_cell=5, block_bytes=3000
         )
         rows = _rows(ds)
         assert rows.keys() == set(range(43))
@@ -213,13 +221,13 @@ def test_clustered_rows_are_the_arrays_clustered_crops(
             np.testing.assert_array_equal(rows[i][1], want[i])
     with pytest.raises(ValueError, match="two samplers"):
         ld.read_zarr_crops(path, CROP, 5, per_cell=2, decode_block=4)
-    small = _rows(ld.read_zarr_crops(path, CROP, 3, seed=6, parallelism=2, per_cell=5))
+    small = _rows(ld.read_zarr_crops(path, CROP, 3, seed=6, override_num_blocks=2, per_cell=5))
     assert small.keys() == {0, 1, 2}  # fewer crops than one cell: one read task, all rows
 
 
 def test_streaming_split_covers_every_crop_once(ray_local: None, arrays: Any) -> None:
     path, _ = arrays["v3"]
-    ds = ld.read_zarr_crops(path, CROP, 40, seed=5, parallelism=4, block_bytes=2048)
+    ds = ld.read_zarr_crops(path, CROP, 40, seed=5, override_num_blocks=4, block_bytes=2048)
     its = ds.streaming_split(2)
     seen: list[list[int]] = [[], []]
 
@@ -238,7 +246,7 @@ def test_streaming_split_covers_every_crop_once(ray_local: None, arrays: Any) ->
 def test_iter_batches_and_windows(ray_local: None, arrays: Any) -> None:
     path, data = arrays["v2"]
     win, stride = (10, 16, 20), (10, 16, 10)
-    ds = ld.read_zarr_windows(path, win, stride=stride, parallelism=2)
+    ds = ld.read_zarr_windows(path, win, stride=stride, override_num_blocks=2)
     starts = [np.arange(0, n - w + 1, s) for n, w, s in zip(SHAPE, win, stride, strict=True)]
     count = int(np.prod([len(s) for s in starts]))
     assert ds.count() == count
@@ -278,6 +286,6 @@ def test_coordinator_places_reads_on_the_node_holding_the_data(
     coord = Coordinator(roots={node: [os.path.dirname(path)]})
     assert ld._node_of(path, coord) == node
     assert ld._node_of(path, None) is None
-    ds = ld.read_zarr_crops(path, CROP, 6, seed=1, coordinator=coord, parallelism=2)
+    ds = ld.read_zarr_crops(path, CROP, 6, seed=1, coordinator=coord, override_num_blocks=2)
     rows = _rows(ds)
     assert sorted(rows) == list(range(6))
