@@ -111,3 +111,20 @@ def test_arrays_over_http_equal_zarr_python(
                 check_equal(arr[key], want[key], f"{name} {key!r} over HTTP")
         with pytest.raises(FileNotFoundError, match=f"{base}/nothing.zarr"):
             lz.open(f"{base}/nothing.zarr")
+
+
+def test_storage_options_as_zarr_users_pass_them(
+    s3: S3Server, uploaded: dict[str, tuple[str, str]]
+) -> None:
+    """``storage_options=`` configures the bucket the way zarr-python and fsspec users
+    pass options; for a local path they are refused."""
+    local, url = uploaded["v3-raw"]
+    stores._options.clear()
+    stores._stores.clear()
+    try:
+        arr = lz.open(url, storage_options=s3.options())
+        np.testing.assert_array_equal(arr[...], zarr.open_array(local, mode="r")[...])
+        with pytest.raises(ValueError, match="storage_options"):
+            lz.open(local, storage_options={"region": "x"})
+    finally:
+        remote.configure(f"s3://{BUCKET}", **s3.options())

@@ -20,6 +20,7 @@ __all__ = [
     "SETTINGS",
     "apply",
     "configure",
+    "configure_url",
     "current_settings",
     "describe",
     "errno_of",
@@ -46,6 +47,17 @@ def configure(prefix: str, **storage_options: Any) -> None:
         _options[prefix] = dict(storage_options)
     with _stores_lock:
         _stores.clear()
+
+
+def configure_url(path: Any, storage_options: dict[str, Any]) -> None:
+    """:func:`configure` the bucket or host of URL ``path`` with ``storage_options``
+    (zarr-python's and fsspec's keyword); for a local path they must be empty."""
+    p = url.resolve(path)
+    if not url.is_remote(p):
+        if storage_options:
+            raise ValueError(f"{p}: storage_options are for object storage and HTTP URLs")
+        return
+    configure(url.split(p)[0], **storage_options)
 
 
 def exported(urls: Any) -> dict[str, dict[str, Any]]:

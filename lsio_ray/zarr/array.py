@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from lsio_ray.io import F_DIRECT, config
+from lsio_ray.io.stores import configure_url
 from lsio_ray.io.url import is_remote
 from lsio_ray.zarr import indexing, sampler, stream
 from lsio_ray.zarr.html import array_html
@@ -508,10 +509,16 @@ def open_array(
     filled (``scripts/bench-zarr.py``, benchmarks/results/zarr-reads.md: up to ~20%
     faster here, most of all cold, and less CPU even against a warm cache).  Data read again is
     read from the device again, so leave it off for data that fits in memory and is read
-    many times from a slow disk.
+    many times from a slow disk.  ``path`` may be an object-storage or HTTP URL
+    (``s3://bucket/x.zarr``, ``https://host/x.zarr``); ``storage_options`` are then the
+    store's options (:func:`lsio_ray.io.stores.configure`: endpoint, region,
+    credentials...), else they come from the environment.
     Where the file system refuses ``O_DIRECT`` (tmpfs before Linux 6.6, some network
     file systems) the array reads through the page cache (``Array.direct`` says
     which)."""
+    storage_options = options.pop("storage_options", None)
+    if storage_options is not None:
+        configure_url(path, storage_options)
     layout = load_layout(path)
     own = loader is None and backend is not None
     if own:
