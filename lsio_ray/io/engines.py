@@ -35,7 +35,8 @@ class Engines:
         self.raw = raw
         self.remote: RemoteBackend | None = None
         self._remote_settings = current_settings()  # read on the maker's thread
-        self._counter_lock = threading.Lock()  # shared decode counters of remote buffers
+        self._counter_lock = threading.Lock()
+        self._in_raw_reap = False  # shared decode counters of remote buffers
         self.backend = raw.backend
         self.features = raw.features
         self.pool_bytes = raw.pool_bytes
@@ -88,7 +89,7 @@ class Engines:
 
     def _start_remote(self) -> RemoteBackend:
         if self.remote is None:
-            self.remote = RemoteBackend(self.pool_bytes, self._wake_all, self._remote_settings)
+            self.remote = RemoteBackend(self.pool_bytes, self._remote_landed, self._remote_settings)
             self.release = self._release
             self.release_many = self._release_many
             self.decode = self._decode
@@ -181,7 +182,13 @@ class Engines:
             return got
         st = self.raw.stats()
         if st["ranges_pending"] or st["completions_ready"]:
-            more = self.raw.reap(max_n - got.size, max(1, min_n - got.size), timeout_ms)
+            self._in_raw_reap = True  # a remote completion must wake the C engine's wait
+            try:
+                if self.remote.ready():  # landed between the take and now
+                    timeout_ms = 0
+                more = self.raw.reap(max_n - got.size, max(1, min_n - got.size), timeout_ms)
+            finally:
+                self._in_raw_reap = False
         else:
             self.remote.wait(timeout_ms / 1000 if timeout_ms >= 0 else 1.0)
             more = self.remote.take(max_n - got.size)
@@ -193,6 +200,12 @@ class Engines:
         self.raw.wake()
         if self.remote is not None:
             self.remote.notify()
+
+    def _remote_landed(self) -> None:
+        """A remote completion is ready: wake the IO thread where it waits (the C
+        engine's reap only when it is in one: a wake costs a syscall)."""
+        if self._in_raw_reap:
+            self.raw.wake()
 
     def wake(self) -> None:
         """Make a thread blocked in :meth:`reap` return."""

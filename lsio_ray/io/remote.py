@@ -119,8 +119,10 @@ class RemoteBackend:
             "remote_starved": 0,
         }
         self._closed = False
+        self._tasks: set[asyncio.Task[None]] = set()  # strong references while they run
         self._loop = asyncio.new_event_loop()
         self._room: asyncio.Condition | None = None
+        self._starving = 0  # requests waiting for room (then a release wakes the loop)
         self._sem: asyncio.Semaphore | None = None
         started = threading.Event()
         self._thread = threading.Thread(
@@ -146,11 +148,15 @@ class RemoteBackend:
         assert self._sem is not None and self._room is not None
         try:
             async with self._sem:
-                if req.kind == OP_READ:
+                if req.kind == OP_READ and self.held_bytes >= self.pool_bytes:
                     async with self._room:
-                        while self.held_bytes >= self.pool_bytes and self._held:
-                            self.counters["remote_starved"] += 1
-                            await self._room.wait()
+                        self._starving += 1
+                        try:
+                            while self.held_bytes >= self.pool_bytes and self._held:
+                                self.counters["remote_starved"] += 1
+                                await self._room.wait()
+                        finally:
+                            self._starving -= 1
                 if req.group in self._cancelled:
                     self._finish(req, None)
                     return
@@ -359,8 +365,14 @@ class RemoteBackend:
             for req in reqs:
                 self._pending[req.group] = self._pending.get(req.group, 0) + 1
                 self._ranges_pending += len(req.rows)
+        if reqs:  # one wake-up of the loop per batch, not per request
+            self._loop.call_soon_threadsafe(self._start_all, reqs)
+
+    def _start_all(self, reqs: list[_Request]) -> None:
         for req in reqs:
-            asyncio.run_coroutine_threadsafe(self._do(req), self._loop)
+            task = self._loop.create_task(self._do(req))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     def _plan_reads(self, group: int, u: str, rs: np.ndarray) -> list[_Request]:
         """One object's ranges as requests: exact ranges merged across small gaps."""
@@ -403,6 +415,10 @@ class RemoteBackend:
             self._nready -= n
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
+    def ready(self) -> bool:
+        """Whether completions wait to be taken."""
+        return self._nready > 0
+
     def wait(self, timeout_s: float) -> None:
         """Block until completions are ready, :meth:`notify`, or ``timeout_s``."""
         with self._cv:
@@ -418,7 +434,7 @@ class RemoteBackend:
         """Drop one range's reference to its request's bytes."""
         with self._lock:
             freed = self._drop(buf_id)
-        if freed and self._room is not None and not self._closed:
+        if freed and self._starving and not self._closed:
             asyncio.run_coroutine_threadsafe(self._notify_room(), self._loop)
 
     def release_many(self, buf_ids: np.ndarray) -> None:
@@ -428,7 +444,7 @@ class RemoteBackend:
             for bid in np.asarray(buf_ids, np.uint64).tolist():
                 if bid:
                     freed |= self._drop(bid)
-        if freed and self._room is not None and not self._closed:
+        if freed and self._starving and not self._closed:
             asyncio.run_coroutine_threadsafe(self._notify_room(), self._loop)
 
     def _drop(self, buf_id: int) -> bool:
