@@ -185,6 +185,7 @@ class RemoteBackend:
 
     async def _read(self, req: _Request) -> None:
         import obstore
+        from obstore.exceptions import NotSupportedError
 
         store_url, key = url.split(req.url)
         store = store_for(store_url, self.settings)
@@ -200,7 +201,18 @@ class RemoteBackend:
         with self._lock:
             self.counters["remote_requests"] += 1
         try:
-            res = await obstore.get_async(store, key, options=options or None)
+            try:
+                res = await obstore.get_async(store, key, options=options or None)
+            except NotSupportedError:
+                if req.start >= 0:
+                    raise
+                # no suffix ranges on this store (Azure): HEAD for the size, then a range
+                size = int((await obstore.head_async(store, key))["size"])
+                with self._lock:
+                    self.counters["remote_requests"] += 1
+                start = max(0, size + req.start)
+                options = {"range": (start, size)} if start < size else {}
+                res = await obstore.get_async(store, key, options=options or None)
             buf = await res.bytes_async()
         except Exception as exc:
             size = await self._size_if_past_end(store, key, req, exc)
