@@ -25,6 +25,8 @@
 | node_pool_bytes  | LSIO_NODE_POOL_BYTES  | memory/16, 256M..8G (4)     | 4 KiB..phys. memory |
 | node_budget_dir  | LSIO_NODE_BUDGET_DIR  | /dev/shm/lsio-pools-<uid> (4) | an absolute path |
 
+"uring" fails with ``OSError`` when the kernel refuses io_uring, or when this build has
+no io_uring backend (built without liburing: ``lsio_ray.io.HAVE_URING`` is False).
 (1) The pool is rounded up to a power of two, which must not exceed physical memory (nor
 1 TiB).  (2) And at most the process's open-file limit (``RLIMIT_NOFILE``, soft).
 (3) ``True``/``False``, 1/0, or in the environment and ``set``: 1/true/yes/on, 0/false/no/off.
