@@ -2,4 +2,4 @@
 
 from setuptools import setup
 
-setup(cffi_modules=["lsio_ray/_build.py:ffibuilder"])
+setup(cffi_modules=["lsio_ray/_build.py:make_builder"])

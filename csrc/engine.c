@@ -21,7 +21,6 @@
 
 #include <errno.h>
 #include <limits.h>
-#include <liburing.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -151,10 +150,7 @@ lsio_engine *lsio_engine_new(const lsio_config *cfg_in, int *err) {
         } else {
         fail_ring:
             e->backend = 0;
-            if (e->ring_ok) io_uring_queue_exit(&e->ring);
-            e->ring_ok = 0;
-            if (e->efd >= 0) close(e->efd);
-            e->efd = -1;
+            lsio__uring_teardown(e);
             e->features = 0;
             if (cfg.backend == LSIO_BACKEND_URING) goto fail;
         }
@@ -455,24 +451,7 @@ void lsio_engine_free(lsio_engine *e) {
     for (file_op *f = e->q_head; f; f = f->next) cancel_file(e, f);
     for (file_op *f = e->a_head; f; f = f->next) cancel_file(e, f);
     if (e->backend == LSIO_BACKEND_URING) {
-        /* Drive until every file is closed (and temp files unlinked) and the kernel
-         * holds nothing of ours; then complete the eventfd read so it cannot touch
-         * efd_buf after the ring is gone. */
-        while (e->files_pending > 0 || e->inflight > 0 || e->kcancels_inflight > 0)
-            lsio__uring_drive(e, UINT32_MAX, 100, 0);
-        while (e->wake_armed) {
-            uint64_t one = 1;
-            ssize_t w = write(e->efd, &one, sizeof one);
-            (void)w;
-            pthread_mutex_unlock(&e->mu);
-            struct io_uring_cqe *cqe;
-            struct __kernel_timespec ts = {.tv_sec = 0, .tv_nsec = 10000000};
-            io_uring_submit_and_wait_timeout(&e->ring, &cqe, 1, &ts, NULL);
-            pthread_mutex_lock(&e->mu);
-            lsio__uring_process(e);
-        }
-        io_uring_queue_exit(&e->ring);
-        close(e->efd);
+        lsio__uring_drain_free(e);
     } else {
         pthread_cond_broadcast(&e->work_cond);
         while (e->files_pending > 0 || e->inflight > 0) pthread_cond_wait(&e->cq_cond, &e->mu);

@@ -20,7 +20,9 @@
  *   engine_pread.c     the pread executor: worker threads, and lsio__run_sync (a step
  *                      as plain syscalls, also io_uring's S_FIXUP)
  *   engine_uring.c     the io_uring executor: ring setup, SQEs, CQEs, kernel cancels,
- *                      the ring thread
+ *                      the ring thread, the ring's teardown.  Built with -DLSIO_NO_URING
+ *                      (no liburing at build time: lsio_ray/_build.py) it has no ring and
+ *                      lsio__uring_setup answers -ENOSYS, so every engine runs on pread
  *
  * Design (read this before the code):
  *
@@ -69,7 +71,9 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#ifndef LSIO_NO_URING
 #include <liburing.h>
+#endif
 #include <pthread.h>
 #include <stdint.h>
 #include <sys/stat.h>
@@ -196,8 +200,10 @@ struct lsio_engine {
     /* fixed slots */
     int32_t *slot_free;
     uint32_t nslot_free;
-    /* io_uring */
+    /* io_uring (a build without liburing, LSIO_NO_URING, has no ring: see engine_uring.c) */
+#ifndef LSIO_NO_URING
     struct io_uring ring;
+#endif
     int ring_ok;
     int efd;
     uint64_t efd_buf;
@@ -347,6 +353,8 @@ LSIO_INTERNAL int lsio__uring_setup(lsio_engine *e);
 LSIO_INTERNAL unsigned lsio__uring_process(lsio_engine *e);
 LSIO_INTERNAL void lsio__uring_drive(lsio_engine *e, uint32_t min_complete, int timeout_ms, int forever);
 LSIO_INTERNAL void *lsio__ring_thread_main(void *arg);
+LSIO_INTERNAL void lsio__uring_teardown(lsio_engine *e);
+LSIO_INTERNAL void lsio__uring_drain_free(lsio_engine *e);
 
 /* engine.c */
 LSIO_INTERNAL void lsio__tmp_name(lsio_engine *e, file_op *f);

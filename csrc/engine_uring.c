@@ -7,23 +7,40 @@
  * cancelling in the kernel of a cancelled file's transfers (uring_kcancel), the loop that
  * keeps the ring full (lsio__uring_drive) and the optional ring thread.
  *
- * Owns: the ring (torn down by lsio_engine_free), which only the thread holding reap_mu
- * touches -- a reaper, lsio_engine_free, or the ring thread for the engine's whole life --
- * and the eventfd read armed on it.  A read's pool block belongs to the kernel from its
- * SQE until its CQE is processed here.
+ * Owns: the ring (torn down by lsio_engine_free through lsio__uring_drain_free), which
+ * only the thread holding reap_mu touches -- a reaper, lsio_engine_free, or the ring
+ * thread for the engine's whole life -- and the eventfd read armed on it.  A read's pool
+ * block belongs to the kernel from its SQE until its CQE is processed here.
+ *
+ * Built with -DLSIO_NO_URING (lsio_ray/_build.py does so when liburing's headers are
+ * missing, or when LSIO_NO_URING=1 is set), this file compiles to the stubs at its end:
+ * lsio__uring_setup answers -ENOSYS, so LSIO_BACKEND_AUTO takes pread and
+ * LSIO_BACKEND_URING fails to start; lsio_have_uring() tells callers which build this is.
  */
 #define _GNU_SOURCE
 #include "engine_internal.h"
 
 #include <errno.h>
+#include <stdint.h>
+
+/* 1 when the io_uring backend is built in, 0 for a pread-only build (lsio.h) */
+int lsio_have_uring(void) {
+#ifdef LSIO_NO_URING
+    return 0;
+#else
+    return 1;
+#endif
+}
+
+#ifndef LSIO_NO_URING
 #include <fcntl.h>
 #include <liburing.h>
 #include <pthread.h>
-#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <time.h>
+#include <unistd.h>
 
 #define UD_CANCEL 8 /* user_data of IORING_OP_ASYNC_CANCEL requests (kind S_WAKE, no object) */
 
@@ -274,3 +291,58 @@ int lsio__uring_setup(lsio_engine *e) {
     if (e->efd < 0) return -errno;
     return 0;
 }
+
+/* ------------------------------------------------------------------ teardown */
+
+/* Close the ring and the eventfd, whichever of them exist (a failed setup leaves either). */
+void lsio__uring_teardown(lsio_engine *e) {
+    if (e->ring_ok) io_uring_queue_exit(&e->ring);
+    e->ring_ok = 0;
+    if (e->efd >= 0) close(e->efd);
+    e->efd = -1;
+}
+
+/* lsio_engine_free, holding reap_mu and mu, every file op cancelled: drive until every
+ * file is closed (and temp files unlinked) and the kernel holds nothing of ours; then
+ * complete the eventfd read so it cannot touch efd_buf after the ring is gone, and tear
+ * the ring down. */
+void lsio__uring_drain_free(lsio_engine *e) {
+    while (e->files_pending > 0 || e->inflight > 0 || e->kcancels_inflight > 0)
+        lsio__uring_drive(e, UINT32_MAX, 100, 0);
+    while (e->wake_armed) {
+        uint64_t one = 1;
+        ssize_t w = write(e->efd, &one, sizeof one);
+        (void)w;
+        pthread_mutex_unlock(&e->mu);
+        struct io_uring_cqe *cqe;
+        struct __kernel_timespec ts = {.tv_sec = 0, .tv_nsec = 10000000};
+        io_uring_submit_and_wait_timeout(&e->ring, &cqe, 1, &ts, NULL);
+        pthread_mutex_lock(&e->mu);
+        lsio__uring_process(e);
+    }
+    lsio__uring_teardown(e);
+}
+
+#else /* LSIO_NO_URING: no ring to set up; nothing below setup is ever reached */
+
+int lsio__uring_setup(lsio_engine *e) {
+    (void)e;
+    return -ENOSYS;
+}
+
+unsigned lsio__uring_process(lsio_engine *e) {
+    (void)e;
+    return 0;
+}
+
+void lsio__uring_drive(lsio_engine *e, uint32_t min_complete, int timeout_ms, int forever) {
+    (void)e, (void)min_complete, (void)timeout_ms, (void)forever;
+}
+
+void *lsio__ring_thread_main(void *arg) { return arg; }
+
+void lsio__uring_teardown(lsio_engine *e) { (void)e; }
+
+void lsio__uring_drain_free(lsio_engine *e) { (void)e; }
+
+#endif

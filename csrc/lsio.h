@@ -156,6 +156,11 @@ lsio_engine *lsio_engine_new(const lsio_config *cfg, int *err);
  * caller still holds stay valid; the arena is unmapped at their last release. */
 void lsio_engine_free(lsio_engine *e);
 
+/* 1 when this build has the io_uring backend, 0 when it was built without liburing
+ * (-DLSIO_NO_URING): then LSIO_BACKEND_AUTO always takes pread and LSIO_BACKEND_URING
+ * fails with -ENOSYS. */
+int lsio_have_uring(void);
+
 int lsio_engine_backend(const lsio_engine *e);
 uint32_t lsio_engine_features(const lsio_engine *e);
 void lsio_engine_stats(lsio_engine *e, lsio_stats *out);

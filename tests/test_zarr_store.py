@@ -77,7 +77,8 @@ def test_ranges_past_the_end_are_cut_like_local_store(tmp_path: Path) -> None:
         SuffixByteRequest(40),
     ]
     ours = sync(store.get_partial_values(proto, [("k", r) for r in reqs] + [("nope", None)]))
-    theirs = [local.get_sync("k", prototype=proto, byte_range=r) for r in reqs]
+    # LocalStore.get (async): get_sync only exists from zarr 3.1.6 on
+    theirs = [sync(local.get("k", prototype=proto, byte_range=r)) for r in reqs]
     assert [o.to_bytes() for o in ours[:-1]] == [t.to_bytes() for t in theirs]
     assert ours[-1] is None
 

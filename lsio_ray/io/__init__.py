@@ -14,8 +14,10 @@ tasks, Ray Data read tasks, the conversion job) is an adapter over these.
 
 The layers above import what they need of the C core's vocabulary from here, never from
 :mod:`lsio_ray.io._core` (``tests/test_layers.py`` says so): the request, completion and
-decode-job array layouts, the op and flag codes, the decoder's entry points, and
-:func:`address`, the one way to turn an array into a raw address for the C side.
+decode-job array layouts, the op and flag codes, the decoder's entry points,
+:func:`address`, the one way to turn an array into a raw address for the C side, and
+``HAVE_URING``: whether this build has the io_uring backend (a build without liburing's
+headers runs on pread threads only).
 Importing this package loads the binding and starts no thread (the service's threads
 start with the first :class:`~lsio_ray.io.service.IOService`).
 """
@@ -32,6 +34,7 @@ from lsio_ray.io._core import (
     F_DIRECT,
     F_FSYNC,
     FILE_DTYPE,
+    HAVE_URING,
     OP_READ,
     OP_WRITE_FILE,
     RANGE_DTYPE,
@@ -55,6 +58,7 @@ __all__ = [
     "FILE_DTYPE",
     "F_DIRECT",
     "F_FSYNC",
+    "HAVE_URING",
     "OP_READ",
     "OP_WRITE_FILE",
     "RANGE_DTYPE",

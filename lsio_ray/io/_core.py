@@ -31,6 +31,7 @@ __all__ = [
     "COMPLETION_DTYPE",
     "DECODE_JOB_DTYPE",
     "FILE_DTYPE",
+    "HAVE_URING",
     "RANGE_DTYPE",
     "DecodeSpec",
     "RawEngine",
@@ -47,6 +48,12 @@ BACKENDS = {
     "pread": lib.LSIO_BACKEND_PREAD,
 }
 BACKEND_NAMES = {v: k for k, v in BACKENDS.items()}
+
+#: True when this build of the C core has the io_uring backend.  False when it was built
+#: without liburing (its headers were missing, or ``LSIO_NO_URING=1``: lsio_ray/_build.py):
+#: then "auto" always runs on pread threads and ``backend="uring"`` raises ``OSError``
+#: (``ENOSYS``).  True does not promise the kernel allows io_uring (see "auto").
+HAVE_URING: bool = bool(lib.lsio_have_uring())
 
 FEATURES = {
     "fixed_files": lib.LSIO_FEAT_FIXED_FILES,
@@ -240,6 +247,14 @@ class RawEngine:
             return config.get(name) if value is None else config.validate(name, value)
 
         backend = pick("backend", backend)
+        if backend == "uring" and not HAVE_URING:
+            raise OSError(
+                errno.ENOSYS,
+                "the uring backend is not in this build of lsio_ray: its C core was built "
+                "without liburing (pread only).  Use backend='auto' or 'pread', or install "
+                "liburing's headers (Debian/Ubuntu: apt-get install liburing-dev) and "
+                "reinstall lsio_ray from source, or install a prebuilt lsio_ray wheel",
+            )
         cfg = ffi.new("lsio_config *")
         lib.lsio_config_default(cfg)
         cfg.backend = BACKENDS[backend]

@@ -30,6 +30,8 @@
 | remote_retries   | LSIO_REMOTE_RETRIES   | 10 (5)                       | 0..100           |
 | remote_timeout   | LSIO_REMOTE_TIMEOUT   | 30 s per request (5)         | 0.1..3600 s      |
 
+"uring" fails with ``OSError`` when the kernel refuses io_uring, or when this build has
+no io_uring backend (built without liburing: ``lsio_ray.io.HAVE_URING`` is False).
 (1) The pool is rounded up to a power of two, which must not exceed physical memory (nor
 1 TiB).  (2) And at most the process's open-file limit (``RLIMIT_NOFILE``, soft).
 (3) ``True``/``False``, 1/0, or in the environment and ``set``: 1/true/yes/on, 0/false/no/off.

@@ -55,7 +55,7 @@ from lsio_ray.io.url import local_path
 from lsio_ray.paths import is_within, remove_stray_temp_files, temp_file_pid
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
+    from typing import Self
 
 __all__ = ["Store", "shared_engine"]
 
