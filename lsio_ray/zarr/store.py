@@ -14,14 +14,11 @@ them directly, so zarr's synchronous fast path needs no event loop hop at all.
 >>> import zarr, lsio_ray.zarr as lz
 >>> z = zarr.open(store=lz.Store("data.zarr"), mode="r")
 
-The store only moves bytes: zarr-python still decodes every chunk itself.  For fast
-reads, open arrays with lsio_ray's codec pipeline as well (:mod:`lsio_ray.zarr.pipeline`):
-``lz.use_lsio_pipeline()`` (for the process, or ``with lz.use_lsio_pipeline(): ...``)
-makes zarr hand reads of unsharded raw / zstd / blosc chunks to lsio_ray's C decoder,
-which writes them straight into zarr's output (xarray: ``with lz.use_lsio_pipeline():
-xr.open_zarr(lz.Store(path))["v"].values`` is 3.1x zarr's LocalStore warm and 3.5x cold
-on 2 cores; ``LSIO_DS_BENCH_PARTS=xarray scripts/bench-datasource.py``,
-benchmarks/results/xarray.md).
+The store only moves bytes: zarr-python decodes.  ``lz.use_lsio_pipeline()``
+(:mod:`lsio_ray.zarr.pipeline`) hands reads of unsharded raw / zstd / blosc chunks of a
+local store to lsio_ray's C decoder (xarray: 3.1x zarr's LocalStore warm, 3.5x cold on 2
+cores; benchmarks/results/xarray.md).  ``Store("s3://bucket/prefix")`` keeps its values
+on object storage (:mod:`lsio_ray.zarr.store_remote`).
 """
 
 from __future__ import annotations
@@ -62,9 +59,15 @@ _CHECKED_DIRS_MAX = 1 << 16  # directories a store remembers as checked (then st
 
 
 class Store(_ZarrStore):
-    """A zarr-python store for a local directory, read and written through an lsio engine.
+    """A zarr-python store for a local directory or a URL, read and written through an
+    lsio engine.
 
-    ``root``: the directory (made on open unless read-only).  ``engine``: the
+    ``root``: the directory (made on open unless read-only), or a URL of object storage
+    (``s3://bucket/prefix``, ``gs://``, ``az://``; ``http(s)://`` is always read-only):
+    see :mod:`lsio_ray.zarr.store_remote`; ``url`` is that URL (None for a directory).
+    ``storage_options`` (URLs only) go to :func:`lsio_ray.io.stores.configure` for the
+    bucket and travel with the pickle; without them the environment's credentials count.
+    The rest of this text is about directories.  ``engine``: the
     :class:`~lsio_ray.Engine` to use (default: one shared per process).  The store pickles
     as its root and mode; the engine is not carried over (the receiver uses its own).
 
