@@ -66,8 +66,7 @@ class Store(_ZarrStore):
     (``s3://bucket/prefix``, ``gs://``, ``az://``; ``http(s)://`` is always read-only):
     see :mod:`lsio_ray.zarr.store_remote`; ``url`` is that URL (None for a directory).
     ``storage_options`` (URLs only) go to :func:`lsio_ray.io.stores.configure` for the
-    bucket and travel with the pickle; without them the environment's credentials count.
-    The rest of this text is about directories.  ``engine``: the
+    bucket and travel with the pickle (else: the environment's).  ``engine``: the
     :class:`~lsio_ray.Engine` to use (default: one shared per process).  The store pickles
     as its root and mode; the engine is not carried over (the receiver uses its own).
 
