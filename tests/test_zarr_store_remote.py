@@ -242,3 +242,14 @@ def test_http_store_is_read_only(tmp_path: Path) -> None:
             st.set_sync("x", cpu.Buffer.from_bytes(b"1"))
         with pytest.raises(ValueError, match="read-only"):
             zarr.create_array(store=st, shape=(2,), dtype="i1", overwrite=True)
+
+
+def test_root_of_a_remote_store_is_its_url(remote: Store) -> None:
+    """Code that takes a store's ``root`` as its location (lz.save's lazy source) gets
+    the URL, never a local directory."""
+    assert remote.root == remote.url and remote.url.startswith(f"s3://{BUCKET}/")
+    z = zarr.create_array(store=remote, shape=(4,), chunks=(2,), dtype="i4")
+    z[...] = np.arange(4)
+    from lsio_ray.zarr.creation import _source_dir
+
+    assert _source_dir(zarr.open_array(store=remote, mode="r")) == f"{remote.url}/"

@@ -94,7 +94,7 @@ class Store(_ZarrStore):
     supports_listing: bool = True
     supports_partial_writes: bool = False
 
-    root: Path
+    root: Path  # a directory; on object storage the URL (a str), as `url`
 
     def __init__(
         self,
@@ -115,7 +115,7 @@ class Store(_ZarrStore):
             self._remote = ObjectLocation(where, storage_options)
             if self._remote.http:
                 read_only = True  # HTTP serves reads only
-            self.root = Path("/")  # not a directory: see url
+            self.root = self._remote.url  # type: ignore[assignment]
         elif storage_options:
             raise ValueError(f"{where}: storage_options are for URLs, not local directories")
         else:
