@@ -32,6 +32,8 @@ def configure(prefix: str, **storage_options: Any) -> None:
     prefix = prefix.rstrip("/")
     url.split(prefix)  # a bucket or host is required
     with _options_lock:
+        if _options.get(prefix) == storage_options:
+            return  # unchanged (a Store unpickled or copied): keep the stores made
         _options[prefix] = dict(storage_options)
     _stores.clear()
 
