@@ -15,7 +15,16 @@ from typing import Any
 from lsio_ray.io import url
 from lsio_ray.io.stores import describe, errno_of, store_for
 
-__all__ = ["delete_prefix", "list_prefix", "object_size", "put_object", "read_object"]
+__all__ = [
+    "delete_objects",
+    "delete_prefix",
+    "list_dir",
+    "list_prefix",
+    "object_size",
+    "put_object",
+    "put_object_if_absent",
+    "read_object",
+]
 
 #: the largest object :func:`read_object` reads by default (a metadata document)
 MAX_DOCUMENT_BYTES = 64 << 20
@@ -113,3 +122,51 @@ def delete_prefix(u: str) -> int:
     except Exception as exc:
         raise _error(exc, u, "delete") from None
     return len(paths)
+
+
+def put_object_if_absent(u: str, data: Any) -> bool:
+    """Write ``data`` as the object at ``u`` unless one is there already (atomically, a
+    conditional PUT); True when written."""
+    import obstore
+
+    store, key = _split(u)
+    url.check_key(key, u)
+    try:
+        obstore.put(store, key, memoryview(data), mode="create")
+    except Exception as exc:
+        if type(exc).__name__ in ("AlreadyExistsError", "PreconditionError"):
+            return False
+        raise _error(exc, u, "write") from None
+    return True
+
+
+def delete_objects(u: str, names: list[str]) -> None:
+    """Delete the objects ``u/name`` for each of ``names`` (missing ones are fine)."""
+    import obstore
+
+    store, key = _split(u)
+    prefix = key.rstrip("/")
+    paths = [f"{prefix}/{n}" if prefix else n for n in names]
+    for p in paths:
+        url.check_key(p, u)
+    try:
+        for i in range(0, len(paths), 1000):
+            obstore.delete(store, paths[i : i + 1000])
+    except Exception as exc:
+        raise _error(exc, u, "delete") from None
+
+
+def list_dir(u: str) -> tuple[list[str], list[str]]:
+    """``(objects, prefixes)`` directly under the prefix ``u``: names relative to it."""
+    import obstore
+
+    store, key = _split(u)
+    prefix = key.rstrip("/")
+    try:
+        res = obstore.list_with_delimiter(store, prefix or None)
+    except Exception as exc:
+        raise _error(exc, u, "list") from None
+    cut = len(prefix) + 1 if prefix else 0
+    objs = [str(m["path"])[cut:] for m in res["objects"]]
+    dirs = [str(p)[cut:] for p in res["common_prefixes"]]
+    return sorted(objs), sorted(dirs)

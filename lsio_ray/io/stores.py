@@ -43,7 +43,9 @@ def configure(prefix: str, **storage_options: Any) -> None:
     url.split(prefix)  # a bucket or host is required
     with _options_lock:
         if _options.get(prefix) == storage_options:
-            return  # the same again (e.g. shipped with every piece to an IO actor)
+            # the same again (shipped with every piece to an IO actor, a Store
+            # unpickled or copied): keep the stores made
+            return
         _options[prefix] = dict(storage_options)
     with _stores_lock:
         _stores.clear()

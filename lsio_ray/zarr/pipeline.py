@@ -282,8 +282,8 @@ class LsioCodecPipeline(BatchedCodecPipeline):
             return None
         getter, spec, csel0, _, _ = items[0]
         store = getattr(getter, "store", None)
-        if not isinstance(store, (Store, LocalStore)):
-            return None
+        if not isinstance(store, (Store, LocalStore)) or getattr(store, "url", None):
+            return None  # the lsio path reads local directories (a URL store: zarr's)
         root = os.path.abspath(os.fspath(store.root))
         key0 = getter.path
         res = _CACHE.resolve(root, key0)

@@ -14,23 +14,18 @@ them directly, so zarr's synchronous fast path needs no event loop hop at all.
 >>> import zarr, lsio_ray.zarr as lz
 >>> z = zarr.open(store=lz.Store("data.zarr"), mode="r")
 
-The store only moves bytes: zarr-python still decodes every chunk itself.  For fast
-reads, open arrays with lsio_ray's codec pipeline as well (:mod:`lsio_ray.zarr.pipeline`):
-``lz.use_lsio_pipeline()`` (for the process, or ``with lz.use_lsio_pipeline(): ...``)
-makes zarr hand reads of unsharded raw / zstd / blosc chunks to lsio_ray's C decoder,
-which writes them straight into zarr's output (xarray: ``with lz.use_lsio_pipeline():
-xr.open_zarr(lz.Store(path))["v"].values`` is 3.1x zarr's LocalStore warm and 3.5x cold
-on 2 cores; ``LSIO_DS_BENCH_PARTS=xarray scripts/bench-datasource.py``,
-benchmarks/results/xarray.md).
+The store only moves bytes: zarr-python decodes.  ``lz.use_lsio_pipeline()``
+(:mod:`lsio_ray.zarr.pipeline`) hands reads of unsharded raw / zstd / blosc chunks of a
+local store to lsio_ray's C decoder (xarray: 3.1x zarr's LocalStore warm, 3.5x cold on 2
+cores; benchmarks/results/xarray.md).  ``Store("s3://bucket/prefix")`` keeps its values
+on object storage (:mod:`lsio_ray.zarr.store_remote`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import stat
-import threading
 import weakref
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
@@ -39,9 +34,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from zarr.abc.store import (
     ByteRequest,
-    OffsetByteRequest,
-    RangeByteRequest,
-    SuffixByteRequest,
 )
 from zarr.abc.store import (
     Store as _ZarrStore,
@@ -50,9 +42,11 @@ from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
 
 from lsio_ray.engine import Engine
 from lsio_ray.errors import BufferPoolTooSmallError, RangePastEOFError
-from lsio_ray.io.ops import ByteRange, OpGroup, get_ranges, put_file
-from lsio_ray.io.url import local_path
+from lsio_ray.io.ops import OpGroup, get_ranges, put_file
+from lsio_ray.io.url import is_remote, resolve
 from lsio_ray.paths import is_within, remove_stray_temp_files, temp_file_pid
+from lsio_ray.zarr.store_io import read_plain, remove, shared_engine, to_range
+from lsio_ray.zarr.store_remote import ObjectLocation
 
 if TYPE_CHECKING:
     from typing import Self
@@ -63,57 +57,16 @@ _MISSING = (FileNotFoundError, IsADirectoryError, NotADirectoryError)
 
 _CHECKED_DIRS_MAX = 1 << 16  # directories a store remembers as checked (then starts over)
 
-_ENGINE: Engine | None = None
-_ENGINE_LOCK = threading.Lock()
-_ENGINE_PID = -1
-
-
-def shared_engine() -> Engine:
-    """The engine facade stores use unless given one (made on first use, again after a
-    fork): it submits to the process's IO service, like every other ``Engine()``."""
-    global _ENGINE, _ENGINE_PID
-    with _ENGINE_LOCK:
-        if _ENGINE is None or _ENGINE_PID != os.getpid():
-            _ENGINE = Engine()
-            _ENGINE_PID = os.getpid()
-        return _ENGINE
-
-
-def _to_range(req: ByteRequest | None) -> ByteRange:
-    if req is None:
-        return ByteRange()
-    if isinstance(req, RangeByteRequest):
-        return ByteRange(req.start, max(req.start, req.end))
-    if isinstance(req, OffsetByteRequest):
-        return ByteRange(req.offset)
-    if isinstance(req, SuffixByteRequest):
-        return ByteRange.last(req.suffix) if req.suffix > 0 else ByteRange(0, 0)
-    raise TypeError(f"Unexpected byte_range, got {req}.")
-
-
-def _read_plain(path: str, req: ByteRequest | None) -> bytes:
-    """A plain-Python read with LocalStore's clamping rules (ranges past the end are cut)."""
-    with open(path, "rb") as f:
-        size = f.seek(0, os.SEEK_END)
-        if req is None:
-            f.seek(0)
-            return f.read()
-        if isinstance(req, RangeByteRequest):
-            f.seek(min(req.start, size))
-            return f.read(max(0, req.end - req.start))
-        if isinstance(req, OffsetByteRequest):
-            f.seek(min(req.offset, size))
-            return f.read()
-        if isinstance(req, SuffixByteRequest):
-            f.seek(max(0, size - req.suffix))
-            return f.read()
-    raise TypeError(f"Unexpected byte_range, got {req}.")
-
 
 class Store(_ZarrStore):
-    """A zarr-python store for a local directory, read and written through an lsio engine.
+    """A zarr-python store for a local directory or a URL, read and written through an
+    lsio engine.
 
-    ``root``: the directory (made on open unless read-only).  ``engine``: the
+    ``root``: the directory (made on open unless read-only), or a URL of object storage
+    (``s3://bucket/prefix``, ``gs://``, ``az://``; ``http(s)://`` is always read-only):
+    see :mod:`lsio_ray.zarr.store_remote`; ``url`` is that URL (None for a directory).
+    ``storage_options`` (URLs only) go to :func:`lsio_ray.io.stores.configure` for the
+    bucket and travel with the pickle (else: the environment's).  ``engine``: the
     :class:`~lsio_ray.Engine` to use (default: one shared per process).  The store pickles
     as its root and mode; the engine is not carried over (the receiver uses its own).
 
@@ -141,18 +94,33 @@ class Store(_ZarrStore):
     supports_listing: bool = True
     supports_partial_writes: bool = False
 
-    root: Path
+    root: Path  # a directory; on object storage the URL (a str), as `url`
 
     def __init__(
-        self, root: str | os.PathLike[str], *, read_only: bool = False, engine: Engine | None = None
+        self,
+        root: str | os.PathLike[str],
+        *,
+        read_only: bool = False,
+        engine: Engine | None = None,
+        storage_options: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(read_only=read_only)
         if not isinstance(root, (str, os.PathLike)):
             raise TypeError(
                 f"'root' must be a string or Path instance. Got an instance of {type(root)} "
                 "instead."
             )
-        self.root = Path(local_path(root, "a Zarr store"))
+        where = resolve(root)
+        self._remote: ObjectLocation | None = None
+        if is_remote(where):
+            self._remote = ObjectLocation(where, storage_options)
+            if self._remote.http:
+                read_only = True  # HTTP serves reads only
+            self.root = self._remote.url  # type: ignore[assignment]
+        elif storage_options:
+            raise ValueError(f"{where}: storage_options are for URLs, not local directories")
+        else:
+            self.root = Path(where)
+        super().__init__(read_only=read_only)
         self._engine = engine
         # key directories ("a/c/0") a read found free of links leading out
         self._checked_dirs: set[str] = set()
@@ -166,6 +134,11 @@ class Store(_ZarrStore):
         ] = weakref.WeakKeyDictionary()
 
     # -- identity, pickling, mode --------------------------------------------------------
+    @property
+    def url(self) -> str | None:
+        """The store's URL (``s3://bucket/prefix``) on object storage, else None."""
+        return None if self._remote is None else self._remote.url
+
     @property
     def engine(self) -> Engine:
         """The engine this store reads and writes through."""
@@ -184,9 +157,18 @@ class Store(_ZarrStore):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._pending = weakref.WeakKeyDictionary()
+        if self._remote is not None:
+            self._remote.configure()
 
     def with_read_only(self, read_only: bool = False) -> Self:
         """A new (unopened) store on the same root and engine with the given mode."""
+        if self._remote is not None:
+            return type(self)(
+                self._remote.url,
+                read_only=read_only,
+                engine=self._engine,
+                storage_options=self._remote.storage_options or None,
+            )
         return type(self)(self.root, read_only=read_only, engine=self._engine)
 
     @classmethod
@@ -202,6 +184,9 @@ class Store(_ZarrStore):
         await super()._open()
 
     def _prepare(self) -> None:
+        if self._remote is not None:
+            self._remote.check_bucket()
+            return
         if not self.read_only:
             self.root.mkdir(parents=True, exist_ok=True)
         if not self.root.exists():
@@ -213,16 +198,20 @@ class Store(_ZarrStore):
             self._is_open = True
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, type(self)) and self.root == other.root
+        return isinstance(other, type(self)) and self._where == other._where
 
     def __hash__(self) -> int:
-        return hash((type(self), self.root))
+        return hash((type(self), self._where))
+
+    @property
+    def _where(self) -> str:
+        return self.root.as_posix() if self._remote is None else self._remote.url
 
     def __str__(self) -> str:
-        return f"lsio://{self.root.as_posix()}"
+        return f"lsio://{self._where}" if self._remote is None else self._where
 
     def __repr__(self) -> str:
-        return f"lsio_ray.zarr.Store('{self.root.as_posix()}')"
+        return f"lsio_ray.zarr.Store('{self._where}')"
 
     # -- keys: relative paths that stay inside the root --------------------------------
     def _parts(self, key: str, *, prefix: bool = False) -> list[str]:
@@ -305,25 +294,17 @@ class Store(_ZarrStore):
         """All ranges as one engine group; missing keys give None."""
         if not key_ranges:
             return []
-        ops = [get_ranges(self._path(k, read=True), [_to_range(r)]) for k, r in key_ranges]
+        if self._remote is not None:
+            return self._remote.read_many(self.engine, prototype, key_ranges, _as_value)
+        ops = [get_ranges(self._path(k, read=True), [to_range(r)]) for k, r in key_ranges]
         engine = self.engine
         result = engine.submit(OpGroup(ops), order="operation", errors="return")
         out: list[Buffer | None] = [None] * len(key_ranges)
-        half = engine.stats()["pool_bytes"] // 2
+        half = engine.pool_bytes // 2
         for i, chunk in enumerate(result):  # errors="return": failures are chunks too
             key, req = key_ranges[i]
             if chunk.error is None:
-                # Ownership: the value is the pool buffer itself (no copy: a copy into
-                # fresh memory cost more than the read, ~40 us per 80 KiB chunk), given
-                # back to the pool when zarr drops the last array viewing it.  While
-                # values held by zarr fill half the pool, the rest are copied (and their
-                # buffers given back at once), so reads always have room to land.
-                if engine.stats()["pool_in_use"] <= half:
-                    data = chunk.data
-                else:
-                    with chunk:
-                        data = chunk.data.copy()
-                out[i] = prototype.buffer.from_array_like(data)
+                out[i] = _as_value(engine, chunk, prototype, half)
             elif isinstance(
                 chunk.error, (FileNotFoundError, IsADirectoryError, NotADirectoryError)
             ):
@@ -332,7 +313,7 @@ class Store(_ZarrStore):
                 # a range cut by the end of the file, or larger than the pool
                 try:
                     path = self._path(key, read=True)
-                    out[i] = prototype.buffer.from_bytes(_read_plain(path, req))
+                    out[i] = prototype.buffer.from_bytes(read_plain(path, req))
                 except _MISSING:
                     out[i] = None
             else:
@@ -434,10 +415,14 @@ class Store(_ZarrStore):
 
     async def exists(self, key: str) -> bool:
         """True when ``key`` holds a value."""
+        if self._remote is not None:
+            return await asyncio.to_thread(self._remote.exists, key)
         return os.path.isfile(self._path(key))
 
     async def getsize(self, key: str) -> int:
         """The stored size of ``key`` in bytes."""
+        if self._remote is not None:
+            return await asyncio.to_thread(self._remote.getsize, key)
         return os.path.getsize(self._path(key))
 
     # -- writing -------------------------------------------------------------------------
@@ -447,6 +432,9 @@ class Store(_ZarrStore):
                 f"lsio_ray.zarr.Store.set(): `value` must be a Buffer instance. Got an "
                 f"instance of {type(value)} instead."
             )
+        if self._remote is not None:
+            self._remote.write(self.engine, key, value)
+            return
         path = self._path(key)
         parent = os.path.dirname(path)
         os.makedirs(parent, exist_ok=True)
@@ -474,13 +462,22 @@ class Store(_ZarrStore):
         await asyncio.to_thread(self._write, key, value)
 
     async def set_if_not_exists(self, key: str, value: Buffer) -> None:
-        """Store ``value`` under ``key`` unless it already holds one."""
-        if not await self.exists(key):
+        """Store ``value`` under ``key`` unless it already holds one (on object
+        storage: one conditional PUT, atomic)."""
+        if self._remote is not None:
+            if not self._is_open:
+                await self._open()
+            self._check_writable()
+            await asyncio.to_thread(self._remote.write_if_absent, key, value)
+        elif not await self.exists(key):
             await self.set(key, value)
 
     def _delete(self, key: str) -> None:
+        if self._remote is not None:
+            self._remote.delete(key)
+            return
         self._checked_dirs.clear()
-        _remove(self._path(key))
+        remove(self._path(key))
 
     def delete_sync(self, key: str) -> None:
         """Remove ``key`` (a directory: everything under it); missing keys are fine."""
@@ -494,6 +491,9 @@ class Store(_ZarrStore):
         await asyncio.to_thread(self._delete, key)
 
     def _delete_dir(self, prefix: str) -> None:
+        if self._remote is not None:
+            self._remote.delete_dir(prefix)
+            return
         self._checked_dirs.clear()
         path = self._path(prefix, prefix=True)
         if path == os.fspath(self.root):
@@ -501,7 +501,7 @@ class Store(_ZarrStore):
         elif os.path.isfile(path) and not os.path.islink(path):
             raise ValueError(f"delete_dir was passed a {prefix=!r} that is a file")
         elif os.path.lexists(path):
-            _remove(path)
+            remove(path)
 
     def _clear_root(self) -> None:
         """Remove everything in the root directory (the directory itself stays: it may
@@ -512,7 +512,7 @@ class Store(_ZarrStore):
         except FileNotFoundError:
             names = []
         for name in names:
-            _remove(os.path.join(self.root, name))
+            remove(os.path.join(self.root, name))
 
     async def delete_dir(self, prefix: str) -> None:
         """Remove every key under ``prefix`` (``""``: every key).  Symbolic links are
@@ -524,6 +524,9 @@ class Store(_ZarrStore):
         """Remove every key.  Symbolic links are removed, never followed; the root
         directory itself stays."""
         self._check_writable()
+        if self._remote is not None:
+            await asyncio.to_thread(self._remote.delete_dir, "")
+            return
         await asyncio.to_thread(self._clear_root)
         self.root.mkdir(parents=True, exist_ok=True)
 
@@ -544,18 +547,30 @@ class Store(_ZarrStore):
 
     async def list(self) -> AsyncIterator[str]:
         """Every key in the store."""
+        if self._remote is not None:
+            for key in await asyncio.to_thread(self._remote.list_prefix, ""):
+                yield key
+            return
         for key in self._walk(os.fspath(self.root)):
             yield key
 
     async def list_prefix(self, prefix: str) -> AsyncIterator[str]:
         """Every key under ``prefix`` (:class:`ValueError` for a prefix naming a path
         outside the store)."""
+        if self._remote is not None:
+            for key in await asyncio.to_thread(self._remote.list_prefix, prefix):
+                yield key
+            return
         for key in self._walk(self._path(prefix, prefix=True)):
             yield key
 
     async def list_dir(self, prefix: str) -> AsyncIterator[str]:
         """The keys and "directories" directly under ``prefix`` (:class:`ValueError` for
         a prefix naming a path outside the store)."""
+        if self._remote is not None:
+            for name in await asyncio.to_thread(self._remote.list_dir, prefix):
+                yield name
+            return
         base = self._path(prefix, prefix=True)
         try:
             names = [
@@ -569,17 +584,17 @@ class Store(_ZarrStore):
             yield name
 
 
-def _remove(path: str) -> None:
-    """Remove ``path``: a directory with everything under it, else the file or the
-    symbolic link itself (links are never followed); missing is fine."""
-    try:
-        st = os.lstat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return
-    try:
-        if stat.S_ISDIR(st.st_mode):
-            shutil.rmtree(path)
-        else:
-            os.unlink(path)
-    except FileNotFoundError:
-        pass
+def _as_value(engine: Engine, chunk: Any, prototype: BufferPrototype, half: int = -1) -> Buffer:
+    """A read chunk as zarr's value.  Ownership: the value is the pool buffer itself (no
+    copy: a copy into fresh memory cost more than the read, ~40 us per 80 KiB chunk),
+    given back to the pool when zarr drops the last array viewing it.  While values held
+    by zarr fill half the pool, the rest are copied (and their buffers given back at
+    once), so reads always have room to land."""
+    if half < 0:
+        half = engine.pool_bytes // 2
+    if engine.stats()["pool_in_use"] <= half:
+        data = chunk.data
+    else:
+        with chunk:
+            data = chunk.data.copy()
+    return prototype.buffer.from_array_like(data)
