@@ -15,7 +15,14 @@ from typing import Any
 from lsio_ray.io import url
 from lsio_ray.io.stores import describe, errno_of, store_for
 
-__all__ = ["delete_prefix", "list_prefix", "object_size", "put_object", "read_object"]
+__all__ = [
+    "delete_objects",
+    "delete_prefix",
+    "list_prefix",
+    "object_size",
+    "put_object",
+    "read_object",
+]
 
 #: the largest object :func:`read_object` reads by default (a metadata document)
 MAX_DOCUMENT_BYTES = 64 << 20
@@ -113,3 +120,23 @@ def delete_prefix(u: str) -> int:
     except Exception as exc:
         raise _error(exc, u, "delete") from None
     return len(paths)
+
+
+def delete_objects(urls: list[str]) -> None:
+    """Delete the objects at ``urls`` (one that is not there is fine), a batch request
+    per store and 1000 keys."""
+    import obstore
+
+    by_store: dict[str, list[str]] = {}
+    for u in urls:
+        store_url, key = url.split(u)
+        by_store.setdefault(store_url, []).append(url.check_key(key, u))
+    for store_url, keys in by_store.items():
+        store = store_for(store_url)
+        for i in range(0, len(keys), 1000):
+            try:
+                obstore.delete(store, keys[i : i + 1000])
+            except Exception as exc:
+                if errno_of(exc) == -errno.ENOENT:
+                    continue
+                raise _error(exc, f"{store_url}/{keys[i]}", "delete") from None

@@ -16,7 +16,16 @@ from typing import Any
 
 from lsio_ray.io import config, url
 
-__all__ = ["SETTINGS", "configure", "current_settings", "describe", "errno_of", "store_for"]
+__all__ = [
+    "SETTINGS",
+    "configure",
+    "configure_all",
+    "configured",
+    "current_settings",
+    "describe",
+    "errno_of",
+    "store_for",
+]
 
 _options: dict[str, dict[str, Any]] = {}  # URL prefix -> obstore options (configure)
 _options_lock = threading.Lock()
@@ -34,6 +43,23 @@ def configure(prefix: str, **storage_options: Any) -> None:
     with _options_lock:
         _options[prefix] = dict(storage_options)
     _stores.clear()
+
+
+def configured() -> dict[str, dict[str, Any]]:
+    """A copy of every prefix's options given to :func:`configure` in this process: what
+    a job passes to its other processes (Ray tasks), which :func:`configure_all` there."""
+    with _options_lock:
+        return {k: dict(v) for k, v in _options.items()}
+
+
+def configure_all(options: dict[str, dict[str, Any]]) -> None:
+    """:func:`configure` each prefix of ``options`` (as :func:`configured` returns them)
+    whose options differ from this process's; the stores made already stay when none do."""
+    for prefix, opts in options.items():
+        with _options_lock:
+            same = _options.get(prefix.rstrip("/")) == opts
+        if not same:
+            configure(prefix, **opts)
 
 
 _stores: dict[str, Any] = {}
