@@ -146,3 +146,109 @@ def test_overwrite_and_disjoint_sources(s3: S3Server, tmp_path: Path) -> None:
     # saving from S3 to a local directory and back
     local = lz.save(str(tmp_path / "copy.zarr"), src, chunks=(2, 3))
     np.testing.assert_array_equal(zarr.open_array(local.path, mode="r")[...], _data((6, 6)))
+
+
+# -- rechunk between local directories and object storage ----------------------------------
+
+ray = pytest.importorskip("ray")
+
+from _ray_helpers import LocalCluster, local_cluster  # noqa: E402
+
+from lsio_ray.ray import Coordinator  # noqa: E402
+from lsio_ray.ray.rechunk import rechunk  # noqa: E402
+
+RECHUNK = dict(chunks=(20, 8, 6), shards=(20, 32, 12), codec="zstd:2", block_bytes=40_000)
+
+
+@pytest.fixture(scope="module")
+def lc(s3: S3Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    with local_cluster(tmp_path_factory.mktemp("ray-remote"), workers=2) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def coord(lc: LocalCluster) -> Coordinator:
+    return Coordinator(batch_bytes=64 << 10)
+
+
+def _local_files(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+def _s3_files(u: str) -> dict[str, bytes | None]:
+    return {k: objects.read_object(f"{u}/{k}") for k, _ in objects.list_prefix(u)}
+
+
+@pytest.fixture(scope="module")
+def source(lc: LocalCluster, coord: Coordinator) -> tuple[Path, np.ndarray, dict[str, bytes]]:
+    """A local v3 source, and the files of its local -> local re-chunk (the reference
+    every other direction must match byte for byte)."""
+    data = _data((60, 64, 12), "int32", seed=3)
+    src = lc.shared / "src.zarr"
+    z = zarr.create_array(str(src), shape=data.shape, dtype=data.dtype, chunks=(6, 16, 12))
+    z[...] = data
+    rechunk(src, lc.shared / "ref.zarr", coordinator=coord, **RECHUNK)
+    return src, data, _local_files(lc.shared / "ref.zarr")
+
+
+@pytest.mark.timeout(300)
+def test_rechunk_local_to_s3_and_back(
+    s3: S3Server, lc: LocalCluster, coord: Coordinator, source: Any
+) -> None:
+    src, data, ref = source
+    u = f"s3://{BUCKET}/rechunked/out.zarr"
+    res = rechunk(src, u, coordinator=coord, **RECHUNK)
+    assert res.dst == u and res.blocks >= 6
+    assert _s3_files(u) == ref  # no journal left, no temp object, the same bytes
+    np.testing.assert_array_equal(zarr_python(s3, "rechunked/out.zarr")[...], data)
+    # inputs read through the IO actors' streams: the tasks write the objects themselves
+    u2 = f"s3://{BUCKET}/rechunked/actors.zarr"
+    res = rechunk(src, u2, coordinator=coord, io="actors", **RECHUNK)
+    assert res.blocks_in_task == 0
+    assert _s3_files(u2) == ref
+    # S3 -> local: objects have no node, every block's task reads its own (spread over
+    # the nodes), with io="actors" too
+    back = lc.shared / "back.zarr"
+    res = rechunk(u, back, chunks=(6, 16, 12), zarr_format=3, coordinator=coord, io="actors")
+    assert res.blocks_in_task == res.blocks
+    assert sum(res.bytes_read_by_node.values()) == res.bytes_read > 0
+    np.testing.assert_array_equal(zarr.open_array(str(back), mode="r")[...], data)
+    assert _local_files(back) == _local_files(src)
+    assert not any(p.name.startswith("s3") for p in Path.cwd().iterdir())
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.timeout(300)
+def test_rechunk_s3_to_s3_resumes_byte_identical(
+    s3: S3Server, lc: LocalCluster, coord: Coordinator, source: Any
+) -> None:
+    _, data, ref = source
+    u_src = f"s3://{BUCKET}/s2s/src.zarr"
+    lz.save(u_src, data, chunks=(6, 16, 12))
+    u = f"s3://{BUCKET}/s2s/out.zarr"
+    seen: list[int] = []
+
+    def stop_after_three(done: int, total: int) -> None:
+        seen.append(done)
+        if len(seen) == 3:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        rechunk(u_src, u, coordinator=coord, progress=stop_after_three, **RECHUNK)
+    names = keys("s2s/out.zarr")
+    assert ".lsio-rechunk/done" in names and "zarr.json" not in names  # metadata last
+    res = rechunk(u_src, u, coordinator=coord, **RECHUNK)
+    assert res.blocks_skipped >= 3
+    assert _s3_files(u) == ref
+    np.testing.assert_array_equal(zarr_python(s3, "s2s/out.zarr")[...], data)
+    # a finished destination is not replaced without overwrite, nor one holding the source
+    with pytest.raises(FileExistsError, match=r"s2s/out\.zarr"):
+        rechunk(u_src, u, coordinator=coord, **RECHUNK)
+    with pytest.raises(ValueError, match="contains the source"):
+        rechunk(u_src, f"s3://{BUCKET}/s2s", coordinator=coord, overwrite=True, **RECHUNK)
+    assert _s3_files(u) == ref

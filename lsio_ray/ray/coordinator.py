@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from lsio_ray.io.ops import OpGroup
+from lsio_ray.io.url import is_remote
 from lsio_ray.ray.actor import io_actor
 from lsio_ray.ray.batches import Batch, BatchRef, default_batch_bytes
 from lsio_ray.ray.errors import NodeLostError
@@ -346,7 +347,10 @@ class Coordinator:
         return cands[self._rr % len(cands)]
 
     def node_of(self, path: str) -> str | None:
-        """The node that must read ``path`` (None: any node, shared storage)."""
+        """The node that must read ``path`` (None: any node, shared storage -- and an
+        object-storage URL, which every node reads alike)."""
+        if is_remote(path):
+            return None
         node = self.locality.declared(path)
         if node is not None or not self.discover:
             return node
