@@ -252,3 +252,57 @@ def test_rechunk_s3_to_s3_resumes_byte_identical(
     with pytest.raises(ValueError, match="contains the source"):
         rechunk(u_src, f"s3://{BUCKET}/s2s", coordinator=coord, overwrite=True, **RECHUNK)
     assert _s3_files(u) == ref
+
+
+_KILLED_DRIVER = """
+import os, signal, sys, time
+import ray
+from lsio_ray.io import objects, stores
+from lsio_ray.ray.rechunk import rechunk
+
+stores.configure(sys.argv[4], endpoint=sys.argv[5], access_key_id="testing",
+                 secret_access_key="testing", region="us-east-1")
+ray.init(address=sys.argv[1], log_to_driver=False, configure_logging=False)
+journal = sys.argv[3] + "/.lsio-rechunk/done"
+
+def crash_once_journalled(done, total):
+    if (objects.object_size(journal) or 0) >= 16:
+        os.kill(os.getpid(), signal.SIGKILL)  # no cleanup at all: a crash
+    time.sleep(0.6)  # the journal is flushed every 0.5 s
+
+rechunk(sys.argv[2], sys.argv[3], chunks=(20, 8, 6), shards=(20, 32, 12), codec="zstd:2",
+        block_bytes=40_000, window=1, progress=crash_once_journalled)
+"""
+
+
+@pytest.mark.timeout(300)
+def test_rechunk_to_s3_resumes_after_the_driver_is_killed(
+    s3: S3Server, lc: LocalCluster, coord: Coordinator, source: Any
+) -> None:
+    import subprocess
+    import sys
+
+    src, data, ref = source
+    u = f"s3://{BUCKET}/killed/out.zarr"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _KILLED_DRIVER,
+            lc.cluster.address,
+            str(src),
+            u,
+            f"s3://{BUCKET}",
+            s3.endpoint,
+        ],
+        capture_output=True,
+        timeout=200,
+        check=False,
+    )
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    names = keys("killed/out.zarr")
+    assert ".lsio-rechunk/done" in names and "zarr.json" not in names
+    res = rechunk(src, u, coordinator=coord, **RECHUNK)
+    assert res.blocks_skipped >= 1  # what the journal held when the driver died
+    assert _s3_files(u) == ref
+    np.testing.assert_array_equal(zarr_python(s3, "killed/out.zarr")[...], data)

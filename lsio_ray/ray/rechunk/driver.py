@@ -107,8 +107,9 @@ def rechunk(
     to the output).  It is for inputs read cold or larger than memory: measured 3-9% faster
     cold, 0-4% slower from a warm cache, as a task waits for the device before decoding its
     block.  Default: the ``direct`` setting of :mod:`lsio_ray.config` (env ``LSIO_DIRECT``);
-    off where the driver sees the source on a file system refusing it.  Resumable: see the
-    package docstring (:mod:`lsio_ray.ray.rechunk`).
+    off where the driver sees the source on a file system refusing it, and for a source
+    on object storage.  ``src`` and ``dst`` may be object-storage URLs (see the package
+    docstring).  Resumable: see the package docstring (:mod:`lsio_ray.ray.rechunk`).
 
     Raises :class:`ValueError` naming both paths, before Ray is started and before
     anything is removed or written, when ``dst`` is ``src``, lies inside it or holds it,
@@ -245,7 +246,8 @@ class _DriverIO:
 
     def meta_node(self, path: str) -> str:
         """The node to read ``path`` on: its holder, else (shared) this driver's node
-        when it is one of the coordinator's, else the first of them."""
+        when it is one of the coordinator's, else the first of them; an object-storage
+        URL, this driver (its process has the store's options)."""
         node = self.coord.node_of(path)
         if node is not None:
             return node
