@@ -148,6 +148,15 @@ def test_overwrite_and_disjoint_sources(s3: S3Server, tmp_path: Path) -> None:
     np.testing.assert_array_equal(zarr.open_array(local.path, mode="r")[...], _data((6, 6)))
 
 
+@pytest.mark.timeout(120)
+def test_write_errors_name_the_url(s3: S3Server) -> None:
+    remote.configure("s3://no-such-bucket", **s3.options())
+    with pytest.raises(FileNotFoundError, match=r"no-such-bucket/x\.zarr: cannot write c/\d/\d"):
+        lz.save("s3://no-such-bucket/x.zarr", np.ones((4, 4)), chunks=(2, 2))
+    with pytest.raises(FileNotFoundError, match=r"s3://no-such-bucket/y\.zarr/zarr\.json"):
+        lz.create("s3://no-such-bucket/y.zarr", shape=(4,), chunks=(2,), dtype="f4")
+
+
 # -- rechunk between local directories and object storage ----------------------------------
 
 ray = pytest.importorskip("ray")
