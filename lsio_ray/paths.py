@@ -6,7 +6,9 @@ Two concerns, shared by :class:`lsio_ray.zarr.Store`, :func:`lsio_ray.zarr.save`
 * :func:`check_disjoint`: a job reading one tree and writing (perhaps first removing)
   another must refuse a destination that is the source, lies inside it, or holds it --
   after symbolic links are resolved, and counting the links inside the destination
-  tree, since what is removed or written through them would be the source.
+  tree, since what is removed or written through them would be the source.  Trees on
+  object storage (URLs) are prefixes of a bucket: compared by store (scheme, bucket or
+  host) and key, whole segments at a time; a local tree and a URL never overlap.
 * :func:`remove_stray_temp_files`: every atomic write of the engine (``put_file``, Zarr
   chunks and metadata) writes ``NAME.lsio-tmp.PID.N[.SUFFIX]`` beside ``NAME`` and
   renames it over ``NAME``.  A process killed (``kill -9``, OOM, power loss) between the
@@ -21,7 +23,7 @@ from __future__ import annotations
 import os
 import time
 
-from lsio_ray.io.url import local_path
+from lsio_ray.io.url import REMOTE_SCHEMES, is_remote, resolve, split
 
 __all__ = [
     "TEMP_MARKER",
@@ -58,6 +60,31 @@ def _relation(src: str, dst: str) -> str | None:
     return None
 
 
+def _url_root(u: str) -> tuple[str, str]:
+    """``(store, key)`` of a URL as compared: canonical scheme (``s3a`` is ``s3``), host
+    or bucket lower-case, no trailing ``/``."""
+    store, key = split(u)
+    scheme, netloc = store.split("://", 1)
+    return f"{REMOTE_SCHEMES.get(scheme, scheme)}://{netloc.lower()}", key.strip("/")
+
+
+def _check_urls(src: str, dst: str) -> None:
+    s_store, s_key = _url_root(src)
+    d_store, d_key = _url_root(dst)
+    if s_store != d_store:
+        return
+    # keys as "directories": "a/b" holds "a/b/c" but not "a/bc"; "" is the whole store
+    rel = _relation("/" + s_key, "/" + d_key)
+    if rel == "is":
+        raise ValueError(f"the destination {dst} is the source {src}")
+    if rel == "is inside":
+        raise ValueError(f"the destination {dst} is inside the source {src}")
+    if rel == "contains":
+        raise ValueError(
+            f"the destination {dst} contains the source {src}: replacing it would remove the source"
+        )
+
+
 def _links_under(root: str) -> list[str]:
     """The symbolic links in the tree under ``root`` (not followed)."""
     out: list[str] = []
@@ -77,9 +104,16 @@ def check_disjoint(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> 
     every symbolic link resolved (:func:`os.path.realpath`) -- or when a symbolic link
     in the existing ``dst`` tree leads to the source, into it, or to a directory
     holding it: removing or writing the destination would then remove or overwrite the
-    source.  Call it before anything is removed or written."""
-    src_abs = local_path(src, "a conversion's source")
-    dst_abs = local_path(dst, "a conversion's destination")
+    source.  Call it before anything is removed or written.
+
+    URLs (object storage, :mod:`lsio_ray.io.url`) are returned as resolved, compared by
+    store and key prefix (whole segments; ``s3a://`` is ``s3://``); one URL and one
+    local path never overlap."""
+    src_abs, dst_abs = resolve(src), resolve(dst)
+    if is_remote(src_abs) or is_remote(dst_abs):
+        if is_remote(src_abs) and is_remote(dst_abs):
+            _check_urls(src_abs, dst_abs)
+        return src_abs, dst_abs
     src_real = os.path.realpath(src_abs)
     dst_real = os.path.realpath(dst_abs)
     shown_s = src_abs if src_abs == src_real else f"{src_abs} (= {src_real})"

@@ -213,22 +213,23 @@ def test_many_groups_in_order_with_a_small_pool(s3: S3Server) -> None:
 def test_zarr_entry_points_never_make_a_local_scheme_directory(
     u: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Array creation and conversions on a URL are refused with the URL named (object
-    storage for them is not wired yet; unknown schemes never will be); an unknown scheme
-    is refused by the reader and the Store too (``lz.Store("s3://...")`` is an object
-    store: tests/test_zarr_store_remote.py) -- nothing named ``s3:`` or ``ftp:`` appears
-    in the working directory."""
+    """Array creation, conversions, the reader and the Store refuse an unknown scheme
+    with the URL named; on object storage they work (tests/test_remote_write.py,
+    tests/test_zarr_store_remote.py) -- nothing named ``s3:`` or ``ftp:`` appears in the
+    working directory."""
     import lsio_ray.zarr as lz
     from lsio_ray.paths import check_disjoint
 
     monkeypatch.chdir(tmp_path)
-    calls = [
-        lambda: lz.create(u, shape=(4,), chunks=(2,), dtype="f4"),
-        lambda: check_disjoint(u, str(tmp_path / "out")),
-        lambda: check_disjoint(str(tmp_path / "in"), u),
-    ]
+    calls: list[Any] = []
     if u.startswith("ftp:"):
-        calls += [lambda: lz.open(u), lambda: lz.Store(u)]
+        calls += [
+            lambda: lz.create(u, shape=(4,), chunks=(2,), dtype="f4"),
+            lambda: check_disjoint(u, str(tmp_path / "out")),
+            lambda: check_disjoint(str(tmp_path / "in"), u),
+            lambda: lz.open(u),
+            lambda: lz.Store(u),
+        ]
     else:
         assert lz.Store(u).url == u  # made without touching the network or the disk
     for call in calls:

@@ -140,22 +140,6 @@ def put_object_if_absent(u: str, data: Any) -> bool:
     return True
 
 
-def delete_objects(u: str, names: list[str]) -> None:
-    """Delete the objects ``u/name`` for each of ``names`` (missing ones are fine)."""
-    import obstore
-
-    store, key = _split(u)
-    prefix = key.rstrip("/")
-    paths = [f"{prefix}/{n}" if prefix else n for n in names]
-    for p in paths:
-        url.check_key(p, u)
-    try:
-        for i in range(0, len(paths), 1000):
-            obstore.delete(store, paths[i : i + 1000])
-    except Exception as exc:
-        raise _error(exc, u, "delete") from None
-
-
 def list_dir(u: str) -> tuple[list[str], list[str]]:
     """``(objects, prefixes)`` directly under the prefix ``u``: names relative to it."""
     import obstore
@@ -170,3 +154,23 @@ def list_dir(u: str) -> tuple[list[str], list[str]]:
     objs = [str(m["path"])[cut:] for m in res["objects"]]
     dirs = [str(p)[cut:] for p in res["common_prefixes"]]
     return sorted(objs), sorted(dirs)
+
+
+def delete_objects(urls: list[str]) -> None:
+    """Delete the objects at ``urls`` (one that is not there is fine), a batch request
+    per store and 1000 keys."""
+    import obstore
+
+    by_store: dict[str, list[str]] = {}
+    for u in urls:
+        store_url, key = url.split(u)
+        by_store.setdefault(store_url, []).append(url.check_key(key, u))
+    for store_url, keys in by_store.items():
+        store = store_for(store_url)
+        for i in range(0, len(keys), 1000):
+            try:
+                obstore.delete(store, keys[i : i + 1000])
+            except Exception as exc:
+                if errno_of(exc) == -errno.ENOENT:
+                    continue
+                raise _error(exc, f"{store_url}/{keys[i]}", "delete") from None

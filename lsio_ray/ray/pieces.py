@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from lsio_ray.io import stores
+from lsio_ray.io import objects, stores
 from lsio_ray.io.ops import get_ranges, put_file, put_ranges
 from lsio_ray.io.ordered import OrderedGroup
 from lsio_ray.io.request import KIND_CODES
@@ -342,19 +342,30 @@ class PieceServer:
         return out
 
     def exists(self, paths: list[str]) -> list[bool]:
-        """Which of ``paths`` exist on this node (a stat each)."""
-        return [os.path.exists(p) for p in paths]
+        """Which of ``paths`` exist on this node (a stat each; a URL: whether the
+        object is there)."""
+        return [
+            objects.object_size(p) is not None if is_remote(p) else os.path.exists(p) for p in paths
+        ]
 
     def listdir(self, path: str) -> list[str] | None:
-        """The names in directory ``path`` on this node (None if it does not exist)."""
+        """The names in directory ``path`` on this node (None if it does not exist); for
+        an object-storage URL, the first key segments under the prefix (None: no object
+        there)."""
+        if is_remote(path):
+            names = sorted({k.split("/", 1)[0] for k, _ in objects.list_prefix(path) if k})
+            return names or None
         try:
             return sorted(os.listdir(path))
         except FileNotFoundError:
             return None
 
     def remove_tree(self, path: str) -> None:
-        """Delete ``path`` and everything under it on this node (missing is fine)."""
-        if os.path.isdir(path) and not os.path.islink(path):
+        """Delete ``path`` and everything under it on this node (missing is fine); for
+        an object-storage URL, every object under the prefix."""
+        if is_remote(path):
+            objects.delete_prefix(path)
+        elif os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path)
         elif os.path.lexists(path):
             os.unlink(path)
@@ -363,16 +374,20 @@ class PieceServer:
         """Delete the engine's leftover temp files (``*.lsio-tmp.*``) under ``root``,
         left by writes interrupted by a crash, whatever their writer: for a finished
         job that owns ``root`` (:func:`lsio_ray.paths.remove_stray_temp_files` with
-        ``finished=True``); returns how many were removed."""
+        ``finished=True``); returns how many were removed.  Object stores have none
+        (a PUT is atomic): 0 for a URL."""
+        if is_remote(root):
+            return 0
         return remove_stray_temp_files(root, finished=True)
 
     def _make_parent_dirs(self, spec: PieceSpec) -> None:
         # not cached across calls: another node may remove a directory (shared storage)
         made: set[str] = set()
         for i in np.flatnonzero(spec.kinds != _READ).tolist():
-            if is_remote(spec.path(i)):
-                continue  # objects have no directories
-            d = os.path.dirname(spec.path(i))
+            p = spec.path(i)
+            if is_remote(p):  # object stores have no directories
+                continue
+            d = os.path.dirname(p)
             if d not in made:
                 os.makedirs(d, exist_ok=True)
                 made.add(d)

@@ -4,6 +4,11 @@ numpy array), both returning the new :class:`~lsio_ray.zarr.Array`.
 zarr-python builds the metadata documents; the chunks go through
 :func:`lsio_ray.zarr.write.write_units` and the documents through
 :func:`lsio_ray.zarr.write.write_files`, both atomic per file, the metadata last.
+
+On object storage (``s3://bucket/prefix``...: :mod:`lsio_ray.io.url`) the array is the
+prefix: chunks and shards are objects written whole through the IO service, the
+metadata documents objects written last (:func:`lsio_ray.io.objects.put_object`), and
+``overwrite=True`` deletes every object under the prefix first.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from lsio_ray.io.url import local_path
+from lsio_ray.io import objects
+from lsio_ray.io.url import is_remote, join, resolve
 from lsio_ray.paths import check_disjoint, remove_stray_temp_files
 from lsio_ray.zarr.array import Array
 from lsio_ray.zarr.layout import ArrayLayout, layout_from_docs, metadata_docs
@@ -39,7 +45,26 @@ def _source_dir(data: Any) -> str | None:
     return None
 
 
+def _root(path: str | os.PathLike[str]) -> str:
+    root = resolve(path)
+    return root.rstrip("/") if is_remote(root) else root
+
+
+def _prepare_prefix(root: str, overwrite: bool) -> None:
+    """:func:`_prepare_dir` for an array on object storage: refuse an existing node
+    unless ``overwrite``, which deletes everything under the prefix."""
+    names = ("zarr.json", ".zarray", ".zgroup")
+    exists = any(objects.object_size(join(root, m)) is not None for m in names)
+    if exists and not overwrite:
+        raise FileExistsError(errno.EEXIST, "a Zarr node exists already (overwrite=False)", root)
+    if overwrite:
+        objects.delete_prefix(root)
+
+
 def _prepare_dir(path: str, overwrite: bool) -> None:
+    if is_remote(path):
+        _prepare_prefix(path, overwrite)
+        return
     exists = any(os.path.exists(os.path.join(path, m)) for m in ("zarr.json", ".zarray", ".zgroup"))
     if exists and not overwrite:
         raise FileExistsError(errno.EEXIST, "a Zarr node exists already (overwrite=False)", path)
@@ -61,6 +86,9 @@ def _write_metadata(loader: Loader, path: str, docs: dict[str, bytes], fsync: bo
     # v2: attributes first, so the array appears (with its .zarray) complete
     order = sorted(docs, key=lambda k: (k == ".zarray", k))
     for name in order:
+        if is_remote(path):
+            objects.put_object(join(path, name), docs[name])
+            continue
         write_files(
             loader,
             path,
@@ -116,10 +144,11 @@ def create(
     ``compressors`` and ``serializer`` default to ``"auto"`` (zarr-python's defaults:
     zstd for v3 and v2), ``compressors=None`` writes the chunks uncompressed.
     zarr-python builds the metadata, which is written atomically.  ``overwrite=True``
-    removes what is at ``path`` first.  ``write_empty_chunks``: zarr-python's array
+    removes what is at ``path`` first.  ``path``: a directory, or an object-storage URL
+    (``s3://bucket/prefix``; see the module docstring).  ``write_empty_chunks``: zarr-python's array
     config of that name (default False: chunks all fill value are not stored, see
     :mod:`lsio_ray.zarr.encode`), for the writes through the returned array."""
-    root = local_path(path, "a Zarr array")
+    root = _root(path)
     kwargs = _create_kwargs(
         shape,
         dtype,
@@ -165,11 +194,12 @@ def save(
     """Write a whole numpy array as a new Zarr array: every chunk (or shard) first, the
     metadata last, so the array appears complete or not at all.  Arguments as for
     :func:`create`.  ``data`` may be an array read from disk (an lsio_ray or zarr-python
-    array on a local directory): ``path`` must then not be that directory, lie inside it
-    or hold it (symbolic links resolved), else :class:`ValueError` -- with
+    array on a local directory or an object-storage URL): ``path`` must then not be that
+    directory or prefix, lie inside it or hold it (symbolic links resolved), else
+    :class:`ValueError` -- with
     ``overwrite=True`` that would remove the array being saved.  Chunks all fill value
     are not stored unless ``write_empty_chunks=True``, as in zarr-python."""
-    root = local_path(path, "a Zarr array")
+    root = _root(path)
     source = _source_dir(data)
     if source is not None:
         check_disjoint(source, root)  # before reading (and later removing) anything

@@ -159,14 +159,15 @@ class ObjectLocation:
     def delete(self, key: str) -> None:
         """Delete ``key``'s object (missing is fine)."""
         u = self.key_url(key)
-        objects.delete_objects(u.rpartition("/")[0], [u.rpartition("/")[2]])
+        objects.delete_objects([u])
 
     def delete_dir(self, prefix: str) -> None:
         """Delete every object under ``prefix`` (``""``: every object of the store)."""
         u = self.key_url(prefix, prefix=True)
-        names = [n for n, _ in objects.list_prefix(u) if n]
+        base = u.rstrip("/")
+        names = [f"{base}/{n}" for n, _ in objects.list_prefix(u) if n]
         if names:
-            objects.delete_objects(u, names)
+            objects.delete_objects(names)
 
     # -- listing ---------------------------------------------------------------------------
     def list_prefix(self, prefix: str) -> list[str]:

@@ -16,6 +16,11 @@ fill value removes the file stored there.  The encoder, with the rules for shard
 for what counts as the fill value, is :mod:`lsio_ray.zarr.encode`, shared with the
 re-chunk job.
 
+On object storage (an array at an ``s3://...`` URL) each unit is an object written
+whole through the IO service's remote backend (a partial update reads the whole unit,
+merges and writes it back), a unit left all fill value is deleted, and no temp file
+is ever left: an object store's PUT is atomic.
+
 A process killed while writing (``kill -9``, OOM) leaves the temp file of each write in
 flight (``NAME.lsio-tmp.PID.N...``, as large as the unit).  ``lz.create`` and
 ``lz.save`` remove those of writers that are gone from the array's directory before
@@ -29,7 +34,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lsio_ray.io import F_FSYNC, OP_WRITE_FILE, address
+from lsio_ray.io import F_FSYNC, OP_WRITE_FILE, address, objects
+from lsio_ray.io.url import is_remote
 from lsio_ray.zarr.batches import FilePlan, file_plan
 from lsio_ray.zarr.encode import encode_unit
 from lsio_ray.zarr.layout import ArrayLayout
@@ -95,6 +101,9 @@ class WriteTask(Task):
 def write_files(
     loader: Loader, array: str, paths: list[str], datas: list[np.ndarray], fsync: bool = False
 ) -> None:
+    """Write ``datas[i]`` as the whole file (or object, for URLs) ``paths[i]`` of the
+    array ``array``, each atomically, through ``loader``'s IO service; raises
+    ``OSError`` naming the first that failed."""
     if paths:
         task = WriteTask(loader, array, paths, datas, fsync=fsync)
         loader.start(task)
@@ -103,6 +112,8 @@ def write_files(
 
 def _make_dirs(paths: list[str], made: set[str]) -> None:
     for p in paths:
+        if is_remote(p):  # object stores have no directories
+            continue
         d = os.path.dirname(p)
         if d not in made:
             os.makedirs(d, exist_ok=True)
@@ -144,7 +155,12 @@ def _unit_array(
 def _remove_files(paths: list[str]) -> None:
     """Remove stored units now all fill value (a missing unit reads as the fill value);
     one that is not there is fine."""
+    remote = [p for p in paths if is_remote(p)]
+    if remote:
+        objects.delete_objects(remote)
     for p in paths:
+        if is_remote(p):
+            continue
         try:
             os.unlink(p)
         except FileNotFoundError:

@@ -64,6 +64,14 @@ that exists and is not an unfinished run of the same job is refused unless
 ``overwrite=True``.  A destination that is the source, lies inside it or holds it
 (symbolic links resolved, links inside the destination tree included) is always refused,
 before Ray starts and before anything is removed or written.
+
+**Object storage.**  ``src`` and ``dst`` may each be a local path or an object-storage
+URL (``s3://bucket/prefix``, configured with :func:`lsio_ray.io.stores.configure`).
+Objects have no node: their blocks are read by their own tasks, spread round-robin
+over the nodes; output units are objects written whole (``put_file``) by the tasks;
+the journal is one object rewritten whole at each flush (objects are never appended
+to); ``overwrite=True`` deletes every object under the destination prefix.  URLs are
+compared by store and key prefix (a local path and a URL never overlap).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ sub-block for raw, zstd and blosc chunks, numcodecs into the whole block for the
 each output unit encoded with the writer's encoder (:mod:`lsio_ray.zarr.encode`,
 zarr-python's ``write_empty_chunks=False``), and the encoded units written ~8 MiB at a
 time (:class:`UnitWriter`), through the same in-process IO service when the output is
-on this node or shared, else through the output node's IO actor.
+on this node, shared or on object storage, else through the output node's IO actor.
 
 A worker keeps its decode buffers (and its IO service) for the next block, and frees
 them ``_SCRATCH_TTL`` seconds after its last one.
@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from lsio_ray.io.stores import apply
+from lsio_ray.io.url import is_remote
 from lsio_ray.ray.actor import io_actor
 from lsio_ray.ray.batches import Batch
 from lsio_ray.ray.pieces import close_process_io, process_io
@@ -54,6 +56,9 @@ class BlockJob:
     input file, read whole)."""
     local_ahead: int = 16 << 20
     local_batch: int = 32 << 20
+    storage: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """The driver's object-store options (:func:`lsio_ray.io.stores.configured`), set in
+    the worker before it reads or writes a URL."""
 
 
 @dataclass(frozen=True)
@@ -144,6 +149,8 @@ def rechunk_block(job: BlockJob, bid: int, in_task: bool, *batches: Batch) -> Bl
 def _run_block(job: BlockJob, bid: int, in_task: bool, batches: Sequence[Batch]) -> BlockResult:
     import ray  # optional and heavy (~1 s): imported on use
 
+    if job.storage:
+        apply(job.storage)
     src = cached_layout(job.src, job.src_docs)
     dst = cached_layout(job.dst, job.dst_docs)
     blo, bhi = block_box(bid, job.grid, job.block, src.shape)
@@ -164,6 +171,9 @@ def _run_block(job: BlockJob, bid: int, in_task: bool, batches: Sequence[Batch])
     ushape = tuple(int(x) for x in unit)
     node = job.owner or here
     local_io = io if io is not None and job.owner in (None, here) else None
+    if local_io is None and is_remote(job.dst):
+        # objects are written from wherever the task runs (every node reaches the store)
+        local_io = process_io(job.local_engine, ahead_bytes=job.local_ahead)
 
     def sink(paths: list[str], datas: list[np.ndarray], fsync: bool) -> int:
         if local_io is not None:

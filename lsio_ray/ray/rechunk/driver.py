@@ -23,6 +23,8 @@ import numpy as np
 
 from lsio_ray.io import config
 from lsio_ray.io.ops import OpGroup
+from lsio_ray.io.stores import exported
+from lsio_ray.io.url import is_remote
 from lsio_ray.paths import check_disjoint
 from lsio_ray.ray.coordinator import Coordinator, GroupStream, is_system_error, root_cause
 from lsio_ray.ray.errors import RayLayerError
@@ -105,8 +107,9 @@ def rechunk(
     to the output).  It is for inputs read cold or larger than memory: measured 3-9% faster
     cold, 0-4% slower from a warm cache, as a task waits for the device before decoding its
     block.  Default: the ``direct`` setting of :mod:`lsio_ray.config` (env ``LSIO_DIRECT``);
-    off where the driver sees the source on a file system refusing it.  Resumable: see the
-    package docstring (:mod:`lsio_ray.ray.rechunk`).
+    off where the driver sees the source on a file system refusing it, and for a source
+    on object storage.  ``src`` and ``dst`` may be object-storage URLs (see the package
+    docstring).  Resumable: see the package docstring (:mod:`lsio_ray.ray.rechunk`).
 
     Raises :class:`ValueError` naming both paths, before Ray is started and before
     anything is removed or written, when ``dst`` is ``src``, lies inside it or holds it,
@@ -128,7 +131,9 @@ def rechunk(
     if not ray.is_initialized():
         ray.init(address=address, log_to_driver=False, configure_logging=False)
     coord = coordinator or Coordinator(roots=roots, batch_bytes=batch_bytes)
-    if direct and os.path.isdir(src_root):
+    if is_remote(src_root):
+        direct = False  # objects are not files
+    elif direct and os.path.isdir(src_root):
         direct = supports_direct(src_root)
     files = _DriverIO(coord)
     try:
@@ -179,6 +184,7 @@ def rechunk(
             fsync=fsync,
             direct=direct,
             local_engine=local_engine(coord.engine_settings, plan.src),
+            storage=exported([src_root, dst_root]),
         )
         blocks = _Blocks(
             coord, plan, job, io=io, cpus=cpus, window=window, max_attempts=max_attempts
@@ -240,10 +246,13 @@ class _DriverIO:
 
     def meta_node(self, path: str) -> str:
         """The node to read ``path`` on: its holder, else (shared) this driver's node
-        when it is one of the coordinator's, else the first of them."""
+        when it is one of the coordinator's, else the first of them; an object-storage
+        URL, this driver (its process has the store's options)."""
         node = self.coord.node_of(path)
         if node is not None:
             return node
+        if is_remote(path) and self.see_here:
+            return self.here  # object storage: this process, with its store options
         return self.here if self.here in self.coord.nodes else self.coord.nodes[0]
 
     def call(self, node: str, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -327,7 +336,9 @@ class _Blocks:
         src = self.plan.src
         ops = block_ops(src, self.plan.grid, self.plan.block, bid, self.job.direct)
         group = OpGroup(ops, metadata=bid)
-        if self.io == "actors":
+        if self.io == "actors" and not is_remote(self.job.src):
+            # (objects on a store have no node: every block's task reads its own, with
+            # the driver's store options -- never the IO actors)
             return group, None, False
         holders = {self.coord.node_of(op.path) for op in group.operations}
         if len(holders) > 1:

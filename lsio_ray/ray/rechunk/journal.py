@@ -7,6 +7,10 @@ is ignored.  A run finding the same ``job.json`` resumes: it skips the blocks in
 journal.  Any other non-empty destination is refused unless ``overwrite``.  Every
 access goes through ``call(method, *args, **kwargs)``: an IO service method
 (:class:`~lsio_ray.ray.IOActor`) run where the destination is.
+
+On object storage (a destination URL) objects are written whole, never appended to:
+each flush writes the whole journal again as one object (atomic: a reader sees the
+old records or the new ones), 16 bytes per finished block.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from lsio_ray.io.url import is_remote
 from lsio_ray.ray.rechunk.plan import Plan
 
 __all__ = ["JOB_VERSION", "STATE_DIR", "Journal", "decode_journal", "job_identity"]
@@ -64,6 +69,8 @@ class Journal:
         self.fsync = fsync
         self.pending: list[int] = []
         self.last = time.monotonic()
+        self.remote = is_remote(path)
+        self.records = b""  # a URL's journal: every record so far, written whole
 
     @classmethod
     def open(
@@ -104,7 +111,10 @@ class Journal:
             call("write_files", [os.path.join(state, "job.json")], [np.frombuffer(job, np.uint8)])
             prev = [job, None]
         done = decode_journal(prev[1], nblocks)
-        return cls(call, os.path.join(state, "done"), len(prev[1] or b""), fsync), done
+        journal = cls(call, os.path.join(state, "done"), len(prev[1] or b""), fsync)
+        if journal.remote:
+            journal.records = bytes(prev[1] or b"")[: journal.size]
+        return journal, done
 
     def add(self, bid: int) -> None:
         """Note a finished block (written at the next flush)."""
@@ -118,7 +128,12 @@ class Journal:
             return
         ids = np.array(self.pending, dtype="<u8")
         rec = np.stack([ids, ids ^ _MAGIC], axis=1).astype("<u8").reshape(-1).view(np.uint8)
-        self.call("write_ranges", self.path, [self.size], [rec], create=True, fsync=self.fsync)
+        if self.remote:
+            self.records += rec.tobytes()
+            whole = np.frombuffer(self.records, np.uint8)
+            self.call("write_files", [self.path], [whole], fsync=self.fsync)
+        else:
+            self.call("write_ranges", self.path, [self.size], [rec], create=True, fsync=self.fsync)
         self.size += rec.nbytes
         self.pending = []
         self.last = time.monotonic()
