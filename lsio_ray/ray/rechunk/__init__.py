@@ -76,8 +76,19 @@ compared by store and key prefix (a local path and a URL never overlap).
 
 from __future__ import annotations
 
-from lsio_ray.ray.rechunk.driver import RechunkError, RechunkResult, rechunk
+from lsio_ray.ray.rechunk.driver import RechunkError, RechunkResult, rechunk_array
+from lsio_ray.ray.rechunk.group import GroupRechunkResult, rechunk, rechunk_group
 from lsio_ray.ray.rechunk.journal import STATE_DIR
 from lsio_ray.ray.rechunk.plan import block_shape, parse_codec
 
-__all__ = ["STATE_DIR", "RechunkError", "RechunkResult", "block_shape", "parse_codec", "rechunk"]
+__all__ = [
+    "STATE_DIR",
+    "GroupRechunkResult",
+    "RechunkError",
+    "RechunkResult",
+    "block_shape",
+    "parse_codec",
+    "rechunk",
+    "rechunk_array",
+    "rechunk_group",
+]
