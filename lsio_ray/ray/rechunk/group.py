@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 
-from lsio_ray.io.url import is_remote
 from lsio_ray.paths import check_disjoint
 from lsio_ray.ray.coordinator import Coordinator
 from lsio_ray.ray.rechunk.driver import DriverIO, RechunkResult, check_disjoint_on, rechunk_array
@@ -189,11 +188,6 @@ def rechunk_group(
     directory, or an object-storage URL.  A destination neither empty nor an
     unfinished run of this job raises ``FileExistsError`` unless ``overwrite``."""
     src_root, dst_root = check_disjoint(src, dst)
-    if is_remote(src_root):
-        raise ValueError(
-            f"the source {src_root}: a group on object storage is not converted whole yet; "
-            "convert its arrays one by one"
-        )
     t0 = time.time()
     gplan = plan_group(
         src_root,

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from lsio_ray.io.objects import read_object
 from lsio_ray.io.url import is_remote
 from lsio_ray.ray.rechunk.plan import Plan, plan_job
 from lsio_ray.zarr import Group
@@ -98,10 +99,22 @@ class GroupPlan:
 
 
 def source_is_group(src: str | os.PathLike[str]) -> bool:
-    """Whether ``src`` is a local directory holding a Zarr group (URLs: False -- a group
-    on object storage is not converted whole yet)."""
+    """Whether ``src`` holds a Zarr group: a directory with the ``zarr.json`` of a group
+    or ``.zgroup`` (:func:`~lsio_ray.zarr.codec_api.is_group`), or an object-storage
+    prefix with such objects (read with this process's store options; an error reading
+    them: False, the array job then says what is wrong)."""
     path = os.fspath(src)
-    return not is_remote(path) and os.path.isdir(path) and is_group(path)
+    if not is_remote(path):
+        return os.path.isdir(path) and is_group(path)
+    base = path.rstrip("/")
+    try:
+        raw = read_object(f"{base}/zarr.json")
+        if raw is not None:
+            doc = json.loads(raw)
+            return isinstance(doc, dict) and doc.get("node_type") == "group"
+        return read_object(f"{base}/.zarray") is None and read_object(f"{base}/.zgroup") is not None
+    except (OSError, ValueError):
+        return False
 
 
 def _shape_text(shape: Sequence[int]) -> str:
@@ -186,6 +199,11 @@ def plan_group(
     made -- a shape of the wrong rank, shards for v2, an unknown codec -- and
     :class:`~lsio_ray.zarr.GroupError` for an invalid or hostile group (``flag_prefix``:
     see :func:`resolve_rules`)."""
+    if is_remote(src_root):
+        raise ValueError(
+            f"the source {src_root} is a group on object storage, which is not converted "
+            "whole yet: convert its arrays one by one, or copy it to a directory first"
+        )
     group = Group(src_root)
     fmt = int(zarr_format or group.zarr_format)
     if fmt not in (2, 3):
