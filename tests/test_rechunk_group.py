@@ -93,7 +93,9 @@ def _assert_consolidated_as_zarr_writes_it(out: Path, tmp: Path, zarr_format: in
     shutil.rmtree(copy)
 
 
-def test_nested_v3_group_with_per_array_rules(lc: LocalCluster, coord: Coordinator) -> None:
+def test_nested_v3_group_with_per_array_rules(
+    lc: LocalCluster, coord: Coordinator, capsys: pytest.CaptureFixture[str]
+) -> None:
     base = lc.shared / "v3"
     src = base / "src.zarr"
     root = zarr.open_group(str(src), mode="w", zarr_format=3, attributes={"title": "t", "n": 3})
@@ -113,8 +115,11 @@ def test_nested_v3_group_with_per_array_rules(lc: LocalCluster, coord: Coordinat
         codec="zstd:1",
         coordinator=coord,
         block_bytes=8_000,
+        progress=True,
     )
     assert isinstance(res, GroupRechunkResult)
+    bar = capsys.readouterr().err  # one tqdm bar over the blocks of every array
+    assert f"{res.blocks}/{res.blocks}" in bar and bar.count("rechunk:") >= 1, bar
     assert sorted(res.arrays) == ["sub/deeper/lat", "sub/mask", "temperature"]
     assert res.arrays_skipped == [] and res.groups == 4 and res.consolidated
     assert res.blocks > 3 and res.bytes_read > 0
@@ -239,7 +244,12 @@ def test_rules_that_do_not_fit_are_refused_before_ray(
     dst.mkdir()
     (dst / "keep.txt").write_text("mine")
     err = run(str(dst), "--chunks", "2,8,8", "--chunks", "sub/image=8,8")
-    assert "exists" in err, err
+    assert "exists and holds a non-empty directory" in err, err
+    err = run(str(src), "--chunks", "2,8,8", "--chunks", "sub/image=8,8")
+    assert "is the source" in err, err
+    zarr.open_group(str(tmp_path / "other.zarr"), mode="w", zarr_format=2)
+    err = run(str(tmp_path / "other.zarr"), "--chunks", "2,8,8", "--chunks", "sub/image=8,8")
+    assert "exists and holds a Zarr group; pass --overwrite" in err, err
     assert trip.attempts == []
     assert sorted(p.name for p in dst.iterdir()) == ["keep.txt"]
     assert not (src / "sub" / "copy.zarr").exists()

@@ -128,6 +128,7 @@ def _check_destination(dst: str, overwrite: bool) -> None:
     (its job state inside), which the job itself resumes or refuses -- and anything
     there but a directory (a file, a dangling link), which the job cannot replace."""
     from lsio_ray.ray.rechunk import STATE_DIR
+    from lsio_ray.ray.rechunk.group_plan import source_is_group
 
     if not os.path.lexists(dst):
         return
@@ -141,7 +142,13 @@ def _check_destination(dst: str, overwrite: bool) -> None:
     listing = os.listdir(dst)
     if not listing or os.path.isfile(os.path.join(dst, STATE_DIR, "job.json")):
         return
-    what = "a Zarr array" if {"zarr.json", ".zarray"} & set(listing) else "a non-empty directory"
+    what = (
+        "a Zarr group"
+        if source_is_group(dst)
+        else "a Zarr array"
+        if {"zarr.json", ".zarray"} & set(listing)
+        else "a non-empty directory"
+    )
     raise ArgumentsError(
         f"the destination {dst} exists and holds {what}; pass --overwrite to replace it"
     )
@@ -247,7 +254,7 @@ def _check_group(
             flag_prefix="--",
         )
         gplan.documents()
-    except ValueError as exc:  # GroupError too
+    except (ValueError, OSError) as exc:  # GroupError too; a member listed but missing
         raise ArgumentsError(str(exc)) from None
 
 
