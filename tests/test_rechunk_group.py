@@ -192,6 +192,34 @@ def test_v2_group_with_one_rule_and_an_override_from_the_cli(lc: LocalCluster) -
     _assert_consolidated_as_zarr_writes_it(out, base, 2)
 
 
+def test_a_group_without_consolidated_metadata_converted_to_v2(lc: LocalCluster) -> None:
+    """No consolidated metadata in, none out; v3 -> v2 conversion of the whole group;
+    the command's summary names the arrays and the totals."""
+    from lsio_ray.cli import main
+
+    base = lc.shared / "plain"
+    src = base / "src.zarr"
+    root = zarr.open_group(str(src), mode="w", zarr_format=3, attributes={"plain": True})
+    _array(root, "x", _data((12, 10), "int32", 8), {"a": 1}, chunks=(5, 5))
+    root.create_group("g", attributes={"b": 2}).create_group("h")
+    out = base / "out.zarr"
+    text = io.StringIO()
+    with redirect_stdout(text):
+        argv = ["rechunk", str(src), str(out), "--chunks", "12,5", "--zarr-format", "2"]
+        rc = main([*argv, "--no-progress", "--address", lc.cluster.address])
+    assert rc == 0
+    lines = text.getvalue().splitlines()
+    assert lines[0].startswith("  x: ") and "blocks" in lines[0], lines
+    assert "1 arrays (0 already done), 3 groups;" in lines[-1], lines
+    assert "consolidated" not in lines[-1], lines
+    assert not (out / ".zmetadata").exists() and (out / "g" / "h" / ".zgroup").is_file()
+    g = zarr.open_group(str(out), mode="r", zarr_format=2)
+    assert g.metadata.consolidated_metadata is None
+    assert dict(g.attrs) == {"plain": True} and dict(g["g"].attrs) == {"b": 2}
+    assert g["x"].chunks == (12, 5) and dict(g["x"].attrs) == {"a": 1}
+    np.testing.assert_array_equal(g["x"][...], zarr.open_array(str(src / "x"))[...])
+
+
 class _RayTripwire(importlib.abc.MetaPathFinder):
     """Records every attempt to import Ray and makes it fail."""
 
