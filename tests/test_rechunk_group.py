@@ -210,7 +210,7 @@ def test_a_group_without_consolidated_metadata_converted_to_v2(lc: LocalCluster)
     assert rc == 0
     lines = text.getvalue().splitlines()
     assert lines[0].startswith("  x: ") and "blocks" in lines[0], lines
-    assert "1 arrays (0 already done), 3 groups;" in lines[-1], lines
+    assert "1 array (0 already done), 3 groups;" in lines[-1], lines
     assert "consolidated" not in lines[-1], lines
     assert not (out / ".zmetadata").exists() and (out / "g" / "h" / ".zgroup").is_file()
     g = zarr.open_group(str(out), mode="r", zarr_format=2)

@@ -355,9 +355,11 @@ def _print_group(res: Any, as_json: bool) -> None:
     for path in res.arrays_skipped:
         print(f"  {path}: converted by an earlier run")
     cons = ", consolidated metadata" if res.consolidated else ""
+    n = len(res.arrays) + len(res.arrays_skipped)
     print(
-        f"{res.src} -> {res.dst}: {len(res.arrays) + len(res.arrays_skipped)} arrays "
-        f"({len(res.arrays_skipped)} already done), {res.groups} groups{cons}; "
+        f"{res.src} -> {res.dst}: {n} array{'s' * (n != 1)} "
+        f"({len(res.arrays_skipped)} already done), {res.groups} group"
+        f"{'s' * (res.groups != 1)}{cons}; "
         f"{res.blocks} blocks, {res.bytes_read / (1 << 20):.1f} MiB read, "
         f"{res.bytes_written / (1 << 20):.1f} MiB written in {res.seconds:.1f} s, "
         f"{res.retries} retries"
