@@ -343,3 +343,7 @@ def test_resume_after_the_driver_is_killed(lc: LocalCluster, coord: Coordinator)
     assert seen[-1] == (total, total) and seen[0][0] > whole.arrays["a"].blocks
     assert _files(out) == _files(base / "whole.zarr")
     _assert_same_hierarchy(src, out, 3)
+    # finished: not replaced without overwrite, nor resumed with other rules
+    with pytest.raises(FileExistsError, match="holds a Zarr array or group"):
+        rechunk(src, out, coordinator=coord, **kw)
+    assert _files(out) == _files(base / "whole.zarr")
