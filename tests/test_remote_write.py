@@ -323,6 +323,8 @@ def test_rechunk_a_local_group_to_s3(s3: S3Server, lc: LocalCluster, coord: Coor
     """A whole group written to object storage: the same objects as the local -> local
     conversion (groups' documents and consolidated metadata included), read back by
     zarr-python through its consolidated metadata."""
+    from lsio_ray.ray.rechunk import GroupRechunkResult
+
     src = lc.shared / "group.zarr"
     root = zarr.open_group(str(src), mode="w", zarr_format=3, attributes={"title": "g"})
     x = root.create_array("x", shape=(20, 16), chunks=(5, 4), dtype="i4")
@@ -335,7 +337,8 @@ def test_rechunk_a_local_group_to_s3(s3: S3Server, lc: LocalCluster, coord: Coor
     rechunk(src, lc.shared / "group-ref.zarr", **kw)
     u = f"s3://{BUCKET}/groups/out.zarr"
     res = rechunk(src, u, **kw)
-    assert res.dst == u and sorted(res.arrays) == ["sub/y", "x"]  # type: ignore[union-attr]
+    assert isinstance(res, GroupRechunkResult)
+    assert res.dst == u and sorted(res.arrays) == ["sub/y", "x"]
     assert _s3_files(u) == _local_files(lc.shared / "group-ref.zarr")
     from obstore.store import S3Store
 
