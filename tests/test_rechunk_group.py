@@ -311,8 +311,10 @@ def test_resume_after_the_driver_is_killed(lc: LocalCluster, coord: Coordinator)
     base = lc.shared / "resume"
     src = base / "src.zarr"
     root = zarr.open_group(str(src), mode="w", zarr_format=3, attributes={"run": 1})
-    for k, name in enumerate("abc"):
-        _array(root, name, _data((24, 24), "int32", 10 + k), {"k": k}, chunks=(4, 4))
+    # "b", the array the driver dies in, has more blocks (9) than run at once (4: a CPU
+    # and a slot per node), so its first journal flush comes before its last block
+    for k, (name, n) in enumerate((("a", 16), ("b", 24), ("c", 16))):
+        _array(root, name, _data((n, n), "int32", 10 + k), {"k": k}, chunks=(4, 4))
     zarr.consolidate_metadata(str(src), zarr_format=3)
     kw: dict[str, Any] = dict(chunks=(8, 8), codec="zstd:2", block_bytes=600)
     whole = rechunk(src, base / "whole.zarr", coordinator=coord, **kw)
