@@ -66,8 +66,8 @@ def _iostat_start(dev: str) -> subprocess.Popen[str]:
 
 
 def _iostat_stop(p: subprocess.Popen[str], dev: str) -> dict[str, float]:
-    """Mean aqu-sz, r/s and MiB/s read of the samples taken (the first and last second are partly
-    outside the run: left out when there are more than two)."""
+    """Mean aqu-sz, r/s, MiB/s read and r_await (ms) of the samples taken (the first and
+    last second are partly outside the run: left out when there are more than two)."""
     p.terminate()
     out, _ = p.communicate(timeout=10)
     cols: list[str] = []
@@ -81,11 +81,12 @@ def _iostat_stop(p: subprocess.Popen[str], dev: str) -> dict[str, float]:
     if len(rows) > 2:
         rows = rows[1:-1]
     if not rows:
-        return {"aqu_sz": float("nan"), "r_s": float("nan"), "r_mibs": float("nan")}
+        return {k: float("nan") for k in ("aqu_sz", "r_s", "r_mibs", "r_await")}
     return {
         "aqu_sz": statistics.fmean(r["aqu-sz"] for r in rows),
         "r_s": statistics.fmean(r["r/s"] for r in rows),
         "r_mibs": statistics.fmean(r["rkB/s"] for r in rows) / 1024,
+        "r_await": statistics.fmean(r["r_await"] for r in rows),
     }
 
 
@@ -211,7 +212,8 @@ def main() -> int:
                 )
                 print(
                     f"round {rnd} {wl} {tool:13s} {rate} aqu-sz {r['aqu_sz']:5.1f} "
-                    f"r/s {r['r_s']:6.0f} ({r['r_mibs']:5.0f} MiB/s) cpu {r['cpu']:.2f} "
+                    f"r/s {r['r_s']:6.0f} ({r['r_mibs']:5.0f} MiB/s) "
+                    f"r_await {r['r_await']:.2f} cpu {r['cpu']:.2f} "
                     f"load {r['load']} | {own}",
                     flush=True,
                 )
