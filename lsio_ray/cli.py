@@ -162,7 +162,8 @@ def cmd_bench_read(args: argparse.Namespace) -> int:
         print(
             f"  enter     {st['completed'] / calls:.1f} ops / call, "
             f"{st['cqes'] / calls:.1f} completions / call, {st['wait_calls']} waits, "
-            f"{st['enter_ns'] / 1e9 / st['steady_s']:.0%} of the time in io_uring_enter"
+            f"{st['enter_ns'] / 1e9 / st['steady_s']:.0%} of the time in io_uring_enter, "
+            f"{st['run_delay_s'] / st['steady_s']:.0%} runnable waiting for a CPU"
         )
     return 0
 

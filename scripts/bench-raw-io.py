@@ -144,6 +144,7 @@ def _lsio(wl: str, data: str, depth: int, duration: float, checkout: str) -> dic
         # a baseline checkout may predate these counters: nan then
         "per_call": st["cqes"] / calls if calls else float("nan"),
         "enter": st["enter_ns"] / 1e9 / st["steady_s"] if calls else float("nan"),
+        "delay": st["run_delay_s"] / st["steady_s"] if "run_delay_s" in st else float("nan"),
         "cpu": (j["cpu_user_s"] + j["cpu_sys_s"]) / j["wall_s"],
     }
 
@@ -208,7 +209,8 @@ def main() -> int:
                     f"fio depth {r['depth']} per-getevents {r['per_call']}"
                     if tool == "fio"
                     else f"mean in flight {r['mean_inflight']:.1f} hist {r['hist']} "
-                    f"cqes/call {r['per_call']:.1f} in enter {r['enter']:.0%}"
+                    f"cqes/call {r['per_call']:.1f} in enter {r['enter']:.0%} "
+                    f"waiting for a CPU {r['delay']:.0%}"
                 )
                 print(
                     f"round {rnd} {wl} {tool:13s} {rate} aqu-sz {r['aqu_sz']:5.1f} "

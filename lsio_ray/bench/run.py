@@ -52,6 +52,7 @@ class _Worker:
         self.error: BaseException | None = None
         self.stats: dict[str, Any] = {}
         self.steady: tuple[dict[str, Any], dict[str, Any]] | None = None
+        self.run_delay = 0.0  # s this thread was runnable but waited for a CPU (steady part)
 
     def run(self, deadline: float, stop: threading.Event) -> None:
         """The hot loop: keep two batches queued, reap one, release, resubmit."""
@@ -60,6 +61,7 @@ class _Worker:
         more = True
         limit = self.queue
         first = eng.stats()
+        delay0 = _run_delay()
         while True:
             while more and queued + self.batch <= limit:
                 nxt = plan.next()
@@ -85,9 +87,11 @@ class _Worker:
             if more and (stop.is_set() or time.monotonic() >= deadline):
                 more = False
                 self.steady = (first, eng.stats())  # the drain that follows is left out
+                self.run_delay = _run_delay() - delay0
         self.stats = eng.stats()
         if self.steady is None:  # a pass limit ended the run: all of it
             self.steady = (first, self.stats)
+            self.run_delay = _run_delay() - delay0
 
     def _raise(self, out: np.ndarray) -> None:
         from lsio_ray.io._core import make_error
@@ -105,12 +109,23 @@ class _Worker:
         )
 
 
+def _run_delay() -> float:
+    """Seconds the calling thread has waited on a run queue (runnable, no CPU free) since
+    it started: /proc/thread-self/schedstat's second field; 0.0 where there is none."""
+    try:
+        with open("/proc/thread-self/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def _engine_stats(workers: list[_Worker]) -> dict[str, Any]:
     """The engines' counters summed over the threads, and how full their rings ran up to
     the deadline (the drain after it left out): ``mean_inflight`` (time-weighted, summed
     over the engines: compare with iostat's ``aqu-sz``), ``inflight_max``,
     ``inflight_hist`` (completed ops by the ops in flight then; ``[i]``: 2**i to
-    2**(i+1) - 1), and io_uring's ``enter_ns`` / ``wait_calls`` / ``cqes``."""
+    2**(i+1) - 1), io_uring's ``enter_ns`` / ``wait_calls`` / ``cqes``, and
+    ``run_delay_s``: how long the threads were runnable but waited for a CPU."""
     out: dict[str, Any] = {}
     for w in workers:
         for k in ("ops_submitted", "submit_calls", "starved", "pool_peak"):
@@ -129,6 +144,7 @@ def _engine_stats(workers: list[_Worker]) -> dict[str, Any]:
         out["steady_s"] = max(out.get("steady_s", 0.0), (b["clock_ns"] - a["clock_ns"]) / 1e9)
         out["inflight_max"] = max(out.get("inflight_max", 0), b["inflight_max"])
     out["mean_inflight"] = mean
+    out["run_delay_s"] = sum(w.run_delay for w in workers)
     out["inflight_hist"] = hist
     return out
 
