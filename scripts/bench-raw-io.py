@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -161,6 +162,9 @@ def main() -> int:
     ap.add_argument("--baseline", help="another checkout to run as a third tool")
     ap.add_argument("--device", help="block device for iostat (default: the one under --dir)")
     args = ap.parse_args()
+    for tool, pkg in (("fio", "fio"), ("iostat", "sysstat")):
+        if shutil.which(tool) is None:
+            ap.error(f"{tool} is not installed: apt-get install {pkg} (scripts/setup does)")
     env = {**os.environ, "PYTHONPATH": HERE}
     subprocess.run(
         [
