@@ -18,6 +18,7 @@ from lsio_ray.zarr.info import array_info
 from lsio_ray.zarr.layout import ArrayLayout, load_layout
 from lsio_ray.zarr.loader import Loader, Task, abandon, default_loader
 from lsio_ray.zarr.plan import Region, normalize
+from lsio_ray.zarr.prefetch import Prefetched
 from lsio_ray.zarr.read import BoxRead
 from lsio_ray.zarr.scatter import ScatterTask, scatterable
 from lsio_ray.zarr.shards import ShardIndexCache
@@ -69,6 +70,7 @@ class Array:
             coalesce_gap = _env_coalesce_gap()
         self.coalesce_gap = coalesce_gap if coalesce_gap >= 0 else -(1 << 62)
         self.max_coalesce = max_coalesce
+        self._prefetched: Prefetched | None = None
 
     # -- metadata ------------------------------------------------------------------------
     @property
@@ -279,7 +281,8 @@ class Array:
         ``out`` must have the result's shape and the array's dtype; it is returned."""
         reg = normalize(region, self.shape)
         if out is None:
-            task = self._start_region(reg)
+            pre = self._prefetched
+            task = (pre.take(reg) if pre else None) or self._start_region(reg)
             task.wait()
             return self._finish_region(reg, task.out)
         if out.shape != reg.shape or out.dtype != self.dtype:
@@ -295,6 +298,28 @@ class Array:
         task.wait()
         out[...] = self._finish_region(reg, task.out)
         return out
+
+    def prefetch(self, regions: Iterable[Any], *, max_bytes: int | None = None) -> None:
+        """Start reading ``regions`` (numpy-style keys, as for ``a[key]``) now, for the
+        calls that will ask for them: a later ``a[region]`` or :meth:`read` of exactly
+        one of them takes the read under way (:mod:`~lsio_ray.zarr.prefetch`).  For a
+        loop of one read per call whose next regions are known (a PyTorch ``Dataset``
+        given its sampler's order): the next calls' IO and decoding overlap the
+        caller's work on this one.  Bounded: reads not taken are dropped, oldest first,
+        past ``max_bytes`` of outputs (default
+        :data:`~lsio_ray.zarr.stream.WINDOW_BYTES`) or 64 reads;
+        :meth:`cancel_prefetch` drops them all."""
+        regs = [normalize(r, self.shape) for r in regions]
+        if self._prefetched is None:
+            self._prefetched = Prefetched()
+        if max_bytes is not None:
+            self._prefetched.max_bytes = int(max_bytes)
+        self._prefetched.start(self, regs)
+
+    def cancel_prefetch(self) -> None:
+        """Cancel the reads :meth:`prefetch` started that no call took yet."""
+        if self._prefetched is not None:
+            self._prefetched.clear()
 
     def crops(
         self, regions: Iterable[Any], prefetch: int = 8, *, reuse: bool = False
@@ -439,6 +464,7 @@ class Array:
         """Write ``value`` (broadcast to the region) into a region of plain slices or
         integers.  Each chunk (or shard) is replaced atomically."""
         reg = normalize(region, self.shape)
+        self.cancel_prefetch()  # a read started before the write would return old data
         if reg.post is not None:
             raise ValueError("cannot write through a slice with a step")
         data = np.asarray(value)
@@ -453,7 +479,9 @@ class Array:
         write_region(self, reg.lo, reg.hi, data)
 
     def close(self) -> None:
-        """Close the loader this array made for itself (``open(..., backend=...)``)."""
+        """Close the loader this array made for itself (``open(..., backend=...)``);
+        cancel reads prefetched and not taken."""
+        self.cancel_prefetch()
         if self._own_loader and self._loader is not None:
             self._loader.close()
 
