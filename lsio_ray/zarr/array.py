@@ -11,8 +11,8 @@ import numpy as np
 
 from lsio_ray.io import F_DIRECT, config
 from lsio_ray.io.stores import configure_url
-from lsio_ray.io.url import is_remote
 from lsio_ray.zarr import indexing, sampler, stream
+from lsio_ray.zarr.direct import choose_direct, supports_direct
 from lsio_ray.zarr.html import array_html
 from lsio_ray.zarr.info import array_info
 from lsio_ray.zarr.layout import ArrayLayout, load_layout
@@ -58,11 +58,18 @@ class Array:
         self.write_empty_chunks = bool(write_empty_chunks)
         """Whether writes store chunks all fill value (zarr-python's array config of
         that name; default False: they are not stored, :mod:`lsio_ray.zarr.encode`)."""
-        if direct is None:
-            direct = bool(config.get("direct"))
-        self.direct = bool(direct) and supports_direct(layout.path)
-        """Whether chunks and shards are read with O_DIRECT (asked for, and the file
-        system allows it)."""
+        setting = config.get("direct") if direct is None else bool(direct)
+        if setting == "auto":
+            self.direct, self.direct_reason = choose_direct(layout)
+        else:
+            self.direct = bool(setting) and supports_direct(layout.path)
+            self.direct_reason = "asked for" if setting else "not asked for"
+            if setting and not self.direct:
+                self.direct_reason = "asked for, but the file system refuses O_DIRECT"
+        """Whether chunks and shards are read with O_DIRECT: ``direct=True`` / ``False``,
+        else the ``direct`` setting, whose default ``"auto"`` applies the rule of
+        :mod:`lsio_ray.zarr.direct` (large arrays on a local disk's file system);
+        ``direct_reason`` says why."""
         self._loader = loader
         self._own_loader = False
         self.index_cache = ShardIndexCache(index_cache_bytes)
@@ -496,23 +503,6 @@ class Array:
         return array_info(self)
 
 
-def supports_direct(path: str | os.PathLike[str]) -> bool:
-    """Whether the file system holding the directory ``path`` opens files ``O_DIRECT``
-    (tried on the array's metadata file)."""
-    if not hasattr(os, "O_DIRECT") or is_remote(os.fspath(path)):
-        return False
-    for name in ("zarr.json", ".zarray"):
-        try:
-            fd = os.open(os.path.join(path, name), os.O_RDONLY | os.O_DIRECT)
-        except FileNotFoundError:
-            continue
-        except OSError:
-            return False
-        os.close(fd)
-        return True
-    return False
-
-
 def open_array(
     path: str | os.PathLike[str],
     *,
@@ -531,19 +521,22 @@ def open_array(
     ``max_coalesce``, ``direct``, ``write_empty_chunks`` (zarr-python's array config:
     default False, chunks left all fill value by a write are not stored).
 
-    ``direct=True`` (default: the ``direct`` setting of :mod:`lsio_ray.config`, env
-    ``LSIO_DIRECT``) reads chunks and shards with ``O_DIRECT``: the device writes
+    ``direct=True`` reads chunks and shards with ``O_DIRECT``: the device writes
     straight into the engine's buffers, with no page-cache copy and no page cache
     filled (``scripts/bench-zarr.py``, benchmarks/results/zarr-reads.md: up to ~20%
-    faster here, most of all cold, and less CPU even against a warm cache).  Data read again is
-    read from the device again, so leave it off for data that fits in memory and is read
-    many times from a slow disk.  ``path`` may be an object-storage or HTTP URL
-    (``s3://bucket/x.zarr``, ``https://host/x.zarr``); ``storage_options`` are then the
-    store's options (:func:`lsio_ray.io.stores.configure`: endpoint, region,
-    credentials...), else they come from the environment.
-    Where the file system refuses ``O_DIRECT`` (tmpfs before Linux 6.6, some network
-    file systems) the array reads through the page cache (``Array.direct`` says
-    which)."""
+    faster here, most of all cold, and less CPU even against a warm cache); data read
+    again is read from the device again.  By default (``direct=None``: the ``direct``
+    setting of :mod:`lsio_ray.config`, env ``LSIO_DIRECT``, whose default is ``"auto"``)
+    the array decides (:mod:`lsio_ray.zarr.direct`): ``O_DIRECT`` on a local disk's file
+    system when the array's stored bytes exceed the page cache's room (MemAvailable, or
+    the cgroup's limit), never on tmpfs, network or FUSE file systems or object storage;
+    ``Array.direct`` and ``Array.direct_reason`` say what was chosen and why.
+    ``direct=False`` / ``True`` (or the setting) override the rule; where the file
+    system refuses ``O_DIRECT`` the array reads through the page cache.  ``path`` may
+    be an object-storage or HTTP URL (``s3://bucket/x.zarr``, ``https://host/x.zarr``);
+    ``storage_options`` are then the store's options
+    (:func:`lsio_ray.io.stores.configure`: endpoint, region, credentials...), else they
+    come from the environment."""
     storage_options = options.pop("storage_options", None)
     if storage_options is not None:
         configure_url(path, storage_options)

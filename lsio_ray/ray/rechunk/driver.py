@@ -127,7 +127,7 @@ def rechunk(
     src_root, dst_root = check_disjoint(src, dst)
     t0 = time.time()
     if direct is None:
-        direct = bool(config.get("direct"))
+        direct = config.get("direct") is True  # "auto" (the default): buffered
     if not ray.is_initialized():
         ray.init(address=address, log_to_driver=False, configure_logging=False)
     coord = coordinator or Coordinator(roots=roots, batch_bytes=batch_bytes)
