@@ -16,7 +16,8 @@ the clock -- tensorstore aborts in a forked child), default options everywhere:
 
 Each Dataset opens its array in the process that reads.  A run is one epoch over the
 crops, timed after one batch was read (the workers are up); cold runs drop the page
-cache after that batch.  Runs are
+cache after that batch.  CPU per crop: the parent's and the workers' (counted once the
+persistent workers exit after the run), their startup and first batch included.  Runs are
 interleaved, ``$LSIO_TORCH_BENCH_REPS`` (3) repetitions; ``$LSIO_TORCH_BENCH_CACHE``
 (``warm,cold``: cold drops the page cache before the run, root only).  Prints crops/s
 min/median/max, and the ratio of the medians to tensorstore's, with the load average.
@@ -25,6 +26,7 @@ min/median/max, and the ratio of the medians to tensorstore's, with the load ave
 from __future__ import annotations
 
 import os
+import resource
 import sys
 import time
 from typing import Any
@@ -109,6 +111,13 @@ def make(reader: str, path: str, starts: np.ndarray, seed: int) -> Dataset:
     raise ValueError(reader)
 
 
+def _cpu() -> float:
+    """CPU seconds of this process and of its children that ended (the workers)."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def run(ds: Dataset, workers: int, cold: bool) -> tuple[float, int]:
     """One timed epoch.  Workers are spawned (tensorstore aborts in a forked child once
     its threads ran in the parent) and kept (``persistent_workers``); they are started,
@@ -137,6 +146,7 @@ def main() -> int:
         raise SystemExit("cold runs need to drop the page cache: run as root")
     rates: dict[tuple[str, int, str], list[float]] = {}
     loads = []
+    cpu: dict[tuple[str, int, str], list[float]] = {}
     seed = 100
     starts = lz.random_box_starts(shape, CROP, N, seed)
     for rep in range(REPS):
@@ -146,7 +156,9 @@ def main() -> int:
             for workers in WORKERS:
                 for reader in READERS:
                     ds = make(reader, path, starts, seed)
+                    c0 = _cpu()
                     wall, n = run(ds, workers, cache == "cold")
+                    cpu.setdefault((reader, workers, cache), []).append((_cpu() - c0) / n)
                     assert n == N
                     rates.setdefault((reader, workers, cache), []).append(n / wall)
                     loads.append(os.getloadavg()[0])
@@ -173,11 +185,20 @@ def main() -> int:
                 cache,
                 f"{lo:.1f} / {med:.1f} / {hi:.1f}",
                 f"{med / ts_med:.2f}x",
+                f"{1000 * bc.summary(cpu[(reader, workers, cache)])[1]:.1f}",
             ]
         )
     print(
         bc.md_table(
-            ["reader", "workers", "cache", "crops/s min / med / max", "vs tensorstore"], rows
+            [
+                "reader",
+                "workers",
+                "cache",
+                "crops/s min / med / max",
+                "vs tensorstore",
+                "CPU ms/crop (all processes, with startup)",
+            ],
+            rows,
         )
     )
     return 0
