@@ -106,9 +106,10 @@ def rechunk(
     files with O_DIRECT (each is read once: no page-cache copy, and the page cache is left
     to the output).  It is for inputs read cold or larger than memory: measured 3-9% faster
     cold, 0-4% slower from a warm cache, as a task waits for the device before decoding its
-    block.  Default: the ``direct`` setting of :mod:`lsio_ray.config` (env ``LSIO_DIRECT``);
-    off where the driver sees the source on a file system refusing it, and for a source
-    on object storage.  ``src`` and ``dst`` may be object-storage URLs (see the package
+    block.  Default: the ``direct`` setting of :mod:`lsio_ray.config` (env ``LSIO_DIRECT``)
+    when it is True (its default ``"auto"`` leaves re-chunk inputs buffered); off where
+    the driver sees the source on a file system refusing it, and for a source on object
+    storage.  ``src`` and ``dst`` may be object-storage URLs (see the package
     docstring).  Resumable: see the package docstring (:mod:`lsio_ray.ray.rechunk`).
 
     Raises :class:`ValueError` naming both paths, before Ray is started and before
