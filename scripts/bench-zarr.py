@@ -17,6 +17,11 @@ each reader and prints min/median/max:
 * ``slabs``: the whole array in slabs of (32, Y, X);
 * ``series``: 16 time series ``[:, y:y+256, x:x+256]`` at unaligned y, x;
 
+``lsio-call`` / ``tensorstore-call`` (not run by default) read one box per call and
+wait for it (``a[key]``, ``arr[key].read().result()``: a PyTorch ``Dataset``'s loop);
+``lsio-call-prefetch`` the same with the next 4 boxes started ahead by
+``Array.prefetch``; zarr-python always reads one box per call;
+
 read by ``lsio`` (``Array.crops``, a fresh array per result), ``lsio-reuse`` (the same
 with ``reuse=True``: a ring of output buffers), ``lsio-direct`` and
 ``lsio-reuse-direct`` (the same two with ``direct=True``: O_DIRECT reads, no page
@@ -214,6 +219,42 @@ def run_lsio_reuse_direct(path: str, bxs: list, prefetch: int) -> int:
     return run_lsio(path, bxs, prefetch, reuse=True, direct=True)
 
 
+def _keys(bxs: list) -> list[tuple[slice, ...]]:
+    return [tuple(slice(a, b) for a, b in zip(lo, hi, strict=True)) for lo, hi in bxs]
+
+
+def run_lsio_call(path: str, bxs: list, prefetch: int) -> int:
+    """One ``a[key]`` per call, nothing ahead (a PyTorch ``Dataset.__getitem__``)."""
+    arr = lz.open(path)
+    return sum(arr[key].nbytes for key in _keys(bxs))
+
+
+def run_lsio_call_prefetch(path: str, bxs: list, prefetch: int) -> int:
+    """One ``a[key]`` per call, the next ``prefetch`` keys started ahead with
+    ``Array.prefetch`` (a Dataset that knows its sampler's order)."""
+    arr = lz.open(path)
+    keys = _keys(bxs)
+    ahead = max(1, min(prefetch, 4))
+    arr.prefetch(keys[:ahead])
+    n = 0
+    for i, key in enumerate(keys):
+        if i + ahead < len(keys):
+            arr.prefetch(keys[i + ahead : i + ahead + 1])
+        n += arr[key].nbytes
+    return n
+
+
+def run_tensorstore_call(path: str, bxs: list, prefetch: int) -> int:
+    """One ``arr[key].read().result()`` per call."""
+    import tensorstore as ts
+
+    driver = "zarr" if os.path.exists(os.path.join(path, ".zarray")) else "zarr3"
+    arr = ts.open(
+        {"driver": driver, "kvstore": {"driver": "file", "path": path}}, open=True, read=True
+    ).result()
+    return sum(arr[key].read().result().nbytes for key in _keys(bxs))
+
+
 def run_tensorstore(path: str, bxs: list, prefetch: int) -> int:
     import tensorstore as ts
 
@@ -368,7 +409,10 @@ def main() -> int:
         "lsio-reuse": run_lsio_reuse,
         "lsio-direct": run_lsio_direct,
         "lsio-reuse-direct": run_lsio_reuse_direct,
+        "lsio-call": run_lsio_call,
+        "lsio-call-prefetch": run_lsio_call_prefetch,
         "tensorstore": run_tensorstore,
+        "tensorstore-call": run_tensorstore_call,
         "zarr-python": run_zarr,
     }
     if "cold" in CACHES and not bc.drop_caches():

@@ -13,6 +13,10 @@ from lsio_ray import Engine
 
 BACKENDS = ["uring", "pread"]
 
+# tests/torch_only/ needs PyTorch, which the package does not depend on: scripts/test-torch
+# runs it (LSIO_TEST_TORCH=1); the default run does not collect it
+collect_ignore_glob = [] if os.environ.get("LSIO_TEST_TORCH") else ["torch_only/*"]
+
 
 def content(seed: int, size: int) -> bytes:
     """Deterministic incompressible bytes for file number ``seed``."""

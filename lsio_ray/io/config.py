@@ -16,7 +16,7 @@
 | register_buffers | LSIO_REGISTER_BUFFERS | False                        | boolean (3)      |
 | fixed_files      | LSIO_FIXED_FILES      | True (when the kernel has them) | boolean (3)   |
 | link_open        | LSIO_LINK_OPEN        | True (open linked to 1st read) | boolean (3)    |
-| direct           | LSIO_DIRECT           | False (zarr reads O_DIRECT)  | boolean (3)      |
+| direct           | LSIO_DIRECT           | "auto" (zarr reads O_DIRECT) (6) | auto/boolean (3) |
 | decode_threads   | LSIO_ZARR_THREADS     | the cores (decode pool)      | 1..1024          |
 | max_inflight     | LSIO_ZARR_MAX_INFLIGHT | 4096 ranges queued         | 1..2**20         |
 | index_cache_bytes | LSIO_ZARR_INDEX_CACHE | 64 MiB of shard indexes     | 0..physical memory |
@@ -41,6 +41,8 @@ no io_uring backend (built without liburing: ``lsio_ray.io.HAVE_URING`` is False
 process, the gap between two ranges of one object below which they are fetched by one
 GET, the largest such GET, retries of a throttled (503), failed (5xx) or timed-out
 request (with exponential backoff), and each request's timeout.
+(6) ``"auto"``: each Zarr array decides from its file system and its size against the
+page cache (:mod:`lsio_ray.zarr.direct`); True / False force it for every array.
 
 Every value is checked -- given to an engine, to :func:`set`, or read from the
 environment -- before anything is allocated: a wrong type raises ``TypeError``, a value
@@ -187,6 +189,22 @@ def _check_size(name: str, value: Any, lo: int, hi: int, why: str = "") -> int:
     return v
 
 
+def _check_direct(name: str, value: Any) -> bool | str:
+    """``"auto"`` (the rule of :mod:`lsio_ray.zarr.direct`) or a flag."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return _check_flag(name, value)
+    except ValueError:
+        raise ValueError(
+            f"{name} must be auto or a boolean (1/true/yes/on or 0/false/no/off), not {value!r}"
+        ) from None
+    except TypeError:
+        raise TypeError(
+            f"{name} must be 'auto' or a bool (True or False), not {type(value).__name__} {value!r}"
+        ) from None
+
+
 def _check_flag(name: str, value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -274,7 +292,7 @@ _SPEC: dict[str, tuple[str, Callable[[], Any], Callable[[str, Any], Any]]] = {
     "register_buffers": ("LSIO_REGISTER_BUFFERS", lambda: False, _check_flag),
     "fixed_files": ("LSIO_FIXED_FILES", lambda: True, _check_flag),
     "link_open": ("LSIO_LINK_OPEN", lambda: True, _check_flag),
-    "direct": ("LSIO_DIRECT", lambda: False, _check_flag),
+    "direct": ("LSIO_DIRECT", lambda: "auto", _check_direct),
     # the IO service and the layers above it
     "decode_threads": (
         "LSIO_ZARR_THREADS",

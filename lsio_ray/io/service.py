@@ -478,12 +478,13 @@ def default_service() -> IOService:
     closed at exit).  Its pool comes from the node's budget (:mod:`lsio_ray.io.budget`):
     ``pool_bytes``, or less when the node's other processes hold the rest.
 
-    Its engine registers its pool with io_uring when the ``register_buffers`` or the
-    ``direct`` setting is on: an O_DIRECT read into a registered pool is a fixed-buffer
-    read, the kernel does not look up and pin the buffer's pages for every read
-    (``gup_fast_fallback`` in ``perf``).  Measured on random crops (A/B, 600 crops):
-    9-12% more crops/s than buffered reads, 5-11% more than unregistered O_DIRECT reads
-    (``scripts/ab-loop.py crops``, benchmarks/results/zarr-reads.md); the cost, once per
+    Its engine registers its pool with io_uring when the ``register_buffers`` setting is
+    on or the ``direct`` one is True (not ``"auto"``): an O_DIRECT read into a
+    registered pool is a fixed-buffer read, the kernel does not look up and pin the
+    buffer's pages for every read (``gup_fast_fallback`` in ``perf``).  Measured on
+    random crops (A/B, 600 crops): 9-12% more crops/s than buffered reads, 5-11% more
+    than unregistered O_DIRECT reads (``scripts/ab-loop.py crops``,
+    benchmarks/results/zarr-reads.md); the cost, once per
     process: the pool is made resident and pinned when the engine starts, 0.1-0.7 s here.
     ``direct`` itself is a property of each request (``get_ranges(direct=True)``,
     ``zarr.open(direct=True)``): the same service serves both kinds."""
@@ -491,7 +492,7 @@ def default_service() -> IOService:
     with _default_lock:
         if _default is None or _default.closed or _default_pid != os.getpid():
             # a forked child has the parent's service without its threads: make its own
-            register = bool(config.get("register_buffers") or config.get("direct"))
+            register = bool(config.get("register_buffers") or config.get("direct") is True)
             _default = IOService(ring_thread=True, register_buffers=register, from_budget=True)
             _default_pid = os.getpid()
             atexit.register(_default.close)

@@ -11,13 +11,14 @@ import numpy as np
 
 from lsio_ray.io import F_DIRECT, config
 from lsio_ray.io.stores import configure_url
-from lsio_ray.io.url import is_remote
 from lsio_ray.zarr import indexing, sampler, stream
+from lsio_ray.zarr.direct import choose_direct, supports_direct
 from lsio_ray.zarr.html import array_html
 from lsio_ray.zarr.info import array_info
 from lsio_ray.zarr.layout import ArrayLayout, load_layout
 from lsio_ray.zarr.loader import Loader, Task, abandon, default_loader
 from lsio_ray.zarr.plan import Region, normalize
+from lsio_ray.zarr.prefetch import Prefetched
 from lsio_ray.zarr.read import BoxRead
 from lsio_ray.zarr.scatter import ScatterTask, scatterable
 from lsio_ray.zarr.shards import ShardIndexCache
@@ -57,11 +58,18 @@ class Array:
         self.write_empty_chunks = bool(write_empty_chunks)
         """Whether writes store chunks all fill value (zarr-python's array config of
         that name; default False: they are not stored, :mod:`lsio_ray.zarr.encode`)."""
-        if direct is None:
-            direct = bool(config.get("direct"))
-        self.direct = bool(direct) and supports_direct(layout.path)
-        """Whether chunks and shards are read with O_DIRECT (asked for, and the file
-        system allows it)."""
+        setting = config.get("direct") if direct is None else bool(direct)
+        if setting == "auto":
+            self.direct, self.direct_reason = choose_direct(layout)
+        else:
+            self.direct = bool(setting) and supports_direct(layout.path)
+            self.direct_reason = "asked for" if setting else "not asked for"
+            if setting and not self.direct:
+                self.direct_reason = "asked for, but the file system refuses O_DIRECT"
+        """Whether chunks and shards are read with O_DIRECT: ``direct=True`` / ``False``,
+        else the ``direct`` setting, whose default ``"auto"`` applies the rule of
+        :mod:`lsio_ray.zarr.direct` (large arrays on a local disk's file system);
+        ``direct_reason`` says why."""
         self._loader = loader
         self._own_loader = False
         self.index_cache = ShardIndexCache(index_cache_bytes)
@@ -69,6 +77,7 @@ class Array:
             coalesce_gap = _env_coalesce_gap()
         self.coalesce_gap = coalesce_gap if coalesce_gap >= 0 else -(1 << 62)
         self.max_coalesce = max_coalesce
+        self._prefetched: Prefetched | None = None
 
     # -- metadata ------------------------------------------------------------------------
     @property
@@ -279,7 +288,8 @@ class Array:
         ``out`` must have the result's shape and the array's dtype; it is returned."""
         reg = normalize(region, self.shape)
         if out is None:
-            task = self._start_region(reg)
+            pre = self._prefetched
+            task = (pre.take(reg) if pre else None) or self._start_region(reg)
             task.wait()
             return self._finish_region(reg, task.out)
         if out.shape != reg.shape or out.dtype != self.dtype:
@@ -295,6 +305,28 @@ class Array:
         task.wait()
         out[...] = self._finish_region(reg, task.out)
         return out
+
+    def prefetch(self, regions: Iterable[Any], *, max_bytes: int | None = None) -> None:
+        """Start reading ``regions`` (numpy-style keys, as for ``a[key]``) now, for the
+        calls that will ask for them: a later ``a[region]`` or :meth:`read` of exactly
+        one of them takes the read under way (:mod:`~lsio_ray.zarr.prefetch`).  For a
+        loop of one read per call whose next regions are known (a PyTorch ``Dataset``
+        given its sampler's order): the next calls' IO and decoding overlap the
+        caller's work on this one.  Bounded: reads not taken are dropped, oldest first,
+        past ``max_bytes`` of outputs (default
+        :data:`~lsio_ray.zarr.stream.WINDOW_BYTES`) or 64 reads;
+        :meth:`cancel_prefetch` drops them all."""
+        regs = [normalize(r, self.shape) for r in regions]
+        if self._prefetched is None:
+            self._prefetched = Prefetched()
+        if max_bytes is not None:
+            self._prefetched.max_bytes = int(max_bytes)
+        self._prefetched.start(self, regs)
+
+    def cancel_prefetch(self) -> None:
+        """Cancel the reads :meth:`prefetch` started that no call took yet."""
+        if self._prefetched is not None:
+            self._prefetched.clear()
 
     def crops(
         self, regions: Iterable[Any], prefetch: int = 8, *, reuse: bool = False
@@ -439,6 +471,7 @@ class Array:
         """Write ``value`` (broadcast to the region) into a region of plain slices or
         integers.  Each chunk (or shard) is replaced atomically."""
         reg = normalize(region, self.shape)
+        self.cancel_prefetch()  # a read started before the write would return old data
         if reg.post is not None:
             raise ValueError("cannot write through a slice with a step")
         data = np.asarray(value)
@@ -453,7 +486,9 @@ class Array:
         write_region(self, reg.lo, reg.hi, data)
 
     def close(self) -> None:
-        """Close the loader this array made for itself (``open(..., backend=...)``)."""
+        """Close the loader this array made for itself (``open(..., backend=...)``);
+        cancel reads prefetched and not taken."""
+        self.cancel_prefetch()
         if self._own_loader and self._loader is not None:
             self._loader.close()
 
@@ -466,23 +501,6 @@ class Array:
     def info(self) -> dict[str, Any]:
         """A JSON-able summary: format, shape, dtype, grids, codecs, stored size."""
         return array_info(self)
-
-
-def supports_direct(path: str | os.PathLike[str]) -> bool:
-    """Whether the file system holding the directory ``path`` opens files ``O_DIRECT``
-    (tried on the array's metadata file)."""
-    if not hasattr(os, "O_DIRECT") or is_remote(os.fspath(path)):
-        return False
-    for name in ("zarr.json", ".zarray"):
-        try:
-            fd = os.open(os.path.join(path, name), os.O_RDONLY | os.O_DIRECT)
-        except FileNotFoundError:
-            continue
-        except OSError:
-            return False
-        os.close(fd)
-        return True
-    return False
 
 
 def open_array(
@@ -503,19 +521,22 @@ def open_array(
     ``max_coalesce``, ``direct``, ``write_empty_chunks`` (zarr-python's array config:
     default False, chunks left all fill value by a write are not stored).
 
-    ``direct=True`` (default: the ``direct`` setting of :mod:`lsio_ray.config`, env
-    ``LSIO_DIRECT``) reads chunks and shards with ``O_DIRECT``: the device writes
+    ``direct=True`` reads chunks and shards with ``O_DIRECT``: the device writes
     straight into the engine's buffers, with no page-cache copy and no page cache
     filled (``scripts/bench-zarr.py``, benchmarks/results/zarr-reads.md: up to ~20%
-    faster here, most of all cold, and less CPU even against a warm cache).  Data read again is
-    read from the device again, so leave it off for data that fits in memory and is read
-    many times from a slow disk.  ``path`` may be an object-storage or HTTP URL
-    (``s3://bucket/x.zarr``, ``https://host/x.zarr``); ``storage_options`` are then the
-    store's options (:func:`lsio_ray.io.stores.configure`: endpoint, region,
-    credentials...), else they come from the environment.
-    Where the file system refuses ``O_DIRECT`` (tmpfs before Linux 6.6, some network
-    file systems) the array reads through the page cache (``Array.direct`` says
-    which)."""
+    faster here, most of all cold, and less CPU even against a warm cache); data read
+    again is read from the device again.  By default (``direct=None``: the ``direct``
+    setting of :mod:`lsio_ray.config`, env ``LSIO_DIRECT``, whose default is ``"auto"``)
+    the array decides (:mod:`lsio_ray.zarr.direct`): ``O_DIRECT`` on a local disk's file
+    system when the array's stored bytes exceed the page cache's room (MemAvailable, or
+    the cgroup's limit), never on tmpfs, network or FUSE file systems or object storage;
+    ``Array.direct`` and ``Array.direct_reason`` say what was chosen and why.
+    ``direct=False`` / ``True`` (or the setting) override the rule; where the file
+    system refuses ``O_DIRECT`` the array reads through the page cache.  ``path`` may
+    be an object-storage or HTTP URL (``s3://bucket/x.zarr``, ``https://host/x.zarr``);
+    ``storage_options`` are then the store's options
+    (:func:`lsio_ray.io.stores.configure`: endpoint, region, credentials...), else they
+    come from the environment."""
     storage_options = options.pop("storage_options", None)
     if storage_options is not None:
         configure_url(path, storage_options)

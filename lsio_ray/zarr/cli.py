@@ -90,8 +90,8 @@ def bench_crops(
     clustered sampler (``Array.clustered_crops``: crops drawn ``per_cell`` at a time from
     one cell, its chunks decoded once); 0, independent crops (``Array.random_crops``).
     ``direct``: O_DIRECT reads (``lsio_ray.zarr.open(..., direct=)``)."""
-    if direct is None:
-        direct = bool(config.get("direct"))
+    if direct is None and config.get("direct") is True:
+        direct = True  # else None: the array's rule decides (lsio_ray.zarr.direct)
     # a loader of the bench's own, registered for direct reads as the process-wide direct
     # one is (lsio_ray.zarr.loader.default_loader)
     loader = Loader(

@@ -21,8 +21,8 @@ the modules that define them (``tests/test_layers.py``).
 
 from __future__ import annotations
 
-from lsio_ray.zarr.array import supports_direct
 from lsio_ray.zarr.blocks import CBlock, c_decodable, decode_block
+from lsio_ray.zarr.direct import supports_direct
 from lsio_ray.zarr.encode import encode_unit
 from lsio_ray.zarr.group_meta import is_group
 from lsio_ray.zarr.hierarchy import GROUP_FILES, group_documents

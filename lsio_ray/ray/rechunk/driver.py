@@ -107,9 +107,10 @@ def rechunk_array(
     files with O_DIRECT (each is read once: no page-cache copy, and the page cache is left
     to the output).  It is for inputs read cold or larger than memory: measured 3-9% faster
     cold, 0-4% slower from a warm cache, as a task waits for the device before decoding its
-    block.  Default: the ``direct`` setting of :mod:`lsio_ray.config` (env ``LSIO_DIRECT``);
-    off where the driver sees the source on a file system refusing it, and for a source
-    on object storage.  ``src`` and ``dst`` may be object-storage URLs (see the package
+    block.  Default: the ``direct`` setting of :mod:`lsio_ray.config` (env ``LSIO_DIRECT``)
+    when it is True (its default ``"auto"`` leaves re-chunk inputs buffered); off where
+    the driver sees the source on a file system refusing it, and for a source on object
+    storage.  ``src`` and ``dst`` may be object-storage URLs (see the package
     docstring).  Resumable: see the package docstring (:mod:`lsio_ray.ray.rechunk`).
 
     Raises :class:`ValueError` naming both paths, before Ray is started and before
@@ -128,7 +129,7 @@ def rechunk_array(
     src_root, dst_root = check_disjoint(src, dst)
     t0 = time.time()
     if direct is None:
-        direct = bool(config.get("direct"))
+        direct = config.get("direct") is True  # "auto" (the default): buffered
     if not ray.is_initialized():
         ray.init(address=address, log_to_driver=False, configure_logging=False)
     coord = coordinator or Coordinator(roots=roots, batch_bytes=batch_bytes)
