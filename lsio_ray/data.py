@@ -41,8 +41,7 @@ from __future__ import annotations
 import collections
 import itertools
 import os
-import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -51,6 +50,10 @@ from ray.data.block import BlockAccessor, BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 import lsio_ray.zarr as lz
+from lsio_ray.data_aligned import aligned_crops, aligned_windows, is_aligned
+from lsio_ray.data_blocks import DEFAULT_BLOCK_BYTES
+from lsio_ray.data_blocks import BlockPool as _BlockPool
+from lsio_ray.data_blocks import read_dataset as _read
 from lsio_ray.data_plan import (
     Grid,
     Slicer,
@@ -80,8 +83,6 @@ __all__ = [
     "read_zarr_windows",
     "window_starts",
 ]
-
-DEFAULT_BLOCK_BYTES = 32 << 20
 
 Paths = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
 
@@ -363,70 +364,13 @@ class _ReadRange:
                 )
 
 
-class _BlockPool:
-    """Block buffers for a read task, reused once nothing else refers to them.
-
-    A fresh block of tens of MiB costs a page fault per 4 KiB page (~4% of a read task's
-    CPU).  Ray copies a yielded block into its object store, but Ray Data may keep the
-    block (or an Arrow table built on its memory, zero-copy) for a while before that: a
-    buffer is handed out again only when this pool holds the sole reference to it, so a
-    block still in use is never overwritten."""
-
-    def __init__(self, keep: int = 4) -> None:
-        self.keep = keep
-        self.bufs: list[np.ndarray] = []
-
-    def take(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-        """A C-contiguous array of ``shape`` and ``dtype`` that nobody else refers to."""
-        dtype = np.dtype(dtype)
-        for i in range(len(self.bufs)):
-            # references: the list's, and getrefcount's argument
-            if sys.getrefcount(self.bufs[i]) == 2:
-                buf = self.bufs[i]
-                if buf.shape == shape and buf.dtype == dtype:
-                    return buf
-        buf = np.empty(shape, dtype)
-        if len(self.bufs) < self.keep:
-            self.bufs.append(buf)
-        return buf
-
-
-def _read(
-    src: ZarrBoxesDatasource,
-    parallelism: int | None,
-    ray_args: dict[str, Any],
-) -> ray.data.Dataset:
-    import ray
-
-    args = dict(ray_args)
-    remote = args.get("ray_remote_args") or {}
-    if src.node is not None and "label_selector" not in args and "label_selector" not in remote:
-        args["label_selector"] = {ray._raylet.RAY_NODE_ID_KEY: src.node}
-    if parallelism is None:
-        # One read task per CPU of the cluster: Ray's own default (many small tasks, each
-        # paying task and block costs and its own array open) was 2.1x slower here
-        # (``scripts/bench-datasource.py``, benchmarks/results/ray-data.md).
-        parallelism = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    args["override_num_blocks"] = int(parallelism)
-    ds = ray.data.read_datasource(src, **args)
-    # Ray Data merges a read task's blocks until they reach the dataset's
-    # target_max_block_size (128 MiB by default): a copy of every crop into a fresh
-    # block, and a read task's first rows held back until 128 MiB are decoded.  Our
-    # blocks are already sized (block_bytes), so the dataset (its own copy of the
-    # DataContext) takes them as they are.
-    full = src.rows_per_block * src.crop_nbytes
-    ctx = ds.context
-    if ctx.target_max_block_size is None or ctx.target_max_block_size > full:
-        ctx.target_max_block_size = full
-    return ds
-
-
 @strict_keywords
 def read_zarr_crops(
-    paths: Paths,
+    paths: Paths | Mapping[str, Any] | Sequence[Mapping[str, Any]],
     crop_shape: Iterable[int],
     count: int,
     *,
+    arrays: Sequence[str] | Mapping[str, str] | None = None,
     seed: int | None = 0,
     prefetch: int = 16,
     block_bytes: int = DEFAULT_BLOCK_BYTES,
@@ -489,6 +433,11 @@ def read_zarr_crops(
     that runs such a task then holds the process-wide direct loader, whose pool
     (``pool_bytes``, 256 MiB) is registered with io_uring and so resident.
 
+    Aligned samples of several arrays (an image and its label): ``arrays=["image",
+    "label"]`` with ``paths`` a group (or a list of groups), or ``paths`` a dict
+    ``{"image": path, "label": path}``; one column per array instead of ``crop``, the
+    crop covering the last axes of every array (:mod:`lsio_ray.data_aligned`).
+
     Paths and the arguments of Ray Data's readers: ``paths``, one path or a list of them
     (read into one dataset); ``include_paths``: a ``path`` column, the array's absolute
     path; ``filesystem``: None or a local filesystem (any other raises ``ValueError``);
@@ -503,6 +452,8 @@ def read_zarr_crops(
     params = dict(locals())  # the arguments, the Ray Data ones among them
     name = "read_zarr_crops"
     num_blocks = resolve_num_blocks(override_num_blocks, parallelism, name)
+    if is_aligned(paths, arrays):  # an image and its label...: lsio_ray.data_aligned
+        return aligned_crops(params, num_blocks)
     arrays = open_all(local_paths(paths, filesystem, name))
     crop = tuple(int(c) for c in crop_shape)
     plan, which = crop_plan(arrays, crop, int(count), seed, max(0, int(per_cell)), cell)
@@ -527,9 +478,10 @@ def read_zarr_crops(
 
 @strict_keywords
 def read_zarr_windows(
-    paths: Paths,
+    paths: Paths | Mapping[str, Any] | Sequence[Mapping[str, Any]],
     window_shape: Iterable[int],
     *,
+    arrays: Sequence[str] | Mapping[str, str] | None = None,
     stride: Iterable[int] | None = None,
     partial: str = "pad",
     prefetch: int = 16,
@@ -571,6 +523,8 @@ def read_zarr_windows(
     params = dict(locals())  # the arguments, the Ray Data ones among them
     name = "read_zarr_windows"
     num_blocks = resolve_num_blocks(override_num_blocks, parallelism, name)
+    if is_aligned(paths, arrays):
+        return aligned_windows(params, num_blocks)
     arrays = open_all(local_paths(paths, filesystem, name))
     win = tuple(int(w) for w in window_shape)
     step = None if stride is None else tuple(int(s) for s in stride)
