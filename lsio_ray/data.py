@@ -9,7 +9,8 @@
 Every row is one crop: ``crop`` (a numpy array of the crop's shape), ``index`` (its
 number in the plan) and ``lo`` (the coordinates of its first element; the crop covers
 ``lo[d] : lo[d] + crop_shape[d]`` on each axis), and with ``include_paths=True`` also
-``path``, the array's absolute path.
+``path``, the array's absolute path.  Aligned samples of several arrays (an image and its
+label, ``arrays=["image", "label"]``): one column per array, see :mod:`lsio_ray.data_aligned`.
 
 The readers take their arguments as Ray Data's own readers (``read_parquet``,
 ``read_images``) take theirs: see :func:`read_zarr_crops` and :mod:`lsio_ray.data_plan`.
