@@ -30,7 +30,8 @@ reads handed to the IO service together
 ``block_bytes`` of all columns together).  ``per_cell`` (the clustered sampler) and
 ``decode_block`` (that many samples read as one group: each chunk under them decoded
 once) work as for one array; ``partial`` of ``read_zarr_windows`` pads each array with
-its own fill value.
+its own fill value.  Memory per read task: about ``prefetch`` samples in flight, at least
+two groups (``2 * decode_block`` or ``2 * per_cell`` samples), each in its block's rows.
 """
 
 from __future__ import annotations

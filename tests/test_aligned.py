@@ -88,6 +88,12 @@ def test_random_crops_equal_numpy_at_the_reported_place(pair: Any, fmt: str, reu
         _check_sample(s, image, label, CROP)
         seen.append((s["index"], tuple(s["lo"].tolist())))
     assert [i for i, _ in seen] == list(range(40))
+    # the same crops as zarr-python reads from each array
+    ref = zarr.open_group(path, mode="r")
+    for s in itertools.islice(al.random_crops(CROP, 40, seed=3), 0, 40, 7):
+        box = _box(s["lo"], CROP)
+        np.testing.assert_array_equal(s["image"], ref["image"][(slice(None), *box)])
+        np.testing.assert_array_equal(s["label"], ref["label"][box])
     # the corners are Array.random_crops's on an array of the grid's shape (the label)
     want = lz.random_box_starts(GRID, CROP, 40, 3)
     assert [lo for _, lo in seen] == [tuple(r) for r in want.tolist()]
@@ -222,6 +228,14 @@ def test_windows_drop_error_and_stride(pair: Any) -> None:
     assert (hits[:16, :40, :32] == 1).all() and hits[16:].sum() == hits[:, 40:].sum() == 0
     with pytest.raises(ValueError, match="partial='pad'"):
         next(al.windows(win, partial="error"))
+    # a window larger than the grid: one window, each array whole and padded
+    (big,) = al.windows((30, 60, 50))
+    assert big["lo"].tolist() == [0, 0, 0]
+    np.testing.assert_array_equal(big["image"][:, :21, :50, :44], image)
+    np.testing.assert_array_equal(big["label"][:21, :50, :44], label)
+    assert (big["label"][21:] == -1).all() and (big["image"][:, :, 50:] == 7).all()
+    with pytest.raises(ValueError, match="does not fit"):
+        next(al.windows((30, 60, 50), partial="drop"))
     # overlapping windows (stride < window), padded at the ends: everything, some twice
     over = list(al.windows((8, 20, 16), stride=(6, 15, 14), partial="pad"))
     want = [len(x) for x in lz.window_starts(GRID, (8, 20, 16), (6, 15, 14))]
