@@ -72,15 +72,16 @@ def is_aligned(paths: Any, arrays: Any) -> bool:
 
 
 def _location(loc: Any) -> Any:
-    """A path from a path, an array or a group."""
+    """A path from a path, an array (or ``lsio_ray.open``'s wrapper of one) or a group."""
+    loc = getattr(loc, "array", loc) if not isinstance(loc, str) else loc
     return loc.path if isinstance(loc, lz.Array | lz.Group) else loc
 
 
 def datasets(
     paths: Any, arrays: Sequence[str] | Mapping[str, str] | None, filesystem: Any, func: str
 ) -> list[lz.AlignedArrays]:
-    """The datasets a reader's ``paths`` and ``arrays`` name, opened in the driver and
-    checked to give each column one sample shape and dtype."""
+    """The datasets a reader's ``paths`` and ``arrays`` name, opened in the driver
+    (each dataset's arrays by name; every dataset names the same ones)."""
     one = isinstance(paths, str | os.PathLike | Mapping | lz.Array | lz.Group)
     given = [paths] if one else list(paths)
     if not given:

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import zarr
 
+import lsio_ray
 import lsio_ray.zarr as lz
 from lsio_ray.io.service import IOService
 
@@ -124,6 +125,8 @@ def test_arrays_from_paths_a_dict_a_list_and_renamed_members(pair: Any) -> None:
         lz.aligned({"image": img, "label": lz.open(lab)}),
         lz.aligned([img, lab]),  # named by the last part of each path
         lz.aligned(lz.open(path), {"image": "image", "label": "label"}),
+        lz.aligned(lsio_ray.open(path), ["image", "label"]),  # the notebook wrappers
+        lz.aligned({"image": lsio_ray.open(img), "label": lab}),
     ]
     for al in forms:
         assert al.names == ("image", "label")

@@ -72,6 +72,13 @@ def _name_of(loc: Location) -> str:
     return base[: -len(".zarr")] if base.endswith(".zarr") and len(base) > 5 else base
 
 
+def _unwrap(node: Any) -> Any:
+    """The :class:`Array` inside a wrapper holding one as ``.array`` (``lsio_ray.open``'s
+    notebook arrays), else ``node``."""
+    inner = getattr(node, "array", None)
+    return inner if isinstance(inner, Array) else node
+
+
 def _check_names(names: Iterable[str], where: str) -> None:
     seen: set[str] = set()
     for name in names:
@@ -107,12 +114,12 @@ def aligned(
         pairs = names.items() if isinstance(names, Mapping) else [(n, n) for n in names]
         found = {}
         for name, member in pairs:
-            node = group[member]
+            node = _unwrap(group[member])
             if not isinstance(node, Array):
                 raise ValueError(f"{group.path}: member {member!r} is a group, not an array")
             found[name] = node
         return AlignedArrays(found, root=group.path)
-    if isinstance(arrays, str | os.PathLike | Array):
+    if isinstance(_unwrap(arrays), str | os.PathLike | Array):
         raise ValueError(
             f"aligned() takes several arrays: a group with names, a list or a dict, not the "
             f"one array {arrays!r}"
@@ -129,10 +136,10 @@ def aligned(
             raise ValueError(f"aligned(): {len(locs)} arrays but names {names!r}")
         _check_names(names, "aligned()")
         given = dict(zip(names, locs, strict=True))
-    opened = {
-        name: loc if isinstance(loc, Array) else open_array(loc, **options)
-        for name, loc in given.items()
-    }
+    opened = {}
+    for name, loc in given.items():
+        loc = _unwrap(loc)
+        opened[name] = loc if isinstance(loc, Array) else open_array(loc, **options)
     return AlignedArrays(opened)
 
 
