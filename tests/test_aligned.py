@@ -179,6 +179,10 @@ def test_mismatched_grids_are_refused_naming_both_arrays(pair: Any, tmp_path: Pa
         lz.aligned(path, ["image", "labl"])
     with pytest.raises(ValueError, match="several arrays"):
         lz.aligned(os.path.join(path, "image"))
+    with pytest.raises(ValueError, match="not the string 'image'"):
+        lz.aligned(path, "image")
+    with pytest.raises(ValueError, match="two arrays named 'image'"):
+        lz.aligned([os.path.join(path, "image"), os.path.join(path, "image")])
     with pytest.raises(ValueError, match="does not fit"):
         next(lz.aligned(path, ["image", "label"]).random_crops((22, 4, 4), 1))
 

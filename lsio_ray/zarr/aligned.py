@@ -67,6 +67,7 @@ Location = str | os.PathLike[str] | Array
 
 def _name_of(loc: Location) -> str:
     """An array's name from its location: the last part of its path, ``.zarr`` off."""
+    loc = _unwrap(loc)
     path = loc.path if isinstance(loc, Array) else os.fspath(loc)
     base = posixpath.basename(path.rstrip("/"))
     return base[: -len(".zarr")] if base.endswith(".zarr") and len(base) > 5 else base
@@ -107,6 +108,8 @@ def aligned(
     ``names``, else by the last part of each path without ``.zarr``); or a dict
     ``name -> array, path or URL``.  ``options`` (``direct``, ``coalesce_gap``...) open
     the arrays given by path, as :func:`~lsio_ray.zarr.open_array` takes them."""
+    if isinstance(names, str):
+        raise ValueError(f"aligned(): names is a list of names, not the string {names!r}")
     if isinstance(arrays, Group) or (isinstance(arrays, str | os.PathLike) and names):
         if not names:
             raise ValueError("aligned(group): name the group's arrays to read (names=[...])")
@@ -121,8 +124,8 @@ def aligned(
         return AlignedArrays(found, root=group.path)
     if isinstance(_unwrap(arrays), str | os.PathLike | Array):
         raise ValueError(
-            f"aligned() takes several arrays: a group with names, a list or a dict, not the "
-            f"one array {arrays!r}"
+            f"aligned() takes several arrays: a group with names=[...], a list or a dict of "
+            f"arrays, not {arrays!r} alone"
         )
     if isinstance(arrays, Mapping):
         if names is not None:
