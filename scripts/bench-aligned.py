@@ -14,7 +14,8 @@ run, page cache warm, in one process, the three readers interleaved ``--reps`` t
   boxes, each with its own prefetch window;
 * ``serial``: ``image[box]`` then ``label[box]`` for each sample, one read at a time.
 
-Prints samples/s per run and min/median/max per reader, the ratios of the medians, and
+Prints samples/s and CPU ms per sample (this process, all threads: less sensitive to
+other jobs than wall time) per run and min/median/max per reader, the ratios of the medians, and
 the load average before and after.  Every sample's sums are checked equal across readers.
 """
 
@@ -31,6 +32,12 @@ import numpy as np
 import lsio_ray.zarr as lz
 
 CROP = (8, 128, 128)
+
+
+def _cpu() -> float:
+    """CPU seconds of this process, all its threads (user + system)."""
+    t = os.times()
+    return t.user + t.system
 
 
 def make(path: str) -> None:
@@ -75,17 +82,22 @@ def main() -> None:
     pair = lz.aligned(path, ["image", "label"])
     kinds = ["aligned", "zip", "serial"]
     rates: dict[str, list[float]] = {k: [] for k in kinds}
+    cpus: dict[str, list[float]] = {k: [] for k in kinds}
     load0 = os.getloadavg()
     run("aligned", pair, pair.random_starts(CROP, 50, 99))  # warm the cache and threads
     for rep in range(args.reps):
         starts = pair.random_starts(CROP, args.count, rep)
         first = None
         for kind in kinds if rep % 2 == 0 else kinds[::-1]:
-            t0 = time.perf_counter()
+            c0, t0 = _cpu(), time.perf_counter()
             got = run(kind, pair, starts)
-            dt = time.perf_counter() - t0
+            dt, cpu = time.perf_counter() - t0, _cpu() - c0
             rates[kind].append(len(got) / dt)
-            print(f"rep {rep} {kind:8s} {len(got) / dt:8.1f} samples/s")
+            cpus[kind].append(1e3 * cpu / len(got))
+            print(
+                f"rep {rep} {kind:8s} {len(got) / dt:8.1f} samples/s "
+                f"{1e3 * cpu / len(got):6.2f} CPU ms/sample"
+            )
             if first is None:
                 first = got
             assert got == first, f"{kind} read other samples"
@@ -93,7 +105,11 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in rates.items()}
     for k in kinds:
         v = rates[k]
-        print(f"{k:8s} samples/s min {min(v):.1f} median {med[k]:.1f} max {max(v):.1f}")
+        c = cpus[k]
+        print(
+            f"{k:8s} samples/s min {min(v):.1f} median {med[k]:.1f} max {max(v):.1f}; "
+            f"CPU ms/sample min {min(c):.2f} median {statistics.median(c):.2f} max {max(c):.2f}"
+        )
     print(
         f"aligned/zip {med['aligned'] / med['zip']:.2f}x, "
         f"aligned/serial {med['aligned'] / med['serial']:.2f}x"
