@@ -56,6 +56,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     _write(g2, "image", image2, chunks=(C, 8, 20, 20), compressors=blosc, fill_value=0.5)
     label2 = (label + 10).astype("uint8")
     _write(g2, "label", label2, chunks=(7, 25, 11), compressors=numcodecs.GZip(1), fill_value=3)
+    _write(g2.create_group("masks"), "cells", label2, chunks=(21, 10, 44))  # nested, raw
     return {
         "root": root,
         "v3": (str(root / "v3.zarr"), image, label3),
@@ -345,6 +346,21 @@ def test_ray_data_several_datasets_of_one_pair(cluster: Any, pair: Any) -> None:
     for r in rows.values():
         _check_sample(r, image3, label3, CROP)
         assert r["path"] == os.path.realpath(f"{p3}/image")
+
+
+@pytest.mark.timeout(600)
+def test_ray_data_nested_members_renamed(cluster: Any, pair: Any) -> None:
+    """``arrays={column: member}``: a member of a nested group, under a column name of
+    the caller's choosing (and one named with its path)."""
+    path, image, label = pair["v2"]
+    arrays = {"img": "image", "masks/cells": "masks/cells"}
+    rows = _rows(ld.read_zarr_crops(path, CROP, 16, arrays=arrays, seed=6, override_num_blocks=2))
+    assert sorted(rows) == list(range(16))
+    assert set(rows[0]) == {"img", "masks/cells", "index", "lo"}
+    for r in rows.values():
+        _check_sample(
+            {"image": r["img"], "label": r["masks/cells"], "lo": r["lo"]}, image, label, CROP
+        )
 
 
 @pytest.mark.timeout(600)
