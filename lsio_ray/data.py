@@ -52,9 +52,7 @@ from ray.data.datasource import Datasource, ReadTask
 
 import lsio_ray.zarr as lz
 from lsio_ray.data_aligned import aligned_crops, aligned_windows, is_aligned
-from lsio_ray.data_blocks import DEFAULT_BLOCK_BYTES
-from lsio_ray.data_blocks import BlockPool as _BlockPool
-from lsio_ray.data_blocks import read_dataset as _read
+from lsio_ray.data_plan import BlockPool as _BlockPool
 from lsio_ray.data_plan import (
     Grid,
     Slicer,
@@ -84,6 +82,8 @@ __all__ = [
     "read_zarr_windows",
     "window_starts",
 ]
+
+DEFAULT_BLOCK_BYTES = 32 << 20
 
 Paths = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
 
@@ -365,6 +365,36 @@ class _ReadRange:
                 )
 
 
+def _read(
+    src: ZarrBoxesDatasource,
+    parallelism: int | None,
+    ray_args: dict[str, Any],
+) -> ray.data.Dataset:
+    import ray
+
+    args = dict(ray_args)
+    remote = args.get("ray_remote_args") or {}
+    if src.node is not None and "label_selector" not in args and "label_selector" not in remote:
+        args["label_selector"] = {ray._raylet.RAY_NODE_ID_KEY: src.node}
+    if parallelism is None:
+        # One read task per CPU of the cluster: Ray's own default (many small tasks, each
+        # paying task and block costs and its own array open) was 2.1x slower here
+        # (``scripts/bench-datasource.py``, benchmarks/results/ray-data.md).
+        parallelism = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    args["override_num_blocks"] = int(parallelism)
+    ds = ray.data.read_datasource(src, **args)
+    # Ray Data merges a read task's blocks until they reach the dataset's
+    # target_max_block_size (128 MiB by default): a copy of every crop into a fresh
+    # block, and a read task's first rows held back until 128 MiB are decoded.  Our
+    # blocks are already sized (block_bytes), so the dataset (its own copy of the
+    # DataContext) takes them as they are.
+    full = src.rows_per_block * src.crop_nbytes
+    ctx = ds.context
+    if ctx.target_max_block_size is None or ctx.target_max_block_size > full:
+        ctx.target_max_block_size = full
+    return ds
+
+
 @strict_keywords
 def read_zarr_crops(
     paths: Paths | Mapping[str, Any] | Sequence[Mapping[str, Any]],
@@ -454,7 +484,7 @@ def read_zarr_crops(
     name = "read_zarr_crops"
     num_blocks = resolve_num_blocks(override_num_blocks, parallelism, name)
     if is_aligned(paths, arrays):  # an image and its label...: lsio_ray.data_aligned
-        return aligned_crops(params, num_blocks)
+        return aligned_crops(params, num_blocks, _read)
     arrays = open_all(local_paths(paths, filesystem, name))
     crop = tuple(int(c) for c in crop_shape)
     plan, which = crop_plan(arrays, crop, int(count), seed, max(0, int(per_cell)), cell)
@@ -525,7 +555,7 @@ def read_zarr_windows(
     name = "read_zarr_windows"
     num_blocks = resolve_num_blocks(override_num_blocks, parallelism, name)
     if is_aligned(paths, arrays):
-        return aligned_windows(params, num_blocks)
+        return aligned_windows(params, num_blocks, _read)
     arrays = open_all(local_paths(paths, filesystem, name))
     win = tuple(int(w) for w in window_shape)
     step = None if stride is None else tuple(int(s) for s in stride)

@@ -49,8 +49,8 @@ from ray.data.block import BlockAccessor, BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 import lsio_ray.zarr as lz
-from lsio_ray.data_blocks import BlockPool, read_dataset
 from lsio_ray.data_plan import (
+    BlockPool,
     Grid,
     Slicer,
     arrays_in,
@@ -321,8 +321,11 @@ class _ReadRange:
             yield BlockAccessor.batch_to_block(out)
 
 
-def aligned_crops(params: Mapping[str, Any], num_blocks: int | None) -> ray.data.Dataset:
-    """``read_zarr_crops`` with aligned arrays (``params``: its arguments)."""
+def aligned_crops(
+    params: Mapping[str, Any], num_blocks: int | None, read: Callable[..., ray.data.Dataset]
+) -> ray.data.Dataset:
+    """``read_zarr_crops`` with aligned arrays (``params``: its arguments); ``read``
+    makes the dataset of the datasource (``lsio_ray.data``'s, as for one array)."""
     func = "read_zarr_crops"
     sets = datasets(params["paths"], params["arrays"], params["filesystem"], func)
     crop = tuple(int(c) for c in params["crop_shape"])
@@ -349,11 +352,14 @@ def aligned_crops(params: Mapping[str, Any], num_blocks: int | None) -> ray.data
         direct=params["direct"],
         include_paths=params["include_paths"],
     )
-    return read_dataset(src, num_blocks, ray_read_args(ray.data.read_datasource, params))
+    return read(src, num_blocks, ray_read_args(ray.data.read_datasource, params))
 
 
-def aligned_windows(params: Mapping[str, Any], num_blocks: int | None) -> ray.data.Dataset:
-    """``read_zarr_windows`` with aligned arrays (``params``: its arguments)."""
+def aligned_windows(
+    params: Mapping[str, Any], num_blocks: int | None, read: Callable[..., ray.data.Dataset]
+) -> ray.data.Dataset:
+    """``read_zarr_windows`` with aligned arrays (``params``: its arguments); ``read``
+    makes the dataset of the datasource (``lsio_ray.data``'s, as for one array)."""
     func = "read_zarr_windows"
     sets = datasets(params["paths"], params["arrays"], params["filesystem"], func)
     win = tuple(int(w) for w in params["window_shape"])
@@ -383,4 +389,4 @@ def aligned_windows(params: Mapping[str, Any], num_blocks: int | None) -> ray.da
         include_paths=params["include_paths"],
         pad=params["partial"] == "pad",
     )
-    return read_dataset(src, num_blocks, ray_read_args(ray.data.read_datasource, params))
+    return read(src, num_blocks, ray_read_args(ray.data.read_datasource, params))
