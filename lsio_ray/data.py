@@ -42,7 +42,7 @@ from __future__ import annotations
 import collections
 import itertools
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -50,8 +50,8 @@ import ray.data
 from ray.data.block import BlockAccessor, BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
+import lsio_ray.data_aligned as aligned_reads
 import lsio_ray.zarr as lz
-from lsio_ray.data_aligned import aligned_crops, aligned_windows, is_aligned
 from lsio_ray.data_plan import BlockPool as _BlockPool
 from lsio_ray.data_plan import (
     Grid,
@@ -72,6 +72,8 @@ from lsio_ray.io.url import local_path
 from lsio_ray.zarr import random_box_starts
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from lsio_ray.ray.coordinator import Coordinator
 
 __all__ = [
@@ -459,15 +461,15 @@ def read_zarr_crops(
     ``B / per_cell`` independent places.  0 (default): independent crops.  With several
     arrays, each cell's array is drawn as above.
 
-    ``direct``: read tasks read with O_DIRECT (``lsio_ray.zarr.open(..., direct=)``;
-    default: the workers' ``direct`` setting, env ``LSIO_DIRECT``).  Each worker process
-    that runs such a task then holds the process-wide direct loader, whose pool
-    (``pool_bytes``, 256 MiB) is registered with io_uring and so resident.
-
     Aligned samples of several arrays (an image and its label): ``arrays=["image",
     "label"]`` with ``paths`` a group (or a list of groups), or ``paths`` a dict
     ``{"image": path, "label": path}``; one column per array instead of ``crop``, the
     crop covering the last axes of every array (:mod:`lsio_ray.data_aligned`).
+
+    ``direct``: read tasks read with O_DIRECT (``lsio_ray.zarr.open(..., direct=)``;
+    default: the workers' ``direct`` setting, env ``LSIO_DIRECT``).  Each worker process
+    that runs such a task then holds the process-wide direct loader, whose pool
+    (``pool_bytes``, 256 MiB) is registered with io_uring and so resident.
 
     Paths and the arguments of Ray Data's readers: ``paths``, one path or a list of them
     (read into one dataset); ``include_paths``: a ``path`` column, the array's absolute
@@ -481,10 +483,11 @@ def read_zarr_crops(
     ``TypeError`` naming it.
     """
     params = dict(locals())  # the arguments, the Ray Data ones among them
+    if aligned_reads.is_aligned(paths, arrays):  # an image and its label...
+        num = resolve_num_blocks(override_num_blocks, parallelism, "read_zarr_crops")
+        return aligned_reads.aligned_crops(params, num, _read)
     name = "read_zarr_crops"
     num_blocks = resolve_num_blocks(override_num_blocks, parallelism, name)
-    if is_aligned(paths, arrays):  # an image and its label...: lsio_ray.data_aligned
-        return aligned_crops(params, num_blocks, _read)
     arrays = open_all(local_paths(paths, filesystem, name))
     crop = tuple(int(c) for c in crop_shape)
     plan, which = crop_plan(arrays, crop, int(count), seed, max(0, int(per_cell)), cell)
@@ -552,10 +555,11 @@ def read_zarr_windows(
 
     Rows and the other arguments as :func:`read_zarr_crops`."""
     params = dict(locals())  # the arguments, the Ray Data ones among them
+    if aligned_reads.is_aligned(paths, arrays):  # an image and its label...
+        num = resolve_num_blocks(override_num_blocks, parallelism, "read_zarr_windows")
+        return aligned_reads.aligned_windows(params, num, _read)
     name = "read_zarr_windows"
     num_blocks = resolve_num_blocks(override_num_blocks, parallelism, name)
-    if is_aligned(paths, arrays):
-        return aligned_windows(params, num_blocks, _read)
     arrays = open_all(local_paths(paths, filesystem, name))
     win = tuple(int(w) for w in window_shape)
     step = None if stride is None else tuple(int(s) for s in stride)

@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 import lsio_ray.zarr as lz
-from lsio_ray.zarr import random_box_starts, window_starts
-from lsio_ray.zarr.stream import PARTIAL
+from lsio_ray.zarr import random_box_starts
+from lsio_ray.zarr.stream import PARTIAL, window_starts
 
 if TYPE_CHECKING:
     from lsio_ray.ray.coordinator import Coordinator
