@@ -60,6 +60,7 @@ from lsio_ray.data_plan import (
     ray_read_args,
     restrict,
 )
+from lsio_ray.io import stores, url
 
 __all__ = ["AlignedDatasource", "aligned_crops", "aligned_windows", "datasets", "is_aligned"]
 
@@ -173,6 +174,9 @@ class AlignedDatasource(Datasource):
         first = sets[0]
         self.names = first.names
         self.paths = [{n: a.path for n, a in ds.arrays.items()} for ds in sets]
+        # the driver's store options of the URLs among them, shipped to the read tasks
+        remote = [p for d in self.paths for p in d.values() if url.is_remote(p)]
+        self.store_options = (stores.exported(remote) or None) if remote else None
         self.roots = [_path(ds) for ds in sets]
         self.shapes = first.sample_shapes(self.crop_shape)
         self.dtypes = {n: a.dtype for n, a in first.arrays.items()}
@@ -247,6 +251,7 @@ class _ReadRange:
         ids: list[int],
     ) -> None:
         self.paths = {k: src.paths[k] for k in ids}
+        self.store_options = src.store_options
         self.roots = {k: src.roots[k] for k in ids}
         self.a, self.b, self.starts, self.sources = a, b, starts, sources
         self.crop, self.shapes, self.dtypes = src.crop_shape, src.shapes, src.dtypes
@@ -259,6 +264,7 @@ class _ReadRange:
         return np.asarray(self.sources(a, b), dtype=np.int64)
 
     def __call__(self) -> Iterator[Any]:
+        stores.apply(self.store_options)  # the driver's storage_options, in this worker
         sets = {
             k: lz.aligned({n: lz.open_array(p, direct=self.direct) for n, p in paths.items()})
             for k, paths in self.paths.items()
