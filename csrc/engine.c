@@ -200,6 +200,15 @@ void lsio_engine_stats(lsio_engine *e, lsio_stats *o) {
     o->starved = e->starved_count;
     o->open_files = e->open_files;
     o->inflight = e->inflight;
+    inflight_tick(e);
+    o->inflight_max = e->inflight_max;
+    o->inflight_ns = e->inflight_ns;
+    o->clock_ns = e->inflight_t;
+    o->completed = e->completed;
+    memcpy(o->inflight_hist, e->inflight_hist, sizeof o->inflight_hist); /* same size: asserted */
+    o->enter_ns = e->enter_ns;
+    o->wait_calls = e->wait_calls;
+    o->cqes = e->cqes;
     pthread_mutex_unlock(&e->mu);
 }
 

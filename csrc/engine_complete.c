@@ -162,7 +162,7 @@ static void probe_done(lsio_engine *e, range_st *r, int64_t res) {
 }
 
 void lsio__step_done(lsio_engine *e, int kind, file_op *f, range_st *r, int64_t res) {
-    e->inflight--;
+    inflight_done(e);
     f->inflight--;
     switch (kind) {
     case S_STATX:

@@ -77,6 +77,7 @@
 #include <pthread.h>
 #include <stdint.h>
 #include <sys/stat.h>
+#include <time.h>
 
 /* internal functions: shared by the engine's files, not exported from the extension */
 #define LSIO_INTERNAL __attribute__((visibility("hidden")))
@@ -190,6 +191,10 @@ struct lsio_engine {
     int freed;                    /* lsio_engine_free called; struct lives until buffers_out == 0 */
     uint64_t buffers_out;
     uint64_t ops_submitted, submit_calls, starved_count;
+    /* effective queue depth (lsio_stats): see inflight_tick / inflight_done */
+    uint64_t inflight_max, inflight_ns, inflight_t, completed;
+    uint64_t inflight_hist[LSIO_HIST_BUCKETS];
+    uint64_t enter_ns, wait_calls, cqes; /* io_uring_enter: time in it, waits, CQEs seen */
     uint64_t tmp_counter;         /* temp names made without getrandom */
     int kcancel;                  /* io_uring: cancelled files have ops in the kernel to cancel */
     uint32_t kcancels_inflight;   /* IORING_OP_ASYNC_CANCEL requests not completed yet */
@@ -233,6 +238,34 @@ typedef struct step {
 /* ------------------------------------------------------------------ small shared helpers
  * (static inline: the scheduler, the completion code and the executors each inline them,
  * as they did when the engine was one file) */
+
+_Static_assert(sizeof(((lsio_stats *)0)->inflight_hist) == LSIO_HIST_BUCKETS * sizeof(uint64_t),
+               "lsio_stats.inflight_hist must have LSIO_HIST_BUCKETS entries");
+
+static inline uint64_t mono_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Bring inflight_ns up to now.  Called with mu held just before e->inflight changes (and
+ * by lsio_engine_stats), so inflight_ns integrates the count over time exactly. */
+static inline void inflight_tick(lsio_engine *e) {
+    uint64_t now = mono_ns();
+    if (e->inflight_t && now > e->inflight_t) e->inflight_ns += (uint64_t)e->inflight * (now - e->inflight_t);
+    e->inflight_t = now;
+}
+
+/* One op's completion is being processed (mu held; e->inflight still counts it): its
+ * sample in the histogram, then the count goes down. */
+static inline void inflight_done(lsio_engine *e) {
+    inflight_tick(e);
+    uint32_t v = e->inflight ? e->inflight : 1;
+    int b = 31 - __builtin_clz(v);
+    e->inflight_hist[b < LSIO_HIST_BUCKETS ? b : LSIO_HIST_BUCKETS - 1]++;
+    e->completed++;
+    e->inflight--;
+}
 
 static inline void range_free_buf(lsio_engine *e, range_st *r) {
     if (r->buf_id) {

@@ -165,6 +165,7 @@ static int file_step(lsio_engine *e, file_op *f, step *s) {
              * landed: the size is known and the file was found regular.) */
             range_st *r = f->nranges > 0 ? &f->ranges[0] : NULL;
             if (f->fixed && (e->features & LSIO_FEAT_LINKED_OPEN) && f->kind == LSIO_OP_READ &&
+                e->inflight + 2 <= e->cfg.depth && /* two ops: never above depth */
                 r && !r->finished && range_resolve(f, r) == 0 && range_get_buffer(e, r) == 1) {
                 s->r = r;
                 s->link_read = 1;
@@ -324,6 +325,7 @@ int lsio__next_step(lsio_engine *e, step *s) {
 }
 
 void lsio__step_start(lsio_engine *e, const step *s) {
+    inflight_tick(e);
     e->inflight++;
     s->f->inflight++;
     e->ops_submitted++;
@@ -335,4 +337,5 @@ void lsio__step_start(lsio_engine *e, const step *s) {
             e->ops_submitted++;
         }
     }
+    if (e->inflight > e->inflight_max) e->inflight_max = e->inflight;
 }

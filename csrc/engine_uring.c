@@ -168,6 +168,7 @@ unsigned lsio__uring_process(lsio_engine *e) {
         }
     }
     io_uring_cq_advance(&e->ring, n);
+    e->cqes += n;
     return n;
 }
 
@@ -179,54 +180,93 @@ static int64_t now_ms(void) {
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* Turn every step that may start now into SQEs (and the kernel cancels due).  Called
+ * with mu held by the thread driving the ring. */
+static void uring_refill(lsio_engine *e) {
+    step s;
+    if (e->kcancel) uring_kcancel(e);
+    while (io_uring_sq_space_left(&e->ring) >= 3 && lsio__next_step(e, &s)) {
+        lsio__step_start(e, &s);
+        if (s.kind == S_FIXUP) { /* no such io_uring op: a syscall or two, unlocked */
+            pthread_mutex_unlock(&e->mu);
+            int64_t res = lsio__run_sync(e, &s);
+            pthread_mutex_lock(&e->mu);
+            lsio__step_done(e, s.kind, s.f, s.r, res);
+            continue;
+        }
+        uring_prep(e, &s);
+    }
+}
+
+/* One io_uring_enter: submit what is prepared and, unless `wait` is 0, wait for a
+ * completion (at most *tsp).  Called with mu held; drops it around the syscall, and
+ * counts the call and the time spent in it (lsio_stats.enter_ns). */
+static void uring_enter(lsio_engine *e, int wait, struct __kernel_timespec *tsp) {
+    pthread_mutex_unlock(&e->mu);
+    uint64_t t0 = mono_ns();
+    int rc;
+    if (wait) {
+        struct io_uring_cqe *cqe;
+        rc = io_uring_submit_and_wait_timeout(&e->ring, &cqe, 1, tsp, NULL);
+    } else {
+        rc = io_uring_submit(&e->ring);
+    }
+    uint64_t t1 = mono_ns();
+    (void)rc; /* -ETIME / -EINTR: the caller loops and looks again */
+    pthread_mutex_lock(&e->mu);
+    e->enter_ns += t1 - t0;
+    e->submit_calls++;
+    e->wait_calls += wait != 0;
+}
+
 /* Drive the ring until at least min_complete completions are ready, nothing is pending,
- * or the deadline passes.  Called with mu and reap_mu held; drops mu while waiting. */
+ * or the deadline passes.  Called with mu and reap_mu held; drops mu while waiting.
+ *
+ * Every pass refills the ring from what the last one completed and submits the refills
+ * in the same io_uring_enter that waits for the next completion, so the ring stays at
+ * depth while it is driven.  The caller (lsio_reap) then goes away -- to Python, for a
+ * whole batch -- and nothing drives the ring until it comes back: so before returning,
+ * the slots of the completions that came with the last call are refilled and submitted
+ * too (one more io_uring_enter, without waiting).  Without that the ring ran that much
+ * below depth for as long as the caller was away.  (A reap with min_complete 0 only
+ * looks: it issues what was due before the call, and what its completions unblock
+ * waits for the next call, so a caller can act between a statx and its open.) */
 void lsio__uring_drive(lsio_engine *e, uint32_t min_complete, int timeout_ms, int forever) {
     int64_t deadline = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
     for (;;) {
-        step s;
-        if (e->kcancel) uring_kcancel(e);
-        while (io_uring_sq_space_left(&e->ring) >= 3 && lsio__next_step(e, &s)) {
-            lsio__step_start(e, &s);
-            if (s.kind == S_FIXUP) { /* no such io_uring op: a syscall or two, unlocked */
-                pthread_mutex_unlock(&e->mu);
-                int64_t res = lsio__run_sync(e, &s);
-                pthread_mutex_lock(&e->mu);
-                lsio__step_done(e, s.kind, s.f, s.r, res);
-                continue;
-            }
-            uring_prep(e, &s);
-        }
+        uring_refill(e);
         uring_arm_wake(e);
         /* wake_req: lsio_wake asked the reaper to return.  (The eventfd alone only
          * breaks the kernel wait; without this the loop went back to sleep.) */
         int done = forever ? e->shutting_down
                            : (e->cq.len >= min_complete || e->files_pending == 0 || e->wake_req ||
                               (deadline >= 0 && now_ms() >= deadline));
-        int starved = e->starved;
-        pthread_mutex_unlock(&e->mu);
-        int rc;
         if (done) {
-            rc = io_uring_submit(&e->ring);
+            uring_enter(e, 0, NULL);
         } else {
-            struct io_uring_cqe *cqe;
             struct __kernel_timespec ts, *tsp = NULL;
-            if (deadline >= 0 || starved) {
+            if (deadline >= 0 || e->starved) {
                 int64_t left = deadline >= 0 ? deadline - now_ms() : STARVED_POLL_MS;
                 if (left < 0) left = 0;
                 /* starved: releases wake this wait only in bulk (refilled) */
-                if (starved && left > STARVED_POLL_MS) left = STARVED_POLL_MS;
+                if (e->starved && left > STARVED_POLL_MS) left = STARVED_POLL_MS;
                 ts.tv_sec = left / 1000;
                 ts.tv_nsec = (left % 1000) * 1000000;
                 tsp = &ts;
             }
-            rc = io_uring_submit_and_wait_timeout(&e->ring, &cqe, 1, tsp, NULL);
+            uring_enter(e, 1, tsp);
         }
-        pthread_mutex_lock(&e->mu);
-        e->submit_calls++;
-        (void)rc; /* -ETIME / -EINTR: loop and look again */
-        if (lsio__uring_process(e)) pthread_cond_broadcast(&e->cq_cond);
-        if (done) return;
+        unsigned n = lsio__uring_process(e);
+        if (n) pthread_cond_broadcast(&e->cq_cond);
+        if (done) {
+            /* keep the ring full while the caller is away -- not for a reap that asked for
+             * nothing (min_complete 0): that one only looks, as it always did */
+            if (n && min_complete && !forever && !e->shutting_down) {
+                uring_refill(e);
+                if (io_uring_sq_ready(&e->ring)) uring_enter(e, 0, NULL);
+            }
+            return;
+        }
     }
 }
 

@@ -140,7 +140,26 @@ typedef struct {
     uint64_t starved;         /* times issuing stopped because the pool was empty */
     uint64_t open_files;      /* file ops holding a descriptor or slot */
     uint64_t inflight;        /* ops in the kernel (or in a worker's syscall) */
+    /* How full the engine keeps the device (effective queue depth; compare with fio's
+     * "IO depths" and iostat's aqu-sz).  All counts since the engine started. */
+    uint64_t inflight_max;    /* most ops in flight at once (never above depth) */
+    uint64_t inflight_ns;     /* ops in flight integrated over time (op x ns; wraps after
+                                 18 years at depth 32): the mean in flight between two
+                                 stats calls is the difference of inflight_ns over that
+                                 of clock_ns */
+    uint64_t clock_ns;        /* CLOCK_MONOTONIC (ns) when these stats were taken */
+    uint64_t completed;       /* ops finished (= the sum of inflight_hist) */
+    uint64_t inflight_hist[16]; /* LSIO_HIST_BUCKETS: completed ops by the ops in flight
+                                   (itself included) when each one's completion was
+                                   processed; [i] counts 2^i .. 2^(i+1) - 1, [15] also more */
+    /* io_uring's syscalls (0 on pread): submit_calls is their number */
+    uint64_t enter_ns;        /* ns spent in io_uring_enter (submitting, and waiting) */
+    uint64_t wait_calls;      /* io_uring_enter calls that waited for a completion */
+    uint64_t cqes;            /* CQEs processed (completions per call: cqes / submit_calls) */
 } lsio_stats;
+
+/* buckets of lsio_stats.inflight_hist (its size is spelled out there for cffi) */
+#define LSIO_HIST_BUCKETS 16
 
 /* Fill cfg with defaults. */
 void lsio_config_default(lsio_config *cfg);

@@ -147,6 +147,24 @@ def cmd_bench_read(args: argparse.Namespace) -> int:
             f"  engine    {st['ops_submitted']} kernel ops in {st['submit_calls']} "
             f"io_uring_enter calls, pool peak {_fmt_bytes(st['pool_peak'])}"
         )
+    if st.get("completed"):
+        hist = st["inflight_hist"]
+        top = max(i for i, h in enumerate(hist) if h) if any(hist) else 0
+        shares = " ".join(
+            f"{1 << i}:{100 * h / st['completed']:.1f}%" for i, h in enumerate(hist[: top + 1])
+        )
+        print(
+            f"  depth     mean in flight {st['mean_inflight']:.1f} (max {st['inflight_max']});"
+            f" ops completed by in flight then: {shares}"
+        )
+    if st.get("steady_calls"):
+        calls = st["steady_calls"]
+        print(
+            f"  enter     {st['completed'] / calls:.1f} ops / call, "
+            f"{st['cqes'] / calls:.1f} completions / call, {st['wait_calls']} waits, "
+            f"{st['enter_ns'] / 1e9 / st['steady_s']:.0%} of the time in io_uring_enter, "
+            f"{st['run_delay_s'] / st['steady_s']:.0%} runnable waiting for a CPU"
+        )
     return 0
 
 

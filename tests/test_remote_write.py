@@ -315,3 +315,49 @@ def test_rechunk_to_s3_resumes_after_the_driver_is_killed(
     assert res.blocks_skipped >= 1  # what the journal held when the driver died
     assert _s3_files(u) == ref
     np.testing.assert_array_equal(zarr_python(s3, "killed/out.zarr")[...], data)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.filterwarnings("ignore:Consolidated metadata is currently")
+def test_rechunk_a_local_group_to_s3(s3: S3Server, lc: LocalCluster, coord: Coordinator) -> None:
+    """A whole group written to object storage: the same objects as the local -> local
+    conversion (groups' documents and consolidated metadata included), read back by
+    zarr-python through its consolidated metadata."""
+    from lsio_ray.ray.rechunk import GroupRechunkResult
+
+    src = lc.shared / "group.zarr"
+    root = zarr.open_group(str(src), mode="w", zarr_format=3, attributes={"title": "g"})
+    x = root.create_array("x", shape=(20, 16), chunks=(5, 4), dtype="i4")
+    x[...] = _data((20, 16), "i4", seed=5)
+    sub = root.create_group("sub", attributes={"level": 2})
+    y = sub.create_array("y", shape=(30,), chunks=(4,), dtype="f8")
+    y[...] = np.arange(30.0)
+    zarr.consolidate_metadata(str(src))
+    kw: dict[str, Any] = dict(chunks={"x": (10, 8), "sub/y": (16,)}, coordinator=coord)
+    rechunk(src, lc.shared / "group-ref.zarr", **kw)
+    u = f"s3://{BUCKET}/groups/out.zarr"
+    res = rechunk(src, u, **kw)
+    assert isinstance(res, GroupRechunkResult)
+    assert res.dst == u and sorted(res.arrays) == ["sub/y", "x"]
+    assert _s3_files(u) == _local_files(lc.shared / "group-ref.zarr")
+    from obstore.store import S3Store
+
+    s3store = S3Store(
+        BUCKET,
+        endpoint=s3.endpoint,
+        access_key_id=KEY["access_key_id"],
+        secret_access_key=KEY["secret_access_key"],
+        region=KEY["region"],
+        client_options={"allow_http": True},
+    )
+    store = zarr.storage.ObjectStore(s3store, read_only=True)
+    g = zarr.open_consolidated(store, path="groups/out.zarr", zarr_format=3, mode="r")
+    assert dict(g.attrs) == {"title": "g"} and dict(g["sub"].attrs) == {"level": 2}
+    assert g["x"].chunks == (10, 8) and g["sub/y"].chunks == (16,)
+    np.testing.assert_array_equal(g["x"][...], x[...])
+    np.testing.assert_array_equal(g["sub/y"][...], y[...])
+    # a group on object storage as the source: not converted whole yet, and said so
+    for chunks in ((10, 8), {"x": (10, 8)}):
+        with pytest.raises(ValueError, match=r"groups/out\.zarr is a group on object storage"):
+            rechunk(u, lc.shared / "group-back.zarr", chunks=chunks, coordinator=coord)
+    assert not (lc.shared / "group-back.zarr").exists()

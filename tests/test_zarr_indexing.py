@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import zarr
 from _zarr_helpers import SHARDS, Spec, check_equal, v2, v3, write_fixture
+from packaging.version import Version
 from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
 
 import lsio_ray.zarr as lz
@@ -52,6 +53,18 @@ def pair(request: pytest.FixtureRequest, root: str) -> tuple[lz.Array, zarr.Arra
     path, _ = write_fixture(root, request.param)
     z = zarr.open_array(path, mode="r")
     return lz.open(path), z, z[...]
+
+
+# zarr 3.1.4 and 3.1.5 raise in their own codec pipeline on orthogonal selections of
+# sharded arrays ("shape mismatch ... could not be broadcast", zarr/core/buffer/cpu.py):
+# the reference is wrong there, not lsio_ray.  scripts/test-versions runs these tests on
+# the oldest supported zarr, so those comparisons are skipped on it, saying why.
+ZARR_SHARD_OINDEX_BROKEN = Version(zarr.__version__) < Version("3.1.6")
+
+
+def skip_broken_reference(z: zarr.Array) -> None:
+    if ZARR_SHARD_OINDEX_BROKEN and getattr(z, "shards", None) is not None:
+        pytest.skip(f"zarr {zarr.__version__} mis-reads orthogonal selections of shards")
 
 
 def rng_for(name: str) -> np.random.Generator:
@@ -120,6 +133,7 @@ def mask_sel(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
 
 def test_orthogonal_matches_zarr(pair: tuple[lz.Array, zarr.Array, np.ndarray]) -> None:
     a, z, _ = pair
+    skip_broken_reference(z)
     rng = rng_for("oindex" + a.path)
     for i in range(25):
         sel = tuple(axis_sel(rng, n) for n in a.shape)
@@ -156,6 +170,7 @@ def test_getitem_matches_zarr(pair: tuple[lz.Array, zarr.Array, np.ndarray]) -> 
     """The keys zarr-python's ``__getitem__`` reads as index arrays: a list or array on
     one axis (the others integers or slices), or one per axis."""
     a, z, _ = pair
+    skip_broken_reference(z)
     rng = rng_for("getitem" + a.path)
     nd = a.ndim
     for i in range(15):
@@ -179,7 +194,10 @@ def test_asarray(pair: tuple[lz.Array, zarr.Array, np.ndarray]) -> None:
     as_f8 = np.asarray(a, dtype="f8") if a.dtype.kind != "c" else np.asarray(a, dtype="c16")
     check_equal(as_f8, np.asarray(z, dtype=as_f8.dtype), "np.asarray(dtype=)")
     with pytest.raises(ValueError, match="copy=False"):
-        np.asarray(a, copy=False)
+        if np.lib.NumpyVersion(np.__version__) >= "2.0.0":
+            np.asarray(a, copy=False)
+        else:  # numpy 1.26 (the oldest numpy allowed) has no copy=: the protocol itself
+            a.__array__(copy=False)
 
 
 # -- numpy's semantics where zarr-python refuses -----------------------------------------
@@ -314,6 +332,7 @@ def test_buffers_bounded(tmp_path, monkeypatch: pytest.MonkeyPatch, spec: Spec) 
     monkeypatch.setattr(gather, "BUDGET", budget)
     path, _ = write_fixture(str(tmp_path), spec)
     a, z = lz.open(path), zarr.open_array(path, mode="r")
+    skip_broken_reference(z)
     sizes: list[int] = []
     start_read, start_boxes = a.start_read, a.start_boxes
 

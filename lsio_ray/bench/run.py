@@ -7,6 +7,7 @@ from __future__ import annotations
 import resource
 import threading
 import time
+from typing import Any
 
 import numpy as np
 
@@ -15,7 +16,7 @@ from lsio_ray.bench.files import FileSet, _progress_bar
 from lsio_ray.bench.plan import _REAP_TIMEOUT_MS, _alloc_unit, _auto_batch, _auto_pool, _Plan
 from lsio_ray.bench.spec import ReadResult, ReadSpec
 from lsio_ray.io import config
-from lsio_ray.io._core import RawEngine
+from lsio_ray.io._core import RawEngine, mean_inflight
 
 
 class _Worker:
@@ -49,7 +50,9 @@ class _Worker:
         self.bytes = 0
         self.files = 0
         self.error: BaseException | None = None
-        self.stats: dict[str, int] = {}
+        self.stats: dict[str, Any] = {}
+        self.steady: tuple[dict[str, Any], dict[str, Any]] | None = None
+        self.run_delay = 0.0  # s this thread was runnable but waited for a CPU (steady part)
 
     def run(self, deadline: float, stop: threading.Event) -> None:
         """The hot loop: keep two batches queued, reap one, release, resubmit."""
@@ -57,6 +60,8 @@ class _Worker:
         queued = 0
         more = True
         limit = self.queue
+        first = eng.stats()
+        delay0 = _run_delay()
         while True:
             while more and queued + self.batch <= limit:
                 nxt = plan.next()
@@ -81,7 +86,12 @@ class _Worker:
                 self.bytes += int(out["length"].sum())
             if more and (stop.is_set() or time.monotonic() >= deadline):
                 more = False
+                self.steady = (first, eng.stats())  # the drain that follows is left out
+                self.run_delay = _run_delay() - delay0
         self.stats = eng.stats()
+        if self.steady is None:  # a pass limit ended the run: all of it
+            self.steady = (first, self.stats)
+            self.run_delay = _run_delay() - delay0
 
     def _raise(self, out: np.ndarray) -> None:
         from lsio_ray.io._core import make_error
@@ -97,6 +107,46 @@ class _Worker:
             int(c["file_size"]),
             pool_bytes=self.engine.pool_bytes,
         )
+
+
+def _run_delay() -> float:
+    """Seconds the calling thread has waited on a run queue (runnable, no CPU free) since
+    it started: /proc/thread-self/schedstat's second field; 0.0 where there is none."""
+    try:
+        with open("/proc/thread-self/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def _engine_stats(workers: list[_Worker]) -> dict[str, Any]:
+    """The engines' counters summed over the threads, and how full their rings ran up to
+    the deadline (the drain after it left out): ``mean_inflight`` (time-weighted, summed
+    over the engines: compare with iostat's ``aqu-sz``), ``inflight_max``,
+    ``inflight_hist`` (completed ops by the ops in flight then; ``[i]``: 2**i to
+    2**(i+1) - 1), io_uring's ``enter_ns`` / ``wait_calls`` / ``cqes``, and
+    ``run_delay_s``: how long the threads were runnable but waited for a CPU."""
+    out: dict[str, Any] = {}
+    for w in workers:
+        for k in ("ops_submitted", "submit_calls", "starved", "pool_peak"):
+            out[k] = out.get(k, 0) + w.stats.get(k, 0)
+    mean = 0.0
+    hist = [0] * len(workers[0].stats["inflight_hist"])
+    for w in workers:
+        assert w.steady is not None
+        a, b = w.steady
+        mean += mean_inflight(a, b)
+        pairs = zip(hist, a["inflight_hist"], b["inflight_hist"], strict=True)
+        hist = [h + (y - x) for h, x, y in pairs]
+        for k in ("completed", "enter_ns", "wait_calls", "cqes"):
+            out[k] = out.get(k, 0) + b[k] - a[k]
+        out["steady_calls"] = out.get("steady_calls", 0) + b["submit_calls"] - a["submit_calls"]
+        out["steady_s"] = max(out.get("steady_s", 0.0), (b["clock_ns"] - a["clock_ns"]) / 1e9)
+        out["inflight_max"] = max(out.get("inflight_max", 0), b["inflight_max"])
+    out["mean_inflight"] = mean
+    out["run_delay_s"] = sum(w.run_delay for w in workers)
+    out["inflight_hist"] = hist
+    return out
 
 
 def _progress_total(spec: ReadSpec, fs: FileSet) -> float | None:
@@ -195,10 +245,7 @@ def run_read(spec: ReadSpec, *, progress: bool = False) -> ReadResult:
     for w in workers:
         if w.error is not None:
             raise w.error
-    engine_stats: dict[str, int] = {}
-    for w in workers:
-        for k in ("ops_submitted", "submit_calls", "starved", "pool_peak"):
-            engine_stats[k] = engine_stats.get(k, 0) + w.stats.get(k, 0)
+    engine_stats = _engine_stats(workers)
     return ReadResult(
         backend=backend,
         pattern=spec.pattern,

@@ -76,7 +76,7 @@ class ReadResult:
     pool_bytes: int
     io_threads: int | None
     ring_thread: bool = False
-    engine: dict[str, int] = field(default_factory=dict)
+    engine: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ops_per_s(self) -> float:

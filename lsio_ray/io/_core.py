@@ -412,11 +412,22 @@ class RawEngine:
         if self._ptr is not None:
             lib.lsio_wake(self._ptr)
 
-    def stats(self) -> dict[str, int]:
-        """Counters: pool use and peak, buffers out, ops and submit calls, pending work."""
+    def stats(self) -> dict[str, Any]:
+        """Counters (``lsio_stats`` in csrc/lsio.h), all ints but one: pool use and peak,
+        buffers out, ops and submit calls, pending work; and how full the ring is kept --
+        ``inflight_max``, ``inflight_ns`` / ``clock_ns`` (the mean ops in flight between
+        two calls is the ratio of their differences: :func:`mean_inflight`),
+        ``completed`` and ``inflight_hist``, a list of ``LSIO_HIST_BUCKETS`` counts of
+        completed ops by the ops in flight when each completed (``[i]``: 2**i to
+        2**(i+1) - 1); io_uring's ``enter_ns`` (time in ``io_uring_enter``),
+        ``wait_calls`` and ``cqes``."""
         st = ffi.new("lsio_stats *")
         lib.lsio_engine_stats(self._p(), st)
-        return {name: int(getattr(st, name)) for name, _ in ffi.typeof("lsio_stats").fields}
+        out: dict[str, Any] = {}
+        for name, field in ffi.typeof("lsio_stats").fields:
+            v = getattr(st, name)
+            out[name] = [int(x) for x in v] if field.type.kind == "array" else int(v)
+        return out
 
     def owned_view(self, ptr: int, length: int, buf_id: int) -> np.ndarray:
         """A uint8 numpy view of pool buffer ``buf_id`` (``length`` bytes at ``ptr``) that
@@ -523,3 +534,10 @@ def make_error(
 def blosc_supports(cname: str) -> bool:
     """True when the C core's blosc was built with compressor ``cname``."""
     return bool(lib.lsio_blosc_supports(cname.encode()))
+
+
+def mean_inflight(before: dict[str, Any], after: dict[str, Any]) -> float:
+    """The mean number of ops the engine had in flight between two :meth:`RawEngine.stats`
+    snapshots (time-weighted, like iostat's ``aqu-sz`` for the device)."""
+    dt = after["clock_ns"] - before["clock_ns"]
+    return (after["inflight_ns"] - before["inflight_ns"]) / dt if dt > 0 else 0.0

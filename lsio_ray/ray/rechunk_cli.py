@@ -17,10 +17,13 @@ import argparse
 import json
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lsio_ray import argtypes
 from lsio_ray.paths import check_disjoint, is_within
+
+if TYPE_CHECKING:
+    from lsio_ray.ray.rechunk.group_plan import Rules
 
 __all__ = ["ArgumentsError", "add_rechunk_parser", "check_arguments", "cmd_rechunk", "start_ray"]
 
@@ -44,6 +47,32 @@ def _roots(items: list[str] | None) -> dict[str, list[str]] | None:
 
 def _shape_text(shape: tuple[int, ...]) -> str:
     return ",".join(str(s) for s in shape)
+
+
+def shape_rule(text: str) -> tuple[str | None, tuple[int, ...]]:
+    """A ``--chunks``/``--shards`` value: ``SHAPE`` (the rule for every array) or
+    ``PATH=SHAPE`` (one array of a group, ``sub/temperature=1,256,256``); the shape
+    parsed strictly (:func:`lsio_ray.argtypes.shape`)."""
+    path, sep, shape = text.rpartition("=")
+    if sep and not path.strip("/ "):
+        raise argparse.ArgumentTypeError(f"not PATH=SHAPE: {text!r}: the array path is empty")
+    return (path.strip("/ ") if sep else None), argtypes.shape(shape)
+
+
+def _rules(
+    flag: str, items: list[tuple[str | None, tuple[int, ...]]] | None
+) -> tuple[int, ...] | dict[str, tuple[int, ...]] | None:
+    """The ``chunks``/``shards`` of :func:`lsio_ray.ray.rechunk.rechunk` from the
+    repeated ``flag``: one shape, or a mapping of array paths (``"*"``: the shape given
+    without a path) to shapes."""
+    if not items:
+        return None
+    out: dict[str, tuple[int, ...]] = {}
+    for path, shape in items:  # given again: the last one counts, as argparse's options
+        out[path if path is not None else "*"] = shape
+    if list(out) == ["*"]:
+        return out["*"]
+    return out
 
 
 def _visible_here(path: str, roots: dict[str, list[str]] | None, address: str | None) -> bool:
@@ -99,6 +128,7 @@ def _check_destination(dst: str, overwrite: bool) -> None:
     (its job state inside), which the job itself resumes or refuses -- and anything
     there but a directory (a file, a dangling link), which the job cannot replace."""
     from lsio_ray.ray.rechunk import STATE_DIR
+    from lsio_ray.ray.rechunk.group_plan import source_is_group
 
     if not os.path.lexists(dst):
         return
@@ -112,7 +142,13 @@ def _check_destination(dst: str, overwrite: bool) -> None:
     listing = os.listdir(dst)
     if not listing or os.path.isfile(os.path.join(dst, STATE_DIR, "job.json")):
         return
-    what = "a Zarr array" if {"zarr.json", ".zarray"} & set(listing) else "a non-empty directory"
+    what = (
+        "a Zarr group"
+        if source_is_group(dst)
+        else "a Zarr array"
+        if {"zarr.json", ".zarray"} & set(listing)
+        else "a non-empty directory"
+    )
     raise ArgumentsError(
         f"the destination {dst} exists and holds {what}; pass --overwrite to replace it"
     )
@@ -125,14 +161,17 @@ def check_arguments(args: argparse.Namespace) -> None:
     ``--block-bytes`` or ``--batch-bytes`` is malformed; when the destination is the
     source, lies inside it or holds it (symbolic links resolved,
     :func:`lsio_ray.paths.check_disjoint`); when the source is missing or no Zarr
-    array; when ``--chunks``/``--shards`` do not have one size per dimension of the
-    source or the job cannot be planned with them (``--codec``, ``--zarr-format``:
-    :func:`~lsio_ray.ray.rechunk.plan.plan_job`, as the job does); and when the
+    array or group; when ``--chunks``/``--shards`` do not have one size per dimension
+    of the source -- of every array they apply to, for a group, naming the array --
+    or name no array of the group, or the job cannot be planned with them
+    (``--codec``, ``--zarr-format``: :func:`~lsio_ray.ray.rechunk.plan.plan_job`, as
+    the job does); and when the
     destination exists without ``--overwrite`` (an unfinished run of a job is left to
     the job, which resumes it or refuses it) or is no directory.  Paths this process
     may not see as the job does -- under a ``--root`` directory (one node's disk) or
     with a ``ray://`` address -- are checked by the job on their node instead, after
     Ray starts."""
+    from lsio_ray.ray.rechunk.group_plan import source_is_group
     from lsio_ray.ray.rechunk.plan import plan_job
 
     roots = _roots(args.root)
@@ -145,9 +184,18 @@ def check_arguments(args: argparse.Namespace) -> None:
     except ValueError as exc:
         raise ArgumentsError(str(exc)) from None
     address = args.address or os.environ.get("RAY_ADDRESS") or None
-    if _visible_here(src, roots, address):
+    chunks, shards = _rules("--chunks", args.chunks), _rules("--shards", args.shards)
+    if _visible_here(src, roots, address) and source_is_group(src):
+        _check_group(args, src, dst, chunks, shards)
+    elif isinstance(chunks, dict) or isinstance(shards, dict):
+        flag = "--chunks" if isinstance(chunks, dict) else "--shards"
+        raise ArgumentsError(
+            f"{flag} PATH=SHAPE or repeated: for the arrays of a group, and the source {src} "
+            "is no group this process sees (for an array, give one shape)"
+        )
+    elif _visible_here(src, roots, address):
         docs, layout = _source_layout(src)
-        for flag, shape in (("--chunks", args.chunks), ("--shards", args.shards)):
+        for flag, shape in (("--chunks", chunks), ("--shards", shards)):
             if shape is not None and len(shape) != layout.ndim:
                 n = len(shape)
                 raise ArgumentsError(
@@ -160,17 +208,17 @@ def check_arguments(args: argparse.Namespace) -> None:
                 src,
                 dst,
                 docs,
-                chunks=args.chunks,
-                shards=args.shards,
+                chunks=chunks,
+                shards=shards,
                 codec=args.codec,
                 zarr_format=args.zarr_format,
                 block_bytes=args.block_bytes,
                 cpus=1,
             )
         except ValueError as exc:
-            given = [f"--chunks {_shape_text(args.chunks)}"]
-            if args.shards is not None:
-                given.append(f"--shards {_shape_text(args.shards)}")
+            given = [f"--chunks {_shape_text(chunks)}"]
+            if shards is not None:
+                given.append(f"--shards {_shape_text(shards)}")
             if args.codec is not None:
                 given.append(f"--codec {args.codec}")
             if args.zarr_format is not None:
@@ -180,6 +228,34 @@ def check_arguments(args: argparse.Namespace) -> None:
             ) from None
     if _visible_here(dst, roots, address):
         _check_destination(dst, args.overwrite)
+
+
+def _check_group(
+    args: argparse.Namespace,
+    src: str,
+    dst: str,
+    chunks: Rules,
+    shards: Rules | None,
+) -> None:
+    """The group ``src``'s conversion planned whole (every array's rule, shards and
+    codec, the groups' documents), as the job does: :class:`ArgumentsError` naming the
+    array that does not fit."""
+    from lsio_ray.ray.rechunk.group_plan import plan_group
+
+    try:
+        gplan = plan_group(
+            src,
+            dst,
+            chunks=chunks,
+            shards=shards,
+            codec=args.codec,
+            zarr_format=args.zarr_format,
+            block_bytes=args.block_bytes,
+            flag_prefix="--",
+        )
+        gplan.documents()
+    except (ValueError, OSError) as exc:  # GroupError too; a member listed but missing
+        raise ArgumentsError(str(exc)) from None
 
 
 def start_ray(address: str | None) -> str:
@@ -227,7 +303,7 @@ def cmd_rechunk(args: argparse.Namespace) -> int:
         print(f"lsio-ray rechunk: error: {exc}", file=sys.stderr)
         return 2
 
-    from lsio_ray.ray.rechunk import RechunkError, rechunk
+    from lsio_ray.ray.rechunk import GroupRechunkResult, RechunkError, rechunk
 
     show = not args.no_progress and not args.json and sys.stderr.isatty()
     print(f"lsio-ray rechunk: {start_ray(args.address)}", file=sys.stderr, flush=True)
@@ -235,8 +311,8 @@ def cmd_rechunk(args: argparse.Namespace) -> int:
         res = rechunk(
             args.src,
             args.dst,
-            chunks=args.chunks,
-            shards=args.shards,
+            chunks=_rules("--chunks", args.chunks),
+            shards=_rules("--shards", args.shards),
             codec=args.codec,
             zarr_format=args.zarr_format,
             overwrite=args.overwrite,
@@ -250,7 +326,9 @@ def cmd_rechunk(args: argparse.Namespace) -> int:
     except (RechunkError, FileExistsError, FileNotFoundError, ValueError) as exc:
         print(f"lsio-ray rechunk: error: {exc}", file=sys.stderr)
         return 1
-    if args.json:
+    if isinstance(res, GroupRechunkResult):
+        _print_group(res, args.json)
+    elif args.json:
         out: dict[str, Any] = dict(vars(res))
         print(json.dumps(out, default=list))
     else:
@@ -264,24 +342,65 @@ def cmd_rechunk(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_group(res: Any, as_json: bool) -> None:
+    """A group's result: JSON, or one line per array and the totals."""
+    if as_json:
+        print(json.dumps(res.summary(), default=list))
+        return
+    for path, r in res.arrays.items():
+        print(
+            f"  {path}: {r.blocks} blocks ({r.blocks_skipped} already done), "
+            f"{r.units_written} files written, {r.bytes_read / (1 << 20):.1f} MiB read"
+        )
+    for path in res.arrays_skipped:
+        print(f"  {path}: converted by an earlier run")
+    cons = ", consolidated metadata" if res.consolidated else ""
+    n = len(res.arrays) + len(res.arrays_skipped)
+    print(
+        f"{res.src} -> {res.dst}: {n} array{'s' * (n != 1)} "
+        f"({len(res.arrays_skipped)} already done), {res.groups} group"
+        f"{'s' * (res.groups != 1)}{cons}; "
+        f"{res.blocks} blocks, {res.bytes_read / (1 << 20):.1f} MiB read, "
+        f"{res.bytes_written / (1 << 20):.1f} MiB written in {res.seconds:.1f} s, "
+        f"{res.retries} retries"
+    )
+
+
 def add_rechunk_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register the ``rechunk`` command on an argparse subparsers object."""
     p = subparsers.add_parser(
         "rechunk",
-        help="re-chunk or convert a Zarr array across a Ray cluster (resumable)",
+        help="re-chunk or convert a Zarr array or group across a Ray cluster (resumable)",
         description="Re-chunk the Zarr array SRC into a new array DST (v2 or v3, sharded "
-        "or not, any codec) on every node of a Ray cluster.  Interrupted, run the same "
-        "command again: finished blocks are not redone and the result is the same.",
+        "or not, any codec) on every node of a Ray cluster.  SRC may be a group (v2 or "
+        "v3, nested): every array in it is converted, one after another on the whole "
+        "cluster, with per-array --chunks PATH=SHAPE or one rule for all; the hierarchy "
+        "and every attribute are kept, and consolidated metadata is written when SRC has "
+        "it.  Every argument is checked before Ray starts.  Interrupted, run the same "
+        "command again: finished blocks (and arrays) are not redone and the result is "
+        "the same, byte for byte.",
     )
-    p.add_argument("src", help="the source array (a directory)")
-    p.add_argument("dst", help="the new array (a directory)")
+    p.add_argument("src", help="the source array or group (a directory)")
+    p.add_argument("dst", help="the new array or group (a directory or object-storage URL)")
     p.add_argument(
         "--chunks",
-        type=argtypes.shape,
+        type=shape_rule,
+        action="append",
         required=True,
-        help="chunk shape, e.g. 64,256,256 (the inner chunk when sharded)",
+        metavar="[PATH=]SHAPE",
+        help="chunk shape, e.g. 64,256,256 (the inner chunk when sharded).  For a group: "
+        "repeat with PATH=SHAPE per array (temperature=1,256,256, sub/mask=256,256); a "
+        "SHAPE without PATH is the rule of every array not named, refused for an array "
+        "of another number of dimensions; arrays no rule covers keep their chunks",
     )
-    p.add_argument("--shards", type=argtypes.shape, default=None, help="shard shape (v3 only)")
+    p.add_argument(
+        "--shards",
+        type=shape_rule,
+        action="append",
+        default=None,
+        metavar="[PATH=]SHAPE",
+        help="shard shape (v3 only); for a group, per array as --chunks",
+    )
     p.add_argument(
         "--codec",
         default=None,

@@ -11,7 +11,8 @@ is the Zarr layer's: block decoding in :mod:`lsio_ray.zarr.blocks`, shard indexe
 :mod:`lsio_ray.zarr.shards`, unit encoding in :mod:`lsio_ray.zarr.encode` (the array
 writer's own encoder).  This package holds the job: :mod:`.plan` (metadata, blocks,
 reads), :mod:`.block` (the task of one block), :mod:`.journal` (the destination's state
-for resuming) and :mod:`.driver` (:func:`rechunk`).
+for resuming), :mod:`.driver` (:func:`rechunk_array`) and :mod:`.group` (:func:`rechunk`,
+arrays and whole groups).
 
 **Plan.**  The output is made in *blocks*: boxes that hold whole output units (chunks,
 or shards when sharded) and, where memory allows, whole input files too -- per axis the
@@ -72,12 +73,31 @@ over the nodes; output units are objects written whole (``put_file``) by the tas
 the journal is one object rewritten whole at each flush (objects are never appended
 to); ``overwrite=True`` deletes every object under the destination prefix.  URLs are
 compared by store and key prefix (a local path and a URL never overlap).
+
+**Groups.**  On a Zarr group (v2 or v3, nested), :func:`rechunk` converts every array
+(:func:`rechunk_group`, :mod:`.group`): ``chunks`` (and ``shards``) one shape for all or
+a mapping of array paths to shapes (``"*"``: the arrays not named), checked whole
+before Ray starts (:mod:`.group_plan`, a rule that does not fit an array is refused
+naming it); attributes and the hierarchy kept, consolidated metadata written when the
+source had it, as zarr-python writes it; one Ray connection and coordinator, the
+arrays one after another; resumable array by array, byte-identical.
 """
 
 from __future__ import annotations
 
-from lsio_ray.ray.rechunk.driver import RechunkError, RechunkResult, rechunk
+from lsio_ray.ray.rechunk.driver import RechunkError, RechunkResult, rechunk_array
+from lsio_ray.ray.rechunk.group import GroupRechunkResult, rechunk, rechunk_group
 from lsio_ray.ray.rechunk.journal import STATE_DIR
 from lsio_ray.ray.rechunk.plan import block_shape, parse_codec
 
-__all__ = ["STATE_DIR", "RechunkError", "RechunkResult", "block_shape", "parse_codec", "rechunk"]
+__all__ = [
+    "STATE_DIR",
+    "GroupRechunkResult",
+    "RechunkError",
+    "RechunkResult",
+    "block_shape",
+    "parse_codec",
+    "rechunk",
+    "rechunk_array",
+    "rechunk_group",
+]

@@ -1,4 +1,5 @@
-"""The re-chunk job's driver: :func:`rechunk` -- plan, destination, blocks, metadata.
+"""The re-chunk job's driver for one array: :func:`rechunk_array` -- plan, destination, blocks,
+metadata (a whole group: :mod:`~lsio_ray.ray.rechunk.group`).
 
 It reads the source's metadata (on the node holding it), plans the job
 (:mod:`~lsio_ray.ray.rechunk.plan`), opens or resumes the destination's journal
@@ -35,7 +36,7 @@ from lsio_ray.ray.rechunk.plan import Plan, block_box, block_ops, local_engine, 
 from lsio_ray.ray.tasks import on_node
 from lsio_ray.zarr.codec_api import METADATA_FILES, docs_from_files, supports_direct
 
-__all__ = ["RechunkError", "RechunkResult", "check_disjoint_on", "rechunk"]
+__all__ = ["DriverIO", "RechunkError", "RechunkResult", "check_disjoint_on", "rechunk_array"]
 
 
 class RechunkError(RayLayerError):
@@ -45,7 +46,7 @@ class RechunkError(RayLayerError):
 
 @dataclass
 class RechunkResult:
-    """What a :func:`rechunk` run did."""
+    """What a :func:`rechunk_array` run (the conversion of one array) did."""
 
     src: str
     dst: str
@@ -66,7 +67,7 @@ class RechunkResult:
     IO actors' streams."""
 
 
-def rechunk(
+def rechunk_array(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
     *,
@@ -135,7 +136,7 @@ def rechunk(
         direct = False  # objects are not files
     elif direct and os.path.isdir(src_root):
         direct = supports_direct(src_root)
-    files = _DriverIO(coord)
+    files = DriverIO(coord)
     try:
         # the source's metadata, read on the node that holds it
         names = list(METADATA_FILES)
@@ -228,7 +229,7 @@ def rechunk(
         files.close()
 
 
-class _DriverIO:
+class DriverIO:
     """IO service calls for the job's metadata and journal, made where the files are:
     in this process when that is this driver's node (its own IO service,
     :func:`~lsio_ray.ray.pieces.process_io`: no IO actor -- a process of ~70 MiB -- is

@@ -93,11 +93,16 @@ class Journal:
         resuming = prev[0] is not None and prev[0] == job
         if listing and not resuming:
             if not overwrite:
+                names = set(listing)
                 what = (
                     "an unfinished conversion with other settings"
                     if prev[0] is not None
                     else "a Zarr array"
-                    if {"zarr.json", ".zarray"} & set(listing)
+                    if ".zarray" in names
+                    else "a Zarr group"
+                    if ".zgroup" in names
+                    else "a Zarr array or group"
+                    if "zarr.json" in names
                     else "a non-empty directory"
                 )
                 raise FileExistsError(
