@@ -9,7 +9,8 @@
 Every row is one crop: ``crop`` (a numpy array of the crop's shape), ``index`` (its
 number in the plan) and ``lo`` (the coordinates of its first element; the crop covers
 ``lo[d] : lo[d] + crop_shape[d]`` on each axis), and with ``include_paths=True`` also
-``path``, the array's absolute path.
+``path``, the array's absolute path.  Aligned samples of several arrays (an image and its
+label, ``arrays=["image", "label"]``): one column per array, see :mod:`lsio_ray.data_aligned`.
 
 The readers take their arguments as Ray Data's own readers (``read_parquet``,
 ``read_images``) take theirs: see :func:`read_zarr_crops` and :mod:`lsio_ray.data_plan`.
@@ -41,7 +42,6 @@ from __future__ import annotations
 import collections
 import itertools
 import os
-import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -50,7 +50,9 @@ import ray.data
 from ray.data.block import BlockAccessor, BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
+import lsio_ray.data_aligned as aligned_reads
 import lsio_ray.zarr as lz
+from lsio_ray.data_plan import BlockPool as _BlockPool
 from lsio_ray.data_plan import (
     Grid,
     Slicer,
@@ -70,6 +72,8 @@ from lsio_ray.io.url import local_path
 from lsio_ray.zarr import random_box_starts
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from lsio_ray.ray.coordinator import Coordinator
 
 __all__ = [
@@ -363,34 +367,6 @@ class _ReadRange:
                 )
 
 
-class _BlockPool:
-    """Block buffers for a read task, reused once nothing else refers to them.
-
-    A fresh block of tens of MiB costs a page fault per 4 KiB page (~4% of a read task's
-    CPU).  Ray copies a yielded block into its object store, but Ray Data may keep the
-    block (or an Arrow table built on its memory, zero-copy) for a while before that: a
-    buffer is handed out again only when this pool holds the sole reference to it, so a
-    block still in use is never overwritten."""
-
-    def __init__(self, keep: int = 4) -> None:
-        self.keep = keep
-        self.bufs: list[np.ndarray] = []
-
-    def take(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-        """A C-contiguous array of ``shape`` and ``dtype`` that nobody else refers to."""
-        dtype = np.dtype(dtype)
-        for i in range(len(self.bufs)):
-            # references: the list's, and getrefcount's argument
-            if sys.getrefcount(self.bufs[i]) == 2:
-                buf = self.bufs[i]
-                if buf.shape == shape and buf.dtype == dtype:
-                    return buf
-        buf = np.empty(shape, dtype)
-        if len(self.bufs) < self.keep:
-            self.bufs.append(buf)
-        return buf
-
-
 def _read(
     src: ZarrBoxesDatasource,
     parallelism: int | None,
@@ -423,10 +399,11 @@ def _read(
 
 @strict_keywords
 def read_zarr_crops(
-    paths: Paths,
+    paths: Paths | Mapping[str, Any] | Sequence[Mapping[str, Any]],
     crop_shape: Iterable[int],
     count: int,
     *,
+    arrays: Sequence[str] | Mapping[str, str] | None = None,
     seed: int | None = 0,
     prefetch: int = 16,
     block_bytes: int = DEFAULT_BLOCK_BYTES,
@@ -484,6 +461,11 @@ def read_zarr_crops(
     ``B / per_cell`` independent places.  0 (default): independent crops.  With several
     arrays, each cell's array is drawn as above.
 
+    Aligned samples of several arrays (an image and its label): ``arrays=["image",
+    "label"]`` with ``paths`` a group (or a list of groups), or ``paths`` a dict
+    ``{"image": path, "label": path}``; one column per array instead of ``crop``, the
+    crop covering the last axes of every array (:mod:`lsio_ray.data_aligned`).
+
     ``direct``: read tasks read with O_DIRECT (``lsio_ray.zarr.open(..., direct=)``;
     default: the workers' ``direct`` setting, env ``LSIO_DIRECT``).  Each worker process
     that runs such a task then holds the process-wide direct loader, whose pool
@@ -501,6 +483,9 @@ def read_zarr_crops(
     ``TypeError`` naming it.
     """
     params = dict(locals())  # the arguments, the Ray Data ones among them
+    if aligned_reads.is_aligned(paths, arrays):  # an image and its label...
+        num = resolve_num_blocks(override_num_blocks, parallelism, "read_zarr_crops")
+        return aligned_reads.aligned_crops(params, num, _read)
     name = "read_zarr_crops"
     num_blocks = resolve_num_blocks(override_num_blocks, parallelism, name)
     arrays = open_all(local_paths(paths, filesystem, name))
@@ -527,9 +512,10 @@ def read_zarr_crops(
 
 @strict_keywords
 def read_zarr_windows(
-    paths: Paths,
+    paths: Paths | Mapping[str, Any] | Sequence[Mapping[str, Any]],
     window_shape: Iterable[int],
     *,
+    arrays: Sequence[str] | Mapping[str, str] | None = None,
     stride: Iterable[int] | None = None,
     partial: str = "pad",
     prefetch: int = 16,
@@ -569,6 +555,9 @@ def read_zarr_windows(
 
     Rows and the other arguments as :func:`read_zarr_crops`."""
     params = dict(locals())  # the arguments, the Ray Data ones among them
+    if aligned_reads.is_aligned(paths, arrays):  # an image and its label...
+        num = resolve_num_blocks(override_num_blocks, parallelism, "read_zarr_windows")
+        return aligned_reads.aligned_windows(params, num, _read)
     name = "read_zarr_windows"
     num_blocks = resolve_num_blocks(override_num_blocks, parallelism, name)
     arrays = open_all(local_paths(paths, filesystem, name))

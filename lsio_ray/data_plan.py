@@ -26,6 +26,7 @@ import functools
 import inspect
 import math
 import os
+import sys
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -34,6 +35,7 @@ import numpy as np
 
 import lsio_ray.zarr as lz
 from lsio_ray.zarr import random_box_starts
+from lsio_ray.zarr.stream import PARTIAL, window_starts
 
 if TYPE_CHECKING:
     from lsio_ray.ray.coordinator import Coordinator
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
 __all__ = [
     "PARTIAL",
     "RAY_READ_ARGS",
+    "BlockPool",
     "Grid",
     "Slicer",
     "arrays_in",
@@ -55,12 +58,6 @@ __all__ = [
     "strict_keywords",
     "window_starts",
 ]
-
-#: what ``read_zarr_windows`` does with the windows that run past the array's end:
-#: ``"pad"`` reads them, the part outside the array filled with its fill value;
-#: ``"drop"`` leaves them out (whole windows only: the elements past the last whole
-#: window are never read); ``"error"`` raises ``ValueError`` if there are any
-PARTIAL = ("pad", "drop", "error")
 
 #: the keyword arguments of ``ray.data.read_datasource`` the readers take and pass on
 RAY_READ_ARGS = (
@@ -214,59 +211,6 @@ def ray_read_args(read_datasource: Callable[..., Any], params: Mapping[str, Any]
     if remote:
         args["ray_remote_args"] = remote
     return args
-
-
-def window_starts(
-    shape: Sequence[int],
-    window_shape: Sequence[int],
-    stride: Sequence[int] | None = None,
-    partial: str = "pad",
-) -> tuple[np.ndarray, ...]:
-    """Per axis, the start offsets of the windows of a full scan: ``0, s, 2s, ...`` for a
-    stride ``s`` (default: the window, i.e. non-overlapping tiles).
-
-    ``partial`` says what happens where the whole windows stop short of the array's end
-    (a (256,) axis in windows of 100 leaves 200:256): ``"pad"`` (default) adds the one
-    window that starts there and runs past the end (its outside part is padding), so
-    every element is in a window unless it lies in a gap between windows (``s`` larger
-    than the window); ``"drop"`` keeps whole windows only; ``"error"`` raises
-    ``ValueError`` naming the axis and the elements left out.  A window larger than the
-    array on an axis is one padded window with ``"pad"``, an error otherwise."""
-    if partial not in PARTIAL:
-        raise ValueError(f"partial must be one of {', '.join(map(repr, PARTIAL))}, not {partial!r}")
-    shape = tuple(int(s) for s in shape)
-    win = tuple(int(w) for w in window_shape)
-    step = win if stride is None else tuple(int(s) for s in stride)
-    if not len(win) == len(step) == len(shape):
-        raise ValueError(
-            f"window {win} and stride {step} must have the array's {len(shape)} dimensions"
-        )
-    if any(w <= 0 for w in win):
-        raise ValueError(f"window shape {win} must be positive")
-    if any(s <= 0 for s in step):
-        raise ValueError(f"stride {step} must be positive")
-    if partial != "pad" and any(w > s for w, s in zip(win, shape, strict=True)):
-        raise ValueError(
-            f"window shape {win} does not fit in the array's shape {shape} "
-            "(partial='pad' reads it padded)"
-        )
-    axes = []
-    for axis, (n, w, s) in enumerate(zip(shape, win, step, strict=True)):
-        whole = np.arange(0, max(n - w + 1, 0), s, dtype=np.int64)
-        end = int(whole[-1]) + w if len(whole) else 0
-        nxt = int(whole[-1]) + s if len(whole) else 0
-        if end < n and nxt < n:  # elements past the last whole window, not in a gap
-            if partial == "error":
-                raise ValueError(
-                    f"windows {win} at stride {step} leave elements {max(end, nxt)}:{n} of "
-                    f"axis {axis} of the array's shape {shape} unread: pass partial='pad' (the "
-                    "edge windows padded with the fill value) or partial='drop' (whole windows "
-                    "only)"
-                )
-            if partial == "pad":
-                whole = np.append(whole, np.int64(nxt))
-        axes.append(whole)
-    return tuple(axes)
 
 
 def node_of(path: str, coordinator: Coordinator | None) -> str | None:
@@ -424,3 +368,31 @@ class GridSources:
     def __call__(self, a: int, b: int) -> np.ndarray:
         idx = np.arange(a, b, dtype=np.int64)
         return np.searchsorted(self.offsets, idx, side="right") - 1
+
+
+class BlockPool:
+    """Block buffers for a read task, reused once nothing else refers to them.
+
+    A fresh block of tens of MiB costs a page fault per 4 KiB page (~4% of a read task's
+    CPU).  Ray copies a yielded block into its object store, but Ray Data may keep the
+    block (or an Arrow table built on its memory, zero-copy) for a while before that: a
+    buffer is handed out again only when this pool holds the sole reference to it, so a
+    block still in use is never overwritten."""
+
+    def __init__(self, keep: int = 4) -> None:
+        self.keep = keep
+        self.bufs: list[np.ndarray] = []
+
+    def take(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        """A C-contiguous array of ``shape`` and ``dtype`` that nobody else refers to."""
+        dtype = np.dtype(dtype)
+        for i in range(len(self.bufs)):
+            # references: the list's, and getrefcount's argument
+            if sys.getrefcount(self.bufs[i]) == 2:
+                buf = self.bufs[i]
+                if buf.shape == shape and buf.dtype == dtype:
+                    return buf
+        buf = np.empty(shape, dtype)
+        if len(self.bufs) < self.keep:
+            self.bufs.append(buf)
+        return buf

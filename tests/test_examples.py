@@ -40,3 +40,28 @@ def test_example_runs_and_verifies(script, args, expect, backend, tmp_path):
     assert expect in r.stdout, r.stdout
     if script == "many_ranges.py":
         assert f"({backend})" in r.stdout
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("backend", ["uring", "pread"])
+def test_image_label_example_reads_aligned_crops(backend, tmp_path):
+    """examples/image_label.py: aligned image + label crops through Ray Data (a local
+    Ray of its own), every label crop checked against its image crop."""
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(EXAMPLES / "image_label.py"),
+            "--crops",
+            "200",
+            "--dir",
+            str(tmp_path),
+            "--backend",
+            backend,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "200 aligned crops: image (2, 8, 48, 48) float32 + label (8, 48, 48) uint8" in r.stdout
+    assert "every label crop matches its image crop" in r.stdout, r.stdout

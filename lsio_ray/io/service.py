@@ -153,6 +153,19 @@ class IOService:
         self.engine.wake()
         return task
 
+    def start_all(self, tasks: Iterable[Task]) -> list[Task]:
+        """Hand several tasks to the IO thread at once (returns them): one hand-over and
+        one wake-up, so their first batches go out in the same submission pass (the
+        arrays of one aligned sample are read together, not one after another)."""
+        tasks = list(tasks)
+        with self._cv:
+            if self._closing:
+                raise ValueError("the IO service is closed")
+            self._new.extend(tasks)
+            self._cv.notify()
+        self.engine.wake()
+        return tasks
+
     def resume(self, task: Task) -> None:
         """Ask the IO thread to look at a task again: it may submit more now (its
         consumer moved on), or its IO may be over."""

@@ -365,7 +365,8 @@ class Array:
     ) -> Iterator[np.ndarray]:
         """Yield ``count`` crops of ``shape`` at uniformly random offsets (``seed`` makes
         them reproducible), in order, with ``prefetch`` in flight (``reuse`` as for
-        :meth:`crops`)."""
+        :meth:`crops`).  Crops of several arrays at the same places (an image and its
+        label): :func:`lsio_ray.zarr.aligned`."""
         crop = tuple(int(c) for c in shape)
         starts = stream.random_box_starts(self.shape, crop, count, seed)
         return stream.same_shape_boxes(self, starts, crop, prefetch, reuse)

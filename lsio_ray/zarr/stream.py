@@ -26,12 +26,21 @@ if TYPE_CHECKING:
     from lsio_ray.zarr.array import Array
 
 __all__ = [
+    "PARTIAL",
     "clustered_box_starts",
     "ordered",
     "random_boxes",
     "same_shape_boxes",
     "time_series",
+    "window_starts",
 ]
+
+#: what a full scan in windows (:func:`window_starts`, ``read_zarr_windows``) does with
+#: the windows that run past the array's end:
+#: ``"pad"`` reads them, the part outside the array filled with its fill value;
+#: ``"drop"`` leaves them out (whole windows only: the elements past the last whole
+#: window are never read); ``"error"`` raises ``ValueError`` if there are any
+PARTIAL = ("pad", "drop", "error")
 
 GROUP = 8
 """Most boxes per read task in :func:`same_shape_boxes`."""
@@ -265,6 +274,59 @@ def _crop_span(shape: Sequence[int], crop_shape: Sequence[int], count: int) -> n
     if count < 0:
         raise ValueError(f"count must not be negative, not {count}")
     return np.asarray(shape, dtype=np.int64) - np.asarray(crop, dtype=np.int64) + 1
+
+
+def window_starts(
+    shape: Sequence[int],
+    window_shape: Sequence[int],
+    stride: Sequence[int] | None = None,
+    partial: str = "pad",
+) -> tuple[np.ndarray, ...]:
+    """Per axis, the start offsets of the windows of a full scan: ``0, s, 2s, ...`` for a
+    stride ``s`` (default: the window, i.e. non-overlapping tiles).
+
+    ``partial`` says what happens where the whole windows stop short of the array's end
+    (a (256,) axis in windows of 100 leaves 200:256): ``"pad"`` (default) adds the one
+    window that starts there and runs past the end (its outside part is padding), so
+    every element is in a window unless it lies in a gap between windows (``s`` larger
+    than the window); ``"drop"`` keeps whole windows only; ``"error"`` raises
+    ``ValueError`` naming the axis and the elements left out.  A window larger than the
+    array on an axis is one padded window with ``"pad"``, an error otherwise."""
+    if partial not in PARTIAL:
+        raise ValueError(f"partial must be one of {', '.join(map(repr, PARTIAL))}, not {partial!r}")
+    shape = tuple(int(s) for s in shape)
+    win = tuple(int(w) for w in window_shape)
+    step = win if stride is None else tuple(int(s) for s in stride)
+    if not len(win) == len(step) == len(shape):
+        raise ValueError(
+            f"window {win} and stride {step} must have the array's {len(shape)} dimensions"
+        )
+    if any(w <= 0 for w in win):
+        raise ValueError(f"window shape {win} must be positive")
+    if any(s <= 0 for s in step):
+        raise ValueError(f"stride {step} must be positive")
+    if partial != "pad" and any(w > s for w, s in zip(win, shape, strict=True)):
+        raise ValueError(
+            f"window shape {win} does not fit in the array's shape {shape} "
+            "(partial='pad' reads it padded)"
+        )
+    axes = []
+    for axis, (n, w, s) in enumerate(zip(shape, win, step, strict=True)):
+        whole = np.arange(0, max(n - w + 1, 0), s, dtype=np.int64)
+        end = int(whole[-1]) + w if len(whole) else 0
+        nxt = int(whole[-1]) + s if len(whole) else 0
+        if end < n and nxt < n:  # elements past the last whole window, not in a gap
+            if partial == "error":
+                raise ValueError(
+                    f"windows {win} at stride {step} leave elements {max(end, nxt)}:{n} of "
+                    f"axis {axis} of the array's shape {shape} unread: pass partial='pad' (the "
+                    "edge windows padded with the fill value) or partial='drop' (whole windows "
+                    "only)"
+                )
+            if partial == "pad":
+                whole = np.append(whole, np.int64(nxt))
+        axes.append(whole)
+    return tuple(axes)
 
 
 def random_boxes(
