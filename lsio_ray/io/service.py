@@ -512,6 +512,18 @@ def default_service() -> IOService:
         return _default
 
 
+def _after_fork_in_child() -> None:
+    # A fork while another thread of the parent held _default_lock (making or replacing
+    # the service) leaves the child's copy locked forever: the child has no such thread.
+    # The child makes its own service on first use anyway (default_service), so a fresh
+    # lock is all it needs.
+    global _default_lock
+    _default_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def set_default_service(service: IOService | None) -> IOService | None:
     """Replace the process's IO service (None: the next use makes a fresh one); returns
     the previous one (not closed)."""
