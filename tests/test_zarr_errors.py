@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from collections.abc import Iterator
 
 import numpy as np
@@ -13,6 +14,7 @@ from _zarr_helpers import BACKENDS
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 import lsio_ray.zarr as lz
+from lsio_ray.zarr.errors import ArrayMetadataError, UnsupportedError
 from lsio_ray.zarr.loader import Loader
 
 
@@ -274,3 +276,17 @@ def test_error_in_crop_stream_cancels_the_rest(tmp_path, loader: Loader) -> None
     assert len(got) == 4
     np.testing.assert_array_equal(np.concatenate(got), data[:4])
     healthy(loader)
+
+
+@pytest.mark.parametrize(
+    "err",
+    [
+        ArrayMetadataError("/data/a.zarr", "zarr.json: not JSON"),
+        UnsupportedError("/data/a.zarr", "codec 'lz5'"),
+    ],
+)
+def test_metadata_errors_pickle_whole(err: ArrayMetadataError) -> None:
+    """Ray sends a read task's error to the driver pickled: type, path and reason survive."""
+    back = pickle.loads(pickle.dumps(err))
+    assert type(back) is type(err)
+    assert (back.array, back.reason, str(back)) == (err.array, err.reason, str(err))

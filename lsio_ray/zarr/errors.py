@@ -33,6 +33,16 @@ class ArrayMetadataError(ZarrError, ValueError):
         self.array, self.reason = array, reason
         super().__init__(f"{array}: {reason}")
 
+    def __reduce__(self) -> tuple[object, tuple[type, str, str]]:
+        # pickled whole (Ray ships errors between processes), subclasses included
+        return (_rebuild_metadata_error, (type(self), self.array, self.reason))
+
+
+def _rebuild_metadata_error(cls: type, array: str, reason: str) -> ArrayMetadataError:
+    err = cls.__new__(cls)
+    ArrayMetadataError.__init__(err, array, reason)
+    return err
+
 
 class UnsupportedError(ArrayMetadataError):
     """Valid metadata lsio_ray cannot read: a codec, data type or layout it lacks."""
