@@ -20,6 +20,7 @@ import sys
 from typing import Any
 
 from lsio_ray import argtypes
+from lsio_ray.io import objects, url
 from lsio_ray.paths import check_disjoint, is_within
 
 __all__ = ["ArgumentsError", "add_rechunk_parser", "check_arguments", "cmd_rechunk", "start_ray"]
@@ -61,8 +62,10 @@ def _visible_here(path: str, roots: dict[str, list[str]] | None, address: str | 
 def _source_layout(src: str) -> tuple[dict[str, Any], Any]:
     """The metadata documents and layout of the source array, read here; raises
     :class:`ArgumentsError` naming ``src`` when it is missing or no Zarr array."""
-    from lsio_ray.zarr.codec_api import METADATA_FILES, docs_from_files, layout_from_docs
+    from lsio_ray.zarr.codec_api import METADATA_FILES
 
+    if url.is_remote(src):
+        return _layout_from(src, _remote_documents(src, METADATA_FILES))
     if not os.path.exists(src):
         raise ArgumentsError(f"the source {src} does not exist")
     if not os.path.isdir(src):
@@ -80,6 +83,26 @@ def _source_layout(src: str) -> tuple[dict[str, Any], Any]:
             raw[name] = None
         except OSError as exc:
             raise ArgumentsError(f"the source {src}: cannot read {path}: {exc}") from None
+    return _layout_from(src, raw)
+
+
+def _remote_documents(src: str, names: tuple[str, ...]) -> dict[str, bytes | None]:
+    """The metadata documents of the array at URL ``src`` (None: no such object)."""
+    raw: dict[str, bytes | None] = {}
+    for name in names:
+        try:
+            raw[name] = objects.read_object(url.join(src, name))
+        except (OSError, ValueError) as exc:
+            raise ArgumentsError(f"the source {src}: cannot read {name}: {exc}") from None
+    return raw
+
+
+def _layout_from(src: str, raw: dict[str, bytes | None]) -> tuple[dict[str, Any], Any]:
+    """The documents and layout of ``src`` from its metadata files' bytes."""
+    from lsio_ray.zarr.codec_api import docs_from_files, layout_from_docs
+
+    if not any(v is not None for v in raw.values()) and url.is_remote(src):
+        raise ArgumentsError(f"the source {src} does not exist: no zarr.json or .zarray there")
     try:
         docs = docs_from_files(raw, src)
     except FileNotFoundError:
@@ -100,6 +123,9 @@ def _check_destination(dst: str, overwrite: bool) -> None:
     there but a directory (a file, a dangling link), which the job cannot replace."""
     from lsio_ray.ray.rechunk import STATE_DIR
 
+    if url.is_remote(dst):
+        _check_remote_destination(dst, overwrite, STATE_DIR)
+        return
     if not os.path.lexists(dst):
         return
     if not os.path.isdir(dst):
@@ -116,6 +142,27 @@ def _check_destination(dst: str, overwrite: bool) -> None:
     raise ArgumentsError(
         f"the destination {dst} exists and holds {what}; pass --overwrite to replace it"
     )
+
+
+def _check_remote_destination(dst: str, overwrite: bool, state_dir: str) -> None:
+    """:func:`_check_destination` for a URL: HTTP is read-only; objects already under
+    the prefix need ``--overwrite`` unless they are an unfinished run of the job."""
+    if url.scheme_of(dst) in ("http", "https"):
+        raise ArgumentsError(
+            f"the destination {dst} is on an HTTP server, which lsio_ray reads only: write "
+            "to a local directory or object storage (s3://, gs://, az://)"
+        )
+    if overwrite:
+        return
+    try:
+        there = objects.list_prefix(dst, limit=1)
+        unfinished = objects.object_size(url.join(dst, state_dir, "job.json")) is not None
+    except OSError as exc:
+        raise ArgumentsError(f"the destination {dst}: {exc}") from None
+    if there and not unfinished:
+        raise ArgumentsError(
+            f"the destination {dst} holds objects already; pass --overwrite to replace them"
+        )
 
 
 def check_arguments(args: argparse.Namespace) -> None:
@@ -273,8 +320,14 @@ def add_rechunk_parser(subparsers: Any) -> argparse.ArgumentParser:
         "or not, any codec) on every node of a Ray cluster.  Interrupted, run the same "
         "command again: finished blocks are not redone and the result is the same.",
     )
-    p.add_argument("src", help="the source array (a directory)")
-    p.add_argument("dst", help="the new array (a directory)")
+    p.add_argument(
+        "src", help="the source array (a directory, or an s3:// gs:// az:// http(s):// URL)"
+    )
+    p.add_argument(
+        "dst",
+        help="the new array (a directory, or an s3:// gs:// az:// URL; credentials "
+        "and endpoint from the environment: AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID...)",
+    )
     p.add_argument(
         "--chunks",
         type=argtypes.shape,
