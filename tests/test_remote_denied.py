@@ -25,7 +25,7 @@ from lsio_ray.io import remote, stores
 
 BUCKET = "lsio-denied"
 MIB = 1 << 20
-#: ranges far apart: three requests (never coalesced: the gaps are over the 1 MiB default)
+#: ranges far apart: three requests (never coalesced: the gaps are far over the 256 KiB default)
 RANGES = [(10, 20), (3 * MIB, 3 * MIB + 100), (6 * MIB, 6 * MIB + 7)]
 BLOB = np.random.default_rng(1).integers(0, 256, 7 * MIB, dtype=np.uint8).tobytes()
 
