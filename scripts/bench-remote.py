@@ -124,8 +124,12 @@ def _ray() -> None:
     import ray.data
 
     if not ray.is_initialized():
-        ray.init(
-            num_cpus=CORES, include_dashboard=False, log_to_driver=False, configure_logging=False
+        ray.init(  # a Ray of its own, even where another cluster runs on this machine
+            address="local",
+            num_cpus=CORES,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
         )
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
