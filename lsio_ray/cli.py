@@ -71,10 +71,24 @@ def _fmt_bytes(n: float) -> str:
 # bench
 
 
+def _local_dir(path: str, command: str) -> None:
+    """Refuse a URL for ``command``, which measures the local engine on local files (an
+    unknown scheme: :class:`~lsio_ray.io.url.UnsupportedURLError` naming it)."""
+    from lsio_ray.io.url import is_remote, resolve  # the IO service: only when run
+
+    if is_remote(resolve(path)):
+        raise ValueError(
+            f"{path}: lsio-ray bench {command} measures the io_uring engine on local files; "
+            "for object storage or HTTP use `lsio-ray bench crops URL` (or "
+            "scripts/bench-remote.py)"
+        )
+
+
 def cmd_bench_make_files(args: argparse.Namespace) -> int:
     """``lsio-ray bench make-files``: write the benchmark's random data files."""
     from lsio_ray.bench import make_files
 
+    _local_dir(args.dir, "make-files")
     res = make_files(
         args.dir,
         args.count,
@@ -99,6 +113,7 @@ def cmd_bench_read(args: argparse.Namespace) -> int:
     """``lsio-ray bench read``: the fio-like read benchmark."""
     from lsio_ray.bench import ReadSpec, run_read
 
+    _local_dir(args.dir, "read")
     spec = ReadSpec(
         dir=args.dir,
         pattern=args.pattern,

@@ -33,8 +33,9 @@ small cell, read tasks and blocks cut at cell boundaries): see :func:`read_zarr_
 Placement: when a :class:`~lsio_ray.ray.Coordinator` is given and its locality (declared
 roots or discovery) says one node holds the arrays, every read task is pinned to that
 node (the files cannot be read anywhere else); otherwise Ray's default scheduling is
-used (shared storage).  Ray Data has no per-read-task placement, so arrays spread over
-several nodes' local disks are not supported by these readers (refused).
+used (shared storage, and object storage or HTTP URLs: read tasks spread over every
+node).  Ray Data has no per-read-task placement, so arrays spread over several nodes'
+local disks are not supported by these readers (refused).
 """
 
 from __future__ import annotations
@@ -56,19 +57,21 @@ from lsio_ray.data_plan import BlockPool as _BlockPool
 from lsio_ray.data_plan import (
     Grid,
     Slicer,
+    array_paths,
     arrays_in,
     crop_plan,
-    local_paths,
     node_of_all,
     open_all,
     ray_read_args,
     resolve_num_blocks,
     restrict,
+    store_options,
     strict_keywords,
     window_starts,
 )
 from lsio_ray.data_plan import node_of as _node_of  # noqa: F401 (tests use it)
-from lsio_ray.io.url import local_path
+from lsio_ray.io import stores
+from lsio_ray.io.url import resolve
 from lsio_ray.zarr import random_box_starts
 
 if TYPE_CHECKING:
@@ -133,11 +136,10 @@ class ZarrBoxesDatasource(Datasource):
         if self.per_cell and self.decode_block:
             raise ValueError("decode_block and per_cell are two samplers: give one of them")
         one = isinstance(path, str | os.PathLike)
-        self.paths = tuple(
-            local_path(p, "a Zarr array read by Ray Data") for p in ([path] if one else path)
-        )
+        self.paths = tuple(resolve(p) for p in ([path] if one else path))
         if not self.paths:
             raise ValueError("ZarrBoxesDatasource needs at least one path")
+        self.store_options = store_options(self.paths)  # shipped to the read tasks
         self.path = self.paths[0]
         self.crop_shape = tuple(int(c) for c in crop_shape)
         self.count = int(count)
@@ -229,6 +231,7 @@ class _ReadRange:
         self.direct = src.direct
         self.include_paths = src.include_paths
         self.pad = src.pad
+        self.store_options = src.store_options
 
     def _sources(self, a: int, b: int) -> np.ndarray:
         if self.sources is None:
@@ -242,6 +245,7 @@ class _ReadRange:
         return BlockAccessor.batch_to_block(cols)
 
     def __call__(self) -> Iterator[Any]:
+        stores.apply(self.store_options)  # the driver's storage_options, in this worker
         arrays = {k: lz.open_array(p, direct=self.direct) for k, p in self.paths.items()}
         if self.decode_block > 1 and all(arr.decodes_in_c for arr in arrays.values()):
             yield from self._decode_aware(arrays)
@@ -428,6 +432,7 @@ def read_zarr_crops(
     runtime_env: dict[str, Any] | None = None,
     ray_remote_args: dict[str, Any] | None = None,
     parallelism: int | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> ray.data.Dataset:
     """A dataset of ``count`` random crops of ``crop_shape`` from the array at ``paths``
     (or from the arrays, if a list).
@@ -471,9 +476,12 @@ def read_zarr_crops(
     that runs such a task then holds the process-wide direct loader, whose pool
     (``pool_bytes``, 256 MiB) is registered with io_uring and so resident.
 
-    Paths and the arguments of Ray Data's readers: ``paths``, one path or a list of them
-    (read into one dataset); ``include_paths``: a ``path`` column, the array's absolute
-    path; ``filesystem``: None or a local filesystem (any other raises ``ValueError``);
+    Paths and the arguments of Ray Data's readers: ``paths``, one path or URL
+    (``s3://``, ``gs://``, ``az://``, ``http(s)://``) or a list of them (read into one
+    dataset); ``storage_options``: the store options of every URL among them (as
+    :func:`lsio_ray.zarr.open`), shipped to the read tasks; ``include_paths``: a ``path``
+    column, the array's absolute path or URL; ``filesystem``: None or a local filesystem
+    (else ``ValueError``);
     ``override_num_blocks``: the number of read tasks (default: one per CPU of the
     cluster); ``concurrency``, ``compute``, ``num_cpus``, ``num_gpus``, ``memory``,
     ``label_selector``, ``fallback_strategy``, ``max_calls``, ``resources``,
@@ -488,7 +496,7 @@ def read_zarr_crops(
         return aligned_reads.aligned_crops(params, num, _read)
     name = "read_zarr_crops"
     num_blocks = resolve_num_blocks(override_num_blocks, parallelism, name)
-    arrays = open_all(local_paths(paths, filesystem, name))
+    arrays = open_all(array_paths(paths, filesystem, name, storage_options))
     crop = tuple(int(c) for c in crop_shape)
     plan, which = crop_plan(arrays, crop, int(count), seed, max(0, int(per_cell)), cell)
     src = ZarrBoxesDatasource(
@@ -538,6 +546,7 @@ def read_zarr_windows(
     runtime_env: dict[str, Any] | None = None,
     ray_remote_args: dict[str, Any] | None = None,
     parallelism: int | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> ray.data.Dataset:
     """A full scan: the windows of ``window_shape`` at multiples of ``stride`` (default:
     the window, i.e. non-overlapping tiles) in C order of their corners, array after
@@ -560,7 +569,7 @@ def read_zarr_windows(
         return aligned_reads.aligned_windows(params, num, _read)
     name = "read_zarr_windows"
     num_blocks = resolve_num_blocks(override_num_blocks, parallelism, name)
-    arrays = open_all(local_paths(paths, filesystem, name))
+    arrays = open_all(array_paths(paths, filesystem, name, storage_options))
     win = tuple(int(w) for w in window_shape)
     step = None if stride is None else tuple(int(s) for s in stride)
     grids = []

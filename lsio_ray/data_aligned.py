@@ -53,9 +53,9 @@ from lsio_ray.data_plan import (
     BlockPool,
     Grid,
     Slicer,
+    array_paths,
     arrays_in,
     crop_plan,
-    local_paths,
     node_of_all,
     ray_read_args,
     restrict,
@@ -79,7 +79,11 @@ def _location(loc: Any) -> Any:
 
 
 def datasets(
-    paths: Any, arrays: Sequence[str] | Mapping[str, str] | None, filesystem: Any, func: str
+    paths: Any,
+    arrays: Sequence[str] | Mapping[str, str] | None,
+    filesystem: Any,
+    func: str,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> list[lz.AlignedArrays]:
     """The datasets a reader's ``paths`` and ``arrays`` name, opened in the driver
     (each dataset's arrays by name; every dataset names the same ones)."""
@@ -96,14 +100,14 @@ def datasets(
             )
         if any(isinstance(p, Mapping) for p in given):
             raise ValueError(f"{func}(): give a group with arrays=[names], or a dict, not both")
-        for group in local_paths([_location(p) for p in given], filesystem, func):
+        for group in array_paths([_location(p) for p in given], filesystem, func, storage_options):
             out.append(lz.aligned(group, arrays))
     else:
         if not all(isinstance(p, Mapping) for p in given):
             raise ValueError(f"{func}(): a list of dicts of arrays, or of paths, not both")
         for d in given:
             names = list(d)
-            locs = local_paths([_location(d[n]) for n in names], filesystem, func)
+            locs = array_paths([_location(d[n]) for n in names], filesystem, func, storage_options)
             out.append(lz.aligned(dict(zip(names, locs, strict=True))))
     first = out[0]
     for ds in out[1:]:
@@ -333,7 +337,9 @@ def aligned_crops(
     """``read_zarr_crops`` with aligned arrays (``params``: its arguments); ``read``
     makes the dataset of the datasource (``lsio_ray.data``'s, as for one array)."""
     func = "read_zarr_crops"
-    sets = datasets(params["paths"], params["arrays"], params["filesystem"], func)
+    sets = datasets(
+        params["paths"], params["arrays"], params["filesystem"], func, params["storage_options"]
+    )
     crop = tuple(int(c) for c in params["crop_shape"])
     _check_columns(sets, crop, func)
     per_cell, block = max(0, int(params["per_cell"])), int(params["decode_block"])
@@ -367,7 +373,9 @@ def aligned_windows(
     """``read_zarr_windows`` with aligned arrays (``params``: its arguments); ``read``
     makes the dataset of the datasource (``lsio_ray.data``'s, as for one array)."""
     func = "read_zarr_windows"
-    sets = datasets(params["paths"], params["arrays"], params["filesystem"], func)
+    sets = datasets(
+        params["paths"], params["arrays"], params["filesystem"], func, params["storage_options"]
+    )
     win = tuple(int(w) for w in params["window_shape"])
     _check_columns(sets, win, func)
     stride = params["stride"]

@@ -2,10 +2,15 @@
 arguments, taken as Ray Data's own readers (``ray.data.read_parquet``, ``read_images``,
 ``read_binary_files``) take theirs, and the plan of boxes they turn into.
 
-* One path or a list of paths; ``include_paths`` adds a ``path`` column.
+* One path or a list of paths; ``include_paths`` adds a ``path`` column.  A path may
+  be an object-storage or HTTP URL (``s3://bucket/x.zarr``, ``https://host/x.zarr``),
+  read by the read tasks through the IO service's remote backend; ``storage_options``
+  (as for :func:`lsio_ray.zarr.open`) configure its store in the driver and travel with
+  the read tasks (:func:`lsio_ray.io.stores.exported`).  URLs have no locality: read
+  tasks go where Ray Data's default (``SPREAD``) puts them, over every node.
 * ``filesystem``: the readers read local files (or a shared mount) through the io_uring
-  engine, so only a local filesystem (or None) is accepted; any other is refused, never
-  ignored.
+  engine and URLs through obstore, so only a local filesystem (or None) is accepted;
+  any other is refused, never ignored (give the URL and ``storage_options`` instead).
 * ``override_num_blocks`` (``parallelism`` is its deprecated old name, as in Ray Data
   since 2.10), ``concurrency``, ``compute``, ``num_cpus``, ``num_gpus``, ``memory``, the
   named remote parameters (``label_selector``, ``fallback_strategy``, ``max_calls``,
@@ -34,6 +39,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 import lsio_ray.zarr as lz
+from lsio_ray.io import stores, url
 from lsio_ray.zarr import random_box_starts
 from lsio_ray.zarr.stream import PARTIAL, window_starts
 
@@ -46,15 +52,16 @@ __all__ = [
     "BlockPool",
     "Grid",
     "Slicer",
+    "array_paths",
     "arrays_in",
     "crop_plan",
-    "local_paths",
     "node_of",
     "node_of_all",
     "open_all",
     "ray_read_args",
     "resolve_num_blocks",
     "restrict",
+    "store_options",
     "strict_keywords",
     "window_starts",
 ]
@@ -134,21 +141,26 @@ def _is_local_filesystem(fs: Any) -> bool:
     return bool(protocols) and set(protocols) <= {"file", "local"}
 
 
-def local_paths(
+def array_paths(
     paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     filesystem: Any,
     func: str,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> list[str]:
-    """``paths`` (one, or a list) as local paths; ``file://`` URIs are accepted.
+    """``paths`` (one, or a list) as :func:`lsio_ray.io.url.resolve` keeps them: local
+    paths absolute (``file://`` URIs accepted), object-storage and HTTP URLs as given;
+    ``storage_options`` configure the stores of the URLs (in this process; the read
+    tasks get them with :func:`lsio_ray.io.stores.exported`).
 
-    Raises ``ValueError`` for another URI scheme, an empty list, or a ``filesystem``
-    that is not local: ``func`` reads files through the io_uring engine, which sees
-    local files (and shared mounts) only."""
+    Raises ``UnsupportedURLError`` for an unknown URI scheme, ``ValueError`` for an empty
+    list, ``storage_options`` without a URL, or a ``filesystem`` that is not local."""
     if filesystem is not None and not _is_local_filesystem(filesystem):
         raise ValueError(
-            f"{func}() reads local files (or a shared mount) through its io_uring engine and "
-            f"cannot read through filesystem={type(filesystem).__name__}: mount the store "
-            "and give its local path, or leave filesystem unset"
+            f"{func}() reads local files through its io_uring engine and URLs through its "
+            "object-store backend, and cannot read through "
+            f"filesystem={type(filesystem).__name__}: "
+            "give the URL (s3://, gs://, az://, http(s)://) and its storage_options, or "
+            "leave filesystem unset"
         )
     if isinstance(paths, str | os.PathLike):
         given: list[Any] = [paths]
@@ -160,16 +172,24 @@ def local_paths(
     for p in given:
         if not isinstance(p, str | os.PathLike):
             raise TypeError(f"{func}() takes paths as str or os.PathLike, not {type(p).__name__}")
-        s = os.fspath(p)
-        if s.startswith("file://"):
-            s = s[len("file://") :]
-        elif "://" in s:
+        out.append(url.resolve(p))
+    if storage_options:
+        remote = [p for p in out if url.is_remote(p)]
+        if not remote:
             raise ValueError(
-                f"{func}() reads local paths (or a shared mount), not {s!r}: mount the store "
-                "and give its local path"
+                f"{func}(): storage_options are for object-storage and HTTP URLs, and "
+                f"{', '.join(out)} are local paths"
             )
-        out.append(s)
+        for p in remote:
+            stores.configure_url(p, dict(storage_options))
     return out
+
+
+def store_options(paths: Sequence[str]) -> dict[str, dict[str, Any]] | None:
+    """The configured store options of the URLs among ``paths``, for the read tasks
+    (None: no URL, or nothing configured)."""
+    remote = [p for p in paths if url.is_remote(p)]
+    return (stores.exported(remote) or None) if remote else None
 
 
 def resolve_num_blocks(
@@ -216,7 +236,7 @@ def ray_read_args(read_datasource: Callable[..., Any], params: Mapping[str, Any]
 def node_of(path: str, coordinator: Coordinator | None) -> str | None:
     """The node whose local disk holds the array at ``path``, as ``coordinator``'s
     locality says (None: shared storage, unknown, or no coordinator)."""
-    if coordinator is None:
+    if coordinator is None or url.is_remote(path):
         return None
     v2 = os.path.join(path, ".zarray")
     meta = v2 if os.path.exists(v2) else os.path.join(path, "zarr.json")

@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lsio_ray.io.url import is_remote, scheme_of
 from lsio_ray.zarr.array import Array
 from lsio_ray.zarr.group import Group, open_node
-from lsio_ray.zarr.info import _size, codec_label
+from lsio_ray.zarr.info import _size, codec_label, count_stored
 from lsio_ray.zarr.plan import normalize
 
 if TYPE_CHECKING:
@@ -57,8 +58,11 @@ def _mount_of(path: str) -> tuple[str, str, str]:
     return best
 
 
-def _stored(path: str) -> tuple[int, int, bool]:
-    """(bytes, files, complete) under ``path``; stops counting after ``_MAX_WALK`` files."""
+def _stored(path: str) -> tuple[int | None, int | None, bool]:
+    """(bytes, files, complete) under ``path``; stops counting after ``_MAX_WALK`` files.
+    A URL: its objects listed (None, None, False over HTTP, which lists nothing)."""
+    if is_remote(path):
+        return count_stored(path, _MAX_WALK)
     total = files = 0
     for root, _, names in os.walk(path):
         for name in names:
@@ -93,7 +97,7 @@ class InteractiveArray:
         self.array = array
         self.progress_bytes = int(progress_bytes)
         self._coordinator = coordinator
-        self._stored: tuple[int, int, bool] | None = None
+        self._stored: tuple[int | None, int | None, bool] | None = None
 
     # -- metadata ------------------------------------------------------------------------
     @property
@@ -136,7 +140,7 @@ class InteractiveArray:
         """The codec chain as JSON."""
         return self.array.layout.describe_codecs()
 
-    def stored(self) -> tuple[int, int, bool]:
+    def stored(self) -> tuple[int | None, int | None, bool]:
         """``(bytes, files, complete)`` stored on disk (counted once, then cached;
         ``complete`` is False when counting stopped early on a huge array)."""
         if self._stored is None:
@@ -146,6 +150,10 @@ class InteractiveArray:
     def location(self) -> str:
         """Where the data lives: host, device, mount and file system, and the Ray node
         that holds it when a coordinator was given and knows."""
+        if is_remote(self.path):
+            http = scheme_of(self.path) in ("http", "https")
+            where = f"{self.path} ({'an HTTP server' if http else 'object storage'})"
+            return where + ("; any Ray node (no locality)" if self._coordinator else "")
         dev, mnt, fstype = _mount_of(self.path)
         where = f"{socket.gethostname()}:{self.path} on {dev} ({fstype}, mounted at {mnt})"
         if self._coordinator is not None:
@@ -179,17 +187,18 @@ class InteractiveArray:
         codecs = ", ".join(codec_label(c) for c in s["codecs"]) or "none"
         more = "" if s["stored_complete"] else "at least "
         ratio = f", ratio {s['nbytes'] / s['stored_bytes']:.2f}" if s["stored_bytes"] else ""
+        if s["stored_bytes"] is None:
+            stored = "stored size unknown (an HTTP server lists no objects)"
+        else:
+            kind = "objects" if is_remote(s["path"]) else "files"
+            stored = f"{more}{_size(s['stored_bytes'])} stored in {more}{s['stored_files']} {kind}"
         rows = [
             ("shape", s["shape"]),
             ("dtype", s["dtype"]),
             ("chunks", s["chunks"]),
             ("shards", s["shards"] or "none"),
             ("codecs", codecs),
-            (
-                "size",
-                f"{_size(s['nbytes'])} decoded, {more}{_size(s['stored_bytes'])} stored in "
-                f"{more}{s['stored_files']} files{ratio}",
-            ),
+            ("size", f"{_size(s['nbytes'])} decoded, {stored}{ratio}"),
             ("location", s["location"]),
         ]
         width = max(len(k) for k, _ in rows)

@@ -6,16 +6,28 @@ The array is bench-zarr's (``scripts/bench-zarr.py``: v3, (512,1024,1024) float3
 chunks (1,256,256), zstd 3; ``LSIO_ZARR_BENCH_SHAPE`` / ``LSIO_ZARR_BENCH_DIR``), served
 by nginx (from Debian, as the tests start it) on 127.0.0.1.  Each round trip time in
 ``$LSIO_REMOTE_BENCH_RTT_MS`` (default ``0,20``) puts a latency proxy (``tests/_servers``
-``FaultProxy``: half the round trip before each request is forwarded, half before its
-answer's first byte) between the readers and nginx; 0 reads nginx directly.
+``FaultProxy``, in a process of its own: half the round trip before each request is
+forwarded, half before its answer's first byte) between the readers and nginx; 0 reads
+nginx directly.
+
+Layouts (``$LSIO_REMOTE_BENCH_LAYOUTS``, bench-zarr's): ``v3-chunks`` (a chunk an
+object) and ``v3-shards`` ((32,1024,1024) shards of the same chunks: many chunks an
+object, where coalescing ranges shows in the requests per MiB).
 
 Workloads (bench-zarr's boxes): ``crops`` (``$LSIO_ZARR_BENCH_CROPS``, 200, of
 (8,256,256)), ``slabs`` (the whole array, 32 planes a read), ``series`` (16 time series
 ``[:, y:y+256, x:x+256]``); ``$LSIO_REMOTE_BENCH_WORKLOADS`` chooses.  Readers
 (``$LSIO_REMOTE_BENCH_READERS``): ``lsio`` (``Array.crops`` kept ``prefetch`` deep),
 ``zarr-python`` (``zarr.storage.ObjectStore`` over obstore's ``HTTPStore``, one read at a
-time: it is concurrent inside a read), ``tensorstore`` (reads kept ``prefetch`` deep).
-``$LSIO_REMOTE_BENCH_REPS`` (3) interleaved repetitions.
+time: it is concurrent inside a read), ``tensorstore`` (reads kept ``prefetch`` deep);
+for crops also through Ray Data on a local Ray of this machine's cores: ``ray-lsio``
+(``lsio_ray.data.read_zarr_crops`` on the URL) and ``ray-zarr`` (the same crop corners
+as a dataset, ``map_batches`` with an actor per core reading them with zarr-python's
+ObjectStore, the usual way to read Zarr in Ray Data).  The Ray readers read the crops
+``read_zarr_crops`` plans for the seed (``random_box_starts``), the others bench-zarr's
+boxes: compare Ray with Ray.  ``$LSIO_REMOTE_BENCH_REPS`` (3) interleaved repetitions
+(each round the readers in turn, every other round in reverse order); the load average
+is recorded before each measurement.
 
 Printed per workload, RTT and reader: MiB/s of output (min / median / max), requests per
 MiB of output and bytes transferred per byte used (both counted from nginx's access log
@@ -27,6 +39,7 @@ from __future__ import annotations
 
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -37,7 +50,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import bench_common as bc
-from _servers import FaultProxy, nginx_server
+import numpy as np
+from _servers import nginx_server
 
 import lsio_ray.zarr as lz
 
@@ -48,7 +62,10 @@ def _list(env: str, default: str) -> list[str]:
 
 RTTS = [float(x) for x in _list("LSIO_REMOTE_BENCH_RTT_MS", "0,20")]
 WORKLOADS = _list("LSIO_REMOTE_BENCH_WORKLOADS", "crops,slabs,series")
-READERS = _list("LSIO_REMOTE_BENCH_READERS", "lsio,zarr-python,tensorstore")
+READERS = _list("LSIO_REMOTE_BENCH_READERS", "lsio,zarr-python,tensorstore,ray-lsio,ray-zarr")
+LAYOUTS = _list("LSIO_REMOTE_BENCH_LAYOUTS", "v3-chunks,v3-shards")
+RAY_READERS = ("ray-lsio", "ray-zarr")
+CORES = os.cpu_count() or 1
 REPS = int(os.environ.get("LSIO_REMOTE_BENCH_REPS", "3"))
 PREFETCH = int(os.environ.get("LSIO_REMOTE_BENCH_PREFETCH", "16"))
 MIB = 1 << 20
@@ -102,7 +119,93 @@ def run_tensorstore(url: str, bxs: list, prefetch: int) -> int:
     return n
 
 
-RUN = {"lsio": run_lsio, "zarr-python": run_zarr, "tensorstore": run_tensorstore}
+def _ray() -> None:
+    import ray
+    import ray.data
+
+    if not ray.is_initialized():
+        ray.init(  # a Ray of its own, even where another cluster runs on this machine
+            address="local",
+            num_cpus=CORES,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+        )
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ctx.print_on_execution_start = False
+
+
+def _ray_starts(shape: tuple[int, ...], count: int) -> np.ndarray:
+    from lsio_ray.data import random_box_starts
+
+    return random_box_starts(shape, CROP, count, SEED)
+
+
+CROP = (8, 256, 256)
+SEED = 7
+
+
+def run_ray_lsio(url: str, bxs: list, prefetch: int) -> int:
+    import lsio_ray.data as ld
+
+    _ray()
+    ds = ld.read_zarr_crops(url, CROP, len(bxs), seed=SEED, prefetch=prefetch)
+    n = 0
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        n += batch["crop"].nbytes
+    return n
+
+
+class ZarrCrops:
+    """A Ray Data actor reading crops with zarr-python's ObjectStore over HTTP."""
+
+    def __init__(self, url: str) -> None:
+        import zarr
+        from obstore.store import HTTPStore
+        from zarr.storage import ObjectStore
+
+        base, name = url.rsplit("/", 1)
+        store = ObjectStore(
+            HTTPStore.from_url(base, client_options={"allow_http": True}), read_only=True
+        )
+        self.arr = zarr.open_array(store=store, path=name, mode="r")
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        crops = [
+            self.arr[tuple(slice(int(a), int(a) + c) for a, c in zip(lo, CROP, strict=True))]
+            for lo in batch["lo"]
+        ]
+        return {"crop": np.stack(crops), "lo": batch["lo"]}
+
+
+def run_ray_zarr(url: str, bxs: list, prefetch: int) -> int:
+    import ray.data
+
+    _ray()
+    shape = tuple(lz.open(url).shape)
+    starts = _ray_starts(shape, len(bxs))
+    ds = ray.data.from_items([{"lo": lo} for lo in starts], override_num_blocks=CORES * 2)
+    ds = ds.map_batches(
+        ZarrCrops,
+        fn_constructor_args=(url,),
+        batch_size=8,
+        compute=ray.data.ActorPoolStrategy(size=CORES),
+        num_cpus=1,
+    )
+    n = 0
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        n += batch["crop"].nbytes
+    return n
+
+
+RUN = {
+    "lsio": run_lsio,
+    "zarr-python": run_zarr,
+    "tensorstore": run_tensorstore,
+    "ray-lsio": run_ray_lsio,
+    "ray-zarr": run_ray_zarr,
+}
 
 
 def _log_counts(log: str, start: int) -> tuple[int, int]:
@@ -119,69 +222,67 @@ def _log_counts(log: str, start: int) -> tuple[int, int]:
     return n, total
 
 
+class ProxyProcess:
+    """``FaultProxy`` (latency only) in a process of its own, so that its threads do not
+    share the readers' interpreter (and GIL); stopped by :meth:`close`."""
+
+    def __init__(self, port: int, rtt_s: float) -> None:
+        tests = str(Path(__file__).resolve().parent.parent / "tests")
+        code = (
+            f"import sys, time; sys.path.insert(0, {tests!r}); from _servers import FaultProxy; "
+            f"p = FaultProxy(('127.0.0.1', {port}), rtt_s={rtt_s!r}); "
+            "print(p.endpoint, flush=True); time.sleep(1e9)"
+        )
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True
+        )
+        assert self.proc.stdout is not None
+        self.endpoint = self.proc.stdout.readline().strip()
+        if not self.endpoint:
+            raise RuntimeError("the latency proxy did not start")
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
 def main() -> int:
     bz = bc.bench_zarr()
-    path = bz.dataset("v3-chunks")
-    root, name = os.path.split(path)
     work = tempfile.mkdtemp(prefix="lsio-remote-bench-")
     log = os.path.join(work, "access.log")
     rows = []
-    with nginx_server(root, access_log=log) as base:
+    loads: list[float] = []
+    print(f"started {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load {os.getloadavg()}")
+    paths = {layout: bz.dataset(layout) for layout in LAYOUTS}
+    if "crops" in WORKLOADS and set(READERS) & set(RAY_READERS):
+        _ray()  # started before any measurement
+    roots = {os.path.dirname(p) for p in paths.values()}
+    assert len(roots) == 1, roots
+    with nginx_server(roots.pop(), access_log=log) as base:
         port = int(base.rsplit(":", 1)[1])
         for rtt in RTTS:
-            proxy = FaultProxy(("127.0.0.1", port), rtt_s=rtt / 1000) if rtt else None
+            proxy = ProxyProcess(port, rtt / 1000) if rtt else None
             ep = proxy.endpoint if proxy else base
-            url = f"{ep}/{name}"
             try:
-                for wl in WORKLOADS:
-                    bxs = bz.boxes(wl)
-                    pf = bz.prefetch_for(wl) if wl != "crops" else PREFETCH
-                    got: dict[str, list[float]] = {r: [] for r in READERS}
-                    counts: dict[str, tuple[int, int, int]] = {}
-                    for rep in range(REPS):
-                        order = READERS if rep % 2 == 0 else READERS[::-1]
-                        for reader in order:
-                            time.sleep(0.2)
-                            start = os.path.getsize(log) if os.path.exists(log) else 0
-                            t = time.perf_counter()
-                            out = RUN[reader](url, bxs, pf)
-                            dt = time.perf_counter() - t
-                            time.sleep(0.3)  # nginx writes its log lines
-                            got[reader].append(out / MIB / dt)
-                            reqs, sent = _log_counts(log, start)
-                            counts[reader] = (reqs, sent, out)
-                            print(
-                                f"rtt {rtt:g} ms {wl:7s} {reader:12s} {out / MIB / dt:9.1f} MiB/s "
-                                f"{reqs} requests {sent / MIB:.1f} MiB sent",
-                                flush=True,
-                            )
-                    for reader in READERS:
-                        lo, med, hi = bc.summary(got[reader])
-                        reqs, sent, out = counts[reader]
-                        rows.append(
-                            [
-                                wl,
-                                f"{rtt:g}",
-                                reader,
-                                f"{lo:.1f} / {med:.1f} / {hi:.1f}",
-                                f"{reqs / (out / MIB):.2f}",
-                                f"{sent / out:.2f}",
-                            ]
-                        )
-                    best = {r: statistics.median(got[r]) for r in READERS}
-                    if "lsio" in best:
-                        peers = {r: v for r, v in best.items() if r != "lsio"}
-                        if peers:
-                            top = max(peers, key=lambda r: peers[r])
-                            print(f"  lsio / {top}: {best['lsio'] / peers[top]:.2f}x", flush=True)
+                for layout, path in paths.items():
+                    url = f"{ep}/{os.path.basename(path)}"
+                    for reader in (r for r in RAY_READERS if r in READERS and "crops" in WORKLOADS):
+                        RUN[reader](url, bz.boxes("crops")[: 2 * CORES], PREFETCH)  # warm-up
+                    for wl in WORKLOADS:
+                        rows += _workload(bz, url, layout, wl, rtt, log, loads)
             finally:
                 if proxy:
                     proxy.close()
     print()
-    print(f"ended {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {REPS} reps")
+    print(
+        f"ended {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {REPS} reps, "
+        f"load average (1 min) before the measurements: min {min(loads):.2f}, "
+        f"median {statistics.median(loads):.2f}, max {max(loads):.2f}"
+    )
     print(
         bc.md_table(
             [
+                "layout",
                 "workload",
                 "RTT ms",
                 "reader",
@@ -193,6 +294,56 @@ def main() -> int:
         )
     )
     return 0
+
+
+def _workload(
+    bz: Any, url: str, layout: str, wl: str, rtt: float, log: str, loads: list[float]
+) -> list[list[str]]:
+    """Every reader on one workload, ``REPS`` interleaved rounds; the table's rows."""
+    bxs = bz.boxes(wl)
+    pf = bz.prefetch_for(wl) if wl != "crops" else PREFETCH
+    readers = [r for r in READERS if wl == "crops" or r not in RAY_READERS]
+    got: dict[str, list[float]] = {r: [] for r in readers}
+    counts: dict[str, tuple[int, int, int]] = {}
+    for rep in range(REPS):
+        order = readers if rep % 2 == 0 else readers[::-1]
+        for reader in order:
+            time.sleep(0.2)
+            loads.append(os.getloadavg()[0])
+            start = os.path.getsize(log) if os.path.exists(log) else 0
+            t = time.perf_counter()
+            out = RUN[reader](url, bxs, pf)
+            dt = time.perf_counter() - t
+            time.sleep(0.3)  # nginx writes its log lines
+            got[reader].append(out / MIB / dt)
+            reqs, sent = _log_counts(log, start)
+            counts[reader] = (reqs, sent, out)
+            print(
+                f"{layout} rtt {rtt:g} ms {wl:7s} {reader:12s} {out / MIB / dt:9.1f} MiB/s "
+                f"{reqs} requests {sent / MIB:.1f} MiB sent, load {loads[-1]:.2f}",
+                flush=True,
+            )
+    rows = []
+    for reader in readers:
+        lo, med, hi = bc.summary(got[reader])
+        reqs, sent, out = counts[reader]
+        rows.append(
+            [
+                layout,
+                wl,
+                f"{rtt:g}",
+                reader,
+                f"{lo:.1f} / {med:.1f} / {hi:.1f}",
+                f"{reqs / (out / MIB):.2f}",
+                f"{sent / out:.2f}",
+            ]
+        )
+    best = {r: statistics.median(got[r]) for r in readers}
+    for mine, peers in (("lsio", ("zarr-python", "tensorstore")), ("ray-lsio", ("ray-zarr",))):
+        for peer in peers:
+            if mine in best and peer in best:
+                print(f"  {mine} / {peer}: {best[mine] / best[peer]:.2f}x", flush=True)
+    return rows
 
 
 if __name__ == "__main__":

@@ -57,14 +57,20 @@ class S3Server:
 
 
 @contextlib.contextmanager
-def moto_server() -> Iterator[S3Server]:
-    """moto's S3 server on a free port of 127.0.0.1, stopped (and reaped) on exit."""
+def moto_server(
+    env: dict[str, str] | None = None, request_log: str | None = None
+) -> Iterator[S3Server]:
+    """moto's S3 server on a free port of 127.0.0.1, stopped (and reaped) on exit.
+    ``env``: more environment for the server (``INITIAL_NO_AUTH_ACTION_COUNT``: requests
+    served before IAM authentication is enforced); ``request_log``: a file getting the
+    server's log, one line per request (``"GET /bucket/key HTTP/1.1" 403 -``)."""
     port = free_port()
-    env = {**os.environ, "MOTO_PORT": str(port)}
+    env = {**os.environ, **(env or {}), "MOTO_PORT": str(port)}
+    log = open(request_log, "ab") if request_log else None
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=log or subprocess.DEVNULL,
         env=env,
     )
     endpoint = f"http://127.0.0.1:{port}"
@@ -86,6 +92,8 @@ def moto_server() -> Iterator[S3Server]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        if log is not None:
+            log.close()
 
 
 class FaultProxy:
@@ -234,10 +242,11 @@ class FaultProxy:
 
 
 @contextlib.contextmanager
-def nginx_server(root: str, access_log: str | None = None) -> Iterator[str]:
+def nginx_server(root: str, access_log: str | None = None, locations: str = "") -> Iterator[str]:
     """nginx (from Debian, ``scripts/setup`` installs it) serving the directory ``root``
     read-only on a free port of 127.0.0.1, with byte ranges; yields its base URL.
-    ``access_log``: a file getting one line per request, ``<status> <body bytes>``."""
+    ``access_log``: a file getting one line per request, ``<status> <body bytes>``;
+    ``locations``: more ``location`` blocks (``location /secret/ { deny all; }``)."""
     import shutil
     import tempfile
 
@@ -271,6 +280,7 @@ http {{
         listen 127.0.0.1:{port};
         root {root};
         location / {{ autoindex off; }}
+        {locations}
     }}
 }}
 """

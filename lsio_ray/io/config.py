@@ -25,7 +25,7 @@
 | node_pool_bytes  | LSIO_NODE_POOL_BYTES  | memory/16, 256M..8G (4)     | 4 KiB..phys. memory |
 | node_budget_dir  | LSIO_NODE_BUDGET_DIR  | /dev/shm/lsio-pools-<uid> (4) | an absolute path |
 | remote_inflight  | LSIO_REMOTE_INFLIGHT  | 64 requests per process (5)  | 1..4096          |
-| remote_coalesce_gap | LSIO_REMOTE_COALESCE_GAP | 1 MiB (5)              | 0..1 GiB         |
+| remote_coalesce_gap | LSIO_REMOTE_COALESCE_GAP | 256 KiB (5)            | 0..1 GiB         |
 | remote_max_request | LSIO_REMOTE_MAX_REQUEST | 16 MiB per coalesced GET (5) | 4 KiB..1 GiB  |
 | remote_retries   | LSIO_REMOTE_RETRIES   | 10 (5)                       | 0..100           |
 | remote_timeout   | LSIO_REMOTE_TIMEOUT   | 30 s per request (5)         | 0.1..3600 s      |
@@ -321,7 +321,7 @@ _SPEC: dict[str, tuple[str, Callable[[], Any], Callable[[str, Any], Any]]] = {
     ),
     "remote_coalesce_gap": (
         "LSIO_REMOTE_COALESCE_GAP",
-        lambda: 1 << 20,
+        lambda: 256 << 10,
         lambda n, v: _check_size(n, v, 0, 1 << 30),
     ),
     "remote_max_request": (

@@ -86,10 +86,14 @@ def put_object(u: str, data: Any) -> None:
         raise _error(exc, u, "write") from None
 
 
-def list_prefix(u: str) -> list[tuple[str, int]]:
-    """``(key relative to u, size)`` of every object under the prefix ``u`` (sorted)."""
+def list_prefix(u: str, limit: int | None = None) -> list[tuple[str, int]]:
+    """``(key relative to u, size)`` of every object under the prefix ``u`` (sorted);
+    ``limit``: stop listing after that many objects (the first ones the store lists).
+    HTTP has no listing: ``ValueError`` naming the URL."""
     import obstore
 
+    if url.scheme_of(u) in ("http", "https"):
+        raise ValueError(f"{u}: HTTP servers have no listing of objects (object storage has)")
     store, key = _split(u)
     prefix = key.rstrip("/")
     out: list[tuple[str, int]] = []
@@ -100,6 +104,9 @@ def list_prefix(u: str) -> list[tuple[str, int]]:
                 if prefix and not (path == prefix or path.startswith(prefix + "/")):
                     continue  # object_store lists whole path segments; be sure anyway
                 out.append((path[len(prefix) :].lstrip("/"), int(meta["size"])))
+            if limit is not None and len(out) >= limit:
+                del out[limit:]
+                break
     except Exception as exc:
         raise _error(exc, u, "list") from None
     out.sort()

@@ -9,9 +9,12 @@ the service -- op groups, ordered delivery, the deadlock breaker -- works on it 
 How a batch becomes requests (the IO planner's part):
 
 * the ranges of one object are sorted and merged into one ranged GET while the gap
-  between two is at most ``remote_coalesce_gap`` (default 1 MiB: on an object store a
-  request costs tens of milliseconds, a MiB of extra bytes far less) and the GET stays
-  within ``remote_max_request`` bytes;
+  between two is at most ``remote_coalesce_gap`` (default 256 KiB: a request costs tens
+  of milliseconds, but with requests in flight at once the extra bytes are what a wide
+  gap costs: with 1 MiB, (8,256,256) crops of a sharded array read 3.7x the bytes they
+  used, and ran several times slower over a 20 ms link than with 256 KiB, which still
+  sends fewer requests than tensorstore -- BENCHMARKS.md, "Zarr over HTTP") and the GET
+  stays within ``remote_max_request`` bytes;
 * a whole-object read is one GET, a read to the end a GET from an offset, a read of the
   last ``n`` bytes (a shard index) a *suffix* GET (``bytes=-n``);
 * at most ``remote_inflight`` requests are in flight per process, and no new GET starts

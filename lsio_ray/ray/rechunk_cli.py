@@ -20,6 +20,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from lsio_ray import argtypes
+from lsio_ray.io import objects, url
 from lsio_ray.paths import check_disjoint, is_within
 
 if TYPE_CHECKING:
@@ -90,8 +91,10 @@ def _visible_here(path: str, roots: dict[str, list[str]] | None, address: str | 
 def _source_layout(src: str) -> tuple[dict[str, Any], Any]:
     """The metadata documents and layout of the source array, read here; raises
     :class:`ArgumentsError` naming ``src`` when it is missing or no Zarr array."""
-    from lsio_ray.zarr.codec_api import METADATA_FILES, docs_from_files, layout_from_docs
+    from lsio_ray.zarr.codec_api import METADATA_FILES
 
+    if url.is_remote(src):
+        return _layout_from(src, _remote_documents(src, METADATA_FILES))
     if not os.path.exists(src):
         raise ArgumentsError(f"the source {src} does not exist")
     if not os.path.isdir(src):
@@ -109,6 +112,26 @@ def _source_layout(src: str) -> tuple[dict[str, Any], Any]:
             raw[name] = None
         except OSError as exc:
             raise ArgumentsError(f"the source {src}: cannot read {path}: {exc}") from None
+    return _layout_from(src, raw)
+
+
+def _remote_documents(src: str, names: tuple[str, ...]) -> dict[str, bytes | None]:
+    """The metadata documents of the array at URL ``src`` (None: no such object)."""
+    raw: dict[str, bytes | None] = {}
+    for name in names:
+        try:
+            raw[name] = objects.read_object(url.join(src, name))
+        except (OSError, ValueError) as exc:
+            raise ArgumentsError(f"the source {src}: cannot read {name}: {exc}") from None
+    return raw
+
+
+def _layout_from(src: str, raw: dict[str, bytes | None]) -> tuple[dict[str, Any], Any]:
+    """The documents and layout of ``src`` from its metadata files' bytes."""
+    from lsio_ray.zarr.codec_api import docs_from_files, layout_from_docs
+
+    if not any(v is not None for v in raw.values()) and url.is_remote(src):
+        raise ArgumentsError(f"the source {src} does not exist: no zarr.json or .zarray there")
     try:
         docs = docs_from_files(raw, src)
     except FileNotFoundError:
@@ -130,6 +153,9 @@ def _check_destination(dst: str, overwrite: bool) -> None:
     from lsio_ray.ray.rechunk import STATE_DIR
     from lsio_ray.ray.rechunk.group_plan import source_is_group
 
+    if url.is_remote(dst):
+        _check_remote_destination(dst, overwrite, STATE_DIR)
+        return
     if not os.path.lexists(dst):
         return
     if not os.path.isdir(dst):
@@ -152,6 +178,27 @@ def _check_destination(dst: str, overwrite: bool) -> None:
     raise ArgumentsError(
         f"the destination {dst} exists and holds {what}; pass --overwrite to replace it"
     )
+
+
+def _check_remote_destination(dst: str, overwrite: bool, state_dir: str) -> None:
+    """:func:`_check_destination` for a URL: HTTP is read-only; objects already under
+    the prefix need ``--overwrite`` unless they are an unfinished run of the job."""
+    if url.scheme_of(dst) in ("http", "https"):
+        raise ArgumentsError(
+            f"the destination {dst} is on an HTTP server, which lsio_ray reads only: write "
+            "to a local directory or object storage (s3://, gs://, az://)"
+        )
+    if overwrite:
+        return
+    try:
+        there = objects.list_prefix(dst, limit=1)
+        unfinished = objects.object_size(url.join(dst, state_dir, "job.json")) is not None
+    except OSError as exc:
+        raise ArgumentsError(f"the destination {dst}: {exc}") from None
+    if there and not unfinished:
+        raise ArgumentsError(
+            f"the destination {dst} holds objects already; pass --overwrite to replace them"
+        )
 
 
 def check_arguments(args: argparse.Namespace) -> None:
@@ -380,8 +427,17 @@ def add_rechunk_parser(subparsers: Any) -> argparse.ArgumentParser:
         "command again: finished blocks (and arrays) are not redone and the result is "
         "the same, byte for byte.",
     )
-    p.add_argument("src", help="the source array or group (a directory)")
-    p.add_argument("dst", help="the new array or group (a directory or object-storage URL)")
+    p.add_argument(
+        "src",
+        help="the source array or group (a directory), or array (an s3:// gs:// az:// "
+        "http(s):// URL)",
+    )
+    p.add_argument(
+        "dst",
+        help="the new array or group (a directory, or an s3:// gs:// az:// URL; "
+        "credentials and endpoint from the environment: AWS_ENDPOINT_URL, "
+        "AWS_ACCESS_KEY_ID...)",
+    )
     p.add_argument(
         "--chunks",
         type=shape_rule,

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lsio_ray.io import objects, url
 from lsio_ray.zarr.errors import ZarrError
 from lsio_ray.zarr.layout import layout_from_docs
 
@@ -33,10 +34,18 @@ __all__ = [
 MAX_WALK = 200_000
 
 
-def count_stored(path: str, max_files: int | None = None) -> tuple[int, int, bool]:
+def count_stored(path: str, max_files: int | None = None) -> tuple[int | None, int | None, bool]:
     """``(bytes, files, complete)`` stored under ``path``, metadata included; counting
     stops after ``max_files`` files (``complete`` is then False).  Symbolic links are
-    counted as links, never followed."""
+    counted as links, never followed.  On object storage the objects under the prefix
+    are listed (:func:`lsio_ray.io.objects.list_prefix`); over HTTP, which has no
+    listing, the stored size is unknown: ``(None, None, False)``."""
+    if url.is_remote(path):
+        if url.scheme_of(path) in ("http", "https"):
+            return None, None, False
+        found = objects.list_prefix(path, max_files)
+        done = max_files is None or len(found) < max_files
+        return sum(size for _, size in found), len(found), done
     total = files = 0
     for root, _, names in os.walk(path):
         for name in names:
@@ -50,8 +59,9 @@ def count_stored(path: str, max_files: int | None = None) -> tuple[int, int, boo
     return total, files, True
 
 
-def stored_size(path: str) -> tuple[int, int]:
-    """(bytes, files) stored under ``path``, metadata included."""
+def stored_size(path: str) -> tuple[int | None, int | None]:
+    """(bytes, files) stored under ``path``, metadata included (None, None: unknown, over
+    HTTP)."""
     total, files, _ = count_stored(path)
     return total, files
 
@@ -124,13 +134,13 @@ def format_info(info: dict[str, Any]) -> str:
         rows.append(("dimensions", info["dimension_names"]))
     rows.append(("attributes", json.dumps(info["attributes"])[:200]))
     ratio = info["compression_ratio"]
-    rows.append(
-        (
-            "size",
-            f"{_size(info['nbytes'])} decoded, {_size(info['stored_bytes'])} "
-            f"stored in {info['stored_files']} files" + (f" (ratio {ratio:.2f})" if ratio else ""),
-        )
-    )
+    if info["stored_bytes"] is None:  # HTTP: no listing
+        stored = "stored size unknown (an HTTP server lists no objects)"
+    else:
+        stored = f"{_size(info['stored_bytes'])} stored in {info['stored_files']} "
+        stored += "objects" if url.is_remote(info["path"]) else "files"
+    ratio_text = f" (ratio {ratio:.2f})" if ratio else ""
+    rows.append(("size", f"{_size(info['nbytes'])} decoded, {stored}{ratio_text}"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
@@ -253,6 +263,8 @@ def _array_cells(m: Mapping[str, Any]) -> list[str]:
     ]
     if m["missing"]:
         cells.append("MISSING on disk")
+    elif m["stored_bytes"] is None:
+        cells.append("stored size unknown (HTTP)")
     else:
         more = "" if m["stored_complete"] else "at least "
         stored = f"{more}{_size(m['stored_bytes'])} stored"
@@ -273,11 +285,15 @@ def format_group_info(info: Mapping[str, Any]) -> str:
     groups = len(members) - len(arrays)
     stored = sum(m["stored_bytes"] or 0 for m in arrays)
     more = "" if all(m["stored_complete"] for m in arrays) else "at least "
+    if arrays and all(m["stored_bytes"] is None for m in arrays):
+        more, stored_text = "", "stored size unknown (HTTP)"
+    else:
+        stored_text = f"{more}{_size(stored)} stored"
     head = (
         f"Zarr v{info['zarr_format']} group {_shown(info['path'])}"
         + (" (consolidated metadata)" if info["consolidated"] else "")
         + f": {len(arrays)} array{'s' * (len(arrays) != 1)}, "
-        f"{groups} group{'s' * (groups != 1)}, {more}{_size(stored)} stored"
+        f"{groups} group{'s' * (groups != 1)}, {stored_text}"
     )
     lines = [head]
     if info["attributes"]:
