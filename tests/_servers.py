@@ -55,6 +55,35 @@ class S3Server:
         """``storage_options`` for lsio_ray / obstore reaching this server."""
         return {**KEY, "endpoint": endpoint or self.endpoint}
 
+    def upload_tree(self, local: str, bucket: str, prefix: str) -> str:
+        """Every file under the directory ``local`` as the object ``prefix/<relative
+        path>`` of ``bucket``; returns ``s3://bucket/prefix``."""
+        cl = self.client()
+        for d, _, names in os.walk(local):
+            for n in names:
+                full = os.path.join(d, n)
+                rel = os.path.relpath(full, local).replace(os.sep, "/")
+                cl.upload_file(full, bucket, f"{prefix}/{rel}")
+        return f"s3://{bucket}/{prefix}"
+
+
+@contextlib.contextmanager
+def s3_bucket(bucket: str, *, configure: bool = False, **server: Any) -> Iterator[S3Server]:
+    """:func:`moto_server` (``server``: its arguments) holding an empty ``bucket``; with
+    ``configure``, lsio_ray's store options for ``s3://bucket`` point at it.  On exit the
+    server stops and this process forgets every store option and store made."""
+    from lsio_ray.io import stores
+
+    try:
+        with moto_server(**server) as srv:
+            srv.client().create_bucket(Bucket=bucket)
+            if configure:
+                stores.configure(f"s3://{bucket}", **srv.options())
+            yield srv
+    finally:
+        stores._options.clear()
+        stores._stores.clear()
+
 
 @contextlib.contextmanager
 def moto_server(

@@ -19,10 +19,9 @@ pytest.importorskip("obstore")
 pytest.importorskip("moto")
 zarr = pytest.importorskip("zarr")
 
-from _servers import KEY, S3Server, moto_server, nginx_server  # noqa: E402
+from _servers import KEY, S3Server, nginx_server, s3_bucket  # noqa: E402
 
 import lsio_ray  # noqa: E402
-from lsio_ray.io import stores  # noqa: E402
 
 BUCKET = "lsio-cli"
 ROOT = str(Path(__file__).resolve().parent.parent)
@@ -51,14 +50,9 @@ def _tree(local: str) -> list[tuple[str, int]]:
 
 @pytest.fixture(scope="module")
 def s3(local: str) -> Iterator[S3Server]:
-    with moto_server() as srv:
-        cl = srv.client()
-        cl.create_bucket(Bucket=BUCKET)
-        for rel, _ in _tree(local):
-            cl.upload_file(os.path.join(local, rel), BUCKET, f"a.zarr/{rel}")
+    with s3_bucket(BUCKET) as srv:
+        srv.upload_tree(local, BUCKET, "a.zarr")
         yield srv
-    stores._options.clear()
-    stores._stores.clear()
 
 
 def _env(s3: S3Server) -> dict[str, str]:

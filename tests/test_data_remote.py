@@ -20,7 +20,7 @@ zarr = pytest.importorskip("zarr")
 ray = pytest.importorskip("ray")
 
 from _ray_helpers import LocalCluster, local_cluster  # noqa: E402
-from _servers import S3Server, moto_server, nginx_server  # noqa: E402
+from _servers import S3Server, nginx_server, s3_bucket  # noqa: E402
 
 import lsio_ray.data as ld  # noqa: E402
 from lsio_ray.io import stores  # noqa: E402
@@ -64,18 +64,10 @@ def arrays(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def s3(arrays: dict[str, str]) -> Iterator[S3Server]:
-    with moto_server() as srv:
-        cl = srv.client()
-        cl.create_bucket(Bucket=BUCKET)
+    with s3_bucket(BUCKET) as srv:
         for name, local in arrays.items():
-            for d, _, files in os.walk(local):
-                for f in files:
-                    full = os.path.join(d, f)
-                    rel = os.path.relpath(full, local).replace(os.sep, "/")
-                    cl.upload_file(full, BUCKET, f"{name}.zarr/{rel}")
+            srv.upload_tree(local, BUCKET, f"{name}.zarr")
         yield srv
-    stores._options.clear()
-    stores._stores.clear()
 
 
 @pytest.fixture(scope="module")

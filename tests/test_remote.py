@@ -16,11 +16,11 @@ import pytest
 pytest.importorskip("obstore")
 pytest.importorskip("moto")
 
-from _servers import FaultProxy, S3Server, moto_server
+from _servers import FaultProxy, S3Server, moto_server, s3_bucket
 
 from lsio_ray import ByteRange, Engine, OpGroup, get_ranges, put_file, put_ranges
 from lsio_ray.errors import RangePastEOFError
-from lsio_ray.io import config, remote, stores
+from lsio_ray.io import config, remote
 from lsio_ray.io.url import UnsupportedURLError, is_remote, resolve, split
 
 BUCKET = "lsio-test"
@@ -29,12 +29,8 @@ MIB = 1 << 20
 
 @pytest.fixture(scope="module")
 def s3() -> Iterator[S3Server]:
-    with moto_server() as srv:
-        srv.client().create_bucket(Bucket=BUCKET)
-        remote.configure(f"s3://{BUCKET}", **srv.options())
+    with s3_bucket(BUCKET, configure=True) as srv:
         yield srv
-    stores._options.clear()
-    stores._stores.clear()
 
 
 @pytest.fixture(scope="module")

@@ -16,10 +16,10 @@ pytest.importorskip("moto")
 ray = pytest.importorskip("ray")
 
 from _ray_helpers import local_cluster  # noqa: E402
-from _servers import S3Server, moto_server  # noqa: E402
+from _servers import S3Server, s3_bucket  # noqa: E402
 
 from lsio_ray import OpGroup, get_ranges  # noqa: E402
-from lsio_ray.io import remote, stores  # noqa: E402
+from lsio_ray.io import remote  # noqa: E402
 from lsio_ray.ray import Coordinator  # noqa: E402
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -29,11 +29,8 @@ BUCKET = "lsio-ray"
 
 @pytest.fixture(scope="module")
 def s3() -> Iterator[S3Server]:
-    with moto_server() as srv:
-        srv.client().create_bucket(Bucket=BUCKET)
+    with s3_bucket(BUCKET) as srv:
         yield srv
-    stores._options.clear()
-    stores._stores.clear()
 
 
 @pytest.mark.timeout(600)

@@ -17,10 +17,10 @@ pytest.importorskip("obstore")
 pytest.importorskip("moto")
 zarr = pytest.importorskip("zarr")
 
-from _servers import KEY, S3Server, moto_server  # noqa: E402
+from _servers import KEY, S3Server, s3_bucket  # noqa: E402
 
 import lsio_ray.zarr as lz  # noqa: E402
-from lsio_ray.io import objects, remote, stores  # noqa: E402
+from lsio_ray.io import objects, remote  # noqa: E402
 from lsio_ray.paths import check_disjoint  # noqa: E402
 
 BUCKET = "lsio-write"
@@ -28,12 +28,8 @@ BUCKET = "lsio-write"
 
 @pytest.fixture(scope="module")
 def s3() -> Iterator[S3Server]:
-    with moto_server() as srv:
-        srv.client().create_bucket(Bucket=BUCKET)
-        remote.configure(f"s3://{BUCKET}", **srv.options())
+    with s3_bucket(BUCKET, configure=True) as srv:
         yield srv
-    stores._options.clear()
-    stores._stores.clear()
 
 
 def zarr_python(s3: S3Server, prefix: str) -> Any:

@@ -15,7 +15,7 @@ pytest.importorskip("obstore")
 pytest.importorskip("moto")
 zarr = pytest.importorskip("zarr")
 
-from _servers import S3Server, moto_server  # noqa: E402
+from _servers import S3Server, s3_bucket  # noqa: E402
 from _zarr_helpers import LAYOUTS, check_equal, regions, write_fixture  # noqa: E402
 
 import lsio_ray.zarr as lz  # noqa: E402
@@ -26,23 +26,13 @@ BUCKET = "lsio-zarr"
 
 def upload(s3: S3Server, local: str, prefix: str) -> str:
     """Upload the tree ``local`` under ``s3://BUCKET/prefix``; returns its URL."""
-    cl = s3.client()
-    for d, _, names in os.walk(local):
-        for n in names:
-            full = os.path.join(d, n)
-            rel = os.path.relpath(full, local).replace(os.sep, "/")
-            cl.upload_file(full, BUCKET, f"{prefix}/{rel}")
-    return f"s3://{BUCKET}/{prefix}"
+    return s3.upload_tree(local, BUCKET, prefix)
 
 
 @pytest.fixture(scope="module")
 def s3() -> Iterator[S3Server]:
-    with moto_server() as srv:
-        srv.client().create_bucket(Bucket=BUCKET)
-        remote.configure(f"s3://{BUCKET}", **srv.options())
+    with s3_bucket(BUCKET, configure=True) as srv:
         yield srv
-    stores._options.clear()
-    stores._stores.clear()
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ pytest.importorskip("moto")
 zarr = pytest.importorskip("zarr")
 pytest_asyncio = pytest.importorskip("pytest_asyncio")
 
-from _servers import S3Server, moto_server  # noqa: E402
+from _servers import S3Server, s3_bucket  # noqa: E402
 from zarr.abc.store import OffsetByteRequest, RangeByteRequest, SuffixByteRequest  # noqa: E402
 from zarr.core.buffer import cpu, default_buffer_prototype  # noqa: E402
 from zarr.core.sync import sync  # noqa: E402
@@ -40,11 +40,8 @@ _COUNTER = itertools.count()
 
 @pytest.fixture(scope="module")
 def s3() -> Iterator[S3Server]:
-    with moto_server() as srv:
-        srv.client().create_bucket(Bucket=BUCKET)
+    with s3_bucket(BUCKET) as srv:
         yield srv
-    stores._options.clear()
-    stores._stores.clear()
 
 
 def fresh(s3: S3Server) -> str:
