@@ -11,13 +11,21 @@ Members come from the group's consolidated metadata when it has some (v2 ``.zmet
 v3 ``consolidated_metadata`` in ``zarr.json``, as zarr-python writes them:
 :func:`consolidate_metadata`), otherwise from listing its directory.
 
+A group may be a URL (``s3://``, ``gs://``, ``az://``, ``http(s)://``, with
+``storage_options=`` as arrays take them): object storage lists the prefixes under the
+group; an HTTP server lists nothing, so there the members come from the consolidated
+metadata only -- without it the group opens (format, attributes), a member named
+explicitly opens by its own documents, and listing raises :class:`GroupError` saying
+why (:mod:`lsio_ray.zarr.group_access`).  Member arrays are read over the same URL.
+
 Every member name is treated as hostile: a name or a path in the metadata is split on
 ``/`` and refused if it is empty, absolute, or has a ``.`` or ``..`` part, and each
 member's directory is resolved (symbolic links followed) and refused unless it lies
 inside the directory of the group that was opened (the *root*), and is not the group
-itself or one of its parents (a cycle).  Refusals raise :class:`GroupError` naming the
-member.  (The chunk files inside an array are the array reader's business, as for an
-array opened on its own.)
+itself or one of its parents (a cycle); on a URL, a member's key must be a plain key
+under the group's prefix (:func:`lsio_ray.io.url.check_key`).  Refusals raise
+:class:`GroupError` naming the member.  (The chunk files inside an array are the array
+reader's business, as for an array opened on its own.)
 """
 
 from __future__ import annotations
@@ -32,6 +40,8 @@ from typing import Any
 import zarr
 from zarr.storage import LocalStore
 
+from lsio_ray.io import url
+from lsio_ray.zarr import group_access
 from lsio_ray.zarr.array import Array, open_array
 from lsio_ray.zarr.errors import ArrayMetadataError, GroupError
 from lsio_ray.zarr.group_meta import (
@@ -43,7 +53,7 @@ from lsio_ray.zarr.group_meta import (
     split_member_path,
 )
 from lsio_ray.zarr.info import MAX_WALK, array_summary, format_group_info
-from lsio_ray.zarr.layout import _read_json, layout_from_docs
+from lsio_ray.zarr.layout import layout_from_docs
 from lsio_ray.zarr.loader import Loader
 
 __all__ = [
@@ -63,7 +73,7 @@ _REPR_MEMBERS = 200
 class _Context:
     """What every group of one opened hierarchy shares."""
 
-    root: str  # the real path of the group that was opened
+    root: str  # the real path (or the URL) of the group that was opened
     use_consolidated: bool | None  # as asked when it was opened, for every group below
     options: dict[str, Any]  # Array keyword options (direct, coalesce_gap, ...)
     wrap_array: Callable[[Array], Any] | None
@@ -99,8 +109,10 @@ class Group:
     ``backend`` gives the group's arrays one loader of their own with that engine
     backend (closed by :meth:`close`); ``loader`` shares one.  ``wrap_array`` is applied
     to every array the group hands out (``lsio_ray.open`` wraps them for notebooks).
-    Raises ``FileNotFoundError`` when ``path`` holds no group and :class:`GroupError`
-    when its metadata is invalid or names a member outside it.
+    ``path`` may be an object-storage or HTTP URL; ``storage_options`` are then its
+    store's options (:func:`lsio_ray.io.stores.configure`), else they come from the
+    environment.  Raises ``FileNotFoundError`` when ``path`` holds no group and
+    :class:`GroupError` when its metadata is invalid or names a member outside it.
     """
 
     def __init__(
@@ -111,13 +123,14 @@ class Group:
         loader: Loader | None = None,
         backend: str | None = None,
         wrap_array: Callable[[Array], Any] | None = None,
+        storage_options: dict[str, Any] | None = None,
         **options: Any,
     ) -> None:
         try:
             inspect.signature(Array).bind_partial(**options)
         except TypeError as exc:
             raise TypeError(f"Group: an option arrays do not take: {exc}") from None
-        real = os.path.realpath(os.fspath(path))
+        real = group_access.locate(path, storage_options)
         ctx = _Context(real, use_consolidated, dict(options), wrap_array, loader, backend)
         self._setup(ctx, real, "", (real,))
 
@@ -133,7 +146,7 @@ class Group:
         consolidated metadata, from ``(zarr_format, its entry, its members)`` there."""
         self._ctx = ctx
         self.path = real
-        """The group's directory (symbolic links resolved)."""
+        """The group's directory (symbolic links resolved), or its URL."""
         self.name = name
         """The group's path below the group that was opened ("" for that one)."""
         self._ancestors = ancestors
@@ -160,8 +173,15 @@ class Group:
 
     @property
     def root(self) -> str:
-        """The directory of the group that was opened: no member is read outside it."""
+        """The directory (or URL) of the group that was opened: no member is read
+        outside it."""
         return self._ctx.root
+
+    @property
+    def listable(self) -> bool:
+        """Whether the members can be listed: from consolidated metadata, or from the
+        directory or object-storage prefix (an HTTP server lists nothing)."""
+        return self._consolidated is not None or group_access.can_list(self.path)
 
     # -- members -------------------------------------------------------------------------
     def _entries(self) -> dict[str, Member]:
@@ -174,67 +194,65 @@ class Group:
         return self._children
 
     def _list(self) -> dict[str, Member]:
-        """The direct members found in the directory: subdirectories holding the
-        metadata of this group's Zarr format."""
+        """The direct members found by listing: subdirectories (object-storage prefixes)
+        holding the metadata of this group's Zarr format."""
         out: dict[str, Member] = {}
-        with os.scandir(self.path) as it:
-            names = sorted(e.name for e in it)
-        for name in names:
-            full = os.path.join(self.path, name)
-            if not os.path.isdir(full):
-                continue
-            real = self._resolve(name)
-            docs: dict[str, Any] = {}
-            if self.zarr_format == 3:
-                meta = os.path.join(real, "zarr.json")
-                if not os.path.exists(meta):
-                    continue
-                doc = _read_json(meta, real)
-                kind = doc.get("node_type") if isinstance(doc, dict) else None
-                if kind not in ("array", "group"):
-                    raise GroupError(self._where(name), f"node_type {kind!r} in zarr.json")
-                docs["zarr.json"] = doc
-            else:
-                for doc_name in V2_DOCS:
-                    file = os.path.join(real, doc_name)
-                    if os.path.exists(file):
-                        docs[doc_name] = _read_json(file, real)
-                if ".zarray" not in docs and ".zgroup" not in docs:
-                    continue
-                kind = "array" if ".zarray" in docs else "group"
-            out[name] = Member(kind, docs)
+        for name in group_access.list_children(self.path):
+            entry = self._probe(name)
+            if entry is not None:
+                out[name] = entry
         return out
 
+    def _probe(self, name: str) -> Member | None:
+        """The member ``name`` from its own documents (None: it has none of this
+        group's Zarr format)."""
+        real = self._resolve(name)
+        docs: dict[str, Any] = {}
+        if self.zarr_format == 3:
+            doc = group_access.read_doc(real, "zarr.json")
+            if doc is None:
+                return None
+            kind = doc.get("node_type") if isinstance(doc, dict) else None
+            if kind not in ("array", "group"):
+                raise GroupError(self._where(name), f"node_type {kind!r} in zarr.json")
+            docs["zarr.json"] = doc
+        else:
+            for doc_name in V2_DOCS:
+                doc = group_access.read_doc(real, doc_name)
+                if doc is not None:
+                    docs[doc_name] = doc
+            if ".zarray" not in docs and ".zgroup" not in docs:
+                return None
+            kind = "array" if ".zarray" in docs else "group"
+        return Member(kind, docs)
+
+    def _entry(self, name: str) -> Member | None:
+        """The direct member ``name``: from the listing, or, where there is none (HTTP
+        without consolidated metadata), from the member's own documents."""
+        if self._children is None and not self.listable:
+            return self._probe(name)
+        return self._entries().get(name)
+
     def _where(self, name: str) -> str:
-        """The member ``name`` as errors name it: its directory below the group."""
+        """The member ``name`` as errors name it: its directory (or URL) below the group."""
+        if group_access.is_remote(self.path):
+            return f"{self.path}/{name}"
         return os.path.join(self.path, name)
 
     def _rel(self, name: str) -> str:
         return f"{self.name}/{name}" if self.name else name
 
     def _resolve(self, name: str) -> str:
-        """The real directory of the direct member ``name``, refused (:class:`GroupError`)
-        unless it lies inside the root and is not this group or one of its parents."""
-        real = os.path.realpath(os.path.join(self.path, name))
-        root = self._ctx.root
-        if os.path.commonpath([root, real]) != root:
-            raise GroupError(
-                root,
-                f"member {self._rel(name)!r} resolves to {real}, outside the group: refused",
-            )
-        if real in self._ancestors:
-            raise GroupError(
-                root,
-                f"member {self._rel(name)!r} resolves to {real}, the group itself or one of "
-                "its parents (a cycle): refused",
-            )
-        return real
+        """The real directory (or URL) of the direct member ``name``, refused
+        (:class:`GroupError`) unless it lies inside the root and is not this group or one
+        of its parents."""
+        return group_access.child(self._ctx.root, self.path, name, self._rel(name), self._ancestors)
 
     def _member_dir(self, name: str) -> str:
         """The member's directory, checked, and present on disk (consolidated metadata
         may list members that are gone: ``FileNotFoundError`` naming it)."""
         real = self._resolve(name)
-        if not os.path.isdir(real):
+        if not group_access.present(real):
             raise FileNotFoundError(
                 errno.ENOENT,
                 f"member {self._rel(name)!r} is listed in the consolidated metadata of "
@@ -244,7 +262,7 @@ class Group:
         return real
 
     def _child(self, name: str) -> Array | Group:
-        entry = self._entries().get(name)
+        entry = self._entry(name)
         if entry is None:
             raise KeyError(f"{self.path}: no member {self._rel(name)!r}")
         real = self._member_dir(name)
@@ -285,7 +303,7 @@ class Group:
         parts = split_member_path(self.path, key)
         if self._consolidated is not None:
             return "/".join(parts) in self._consolidated
-        entry = self._entries().get(parts[0])
+        entry = self._entry(parts[0])
         if entry is None or len(parts) == 1:
             return entry is not None
         if entry.kind != "group":
@@ -335,7 +353,7 @@ class Group:
         without opening the arrays.  Hostile members raise."""
         for name, entry in self._entries().items():
             real = self._resolve(name)
-            present = os.path.isdir(real)
+            present = group_access.present(real)
             yield f"{prefix}{name}", entry, real if present else None
             if entry.kind == "group" and present:
                 child = self._child(name)
@@ -377,6 +395,11 @@ class Group:
         return format_group_info(self.info(max_members))
 
     def __repr__(self) -> str:
+        if not self.listable:
+            return (
+                f"<lsio_ray.zarr.Group {self.path!r} v{self.zarr_format}, members not listed "
+                "(HTTP, no consolidated metadata)>"
+            )
         kind = "consolidated" if self.consolidated else "listed"
         return (
             f"<lsio_ray.zarr.Group {self.path!r} v{self.zarr_format} {kind}, {len(self)} members>"
@@ -425,7 +448,13 @@ def open_node(
     except ArrayMetadataError:
         if not is_group(path):
             raise
-    except FileNotFoundError:
+    except FileNotFoundError as exc:
+        if url.is_remote(exc.filename):  # load_layout found no .zgroup either
+            raise FileNotFoundError(
+                errno.ENOENT,
+                "no Zarr array or group here (no zarr.json, .zarray or .zgroup)",
+                exc.filename,
+            ) from None
         if not os.path.isdir(path):
             raise
         raise FileNotFoundError(
@@ -452,7 +481,9 @@ def consolidate_metadata(path: str | os.PathLike[str]) -> Group:
     warns that the latter is not part of the v3 specification yet).
 
     The hierarchy is first walked by listing, refusing members outside the group, so
-    zarr-python never follows a hostile link.  Returns the group, reopened."""
+    zarr-python never follows a hostile link.  Returns the group, reopened.  A local
+    directory only (``UnsupportedURLError`` for a URL)."""
+    path = url.local_path(path, "writing consolidated metadata")
     group = Group(path, use_consolidated=False)
     for _ in group._walk():
         pass

@@ -1,8 +1,9 @@
 """A group's metadata: its own documents, its members' (from consolidated metadata), and
 the rule every member path obeys (:func:`split_member_path`).
 
-Nothing here follows a member's path on disk; :mod:`lsio_ray.zarr.group` resolves and
-checks each directory before reading it.
+Nothing here follows a member's path; :mod:`lsio_ray.zarr.group` resolves and checks
+each member's location before reading it.  Documents are read through
+:mod:`lsio_ray.zarr.group_access`: from a local directory or a URL alike.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from lsio_ray.zarr import group_access
 from lsio_ray.zarr.errors import GroupError
-from lsio_ray.zarr.layout import _read_json
 
 __all__ = [
     "V2_DOCS",
@@ -67,11 +68,10 @@ class Member:
 
 
 def read_group(path: str) -> tuple[int, dict[str, Any], dict[str, Member] | None]:
-    """``(zarr_format, attributes, consolidated members or None)`` of the group whose
-    directory is ``path``."""
-    v3 = os.path.join(path, "zarr.json")
-    if os.path.exists(v3):
-        doc = _read_json(v3, path)
+    """``(zarr_format, attributes, consolidated members or None)`` of the group at
+    ``path`` (a directory or a URL, :func:`lsio_ray.zarr.group_access.locate`)."""
+    doc = group_access.read_doc(path, "zarr.json")
+    if doc is not None:
         if not isinstance(doc, dict) or doc.get("zarr_format") != 3:
             raise GroupError(path, "zarr.json is not a Zarr v3 metadata document")
         if doc.get("node_type") == "array":
@@ -79,16 +79,15 @@ def read_group(path: str) -> tuple[int, dict[str, Any], dict[str, Member] | None
         if doc.get("node_type") != "group":
             raise GroupError(path, f"node_type is {doc.get('node_type')!r}, not a group")
         return 3, check_attrs(path, doc.get("attributes", {})), _consolidated_v3(path, doc)
-    if os.path.exists(os.path.join(path, ".zgroup")):
-        doc = _read_json(os.path.join(path, ".zgroup"), path)
+    doc = group_access.read_doc(path, ".zgroup")
+    if doc is not None:
         if not isinstance(doc, dict) or doc.get("zarr_format") != 2:
             raise GroupError(path, ".zgroup is not a Zarr v2 group document")
-        attrs_file = os.path.join(path, ".zattrs")
-        attrs = _read_json(attrs_file, path) if os.path.exists(attrs_file) else {}
-        zmeta = os.path.join(path, ".zmetadata")
-        cons = _consolidated_v2(path, _read_json(zmeta, path)) if os.path.exists(zmeta) else None
-        return 2, check_attrs(path, attrs), cons
-    if os.path.exists(os.path.join(path, ".zarray")):
+        attrs = group_access.read_doc(path, ".zattrs")
+        zmeta = group_access.read_doc(path, ".zmetadata")
+        cons = _consolidated_v2(path, zmeta) if zmeta is not None else None
+        return 2, check_attrs(path, {} if attrs is None else attrs), cons
+    if group_access.exists(path, ".zarray"):
         raise GroupError(path, "is a Zarr array, not a group (lsio_ray.zarr.open_array)")
     raise FileNotFoundError(errno.ENOENT, "no Zarr group here (no zarr.json or .zgroup)", path)
 
@@ -169,16 +168,16 @@ def _check_parents(path: str, members: dict[str, Member]) -> dict[str, Member]:
 
 
 def is_group(path: str | os.PathLike[str]) -> bool:
-    """Whether the directory ``path`` holds a Zarr group (v3 ``zarr.json`` with node type
-    ``group``, or v2 ``.zgroup`` and no array metadata).  Unreadable metadata: False."""
-    root = os.fspath(path)
-    v3 = os.path.join(root, "zarr.json")
-    if os.path.exists(v3):
-        try:
-            doc = _read_json(v3, root)
-        except (OSError, ValueError):
+    """Whether ``path`` (a directory or a URL) holds a Zarr group (v3 ``zarr.json`` with
+    node type ``group``, or v2 ``.zgroup`` and no array metadata).  Unreadable metadata
+    (or an unknown URL scheme): False."""
+    try:
+        root = group_access.locate(path)
+        doc = group_access.read_doc(root, "zarr.json")
+        if doc is not None:
+            return isinstance(doc, dict) and doc.get("node_type") == "group"
+        if group_access.exists(root, ".zarray"):
             return False
-        return isinstance(doc, dict) and doc.get("node_type") == "group"
-    if os.path.exists(os.path.join(root, ".zarray")):
+        return group_access.exists(root, ".zgroup")
+    except (OSError, ValueError):
         return False
-    return os.path.exists(os.path.join(root, ".zgroup"))
