@@ -82,6 +82,7 @@ def s3(local: str) -> Iterator[S3Server]:
         for name in os.listdir(local):
             srv.upload_tree(os.path.join(local, name), BUCKET, name)
         srv.upload_tree(os.path.join(local, "g3c.zarr"), OTHER, "data/g3c.zarr")
+        srv.upload_tree(os.path.join(local, "pair.zarr"), OTHER, "data/pair.zarr")
         yield srv
 
 
@@ -265,6 +266,44 @@ def test_aligned_crops_from_a_group_on_s3(s3: S3Server, local: str) -> None:
         np.testing.assert_array_equal(s["label"], label[y : y + 8, x : x + 6])
         n += 1
     assert n == 12
+
+
+@pytest.mark.timeout(600)
+def test_ray_data_crops_from_a_group_on_s3(
+    s3: S3Server, local: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """``read_zarr_crops(group_url, arrays=[...])`` on a Ray cluster, the store's options
+    given with the call only (shipped to the read tasks)."""
+    ray = pytest.importorskip("ray")
+    from _ray_helpers import local_cluster
+
+    import lsio_ray.data as ld
+    from lsio_ray.io import stores
+
+    url = f"s3://{OTHER}/data/pair.zarr"
+    stores._options.pop(f"s3://{OTHER}", None)  # the options come with the call only
+    stores._stores.clear()
+    ref = zarr.open_group(os.path.join(local, "pair.zarr"), mode="r")
+    image, label = ref["image"][...], ref["label"][...]
+    with local_cluster(tmp_path_factory.mktemp("cluster"), workers=1):
+        ds = ld.read_zarr_crops(
+            url,
+            (8, 6),
+            20,
+            arrays=["image", "label"],
+            seed=2,
+            storage_options=s3.options(),
+            include_paths=True,
+            override_num_blocks=2,
+        )
+        rows = ds.take_all()
+    assert ray.is_initialized() is False
+    assert sorted(int(r["index"]) for r in rows) == list(range(20))
+    assert {r["path"] for r in rows} == {url}
+    for r in rows:
+        y, x = (int(v) for v in r["lo"])
+        np.testing.assert_array_equal(r["image"], image[:, y : y + 8, x : x + 6])
+        np.testing.assert_array_equal(r["label"], label[y : y + 8, x : x + 6])
 
 
 def _env(s3: S3Server) -> dict[str, str]:
