@@ -345,3 +345,16 @@ def test_cli_info_prints_the_tree_of_a_group_on_s3(s3: S3Server, local: str) -> 
     res = _cli(env, "info", f"s3://{BUCKET}/nothing.zarr")
     assert res.returncode == 1
     assert f"s3://{BUCKET}/nothing.zarr" in res.stderr
+
+
+def test_cli_info_over_http(http: str) -> None:
+    """With consolidated metadata the tree (sizes unknown: no listing); without, an
+    error saying why the members cannot be listed."""
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    res = _cli(env, "info", f"{http}/g3c.zarr")
+    assert res.returncode == 0, res.stderr
+    assert "Zarr v3 group" in res.stdout and "temperature" in res.stdout
+    assert "(10, 13)" in res.stdout
+    res = _cli(env, "info", f"{http}/g3.zarr")
+    assert res.returncode == 1
+    assert f"{http}/g3.zarr" in res.stderr and "an HTTP server lists no objects" in res.stderr

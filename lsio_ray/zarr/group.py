@@ -216,13 +216,15 @@ class Group:
             if kind not in ("array", "group"):
                 raise GroupError(self._where(name), f"node_type {kind!r} in zarr.json")
             docs["zarr.json"] = doc
-        else:
+        else:  # .zarray, else .zgroup, then .zattrs: no request for what cannot matter
             for doc_name in V2_DOCS:
+                if doc_name == ".zgroup" and ".zarray" in docs:
+                    continue
+                if doc_name == ".zattrs" and not docs:
+                    return None
                 doc = group_access.read_doc(real, doc_name)
                 if doc is not None:
                     docs[doc_name] = doc
-            if ".zarray" not in docs and ".zgroup" not in docs:
-                return None
             kind = "array" if ".zarray" in docs else "group"
         return Member(kind, docs)
 
