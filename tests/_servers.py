@@ -55,6 +55,20 @@ class S3Server:
         """``storage_options`` for lsio_ray / obstore reaching this server."""
         return {**KEY, "endpoint": endpoint or self.endpoint}
 
+    def environ(self, **more: str) -> dict[str, str]:
+        """This process's environment with the ``AWS_*`` variables replaced by the ones
+        reaching this server (as the cloud SDKs and obstore read them), plus ``more``:
+        for a CLI run as a subprocess."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        env.update(
+            AWS_ENDPOINT_URL=self.endpoint,
+            AWS_ACCESS_KEY_ID=KEY["access_key_id"],
+            AWS_SECRET_ACCESS_KEY=KEY["secret_access_key"],
+            AWS_REGION=KEY["region"],
+            **more,
+        )
+        return env
+
     def upload_tree(self, local: str, bucket: str, prefix: str) -> str:
         """Every file under the directory ``local`` as the object ``prefix/<relative
         path>`` of ``bucket``; returns ``s3://bucket/prefix``."""

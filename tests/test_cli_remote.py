@@ -19,7 +19,7 @@ pytest.importorskip("obstore")
 pytest.importorskip("moto")
 zarr = pytest.importorskip("zarr")
 
-from _servers import KEY, S3Server, nginx_server, s3_bucket  # noqa: E402
+from _servers import S3Server, nginx_server, s3_bucket  # noqa: E402
 
 import lsio_ray  # noqa: E402
 
@@ -56,15 +56,7 @@ def s3(local: str) -> Iterator[S3Server]:
 
 
 def _env(s3: S3Server) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update(
-        AWS_ENDPOINT_URL=s3.endpoint,
-        AWS_ACCESS_KEY_ID=KEY["access_key_id"],
-        AWS_SECRET_ACCESS_KEY=KEY["secret_access_key"],
-        AWS_REGION=KEY["region"],
-        PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""),
-    )
-    return env
+    return s3.environ(PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
 
 def _cli(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
