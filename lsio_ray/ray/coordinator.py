@@ -68,6 +68,10 @@ def is_system_error(exc: BaseException) -> bool:
     return isinstance(exc, system) or isinstance(exc, getattr(rex, "ActorUnavailableError", ()))
 
 
+# pick_node asks Ray which nodes are alive at most this often
+NODE_CHECK_SECONDS = 1.0
+
+
 class _Piece:
     """One piece of a group served by one node, with its resume state."""
 
@@ -304,6 +308,7 @@ class Coordinator:
         self._rr = 0
         self._groups = 0
         self.retries = 0
+        self._checked = time.monotonic()  # when nodes was last checked against Ray
 
     # -- actors and nodes ----------------------------------------------------------------
     def actor(self, node: str) -> Any:
@@ -333,12 +338,17 @@ class Coordinator:
         no longer go to them; ``node_alive("")`` only does that."""
         live = alive_nodes()
         self.nodes = [n for n in self.nodes if n in live]
+        self._checked = time.monotonic()
         return node in live
 
     def pick_node(self) -> str:
         """A node for work that may run anywhere (shared storage): the least busy of
         :attr:`nodes` by the bytes of the groups in flight, round-robin among equals.
         Raises :class:`RuntimeError` when no node is left."""
+        if time.monotonic() - self._checked >= NODE_CHECK_SECONDS:
+            # work placed softly on a node that left is run elsewhere by Ray without a
+            # failure to tell us: look again now and then
+            self.node_alive("")
         if not self.nodes:
             raise RuntimeError("no live node left")
         best = min(self._load[n] for n in self.nodes)

@@ -197,6 +197,7 @@ def rechunk_array(
             blocks.run(todo, journal, step)
         finally:
             close_bar()
+        coord.node_alive("")  # nodes that left during the job: dropped for the next one
 
         # finish: metadata last (v2: attributes before .zarray), then forget the journal
         order = sorted(plan.dst_bytes, key=lambda k: (k == ".zarray", k == "zarr.json", k))
