@@ -41,7 +41,6 @@ local disks are not supported by these readers (refused).
 from __future__ import annotations
 
 import collections
-import itertools
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -62,14 +61,15 @@ from lsio_ray.data_plan import (
     crop_plan,
     node_of_all,
     open_all,
-    ray_read_args,
     resolve_num_blocks,
     restrict,
     store_options,
     strict_keywords,
+    task_ranges,
     window_starts,
 )
 from lsio_ray.data_plan import node_of as _node_of  # noqa: F401 (tests use it)
+from lsio_ray.data_shards import node_shards, read_dataset
 from lsio_ray.io import stores
 from lsio_ray.io.url import resolve
 from lsio_ray.zarr import random_box_starts
@@ -82,6 +82,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_BLOCK_BYTES",
     "ZarrBoxesDatasource",
+    "node_shards",
     "random_box_starts",
     "read_zarr_crops",
     "read_zarr_windows",
@@ -154,6 +155,7 @@ class ZarrBoxesDatasource(Datasource):
         self._name = name
         self.include_paths = bool(include_paths)
         self.pad = bool(pad)
+        self.span: tuple[int, int] | None = None  # one shard's rows (data_shards)
 
     @property
     def crop_nbytes(self) -> int:
@@ -174,22 +176,21 @@ class ZarrBoxesDatasource(Datasource):
         return self._name
 
     def estimate_inmemory_data_size(self) -> int | None:
-        """Decoded bytes of all the crops."""
-        return self.count * self.crop_nbytes
+        """Decoded bytes of all the crops (of the shard's, :attr:`span`)."""
+        a, b = self.span or (0, self.count)
+        return (b - a) * self.crop_nbytes
+
+    @property
+    def task_unit(self) -> int:
+        """Rows a read task (and a shard) takes whole: a cell's with ``per_cell``."""
+        return self.per_cell
 
     def get_read_tasks(
         self, parallelism: int, per_task_row_limit: int | None = None, **_kw: Any
     ) -> list[ReadTask]:
         """One read task per contiguous index range of the plan (at most ``parallelism``)."""
-        n = max(1, min(int(parallelism), self.count)) if self.count else 0
-        edges = np.linspace(0, self.count, n + 1).round().astype(np.int64) if n else []
-        if self.per_cell and n:  # whole cells per read task
-            edges = edges // self.per_cell * self.per_cell
-            edges[-1] = self.count
-            edges = np.unique(edges)
         tasks = []
-        for a, b in itertools.pairwise(edges):
-            a, b = int(a), int(b)
+        for a, b in task_ranges(self.span or (0, self.count), parallelism, self.per_cell):
             ids = arrays_in(self.sources, a, b)
             meta = BlockMetadata(
                 num_rows=b - a,
@@ -371,36 +372,6 @@ class _ReadRange:
                 )
 
 
-def _read(
-    src: ZarrBoxesDatasource,
-    parallelism: int | None,
-    ray_args: dict[str, Any],
-) -> ray.data.Dataset:
-    import ray
-
-    args = dict(ray_args)
-    remote = args.get("ray_remote_args") or {}
-    if src.node is not None and "label_selector" not in args and "label_selector" not in remote:
-        args["label_selector"] = {ray._raylet.RAY_NODE_ID_KEY: src.node}
-    if parallelism is None:
-        # One read task per CPU of the cluster: Ray's own default (many small tasks, each
-        # paying task and block costs and its own array open) was 2.1x slower here
-        # (``scripts/bench-datasource.py``, benchmarks/results/ray-data.md).
-        parallelism = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    args["override_num_blocks"] = int(parallelism)
-    ds = ray.data.read_datasource(src, **args)
-    # Ray Data merges a read task's blocks until they reach the dataset's
-    # target_max_block_size (128 MiB by default): a copy of every crop into a fresh
-    # block, and a read task's first rows held back until 128 MiB are decoded.  Our
-    # blocks are already sized (block_bytes), so the dataset (its own copy of the
-    # DataContext) takes them as they are.
-    full = src.rows_per_block * src.crop_nbytes
-    ctx = ds.context
-    if ctx.target_max_block_size is None or ctx.target_max_block_size > full:
-        ctx.target_max_block_size = full
-    return ds
-
-
 @strict_keywords
 def read_zarr_crops(
     paths: Paths | Mapping[str, Any] | Sequence[Mapping[str, Any]],
@@ -433,6 +404,7 @@ def read_zarr_crops(
     ray_remote_args: dict[str, Any] | None = None,
     parallelism: int | None = None,
     storage_options: dict[str, Any] | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> ray.data.Dataset:
     """A dataset of ``count`` random crops of ``crop_shape`` from the array at ``paths``
     (or from the arrays, if a list).
@@ -489,11 +461,16 @@ def read_zarr_crops(
     ``ray.data.read_datasource``; ``parallelism``: the deprecated old name of
     ``override_num_blocks`` (``DeprecationWarning``).  An unknown keyword argument is a
     ``TypeError`` naming it.
+
+    ``shard=(i, n)``: only the ``i``-th of ``n`` contiguous shares of the rows (whole
+    cells with ``per_cell``), for one of ``n`` consumers; the ``n`` shards are exactly
+    the rows without ``shard``.  :func:`node_shards` gives one per trainer node, read on
+    that node (:mod:`lsio_ray.data_shards`).
     """
     params = dict(locals())  # the arguments, the Ray Data ones among them
     if aligned_reads.is_aligned(paths, arrays):  # an image and its label...
         num = resolve_num_blocks(override_num_blocks, parallelism, "read_zarr_crops")
-        return aligned_reads.aligned_crops(params, num, _read)
+        return aligned_reads.aligned_crops(params, num, read_dataset)
     name = "read_zarr_crops"
     num_blocks = resolve_num_blocks(override_num_blocks, parallelism, name)
     arrays = open_all(array_paths(paths, filesystem, name, storage_options))
@@ -515,7 +492,7 @@ def read_zarr_crops(
         direct=direct,
         include_paths=include_paths,
     )
-    return _read(src, num_blocks, ray_read_args(ray.data.read_datasource, params))
+    return read_dataset(src, num_blocks, params)
 
 
 @strict_keywords
@@ -547,6 +524,7 @@ def read_zarr_windows(
     ray_remote_args: dict[str, Any] | None = None,
     parallelism: int | None = None,
     storage_options: dict[str, Any] | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> ray.data.Dataset:
     """A full scan: the windows of ``window_shape`` at multiples of ``stride`` (default:
     the window, i.e. non-overlapping tiles) in C order of their corners, array after
@@ -562,11 +540,11 @@ def read_zarr_windows(
     ``"error"``: ``ValueError`` if there are any such elements.
     (:func:`~lsio_ray.data_plan.window_starts` gives the window corners per axis.)
 
-    Rows and the other arguments as :func:`read_zarr_crops`."""
+    Rows and the other arguments (``shard`` among them) as :func:`read_zarr_crops`."""
     params = dict(locals())  # the arguments, the Ray Data ones among them
     if aligned_reads.is_aligned(paths, arrays):  # an image and its label...
         num = resolve_num_blocks(override_num_blocks, parallelism, "read_zarr_windows")
-        return aligned_reads.aligned_windows(params, num, _read)
+        return aligned_reads.aligned_windows(params, num, read_dataset)
     name = "read_zarr_windows"
     num_blocks = resolve_num_blocks(override_num_blocks, parallelism, name)
     arrays = open_all(array_paths(paths, filesystem, name, storage_options))
@@ -594,4 +572,4 @@ def read_zarr_windows(
         include_paths=include_paths,
         pad=partial == "pad",
     )
-    return _read(src, num_blocks, ray_read_args(ray.data.read_datasource, params))
+    return read_dataset(src, num_blocks, params)

@@ -37,7 +37,6 @@ two groups (``2 * decode_block`` or ``2 * per_cell`` samples), each in its block
 from __future__ import annotations
 
 import collections
-import itertools
 import math
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -57,8 +56,8 @@ from lsio_ray.data_plan import (
     arrays_in,
     crop_plan,
     node_of_all,
-    ray_read_args,
     restrict,
+    task_ranges,
 )
 from lsio_ray.io import stores, url
 
@@ -194,6 +193,7 @@ class AlignedDatasource(Datasource):
         self.block_bytes = int(block_bytes)
         self.node, self._name = node, name
         self.direct, self.include_paths, self.pad = direct, bool(include_paths), bool(pad)
+        self.span: tuple[int, int] | None = None  # one shard's rows (data_shards)
 
     @property
     def crop_nbytes(self) -> int:
@@ -213,22 +213,21 @@ class AlignedDatasource(Datasource):
         return self._name
 
     def estimate_inmemory_data_size(self) -> int | None:
-        """Decoded bytes of all the samples."""
-        return self.count * self.crop_nbytes
+        """Decoded bytes of all the samples (of the shard's, :attr:`span`)."""
+        a, b = self.span or (0, self.count)
+        return (b - a) * self.crop_nbytes
+
+    @property
+    def task_unit(self) -> int:
+        """Rows a read task (and a shard) takes whole: a group's when ``group``."""
+        return self.group
 
     def get_read_tasks(
         self, parallelism: int, per_task_row_limit: int | None = None, **_kw: Any
     ) -> list[ReadTask]:
         """One read task per contiguous index range (whole groups when ``group``)."""
-        n = max(1, min(int(parallelism), self.count)) if self.count else 0
-        edges = np.linspace(0, self.count, n + 1).round().astype(np.int64) if n else []
-        if self.group and n:
-            edges = edges // self.group * self.group
-            edges[-1] = self.count
-            edges = np.unique(edges)
         tasks = []
-        for a, b in itertools.pairwise(edges):
-            a, b = int(a), int(b)
+        for a, b in task_ranges(self.span or (0, self.count), parallelism, self.group):
             ids = arrays_in(self.sources, a, b)
             meta = BlockMetadata(
                 num_rows=b - a,
@@ -364,7 +363,7 @@ def aligned_crops(
         direct=params["direct"],
         include_paths=params["include_paths"],
     )
-    return read(src, num_blocks, ray_read_args(ray.data.read_datasource, params))
+    return read(src, num_blocks, params)
 
 
 def aligned_windows(
@@ -403,4 +402,4 @@ def aligned_windows(
         include_paths=params["include_paths"],
         pad=params["partial"] == "pad",
     )
-    return read(src, num_blocks, ray_read_args(ray.data.read_datasource, params))
+    return read(src, num_blocks, params)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import difflib
 import functools
 import inspect
+import itertools
 import math
 import os
 import sys
@@ -63,6 +64,7 @@ __all__ = [
     "restrict",
     "store_options",
     "strict_keywords",
+    "task_ranges",
     "window_starts",
 ]
 
@@ -304,6 +306,22 @@ def crop_plan(
         else:
             plan[rows] = random_box_starts(arr.shape, crop, len(rows), seeds[k])
     return plan, which
+
+
+def task_ranges(span: tuple[int, int], parallelism: int, unit: int = 0) -> list[tuple[int, int]]:
+    """Rows ``span = (a, b)`` of a plan cut into at most ``parallelism`` contiguous read
+    tasks' ranges, as equal as whole ``unit`` rows allow (cells or groups, counted from
+    row 0 of the plan; 0: single rows)."""
+    lo, hi = int(span[0]), int(span[1])
+    n = max(1, min(int(parallelism), hi - lo)) if hi > lo else 0
+    if not n:
+        return []
+    edges = np.linspace(lo, hi, n + 1).round().astype(np.int64)
+    if unit:
+        edges = edges // unit * unit
+        edges[0], edges[-1] = lo, hi
+        edges = np.unique(edges)
+    return [(int(a), int(b)) for a, b in itertools.pairwise(edges) if b > a]
 
 
 def restrict(

@@ -32,6 +32,7 @@ from lsio_ray.deploy.local_cluster.netns import (
     bridge_name,
     create_network,
     forward_warning,
+    link_bytes,
     netns_name,
     pick_subnet,
     veth_name,
@@ -153,6 +154,14 @@ class LocalCluster:
     def roots(self) -> dict[str, list[str]]:
         """``{node id: [data dir]}`` of the nodes; see :attr:`ClusterState.roots`."""
         return self.state.roots
+
+    def link_bytes(self) -> dict[str, int]:
+        """``{node name: bytes}`` received plus sent so far over each worker node's veth
+        (the head, in the root namespace, has none): the bytes that crossed between
+        nodes, each counted once per worker node it passed (a byte between two worker
+        nodes is counted at both).  The difference of two calls is what crossed between
+        them."""
+        return {n.name: link_bytes(n.veth) for n in self.nodes if n.veth}
 
     def up(self) -> ClusterState:
         """Create the network, start the head and the workers, wait until all have joined.

@@ -82,6 +82,13 @@ def our_links(name: str) -> list[str]:
     )
 
 
+def link_bytes(link: str) -> int:
+    """Bytes received plus sent so far by the root-namespace link ``link`` (a node's
+    veth end): every byte between that node and any other node passes it."""
+    stats = Path("/sys/class/net", link, "statistics")
+    return int((stats / "rx_bytes").read_text()) + int((stats / "tx_bytes").read_text())
+
+
 def netns_pids(netns: str) -> set[int]:
     """Processes in the network namespace ``netns`` (``ip netns pids``)."""
     out = run(["ip", "netns", "pids", netns], check=False).stdout
