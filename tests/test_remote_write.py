@@ -352,8 +352,3 @@ def test_rechunk_a_local_group_to_s3(s3: S3Server, lc: LocalCluster, coord: Coor
     assert g["x"].chunks == (10, 8) and g["sub/y"].chunks == (16,)
     np.testing.assert_array_equal(g["x"][...], x[...])
     np.testing.assert_array_equal(g["sub/y"][...], y[...])
-    # a group on object storage as the source: not converted whole yet, and said so
-    for chunks in ((10, 8), {"x": (10, 8)}):
-        with pytest.raises(ValueError, match=r"groups/out\.zarr is a group on object storage"):
-            rechunk(u, lc.shared / "group-back.zarr", chunks=chunks, coordinator=coord)
-    assert not (lc.shared / "group-back.zarr").exists()

@@ -429,8 +429,8 @@ def add_rechunk_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "src",
-        help="the source array or group (a directory), or array (an s3:// gs:// az:// "
-        "http(s):// URL)",
+        help="the source array or group (a directory, or an s3:// gs:// az:// http(s):// "
+        "URL; a group over HTTP needs consolidated metadata)",
     )
     p.add_argument(
         "dst",

@@ -74,9 +74,10 @@ the journal is one object rewritten whole at each flush (objects are never appen
 to); ``overwrite=True`` deletes every object under the destination prefix.  URLs are
 compared by store and key prefix (a local path and a URL never overlap).
 
-**Groups.**  On a Zarr group (v2 or v3, nested), :func:`rechunk` converts every array
-(:func:`rechunk_group`, :mod:`.group`): ``chunks`` (and ``shards``) one shape for all or
-a mapping of array paths to shapes (``"*"``: the arrays not named), checked whole
+**Groups.**  On a Zarr group (v2 or v3, nested; a directory or a prefix of object
+storage), :func:`rechunk` converts every array (:func:`rechunk_group`, :mod:`.group`):
+``chunks`` (and ``shards``) one shape for all or a mapping of array paths to shapes
+(``"*"``: the arrays not named), checked whole
 before Ray starts (:mod:`.group_plan`, a rule that does not fit an array is refused
 naming it); attributes and the hierarchy kept, consolidated metadata written when the
 source had it, as zarr-python writes it; one Ray connection and coordinator, the

@@ -1,6 +1,7 @@
 """Converting a whole Zarr group, and :func:`rechunk`, the entry point for arrays and groups.
 
-A group's conversion re-chunks every array in it (v2 or v3, nested) with per-array
+A group's conversion re-chunks every array in it (v2 or v3, nested; a directory or a
+group on object storage, to a directory or to object storage) with per-array
 chunks or one rule for all (:mod:`~lsio_ray.ray.rechunk.group_plan`, checked whole
 before Ray starts), keeps every group's and array's attributes and the hierarchy, and
 writes consolidated metadata when the source had it, as zarr-python does.  One Ray
@@ -122,8 +123,8 @@ def rechunk(
     """Re-chunk (and/or convert) the Zarr array or group ``src`` into ``dst``.
 
     An array: :func:`~lsio_ray.ray.rechunk.driver.rechunk_array` (every argument is
-    described there).  A group (a local or shared directory holding ``zarr.json`` of a
-    group or ``.zgroup``), or ``chunks``/``shards`` given as a mapping:
+    described there).  A group (a directory or an object-storage prefix holding the
+    ``zarr.json`` of a group or ``.zgroup``), or ``chunks``/``shards`` given as a mapping:
     :func:`rechunk_group` -- ``chunks`` is then one shape for every array, or a mapping
     of array paths (``{"temperature": (1, 256, 256), "sub/mask": (256, 256)}``) to
     shapes, ``"*"`` naming the rule of the arrays not named (arrays no rule covers keep
@@ -183,10 +184,13 @@ def rechunk_group(
     holds it (:func:`lsio_ray.paths.check_disjoint`), and naming the array when its
     rule does not fit it (a shape with another number of dimensions than the array's,
     shards for v2, an unknown codec) or a rule names no array of the group.  The
-    source must be a directory this process sees (a group on object storage is not
-    converted whole yet); the destination may be a local, shared or node-local
-    directory, or an object-storage URL.  A destination neither empty nor an
-    unfinished run of this job raises ``FileExistsError`` unless ``overwrite``."""
+    source may be a directory this process sees (local or shared) or a URL: a prefix
+    of object storage (``s3://bucket/ds.zarr``, read with this process's store
+    options), or a group over HTTP with consolidated metadata (without it its members
+    cannot be listed: :class:`~lsio_ray.zarr.GroupError` says so).  The destination
+    may be a local, shared or node-local directory, or an object-storage URL.  A
+    destination neither empty nor an unfinished run of this job raises
+    ``FileExistsError`` unless ``overwrite``."""
     src_root, dst_root = check_disjoint(src, dst)
     t0 = time.time()
     gplan = plan_group(

@@ -2,7 +2,9 @@
 groups' documents -- made before Ray starts, so every mistake is found first.
 
 :func:`plan_group` walks the source group (v2 or v3, nested, through its consolidated
-metadata when it has some: :class:`lsio_ray.zarr.Group`), resolves the chunk rules of
+metadata when it has some: :class:`lsio_ray.zarr.Group`) -- a directory, or a prefix of
+object storage (``s3://bucket/ds.zarr``, read with this process's store options, as
+``lsio_ray.zarr`` reads groups) -- resolves the chunk rules of
 every array (:func:`resolve_rules`) and plans each array's conversion as the array job
 does (:func:`~lsio_ray.ray.rechunk.plan.plan_job`), so a shape that does not fit an
 array is refused naming it.  :meth:`GroupPlan.documents` gives the new groups'
@@ -18,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from lsio_ray.io import url
 from lsio_ray.io.objects import read_object
 from lsio_ray.io.url import is_remote
 from lsio_ray.ray.rechunk.plan import Plan, plan_job
@@ -51,7 +54,7 @@ class ArrayJob:
     path: str
     """Its path below the group (``"sub/temperature"``)."""
     src: str
-    """Its source directory."""
+    """Its source directory (or URL)."""
     dst: str
     """Its destination (directory or URL)."""
     chunks: tuple[int, ...]
@@ -182,6 +185,26 @@ def resolve_rules(
     return out
 
 
+def _metadata_files(src: str) -> dict[str, bytes | None]:
+    """The raw :data:`~lsio_ray.zarr.codec_api.METADATA_FILES` of the array at ``src``
+    (a directory or a URL; None: no such file or object).  ``zarr.json`` wins over the
+    v2 documents (:func:`~lsio_ray.zarr.codec_api.docs_from_files`), so they are not
+    read when it is there: one request per v3 array on object storage."""
+    raw: dict[str, bytes | None] = dict.fromkeys(METADATA_FILES)
+    for name in sorted(METADATA_FILES, key=lambda n: n != "zarr.json"):  # zarr.json first
+        if name != "zarr.json" and raw["zarr.json"] is not None:
+            break
+        if is_remote(src):
+            raw[name] = read_object(url.join(src, name))
+            continue
+        try:
+            with open(os.path.join(src, name), "rb") as f:
+                raw[name] = f.read()
+        except FileNotFoundError:
+            raw[name] = None
+    return raw
+
+
 def plan_group(
     src_root: str,
     dst_root: str,
@@ -193,17 +216,24 @@ def plan_group(
     block_bytes: int,
     flag_prefix: str = "",
 ) -> GroupPlan:
-    """The plan of converting the group at ``src_root`` (a local directory, or shared
-    storage this process sees) into a new group at ``dst_root``.  Raises
-    :class:`ValueError` naming the array (and the group) whose new layout cannot be
-    made -- a shape of the wrong rank, shards for v2, an unknown codec -- and
-    :class:`~lsio_ray.zarr.GroupError` for an invalid or hostile group (``flag_prefix``:
-    see :func:`resolve_rules`)."""
-    if is_remote(src_root):
-        raise ValueError(
-            f"the source {src_root} is a group on object storage, which is not converted "
-            "whole yet: convert its arrays one by one, or copy it to a directory first"
-        )
+    """The plan of converting the group at ``src_root`` into a new group at
+    ``dst_root``.
+
+    The source is a local directory (or shared storage this process sees) or a URL:
+    object storage (``s3://``, ``gs://``, ``az://``, with this process's store options,
+    :func:`lsio_ray.io.stores.configure`), whose prefixes are listed, or HTTP, which
+    lists nothing -- a group there is converted through its consolidated metadata only.
+    It is walked by :class:`lsio_ray.zarr.Group`, so every member name is checked as
+    the reader checks it (on a URL, a plain key under the group's prefix), and each
+    array's metadata documents are then read from the array itself (a file, or an
+    object: :func:`lsio_ray.io.objects.read_object`), as its array job reads them.
+
+    Raises :class:`ValueError` naming the array (and the group) whose new layout cannot
+    be made -- a shape of the wrong rank, shards for v2, an unknown codec --,
+    :class:`~lsio_ray.zarr.GroupError` for an invalid or hostile group or one over HTTP
+    without consolidated metadata (its members cannot be listed), and ``OSError``
+    naming the URL when the store refuses a read (``flag_prefix``: see
+    :func:`resolve_rules`)."""
     group = Group(src_root)
     fmt = int(zarr_format or group.zarr_format)
     if fmt not in (2, 3):
@@ -219,13 +249,7 @@ def plan_group(
     jobs = []
     for path, (c, s) in rules.items():
         src = layouts[path].path
-        raw: dict[str, bytes | None] = {}
-        for name in METADATA_FILES:
-            try:
-                with open(os.path.join(src, name), "rb") as f:
-                    raw[name] = f.read()
-            except FileNotFoundError:
-                raw[name] = None
+        raw = _metadata_files(src)
         dst = f"{dst_root.rstrip('/')}/{path}"
         try:
             plan = plan_job(
