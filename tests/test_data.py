@@ -121,7 +121,7 @@ def test_read_tasks_open_the_array_with_direct(
         return real(p, **kw)
 
     monkeypatch.setattr(lz, "open_array", recording)
-    monkeypatch.setattr(ld, "_read", lambda src, parallelism, args: src)  # no Ray Data
+    monkeypatch.setattr(ld, "read_dataset", lambda src, parallelism, args: src)  # no Ray Data
     for src in (
         ld.read_zarr_crops(path, CROP, 5, seed=1, direct=direct),
         ld.read_zarr_windows(path, CROP, direct=direct),

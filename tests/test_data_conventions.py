@@ -333,7 +333,7 @@ def test_read_tasks_over_several_arrays_take_the_decode_aware_path(
     decoder reads, the decode-aware path runs, once per task, opening each array of
     the task once; the rows are zarr-python's boxes."""
     two = [arrays["a"], arrays["b"]]
-    monkeypatch.setattr(ld, "_read", lambda src, n, args: src)
+    monkeypatch.setattr(ld, "read_dataset", lambda src, n, args: src)
     src = ld.read_zarr_crops(two, CROP, 30, seed=9, decode_block=4, include_paths=True)
     calls: list[int] = []
     real = ld._ReadRange._decode_aware
