@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -130,3 +132,37 @@ def test_direct_setting_values() -> None:
     assert config.get("direct") == "auto" or "LSIO_DIRECT" in os.environ
     with pytest.raises(ValueError, match="direct must be auto or a boolean"):
         config.validate("direct", "sometimes")
+
+
+def test_auto_direct_array_gets_a_registered_pool(tmp_path: Path) -> None:
+    """An array ``direct="auto"`` reads O_DIRECT (more than the page cache's room, here
+    made small) makes the process's service with its pool registered, as
+    ``direct=True`` does; an array that fits does not."""
+    path = os.path.join(_disk_dir(tmp_path), "a.zarr")
+    data = np.arange(64 * 64, dtype="float32").reshape(64, 64)
+    zarr.create_array(path, shape=data.shape, chunks=(16, 64), dtype=data.dtype)[...] = data
+    code = (
+        "import os, resource, sys, numpy as np;"
+        "import lsio_ray.zarr as lz, lsio_ray.zarr.direct as rule;"
+        "from lsio_ray.io.service import default_service;"
+        "small = sys.argv[2] == 'small';"
+        "rule.page_cache_limit = (lambda: 1024) if small else rule.page_cache_limit;"
+        "a = lz.open(sys.argv[1]); x = a[...];"
+        "e = default_service().engine;"
+        "soft = resource.getrlimit(resource.RLIMIT_MEMLOCK)[0];"
+        "ok = os.geteuid() == 0 or soft == resource.RLIM_INFINITY or soft >= e.pool_bytes;"
+        "print(a.direct, ok, 'registered_buffers' in e.features, float(x.sum()))"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("LSIO_DIRECT", "LSIO_REGISTER_BUFFERS")}
+    for cache, want in (("small", True), ("real", False)):
+        out = subprocess.run(
+            [sys.executable, "-c", code, path, cache],
+            env={**env, "LSIO_BACKEND": "uring"},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        direct, allowed, registered = out[0] == "True", out[1] == "True", out[2] == "True"
+        assert direct is want, out
+        assert registered == (want and allowed), (cache, out)
+        assert float(out[3]) == float(data.sum())

@@ -486,7 +486,7 @@ _default_pid = -1
 _default_lock = threading.Lock()
 
 
-def default_service() -> IOService:
+def default_service(register: bool = False) -> IOService:
     """The process's IO service (made on first use from :mod:`lsio_ray.io.config`,
     closed at exit).  Its pool comes from the node's budget (:mod:`lsio_ray.io.budget`):
     ``pool_bytes``, or less when the node's other processes hold the rest.
@@ -500,12 +500,17 @@ def default_service() -> IOService:
     benchmarks/results/zarr-reads.md); the cost, once per
     process: the pool is made resident and pinned when the engine starts, 0.1-0.7 s here.
     ``direct`` itself is a property of each request (``get_ranges(direct=True)``,
-    ``zarr.open(direct=True)``): the same service serves both kinds."""
+    ``zarr.open(direct=True)``): the same service serves both kinds.  ``register``: the
+    caller is about to read O_DIRECT (an array ``direct="auto"`` chose it for), so a
+    service made now registers its pool as well; one made before stays as it is (its
+    pool cannot be registered while it serves reads)."""
     global _default, _default_pid
     with _default_lock:
         if _default is None or _default.closed or _default_pid != os.getpid():
             # a forked child has the parent's service without its threads: make its own
-            register = bool(config.get("register_buffers") or config.get("direct") is True)
+            register = bool(
+                register or config.get("register_buffers") or config.get("direct") is True
+            )
             _default = IOService(ring_thread=True, register_buffers=register, from_budget=True)
             _default_pid = os.getpid()
             atexit.register(_default.close)

@@ -41,10 +41,10 @@ class Loader(IOService):
 
 def default_loader(direct: bool = False) -> IOService:
     """The process's IO service (:func:`lsio_ray.io.service.default_service`); arrays
-    opened with ``direct=True`` read through it with O_DIRECT (``direct`` is accepted for
-    compatibility: there is one service whatever it says)."""
-    del direct
-    return default_service()
+    that read O_DIRECT (``direct=True``, or chosen by ``"auto"``) read through it too.
+    ``direct``: the caller reads O_DIRECT, so a service made by this call registers its
+    pool with io_uring (fixed-buffer reads); there is one service whatever it says."""
+    return default_service(register=bool(direct))
 
 
 def set_default_loader(loader: IOService | None) -> IOService | None:
