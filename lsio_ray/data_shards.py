@@ -39,7 +39,7 @@ from lsio_ray.data_plan import ray_read_args
 if TYPE_CHECKING:
     from ray.data import Dataset
 
-__all__ = ["node_cpus", "node_key", "node_shards", "read_dataset", "shard_span"]
+__all__ = ["free_cpus", "node_cpus", "node_key", "node_shards", "read_dataset", "shard_span"]
 
 
 def node_key() -> str:
@@ -54,6 +54,16 @@ def node_cpus(node_id: str) -> int:
         if node.get("NodeID") == node_id and node.get("Alive"):
             return max(1, int(node.get("Resources", {}).get("CPU", 1)))
     raise ValueError(f"no live Ray node has the id {node_id!r}")
+
+
+def free_cpus(node_id: str) -> float | None:
+    """CPUs free on node ``node_id`` now (None: not known here)."""
+    try:
+        from ray._private.state import available_resources_per_node
+
+        return float(available_resources_per_node().get(node_id, {}).get("CPU", 0.0))
+    except Exception:  # a private Ray API: absent or changed in this Ray
+        return None
 
 
 def shard_span(count: int, shard: tuple[int, int], unit: int = 0) -> tuple[int, int]:

@@ -9,17 +9,36 @@ wherever they were read away from their consumer).  Needs ``ray[train]``.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ray.train import DataConfig
 
-from lsio_ray.data_shards import node_shards
+from lsio_ray.data_shards import free_cpus, node_shards
 
 if TYPE_CHECKING:
     from ray.data import DataIterator, Dataset
 
 __all__ = ["NodeShardsConfig"]
+
+
+def _warn_if_no_cpu_left(node_ids: list[str]) -> None:
+    """Warn, naming the node, where the Train workers left less than one CPU free: the
+    node's shard reads (1 CPU each unless the reader's ``num_cpus`` says otherwise) would
+    wait there for as long as the workers hold their CPUs."""
+    for node in sorted(set(node_ids)):
+        free = free_cpus(node)
+        if free is not None and free < 1:
+            warnings.warn(
+                f"node {node} has {free:g} CPU free with the Train workers placed: its "
+                "shard's read tasks (1 CPU each by default) cannot start there until CPUs "
+                "free up; give the workers fewer CPUs (ScalingConfig resources_per_worker) "
+                "or the reader a smaller num_cpus (e.g. partial(read_zarr_crops, ..., "
+                "num_cpus=0.25))",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
 
 class NodeShardsConfig(DataConfig):
@@ -35,6 +54,10 @@ class NodeShardsConfig(DataConfig):
     :func:`~lsio_ray.data.read_zarr_windows`).  Train requires a dataset under that name
     in ``datasets=``; it only names the shards (its own rows are not read).  Other
     datasets are configured as ``DataConfig(**data_config)`` would.
+
+    Each shard's read tasks run on its worker's node only, so that node needs CPUs the
+    workers leave free (1 per read task by default, the reader's ``num_cpus``): a
+    ``RuntimeWarning`` names a node with less than one free when the workers start.
     """
 
     def __init__(
@@ -70,6 +93,7 @@ class NodeShardsConfig(DataConfig):
                 f"NodeShardsConfig names datasets {missing} that the trainer was not given "
                 "(pass one under each name in datasets=)"
             )
+        _warn_if_no_cpu_left(worker_node_ids)
         rest = {k: v for k, v in datasets.items() if k not in self.readers}
         out: list[dict[str, DataIterator]] = [{} for _ in range(world_size)]
         if rest:

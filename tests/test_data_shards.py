@@ -177,3 +177,29 @@ def test_node_shards_refuse_what_they_cannot_place(ray_local: str, group: Any) -
         ld.node_shards(ld.read_zarr_crops, path, CROP, 4, node_ids=[])
     with pytest.raises(ValueError, match="0 <= i < n"):
         ld.read_zarr_crops(path, CROP, 4, shard=(2, 2))
+
+
+def test_train_config_warns_when_the_workers_leave_no_cpu(ray_local: str) -> None:
+    """NodeShardsConfig names a node whose CPUs the Train workers hold (its shard's reads
+    could not start there), and says nothing when CPUs are free."""
+    pytest.importorskip("ray.train")
+    import warnings
+
+    from lsio_ray.train import _warn_if_no_cpu_left
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _warn_if_no_cpu_left([ray_local])  # 2 CPUs free: nothing to say
+
+    @ray.remote(num_cpus=2)
+    class Hog:
+        def ready(self) -> bool:
+            return True
+
+    hog = Hog.remote()
+    try:
+        ray.get(hog.ready.remote(), timeout=60)
+        with pytest.warns(RuntimeWarning, match=f"node {ray_local} has 0 CPU free"):
+            _warn_if_no_cpu_left([ray_local])
+    finally:
+        ray.kill(hog)

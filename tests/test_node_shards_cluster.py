@@ -5,12 +5,16 @@ The bytes crossing nodes are the counters of the worker nodes' veths (every byte
 a worker node and any other node passes its veth).  The same shards consumed by trainers
 on the *other* nodes are the control: there every crop crosses, so the counters see it.
 
+Then a real Ray Train ``DataParallelTrainer`` with :class:`lsio_ray.train.NodeShardsConfig`:
+each worker gets its own node's shard.
+
 Needs root and iproute2 (network namespaces); CI runs as root.  About 60-90 s.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
 import shutil
 from pathlib import Path
@@ -68,7 +72,7 @@ def test_node_shards_read_every_crop_on_its_trainers_node(tmp_path: Path) -> Non
         nodes=3,
         root=tmp_path / "cluster",
         name=name,
-        cpus_per_node=1,
+        cpus_per_node=2,
         object_store_memory=256 << 20,
     )
     with cluster:
@@ -121,18 +125,61 @@ def test_node_shards_read_every_crop_on_its_trainers_node(tmp_path: Path) -> Non
             assert swapped >= moved, (swapped, moved)
             assert local < moved // 8, (local, moved)
 
-            # Ray Train's hook: NodeShardsConfig.configure gives worker i the iterator of
-            # its node's shard (Train calls it with its workers' node ids)
+            # Ray Train: a real DataParallelTrainer, one worker pinned to each node (1 of
+            # its 2 CPUs), NodeShardsConfig giving each worker its node's shard
+            from ray.train import RunConfig, ScalingConfig
+            from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+            from lsio_ray.data_shards import node_key
             from lsio_ray.train import NodeShardsConfig
+
+            out = tmp_path / "train"
+            out.mkdir()
+
+            def loop(config: dict[str, Any]) -> None:
+                import json
+
+                import ray.train
+
+                rows = {}
+                it = ray.train.get_dataset_shard("train")
+                for batch in it.iter_batches(batch_size=16, batch_format="numpy"):
+                    for i, lo, crop in zip(batch["index"], batch["lo"], batch["crop"], strict=True):
+                        rows[int(i)] = ([int(v) for v in lo], float(crop.sum(dtype=np.float64)))
+                rank = ray.train.get_context().get_world_rank()
+                node = ray.get_runtime_context().get_node_id()
+                with open(f"{config['out']}/rank{rank}.json", "w") as fh:
+                    json.dump({"node": node, "rows": rows}, fh)
 
             crops = functools.partial(
                 ld.read_zarr_crops, path, CROP, count, seed=3, block_bytes=1 << 20
             )
-            config = NodeShardsConfig(train=crops)
-            its = config.configure({"train": crops()}, 3, None, node_ids)
-            rows, crossed = run([it["train"] for it in its], [0, 1, 2])
+            before = cluster.link_bytes()
+            DataParallelTrainer(
+                loop,
+                train_loop_config={"out": str(out)},
+                scaling_config=ScalingConfig(
+                    num_workers=3,
+                    resources_per_worker={"CPU": 1},
+                    label_selector=[{node_key(): n} for n in node_ids],
+                ),
+                run_config=RunConfig(storage_path=str(tmp_path / "storage"), name="shards"),
+                datasets={"train": crops},
+                dataset_config=NodeShardsConfig(train=crops),
+            ).fit()
+            after = cluster.link_bytes()
+            rows = {}
+            for rank, node in enumerate(node_ids):
+                got = json.loads((out / f"rank{rank}.json").read_text())
+                assert got["node"] == node
+                part = {int(i): (tuple(lo), total) for i, (lo, total) in got["rows"].items()}
+                a, b = min(part), max(part) + 1
+                assert sorted(part) == list(range(a, b))  # shard `rank`: one contiguous range
+                assert a == count * rank // 3
+                rows.update(part)
             _check(rows, data, count)
-            print(f"NodeShardsConfig: crossing {crossed}")
-            assert crossed < moved // 8, (crossed, moved)
+            crossed = sum(after[k] - before[k] for k in after)
+            print(f"Ray Train with NodeShardsConfig: crossing {crossed} (control traffic too)")
+            assert crossed < moved // 2, (crossed, moved)
         finally:
             ray.shutdown()
