@@ -1,0 +1,71 @@
+#!/usr/bin/env python3
+"""One crop per call, lsio ``a[key]`` against tensorstore ``t[key].read().result()``, in
+one process, interleaved rounds on the same keys (benchmarks/results/zarr-percall.md).
+
+``python scripts/bench-percall.py N [seed]``: N random (8,256,256) crops per round of the
+bench-zarr array (``/tmp/lsio-zarr-bench/v3-chunks-512x1024x1024.zarr``, made by
+``scripts/bench-zarr.py``), ``$ROUNDS`` (5) rounds, the order flipped each round; prints
+crops/s min / median / max and the process CPU time per crop (median) of each reader and
+the median per-round ratio.
+"""
+
+import os
+import resource
+import sys
+import time
+
+import numpy as np
+import tensorstore as ts
+
+import lsio_ray.zarr as lz
+
+P = os.environ.get("LSIO_PERCALL_ARRAY", "/tmp/lsio-zarr-bench/v3-chunks-512x1024x1024.zarr")
+a = lz.open(P)
+t = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": P}}).result()
+rng = np.random.default_rng(int(sys.argv[2]) if len(sys.argv) > 2 else 0)
+N = int(sys.argv[1])
+
+
+def keys():
+    out = []
+    for _ in range(N):
+        z = rng.integers(0, 512 - 8)
+        y = rng.integers(0, 1024 - 256)
+        x = rng.integers(0, 1024 - 256)
+        out.append((slice(z, z + 8), slice(y, y + 256), slice(x, x + 256)))
+    return out
+
+
+def cpu():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def run(name, f, ks):
+    c0 = cpu()
+    t0 = time.perf_counter()
+    for k in ks:
+        f(k)
+    dt = time.perf_counter() - t0
+    dc = cpu() - c0
+    return N / dt, 1000 * dc / N
+
+
+readers = {"lsio": lambda k: a[k], "ts": lambda k: t[k].read().result()}
+for f in readers.values():
+    for k in keys()[:10]:
+        f(k)
+res = {n: [] for n in readers}
+for r in range(int(os.environ.get("ROUNDS", "5"))):
+    ks = keys()
+    order = list(readers) if r % 2 == 0 else list(readers)[::-1]
+    for n in order:
+        res[n].append(run(n, readers[n], ks))
+for n, v in res.items():
+    rates = sorted(x[0] for x in v)
+    cp = np.median([x[1] for x in v])
+    print(
+        f"{n}: {rates[0]:.1f} / {np.median(rates):.1f} / {rates[-1]:.1f} crops/s, "
+        f"CPU {cp:.2f} ms/crop"
+    )
+print("ratio med", np.median([a[0] / b[0] for a, b in zip(res["lsio"], res["ts"], strict=False)]))
