@@ -59,6 +59,28 @@ def local_cluster(tmp: Path, workers: int = 2) -> Iterator[LocalCluster]:
             cluster.shutdown()
 
 
+@contextlib.contextmanager
+def local_ray(num_cpus: int = 2) -> Iterator[str]:
+    """One local Ray of ``num_cpus`` CPUs (no dashboard, Ray Data's progress bars off),
+    always shut down; yields its node id."""
+    import ray
+    import ray.data
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(
+        address="local",
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+    )
+    try:
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        yield ray.get_runtime_context().get_node_id()
+    finally:
+        ray.shutdown()
+
+
 def write_file(path: Path, seed: int, size: int) -> bytes:
     """Deterministic random bytes written to ``path``."""
     data = np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8).tobytes()

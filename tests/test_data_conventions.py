@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 import zarr
+from _ray_helpers import local_ray
 
 ray = pytest.importorskip("ray")
 
@@ -35,19 +36,8 @@ WIN = (8, 100, 100)
 @pytest.fixture(scope="module")
 def ray_local() -> Iterator[None]:
     """One local Ray for the module (2 CPUs), always shut down."""
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        configure_logging=False,
-    )
-    try:
-        ray.data.DataContext.get_current().enable_progress_bars = False
+    with local_ray():
         yield
-    finally:
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")

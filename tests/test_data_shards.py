@@ -6,7 +6,6 @@ is ``tests/test_node_shards_cluster.py``."""
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import zarr
+from _ray_helpers import local_ray
 
 ray = pytest.importorskip("ray")
 
@@ -28,19 +28,8 @@ CROP = (4, 8, 8)
 @pytest.fixture(scope="module")
 def ray_local() -> Iterator[str]:
     """One local Ray for the module (2 CPUs), always shut down; yields its node id."""
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        configure_logging=False,
-    )
-    try:
-        ray.data.DataContext.get_current().enable_progress_bars = False
-        yield ray.get_runtime_context().get_node_id()
-    finally:
-        ray.shutdown()
+    with local_ray() as node:
+        yield node
 
 
 @pytest.fixture(scope="module")
