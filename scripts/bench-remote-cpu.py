@@ -11,9 +11,10 @@ one workload per command.  The worker measures its own CPU time (``getrusage`` o
 process: all its threads) and wall time around the read.  ``$LSIO_REMOTE_BENCH_REPS``
 (5) rounds, the readers in turn, every other round reversed; layouts, workloads and
 readers as in ``bench-remote.py`` (``LSIO_REMOTE_BENCH_LAYOUTS``,
-``LSIO_REMOTE_BENCH_WORKLOADS``, ``LSIO_REMOTE_BENCH_READERS``: ``before,after,
-tensorstore``; ``after@VAR=value`` runs ``after`` with an environment variable
-set).  Prints CPU ms per MiB of output and MiB/s, min / median / max.
+``LSIO_REMOTE_BENCH_WORKLOADS``, ``LSIO_REMOTE_BENCH_READERS``: ``before,after,tensorstore``;
+``after@VAR=value`` runs ``after`` with an environment variable set;
+``$LSIO_REMOTE_BENCH_ROOTS``, ``name=/path,...``, names more checkouts).  Prints CPU ms
+per MiB of output and MiB/s, min / median / max.
 """
 
 from __future__ import annotations
@@ -135,6 +136,9 @@ def main() -> int:
     roots = {os.path.dirname(p) for p in paths.values()}
     assert len(roots) == 1, roots
     roots_of = {"before": before, "after": after, "tensorstore": after}
+    for spec in _list("LSIO_REMOTE_BENCH_ROOTS", ""):  # more checkouts: "name=/path"
+        name, _, root = spec.partition("=")
+        roots_of[name] = os.path.abspath(root)
     workers = {}
     for r in readers:  # "after@LSIO_REMOTE_LOOP=asyncio": a setting of its own
         kind, _, extra = r.partition("@")
