@@ -30,9 +30,23 @@ Python): each completion row points into one of them, with a buffer id that has
 :data:`REMOTE_BIT` set.  Releasing the id drops this backend's reference; the memory is
 freed when the last range of its request is released and no numpy view of it is alive.
 
-Ownership: the backend's event-loop thread owns the requests; ``_lock`` guards the
-completion queue, the held buffers and the counters, which the IO thread and consumer
-threads (``release``) touch.
+How the loop runs them (CPU per request is what bounds a fast link: issue 15):
+
+* the loop is uvloop's when uvloop is installed (``remote_loop``, the ``remote`` extra
+  brings it), else asyncio's: obstore completes its futures from its own threads through
+  ``call_soon_threadsafe``, which uvloop does in C;
+* a read is two obstore futures (the GET's answer, then its body) chained by done
+  callbacks, with no task, semaphore or condition per request; only the rare paths (a
+  suffix GET the store refuses, a range past the end, writes) are coroutines;
+* requests wait in two queues (reads, which wait for room in the pool, and the rest) and
+  start as others end, at most ``remote_inflight`` at once;
+* the completions of one loop turn are published together: one array, one lock round
+  trip, one wake of the IO thread.
+
+Ownership: the backend's event-loop thread owns the requests, the queues and the
+counters (only it writes them); ``_lock`` guards the completion queue, the pending
+counts and the held buffers, which the IO thread and consumer threads (``release``)
+touch.
 """
 
 from __future__ import annotations
@@ -121,11 +135,7 @@ class RemoteBackend:
         self._thread.start()
         started.wait()
 
-    # -- the event loop thread -----------------------------------------------------------
-    # A read is two obstore futures (the GET's head, then its body) chained by done
-    # callbacks, no task or coroutine: the errors' rare paths (a suffix GET refused, a
-    # range past the end) run as coroutines.  Requests start from two queues, at most
-    # ``inflight_cap`` running; the completions of one loop turn are published at once.
+    # -- the event loop thread (see the module's docstring) -------------------------------
     def _run_loop(self, started: threading.Event) -> None:
         asyncio.set_event_loop(self._loop)
         started.set()
@@ -176,9 +186,15 @@ class RemoteBackend:
             elif req.kind == OP_READ:
                 if self._get(req):
                     return  # its callbacks end it
-            else:
-                self._spawn(self._write(req) if req.kind == OP_WRITE_FILE else self._refuse(req))
+            elif req.kind == OP_WRITE_FILE:
+                self._spawn(self._write(req))
                 return
+            else:
+                self._fail(
+                    req,
+                    -errno.EOPNOTSUPP,
+                    "object stores take whole objects: use put_file, not put_ranges",
+                )
         except BaseException as exc:  # never lose a request's completions
             try:
                 self._fail_safe(req, exc)
@@ -206,7 +222,7 @@ class RemoteBackend:
         store_url, key = url.split(req.url)
         store = store_for(store_url, self.settings)
         if req.end == req.start >= 0:  # only empty ranges: nothing to fetch
-            self._emit(req, [(t, 0, 0, o, 0, -1, 0) for t, o, _ln in req.rows])
+            self._finish(req, [(t, 0, 0, o, 0, -1, 0) for t, o, _ln in req.rows])
             return False
         if req.start < 0:
             options: dict[str, Any] | None = {"range": {"suffix": -req.start}}
@@ -309,16 +325,6 @@ class RemoteBackend:
         size = int(meta["size"])
         return size if req.start >= size else None
 
-    async def _refuse(self, req: _Request) -> None:
-        try:
-            self._fail(
-                req,
-                -errno.EOPNOTSUPP,
-                "object stores take whole objects: use put_file, not put_ranges",
-            )
-        finally:
-            self._end(req)
-
     async def _write(self, req: _Request) -> None:
         try:
             await self._put(req)
@@ -344,7 +350,7 @@ class RemoteBackend:
             return
         tag, _off, ln = req.rows[0]
         self.counters["remote_bytes_transferred"] += req.nbytes
-        self._emit(req, [(tag, 0, 0, 0, ln, req.nbytes, 0)])
+        self._finish(req, [(tag, 0, 0, 0, ln, req.nbytes, 0)])
 
     # -- results -------------------------------------------------------------------------
     def _land(self, req: _Request, buf: Any, got_start: int, n: int, size: int) -> None:
@@ -387,19 +393,16 @@ class RemoteBackend:
                     self._held[bid] = held
                 self.held_bytes += n
         self.counters["remote_bytes_used"] += used
-        self._emit(req, out)
+        self._finish(req, out)
 
     def _past_end(self, req: _Request, size: int) -> None:
-        self._emit(req, [(t, 0, 0, o, ln, size, E_PAST_EOF) for t, o, ln in req.rows])
+        self._finish(req, [(t, 0, 0, o, ln, size, E_PAST_EOF) for t, o, ln in req.rows])
 
     def _fail(self, req: _Request, err: int, detail: str) -> None:
         self.counters["remote_errors"] += 1
         for tag, _off, _ln in req.rows:
             self._details[(req.group, tag)] = detail
-        self._emit(req, [(t, 0, 0, o, ln, -1, err) for t, o, ln in req.rows])
-
-    def _emit(self, req: _Request, rows: list[Row]) -> None:
-        self._finish(req, rows)
+        self._finish(req, [(t, 0, 0, o, ln, -1, err) for t, o, ln in req.rows])
 
     def _finish(self, req: _Request, rows: list[Row] | None) -> None:
         """Queue a request's completions (None: it has none to report): they are
