@@ -126,6 +126,13 @@ class Engines:
         rem = self._split_jobs(jobs)
         if not rem.any():
             return self.raw.decode(spec, jobs)
+        if rem.all() and jobs.flags.c_contiguous:  # all remote: decode them in place
+            ends = jobs[["buf_id", "refcnt"]].copy()
+            jobs["buf_id"] = 0
+            try:
+                return decode_chunks(spec, jobs)
+            finally:
+                self._end_remote(ends)
         sub = np.ascontiguousarray(jobs[rem])
         ends = sub[["buf_id", "refcnt"]].copy()
         sub["buf_id"] = 0
