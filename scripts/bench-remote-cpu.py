@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""CPU per MiB of Zarr reads over HTTP (0 ms round trip): two lsio_ray checkouts and
+"""CPU per MiB of Zarr reads over HTTP (0 ms round trip by default): two lsio_ray checkouts and
 tensorstore, interleaved in one run (issue 15).
 
 Usage: ``bench-remote-cpu.py BEFORE_DIR [AFTER_DIR]`` (``AFTER_DIR`` defaults to this
@@ -14,7 +14,8 @@ readers as in ``bench-remote.py`` (``LSIO_REMOTE_BENCH_LAYOUTS``,
 ``LSIO_REMOTE_BENCH_WORKLOADS``, ``LSIO_REMOTE_BENCH_READERS``: ``before,after,tensorstore``;
 ``after@VAR=value`` runs ``after`` with an environment variable set;
 ``$LSIO_REMOTE_BENCH_ROOTS``, ``name=/path,...``, names more checkouts).  Prints CPU ms
-per MiB of output and MiB/s, min / median / max.
+per MiB of output and MiB/s, min / median / max.  ``$LSIO_REMOTE_BENCH_RTT_MS`` (0) puts
+bench-remote's latency proxy before nginx.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -117,6 +119,19 @@ class Worker:
         self.proc.wait(timeout=30)
 
 
+def _proxy(base: str, rtt_ms: float) -> Any:
+    """bench-remote's latency proxy (a process of its own) before nginx, or None at 0 ms."""
+    if not rtt_ms:
+        return None
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_remote", HERE / "bench-remote.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.ProxyProcess(int(base.rsplit(":", 1)[1]), rtt_ms / 1000)
+
+
 def _list(env: str, default: str) -> list[str]:
     return [x for x in os.environ.get(env, default).split(",") if x]
 
@@ -131,6 +146,7 @@ def main() -> int:
     layouts = _list("LSIO_REMOTE_BENCH_LAYOUTS", "v3-chunks,v3-shards")
     workloads = _list("LSIO_REMOTE_BENCH_WORKLOADS", "crops,slabs")
     readers = _list("LSIO_REMOTE_BENCH_READERS", "before,after,tensorstore")
+    rtt_ms = float(os.environ.get("LSIO_REMOTE_BENCH_RTT_MS", "0"))
     bz = bc.bench_zarr()
     paths = {layout: bz.dataset(layout) for layout in layouts}
     roots = {os.path.dirname(p) for p in paths.values()}
@@ -151,39 +167,45 @@ def main() -> int:
     rows = []
     work = tempfile.mkdtemp(prefix="lsio-remote-cpu-")
     try:
-        with nginx_server(roots.pop(), access_log=os.path.join(work, "access.log")) as base:
-            for layout, path in paths.items():
-                url = f"{base}/{os.path.basename(path)}"
-                for wl in workloads:
-                    bxs = [[list(lo), list(hi)] for lo, hi in bz.boxes(wl)]
-                    pf = bz.prefetch_for(wl)
-                    for w in workers.values():  # warm-up: imports, page cache
-                        w.read(url, bxs[:4], pf)
-                    got: dict[str, list[tuple[float, float]]] = {r: [] for r in readers}
-                    for rep in range(reps):
-                        for r in readers if rep % 2 == 0 else readers[::-1]:
-                            time.sleep(0.2)
-                            loads.append(os.getloadavg()[0])
-                            a = workers[r].read(url, bxs, pf)
-                            mib = a["bytes"] / MIB
-                            got[r].append((a["cpu"] * 1000 / mib, mib / a["wall"]))
-                            print(
-                                f"{layout} {wl:6s} {r:12s} {a['cpu'] * 1000 / mib:6.2f} ms CPU/MiB "
-                                f"{mib / a['wall']:7.1f} MiB/s load {loads[-1]:.2f}",
-                                flush=True,
+        with nginx_server(roots.pop(), access_log=os.path.join(work, "access.log")) as ngx:
+            proxy = _proxy(ngx, rtt_ms)
+            base = proxy.endpoint if proxy else ngx
+            try:
+                for layout, path in paths.items():
+                    url = f"{base}/{os.path.basename(path)}"
+                    for wl in workloads:
+                        bxs = [[list(lo), list(hi)] for lo, hi in bz.boxes(wl)]
+                        pf = bz.prefetch_for(wl)
+                        for w in workers.values():  # warm-up: imports, page cache
+                            w.read(url, bxs[:4], pf)
+                        got: dict[str, list[tuple[float, float]]] = {r: [] for r in readers}
+                        for rep in range(reps):
+                            for r in readers if rep % 2 == 0 else readers[::-1]:
+                                time.sleep(0.2)
+                                loads.append(os.getloadavg()[0])
+                                a = workers[r].read(url, bxs, pf)
+                                mib = a["bytes"] / MIB
+                                got[r].append((a["cpu"] * 1000 / mib, mib / a["wall"]))
+                                print(
+                                    f"{layout} {wl:6s} {r:12s} {got[r][-1][0]:6.2f} ms CPU/MiB "
+                                    f"{got[r][-1][1]:7.1f} MiB/s load {loads[-1]:.2f}",
+                                    flush=True,
+                                )
+                        for r in readers:
+                            c = bc.summary([x[0] for x in got[r]])
+                            s = bc.summary([x[1] for x in got[r]])
+                            rows.append(
+                                [
+                                    layout,
+                                    wl,
+                                    r,
+                                    " / ".join(f"{v:.2f}" for v in c),
+                                    " / ".join(f"{v:.1f}" for v in s),
+                                ]
                             )
-                    for r in readers:
-                        c = bc.summary([x[0] for x in got[r]])
-                        s = bc.summary([x[1] for x in got[r]])
-                        rows.append(
-                            [
-                                layout,
-                                wl,
-                                r,
-                                " / ".join(f"{v:.2f}" for v in c),
-                                " / ".join(f"{v:.1f}" for v in s),
-                            ]
-                        )
+            finally:
+                if proxy:
+                    proxy.close()
     finally:
         for w in workers.values():
             w.close()
