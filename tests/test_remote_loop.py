@@ -72,6 +72,18 @@ def test_reads_are_equal_on_either_loop(s3: S3Server, loop: str) -> None:
         for c in chunks:
             c.release()
         assert eng.stats()["remote_held_bytes"] == 0
+        backend = eng.service.engine.remote
+        assert backend is not None
+        kind = type(backend._loop).__module__.split(".")[0]
+        assert kind == ("uvloop" if loop == "auto" and _has_uvloop() else "asyncio")
+
+
+def _has_uvloop() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def test_the_inflight_cap_holds_and_requests_overlap(
