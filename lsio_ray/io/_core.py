@@ -429,6 +429,13 @@ class RawEngine:
             out[name] = [int(x) for x in v] if field.type.kind == "array" else int(v)
         return out
 
+    def busy(self) -> bool:
+        """Whether ranges are pending or completions wait to be reaped: the two counters
+        of :meth:`stats` a reap of several engines asks for, without building the dict."""
+        st = ffi.new("lsio_stats *")
+        lib.lsio_engine_stats(self._p(), st)
+        return bool(st.ranges_pending or st.completions_ready)
+
     def owned_view(self, ptr: int, length: int, buf_id: int) -> np.ndarray:
         """A uint8 numpy view of pool buffer ``buf_id`` (``length`` bytes at ``ptr``) that
         owns the buffer: it goes back to the pool when the view, and every array derived

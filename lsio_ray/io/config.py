@@ -29,6 +29,7 @@
 | remote_max_request | LSIO_REMOTE_MAX_REQUEST | 16 MiB per coalesced GET (5) | 4 KiB..1 GiB  |
 | remote_retries   | LSIO_REMOTE_RETRIES   | 10 (5)                       | 0..100           |
 | remote_timeout   | LSIO_REMOTE_TIMEOUT   | 30 s per request (5)         | 0.1..3600 s      |
+| remote_loop      | LSIO_REMOTE_LOOP      | "auto": uvloop if installed (5) | auto/uvloop/asyncio |
 
 "uring" fails with ``OSError`` when the kernel refuses io_uring, or when this build has
 no io_uring backend (built without liburing: ``lsio_ray.io.HAVE_URING`` is False).
@@ -40,7 +41,8 @@ no io_uring backend (built without liburing: ``lsio_ray.io.HAVE_URING`` is False
 (5) Object storage and HTTP (:mod:`lsio_ray.io.remote`): requests in flight at once per
 process, the gap between two ranges of one object below which they are fetched by one
 GET, the largest such GET, retries of a throttled (503), failed (5xx) or timed-out
-request (with exponential backoff), and each request's timeout.
+request (with exponential backoff), each request's timeout, and the event loop that
+drives the requests (``"auto"``: uvloop when it is installed, else asyncio's own).
 (6) ``"auto"``: each Zarr array decides from its file system and its size against the
 page cache (:mod:`lsio_ray.zarr.direct`); True / False force it for every array.
 
@@ -222,6 +224,17 @@ def _check_flag(name: str, value: Any) -> bool:
     raise TypeError(f"{name} must be a bool (True or False), not {type(value).__name__} {value!r}")
 
 
+def _check_loop(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(
+            f"{name} must be a str (auto, uvloop or asyncio), not {type(value).__name__} {value!r}"
+        )
+    t = value.strip().lower()
+    if t not in ("auto", "uvloop", "asyncio"):
+        raise ValueError(f"{name} must be auto, uvloop or asyncio, not {value!r}")
+    return t
+
+
 def _check_backend(name: str, value: Any) -> str:
     if not isinstance(value, str):
         raise TypeError(
@@ -339,6 +352,7 @@ _SPEC: dict[str, tuple[str, Callable[[], Any], Callable[[str, Any], Any]]] = {
         lambda: 30.0,
         _check_timeout,
     ),
+    "remote_loop": ("LSIO_REMOTE_LOOP", lambda: "auto", _check_loop),
     "node_pool_bytes": (
         "LSIO_NODE_POOL_BYTES",
         _node_pool_default,

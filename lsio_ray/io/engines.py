@@ -126,6 +126,13 @@ class Engines:
         rem = self._split_jobs(jobs)
         if not rem.any():
             return self.raw.decode(spec, jobs)
+        if rem.all() and jobs.flags.c_contiguous:  # all remote: decode them in place
+            ends = jobs[["buf_id", "refcnt"]].copy()
+            jobs["buf_id"] = 0
+            try:
+                return decode_chunks(spec, jobs)
+            finally:
+                self._end_remote(ends)
         sub = np.ascontiguousarray(jobs[rem])
         ends = sub[["buf_id", "refcnt"]].copy()
         sub["buf_id"] = 0
@@ -148,6 +155,7 @@ class Engines:
         ``end_job``): a job with a ``refcnt`` counter releases its buffer only when it
         brings the counter to zero; one without releases it."""
         assert self.remote is not None
+        done: list[int] = []
         with self._counter_lock:
             for bid, rc in zip(jobs["buf_id"].tolist(), jobs["refcnt"].tolist(), strict=True):
                 if not bid:
@@ -157,7 +165,9 @@ class Engines:
                     cnt[0] -= 1
                     if cnt[0] != 0:
                         continue
-                self.remote.release(bid)
+                done.append(bid)
+        if done:  # one lock round trip for the batch
+            self.remote.release_many(np.array(done, np.uint64))
 
     def _decode_end(self, jobs: np.ndarray) -> None:
         rem = self._split_jobs(jobs)
@@ -180,8 +190,7 @@ class Engines:
         got = self.remote.take(max_n)
         if got.size >= min_n:
             return got
-        st = self.raw.stats()
-        if st["ranges_pending"] or st["completions_ready"]:
+        if self.raw.busy():
             self._in_raw_reap = True  # a remote completion must wake the C engine's wait
             try:
                 if self.remote.ready():  # landed between the take and now

@@ -30,9 +30,23 @@ Python): each completion row points into one of them, with a buffer id that has
 :data:`REMOTE_BIT` set.  Releasing the id drops this backend's reference; the memory is
 freed when the last range of its request is released and no numpy view of it is alive.
 
-Ownership: the backend's event-loop thread owns the requests; ``_lock`` guards the
-completion queue, the held buffers and the counters, which the IO thread and consumer
-threads (``release``) touch.
+How the loop runs them (CPU per request is what bounds a fast link: issue 15):
+
+* the loop is uvloop's when uvloop is installed (``remote_loop``, the ``remote`` extra
+  brings it), else asyncio's: obstore completes its futures from its own threads through
+  ``call_soon_threadsafe``, which uvloop does in C;
+* a read is two obstore futures (the GET's answer, then its body) chained by done
+  callbacks, with no task, semaphore or condition per request; only the rare paths (a
+  suffix GET the store refuses, a range past the end, writes) are coroutines;
+* requests wait in two queues (reads, which wait for room in the pool, and the rest) and
+  start as others end, at most ``remote_inflight`` at once;
+* the completions of one loop turn are published together: one array, one lock round
+  trip, one wake of the IO thread.
+
+Ownership: the backend's event-loop thread owns the requests, the queues and the
+counters (only it writes them); ``_lock`` guards the completion queue, the pending
+counts and the held buffers, which the IO thread and consumer threads (``release``)
+touch.
 """
 
 from __future__ import annotations
@@ -42,8 +56,8 @@ import errno
 import itertools
 import threading
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -56,34 +70,16 @@ from lsio_ray.io._core import (
     OP_WRITE_FILE,
     view,
 )
+from lsio_ray.io.remote_parts import Held as _Held
+from lsio_ray.io.remote_parts import Request as _Request
+from lsio_ray.io.remote_parts import Row, new_loop, plan_reads
 from lsio_ray.io.request import address
 from lsio_ray.io.stores import configure, current_settings, describe, errno_of, store_for
 
-__all__ = ["REMOTE_BIT", "RemoteBackend", "configure"]
+__all__ = ["REMOTE_BIT", "RemoteBackend", "configure", "new_loop"]
 
 #: buffer ids of this backend have this bit set (the C engine's ids never do)
 REMOTE_BIT = 1 << 62
-
-
-@dataclass(slots=True)
-class _Request:
-    """One GET or PUT: ``rows`` are the ranges it serves, ``(tag, offset, length)`` as asked."""
-
-    group: int
-    url: str
-    kind: int
-    start: int  # first byte (reads with a start); suffix reads: -n
-    end: int  # one past the last byte; -1: to the end of the object
-    rows: list[tuple[int, int, int]] = field(default_factory=list)
-    data: int = 0  # writes: the bytes' address
-    nbytes: int = 0  # writes: their length
-
-
-@dataclass(slots=True)
-class _Held:
-    buf: Any  # the obstore Bytes
-    refs: int
-    nbytes: int
 
 
 class RemoteBackend:
@@ -123,10 +119,15 @@ class RemoteBackend:
         }
         self._closed = False
         self._tasks: set[asyncio.Task[None]] = set()  # strong references while they run
-        self._loop = asyncio.new_event_loop()
-        self._room: asyncio.Condition | None = None
-        self._starving = 0  # requests waiting for room (then a release wakes the loop)
-        self._sem: asyncio.Semaphore | None = None
+        self._loop = new_loop(str(self.settings.get("remote_loop", "auto")))
+        # the loop thread's: requests not started (reads wait for room in the pool)
+        self._reads: deque[_Request] = deque()
+        self._others: deque[_Request] = deque()
+        self._running = 0
+        self._starving = 0  # reads wait for room (then a release wakes the loop)
+        self._out: list[tuple[_Request, list[Row] | None]] = []
+        self._flush_soon = False
+        self._pumping = False
         started = threading.Event()
         self._thread = threading.Thread(
             target=self._run_loop, args=(started,), name="lsio-remote", daemon=True
@@ -134,102 +135,178 @@ class RemoteBackend:
         self._thread.start()
         started.wait()
 
-    # -- the event loop thread -----------------------------------------------------------
+    # -- the event loop thread (see the module's docstring) -------------------------------
     def _run_loop(self, started: threading.Event) -> None:
         asyncio.set_event_loop(self._loop)
-        self._room = asyncio.Condition()
-        self._sem = asyncio.Semaphore(self.inflight_cap)
         started.set()
         self._loop.run_forever()
 
-    async def _notify_room(self) -> None:
-        assert self._room is not None
-        async with self._room:
-            self._room.notify_all()
-
-    async def _do(self, req: _Request) -> None:
-        assert self._sem is not None and self._room is not None
+    def _pump(self) -> None:
+        """Start queued requests while fewer than the cap run and, for reads, while the
+        held bytes leave room (or nothing is held)."""
+        if self._pumping:  # a request that ended at once, inside this loop
+            return
+        self._pumping = True
         try:
-            async with self._sem:
-                if req.kind == OP_READ and self.held_bytes >= self.pool_bytes:
-                    async with self._room:
-                        self._starving += 1
-                        try:
-                            while self.held_bytes >= self.pool_bytes and self._held:
-                                self.counters["remote_starved"] += 1
-                                await self._room.wait()
-                        finally:
-                            self._starving -= 1
-                if req.group in self._cancelled:
-                    self._finish(req, None)
-                    return
-                with self._lock:
-                    self.counters["remote_inflight"] += 1
-                try:
-                    if req.kind == OP_READ:
-                        await self._read(req)
-                    elif req.kind == OP_WRITE_FILE:
-                        await self._write(req)
-                    else:
-                        self._fail(
-                            req,
-                            -errno.EOPNOTSUPP,
-                            "object stores take whole objects: use put_file, not put_ranges",
-                        )
-                finally:
+            self._pump_queued()
+        finally:
+            self._pumping = False
+
+    def _pump_queued(self) -> None:
+        while self._running < self.inflight_cap:
+            if self._others:
+                req = self._others.popleft()
+            elif self._reads:
+                if self.held_bytes >= self.pool_bytes and self._held:
+                    self._starving = 1  # before the second look: a release now wakes us
                     with self._lock:
-                        self.counters["remote_inflight"] -= 1
+                        full = self.held_bytes >= self.pool_bytes and bool(self._held)
+                    if full:
+                        self.counters["remote_starved"] += 1
+                        return
+                self._starving = 0
+                req = self._reads.popleft()
+            else:
+                return
+            self._running += 1
+            self.counters["remote_inflight"] += 1
+            self._begin(req)
+
+    def _end(self, req: _Request) -> None:
+        """A request has emitted its completions: start the next."""
+        self._running -= 1
+        self.counters["remote_inflight"] -= 1
+        if not self._closed:
+            self._pump()
+
+    def _begin(self, req: _Request) -> None:
+        try:
+            if req.group in self._cancelled:
+                self._finish(req, None)
+            elif req.kind == OP_READ:
+                if self._get(req):
+                    return  # its callbacks end it
+            elif req.kind == OP_WRITE_FILE:
+                self._spawn(self._write(req))
+                return
+            else:
+                self._fail(
+                    req,
+                    -errno.EOPNOTSUPP,
+                    "object stores take whole objects: use put_file, not put_ranges",
+                )
         except BaseException as exc:  # never lose a request's completions
             try:
-                self._fail(req, errno_of(exc), describe(exc))
-            except BaseException:
-                self._finish(req, None)  # cannot even report it: at least unblock
-                raise
+                self._fail_safe(req, exc)
+            finally:
+                self._end(req)
+            return
+        self._end(req)
 
-    async def _read(self, req: _Request) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = self._loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _fail_safe(self, req: _Request, exc: BaseException) -> None:
+        try:
+            self._fail(req, errno_of(exc), describe(exc))
+        except BaseException:
+            self._finish(req, None)  # cannot even report it: at least unblock
+            raise
+
+    def _get(self, req: _Request) -> bool:
+        """Start a read's GET; False when it is done already (nothing to fetch)."""
         import obstore
-        from obstore.exceptions import NotSupportedError
 
         store_url, key = url.split(req.url)
         store = store_for(store_url, self.settings)
         if req.end == req.start >= 0:  # only empty ranges: nothing to fetch
-            self._emit(req, [(t, 0, 0, o, 0, -1, 0) for t, o, _ln in req.rows])
-            return
+            self._finish(req, [(t, 0, 0, o, 0, -1, 0) for t, o, _ln in req.rows])
+            return False
         if req.start < 0:
-            options: dict[str, Any] = {"range": {"suffix": -req.start}}
+            options: dict[str, Any] | None = {"range": {"suffix": -req.start}}
         elif req.end < 0:
-            options = {"range": {"offset": req.start}} if req.start else {}
+            options = {"range": {"offset": req.start}} if req.start else None
         else:
             options = {"range": (req.start, req.end)}
-        with self._lock:
-            self.counters["remote_requests"] += 1
+        self.counters["remote_requests"] += 1
+        fut = obstore.get_async(store, key, options=options)
+        fut.add_done_callback(partial(self._got_head, req, store, key))
+        return True
+
+    def _got_head(self, req: _Request, store: Any, key: str, fut: asyncio.Future[Any]) -> None:
         try:
+            exc = fut.exception()
+            if exc is not None:
+                self._spawn(self._rescue(req, store, key, exc, True))
+                return
+            res = fut.result()
+            res.bytes_async().add_done_callback(partial(self._got_body, req, store, key, res))
+        except BaseException as exc:
             try:
-                res = await obstore.get_async(store, key, options=options or None)
-            except NotSupportedError:
-                if req.start >= 0:
-                    raise
-                # no suffix ranges on this store (Azure): HEAD for the size, then a range
-                size = int((await obstore.head_async(store, key))["size"])
-                with self._lock:
-                    self.counters["remote_requests"] += 1
-                start = max(0, size + req.start)
-                options = {"range": (start, size)} if start < size else {}
-                res = await obstore.get_async(store, key, options=options or None)
+                self._fail_safe(req, exc)
+            finally:
+                self._end(req)
+
+    def _got_body(
+        self, req: _Request, store: Any, key: str, res: Any, fut: asyncio.Future[Any]
+    ) -> None:
+        try:
+            exc = fut.exception()
+            if exc is not None:
+                self._spawn(self._rescue(req, store, key, exc, False))
+                return
+            buf = fut.result()
+            n = len(buf)
+            self.counters["remote_bytes_transferred"] += n
+            self._land(req, buf, int(res.range[0]), n, int(res.meta["size"]))
+        except BaseException as exc:
+            try:
+                self._fail_safe(req, exc)
+            finally:
+                self._end(req)
+            return
+        self._end(req)
+
+    async def _rescue(
+        self, req: _Request, store: Any, key: str, exc: BaseException, at_head: bool
+    ) -> None:
+        """A GET that failed: a suffix GET the store refuses (Azure) is a HEAD and a
+        ranged GET; a range past the end completes as such; else the error."""
+        try:
+            from obstore.exceptions import NotSupportedError
+
+            if at_head and req.start < 0 and isinstance(exc, NotSupportedError):
+                await self._suffix_by_head(req, store, key)
+                return
+            if isinstance(exc, Exception):
+                size = await self._size_if_past_end(store, key, req, exc)
+                if size is not None:
+                    self._past_end(req, size)
+                    return
+            self._fail(req, errno_of(exc), describe(exc))
+        except BaseException as exc2:
+            self._fail_safe(req, exc2)
+        finally:
+            self._end(req)
+
+    async def _suffix_by_head(self, req: _Request, store: Any, key: str) -> None:
+        import obstore
+
+        try:
+            size = int((await obstore.head_async(store, key))["size"])
+            self.counters["remote_requests"] += 1
+            start = max(0, size + req.start)
+            options = {"range": (start, size)} if start < size else None
+            res = await obstore.get_async(store, key, options=options)
             buf = await res.bytes_async()
         except Exception as exc:
-            size = await self._size_if_past_end(store, key, req, exc)
-            if size is not None:
-                self._past_end(req, size)
-                return
             self._fail(req, errno_of(exc), describe(exc))
             return
-        size = int(res.meta["size"])
-        got_start = int(res.range[0])
         n = len(buf)
-        with self._lock:
-            self.counters["remote_bytes_transferred"] += n
-        self._land(req, buf, got_start, n, size)
+        self.counters["remote_bytes_transferred"] += n
+        self._land(req, buf, int(res.range[0]), n, int(res.meta["size"]))
 
     async def _size_if_past_end(
         self, store: Any, key: str, req: _Request, exc: Exception
@@ -249,6 +326,14 @@ class RemoteBackend:
         return size if req.start >= size else None
 
     async def _write(self, req: _Request) -> None:
+        try:
+            await self._put(req)
+        except BaseException as exc:
+            self._fail_safe(req, exc)
+        finally:
+            self._end(req)
+
+    async def _put(self, req: _Request) -> None:
         import obstore
 
         store_url, key = url.split(req.url)
@@ -257,17 +342,15 @@ class RemoteBackend:
             return
         store = store_for(store_url, self.settings)
         data = memoryview(view(req.data, req.nbytes)) if req.nbytes else b""
-        with self._lock:
-            self.counters["remote_requests"] += 1
+        self.counters["remote_requests"] += 1
         try:
             await obstore.put_async(store, key, data)
         except Exception as exc:
             self._fail(req, errno_of(exc), describe(exc))
             return
         tag, _off, ln = req.rows[0]
-        with self._lock:
-            self.counters["remote_bytes_transferred"] += req.nbytes
-        self._emit(req, [(tag, 0, 0, 0, ln, req.nbytes, 0)])
+        self.counters["remote_bytes_transferred"] += req.nbytes
+        self._finish(req, [(tag, 0, 0, 0, ln, req.nbytes, 0)])
 
     # -- results -------------------------------------------------------------------------
     def _land(self, req: _Request, buf: Any, got_start: int, n: int, size: int) -> None:
@@ -275,7 +358,7 @@ class RemoteBackend:
             self._finish(req, None)
             return
         base = address(np.frombuffer(buf, np.uint8)) if n else 0
-        out: list[tuple[int, int, int, int, int, int, int]] = []
+        out: list[Row] = []
         held = _Held(buf, 0, n)
         ids: list[int] = []
         used = 0
@@ -303,59 +386,69 @@ class RemoteBackend:
             ids.append(bid)
             used += want
             out.append((tag, bid, base + rel, start, want, size, 0))
-        with self._lock:
+        if ids:
             held.refs = len(ids)
-            if ids:
+            with self._lock:
                 for bid in ids:
                     self._held[bid] = held
                 self.held_bytes += n
-            self.counters["remote_bytes_used"] += used
-        self._emit(req, out)
+        self.counters["remote_bytes_used"] += used
+        self._finish(req, out)
 
     def _past_end(self, req: _Request, size: int) -> None:
-        self._emit(req, [(t, 0, 0, o, ln, size, E_PAST_EOF) for t, o, ln in req.rows])
+        self._finish(req, [(t, 0, 0, o, ln, size, E_PAST_EOF) for t, o, ln in req.rows])
 
     def _fail(self, req: _Request, err: int, detail: str) -> None:
-        with self._lock:
-            self.counters["remote_errors"] += 1
+        self.counters["remote_errors"] += 1
         for tag, _off, _ln in req.rows:
             self._details[(req.group, tag)] = detail
-        self._emit(req, [(t, 0, 0, o, ln, -1, err) for t, o, ln in req.rows])
+        self._finish(req, [(t, 0, 0, o, ln, -1, err) for t, o, ln in req.rows])
 
-    def _emit(self, req: _Request, rows: list[tuple[int, int, int, int, int, int, int]]) -> None:
-        if req.group in self._cancelled:
-            with self._lock:
-                for _t, bid, *_ in rows:
-                    if bid:
-                        self._drop(bid)
-            self._finish(req, None)
-            return
-        arr = np.zeros(len(rows), COMPLETION_DTYPE)
-        if rows:
-            tag, bid, data, off, ln, size, err = zip(*rows, strict=True)
-            arr["tag"] = np.array(tag, np.uint64)  # tags may use bit 63 (the Zarr index's)
-            arr["group"] = req.group
-            arr["buf_id"] = np.array(bid, np.uint64)
-            arr["data"] = np.array(data, np.uint64)
-            arr["offset"] = off
-            arr["length"] = ln
-            arr["file_size"] = size
-            arr["error"] = err
-        self._finish(req, arr)
+    def _finish(self, req: _Request, rows: list[Row] | None) -> None:
+        """Queue a request's completions (None: it has none to report): they are
+        published with the others of this loop turn by :meth:`_flush`."""
+        self._out.append((req, rows))
+        if not self._flush_soon:
+            self._flush_soon = True
+            self._loop.call_soon(self._flush)
 
-    def _finish(self, req: _Request, arr: np.ndarray | None) -> None:
+    def _flush(self) -> None:
+        """Publish the completions queued this turn: one array, one lock, one wake."""
+        self._flush_soon = False
+        out, self._out = self._out, []
+        table: list[tuple[int, ...]] = []
+        drop: list[int] = []
+        for req, rows in out:
+            if not rows:
+                continue
+            g = req.group
+            if g in self._cancelled:  # dropped as they land
+                drop += [r[1] for r in rows if r[1]]
+                continue
+            table += [
+                (t, g, bid, data, off, ln, size, err, 0)
+                for t, bid, data, off, ln, size, err in rows
+            ]
+        arr = np.array(table, COMPLETION_DTYPE) if table else None
+        freed = False
         with self._cv:
-            left = self._pending.get(req.group, 0) - 1
-            if left > 0:
-                self._pending[req.group] = left
-            else:
-                self._pending.pop(req.group, None)
-            self._ranges_pending -= len(req.rows)
-            if arr is not None and arr.size:
+            for bid in drop:
+                freed |= self._drop(bid)
+            pending = self._pending
+            for req, _rows in out:
+                left = pending.get(req.group, 0) - 1
+                if left > 0:
+                    pending[req.group] = left
+                else:
+                    pending.pop(req.group, None)
+                self._ranges_pending -= len(req.rows)
+            if arr is not None:
                 self._ready.append(arr)
                 self._nready += arr.size
             self._cv.notify_all()
         self._wake()
+        if freed and not self._closed:
+            self._pump()
 
     # -- the IO thread's side ------------------------------------------------------------
     def submit(self, files: np.ndarray, ranges: np.ndarray, paths: bytes) -> None:
@@ -371,7 +464,7 @@ class RemoteBackend:
             rs = ranges[first : first + nr]
             first += nr
             if kind == OP_READ:
-                reqs += self._plan_reads(group, u, rs)
+                reqs += plan_reads(group, u, rs, self.gap, self.max_request)
             else:
                 for off, ln, tag, data in rs.tolist():
                     req = _Request(group, u, kind, off, off + ln, [(tag, off, ln)], data, ln)
@@ -385,36 +478,8 @@ class RemoteBackend:
 
     def _start_all(self, reqs: list[_Request]) -> None:
         for req in reqs:
-            task = self._loop.create_task(self._do(req))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    def _plan_reads(self, group: int, u: str, rs: np.ndarray) -> list[_Request]:
-        """One object's ranges as requests: exact ranges merged across small gaps."""
-        out: list[_Request] = []
-        exact: list[tuple[int, int, int]] = []
-        for off, ln, tag, _data in rs.tolist():
-            if off < 0:
-                out.append(_Request(group, u, OP_READ, off, -1, [(tag, off, ln)]))
-            elif ln < 0:
-                out.append(_Request(group, u, OP_READ, off, -1, [(tag, off, ln)]))
-            else:
-                exact.append((off, ln, tag))
-        exact.sort()
-        cur: _Request | None = None
-        for off, ln, tag in exact:
-            end = off + ln
-            if (
-                cur is not None
-                and off - cur.end <= self.gap
-                and max(cur.end, end) - cur.start <= self.max_request
-            ):
-                cur.end = max(cur.end, end)
-                cur.rows.append((tag, off, ln))
-                continue
-            cur = _Request(group, u, OP_READ, off, end, [(tag, off, ln)])
-            out.append(cur)
-        return out
+            (self._reads if req.kind == OP_READ else self._others).append(req)
+        self._pump()
 
     def take(self, max_n: int) -> np.ndarray:
         """Completions ready now (at most about ``max_n``; never blocks)."""
@@ -450,7 +515,7 @@ class RemoteBackend:
         with self._lock:
             freed = self._drop(buf_id)
         if freed and self._starving and not self._closed:
-            asyncio.run_coroutine_threadsafe(self._notify_room(), self._loop)
+            self._loop.call_soon_threadsafe(self._pump)
 
     def release_many(self, buf_ids: np.ndarray) -> None:
         """:meth:`release` for each id (zeros skipped)."""
@@ -460,7 +525,7 @@ class RemoteBackend:
                 if bid:
                     freed |= self._drop(bid)
         if freed and self._starving and not self._closed:
-            asyncio.run_coroutine_threadsafe(self._notify_room(), self._loop)
+            self._loop.call_soon_threadsafe(self._pump)
 
     def _drop(self, buf_id: int) -> bool:
         h = self._held.pop(buf_id, None)

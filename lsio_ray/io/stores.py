@@ -100,6 +100,7 @@ SETTINGS = (
     "remote_max_request",
     "remote_retries",
     "remote_timeout",
+    "remote_loop",
 )
 
 
