@@ -147,7 +147,8 @@ class FaultProxy:
     cut (the connection closed) after ``n`` bytes.  ``rtt_s``: a round trip added to each
     request (half before it is forwarded, half before the first byte of its answer; the
     rest of a response streams at once, as over a real link with that latency).
-    ``requests`` counts connections' first requests."""
+    ``requests`` counts connections' first requests; ``open_max``, the most connections
+    served at once."""
 
     def __init__(self, target: tuple[str, int], rtt_s: float = 0.0) -> None:
         self.target = target
@@ -156,6 +157,8 @@ class FaultProxy:
         self._cut: int | None = None
         self.requests = 0
         self.throttled = 0
+        self.open_now = 0
+        self.open_max = 0
         self._lock = threading.Lock()
         self._sock = socket.socket()
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -189,6 +192,9 @@ class FaultProxy:
             threading.Thread(target=self._serve, args=(c,), daemon=True).start()
 
     def _serve(self, c: socket.socket) -> None:
+        with self._lock:
+            self.open_now += 1
+            self.open_max = max(self.open_max, self.open_now)
         try:
             first = c.recv(65536)
             if not first:
@@ -227,6 +233,8 @@ class FaultProxy:
         except OSError:
             pass
         finally:
+            with self._lock:
+                self.open_now -= 1
             for s in (c,):
                 with contextlib.suppress(OSError):
                     s.close()

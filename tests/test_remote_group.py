@@ -350,3 +350,27 @@ def test_cli_info_over_http(http: str) -> None:
     res = _cli(env, "info", f"{http}/g3.zarr")
     assert res.returncode == 1
     assert f"{http}/g3.zarr" in res.stderr and "an HTTP server lists no objects" in res.stderr
+
+
+def test_listing_probes_the_members_concurrently(s3: S3Server, tmp_path: Path) -> None:
+    """A group without consolidated metadata lists its members by reading each one's
+    documents: on object storage several at a time.  Seen from a proxy in front of the
+    server, with a round trip of latency: several connections are open at once (one
+    after another, the probes never overlap)."""
+    from _servers import FaultProxy
+
+    names = [f"a{i:02d}" for i in range(12)]
+    g = zarr.open_group(str(tmp_path / "many.zarr"), mode="w", zarr_format=3)
+    for name in names:
+        g.create_array(name, shape=(4,), chunks=(4,), dtype="u1")[...] = np.arange(4)
+    bucket = "lsio-groups-many"
+    s3.client().create_bucket(Bucket=bucket)
+    s3.upload_tree(str(tmp_path / "many.zarr"), bucket, "many.zarr")
+    port = int(s3.endpoint.rsplit(":", 1)[1])
+    with FaultProxy(("127.0.0.1", port), rtt_s=0.02) as proxy:
+        group = lz.open_group(
+            f"s3://{bucket}/many.zarr", storage_options=s3.options(proxy.endpoint)
+        )
+        assert sorted(group.keys()) == names
+        assert all(group[n].shape == (4,) for n in names[:2])
+        assert proxy.open_max >= 4, proxy.open_max

@@ -34,6 +34,7 @@ import errno
 import inspect
 import os
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +56,9 @@ from lsio_ray.zarr.group_meta import (
 from lsio_ray.zarr.info import MAX_WALK, array_summary, format_group_info
 from lsio_ray.zarr.layout import layout_from_docs
 from lsio_ray.zarr.loader import Loader
+
+#: members of a group on object storage probed at once when it is listed
+PROBE_THREADS = 16
 
 __all__ = [
     "Group",
@@ -195,13 +199,16 @@ class Group:
 
     def _list(self) -> dict[str, Member]:
         """The direct members found by listing: subdirectories (object-storage prefixes)
-        holding the metadata of this group's Zarr format."""
-        out: dict[str, Member] = {}
-        for name in group_access.list_children(self.path):
-            entry = self._probe(name)
-            if entry is not None:
-                out[name] = entry
-        return out
+        holding the metadata of this group's Zarr format.  On object storage the
+        members' documents are read :data:`PROBE_THREADS` at a time (a request each: one
+        after another, a 50-member group at 20 ms was a second of round trips)."""
+        names = list(group_access.list_children(self.path))
+        if group_access.is_remote(self.path) and len(names) > 1:
+            with ThreadPoolExecutor(min(PROBE_THREADS, len(names))) as pool:
+                entries = list(pool.map(self._probe, names))  # the first error re-raised
+        else:
+            entries = [self._probe(name) for name in names]
+        return {n: e for n, e in zip(names, entries, strict=True) if e is not None}
 
     def _probe(self, name: str) -> Member | None:
         """The member ``name`` from its own documents (None: it has none of this
