@@ -17,6 +17,7 @@ four 64 MiB files under ``$LSIO_AB_DIR``, default /tmp/lsio-ab, made once):
 * ``engine-ranges``: one group of 65,536 random 4 KiB ranges of the four files (warm),
   thousands of ranges/s;
 * ``crops``: ``Array.random_crops((8,256,256), 400)``, no Ray (warm), crops/s;
+* ``percall``: 200 crops (8,256,256) read one call at a time, ``a[key]`` (warm), crops/s;
 * ``whole``: the whole array read twice, no Ray (warm), MiB/s;
 * ``series`` / ``series-cold``: 16 time series ``[:, y:y+256, x:x+256]`` with
   ``crops(prefetch=2, reuse=True)``, series/s; cold drops the page cache first (root);
@@ -95,6 +96,21 @@ t = time.perf_counter(); s = 0.0
 for c in arr.random_crops((8, 256, 256), 400, seed=7, prefetch=16):
     s += float(c[0, 0, 0])
 print(400 / (time.perf_counter() - t))
+""",
+    "percall": """
+import lsio_ray.zarr as lz
+arr = lz.open(sys.argv[1])
+rng = np.random.default_rng(11)
+keys = []
+for _ in range(210):
+    z, y, x = rng.integers(0, 512 - 8), rng.integers(0, 1024 - 256), rng.integers(0, 1024 - 256)
+    keys.append((slice(z, z + 8), slice(y, y + 256), slice(x, x + 256)))
+for k in keys[:10]:
+    arr[k]
+t = time.perf_counter()
+for k in keys[10:]:
+    arr[k]
+print(200 / (time.perf_counter() - t))
 """,
     "whole": """
 import lsio_ray.zarr as lz
@@ -176,6 +192,7 @@ UNITS = {
     "engine-files": "files/s",
     "engine-ranges": "k ranges/s",
     "crops": "crops/s",
+    "percall": "crops/s",
     "whole": "MiB/s",
     "series": "series/s",
     "series-cold": "series/s",
