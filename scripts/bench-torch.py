@@ -25,6 +25,7 @@ min/median/max, and the ratio of the medians to tensorstore's, with the load ave
 
 from __future__ import annotations
 
+import abc
 import os
 import resource
 import sys
@@ -71,8 +72,9 @@ class _PerProcess(Dataset):
             self._pid = os.getpid()
         return self._arr
 
+    @abc.abstractmethod
     def open(self) -> Any:
-        raise NotImplementedError
+        """The array this reader's crops come from, opened in this process."""
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_arr": None, "_pid": -1}
