@@ -42,7 +42,17 @@
  *    frame that is too big fails inside zstd and one that is too small is detected from
  *    the size it returns; blosc's header is validated before it is trusted.  A direct
  *    decode that fails may have written part of its (own) box.
+ *  - A box that needs only the first part of a zstd chunk (a crop's rows in the upper
+ *    chunk of two) is decoded block by block into the scratch buffer up to the block
+ *    holding its last byte, and the rest of the frame is left undecoded: for random
+ *    crops of (1,256,256) float32 chunks (two 128 KiB blocks) that is ~1/8 of the zstd
+ *    work.  Only a single frame that declares its content size, equal to spec->nbytes,
+ *    and whose block headers span exactly src_len bytes (ZSTD_findFrameCompressedSize)
+ *    takes this path, so a truncated or padded chunk still fails; the blocks after the
+ *    box's last byte, and the frame's checksum, are not looked at.  Each block is given
+ *    only the scratch room left, so nothing is written past spec->nbytes either way.
  */
+#define ZSTD_STATIC_LINKING_ONLY /* the block-by-block API (exported by libzstd >= 1.4) */
 #include <blosc.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -177,6 +187,54 @@ static int32_t decode_into(tls_state *t, int32_t codec, const void *src, size_t 
         *detail = codec;
         return LSIO_DEC_E_ARG;
     }
+}
+
+/* Decode the first `need` (<= nbytes) bytes of the single zstd frame src into out
+ * (nbytes of room), block by block, and stop after the block that reaches `need`; 1 if
+ * it did, 0 if the frame does not qualify (see the rules at the top: then the caller
+ * decodes it whole, which reports any error), or an error status (< 0) with *detail. */
+static int32_t zstd_prefix(tls_state *t, const unsigned char *src, size_t src_len,
+                           unsigned char *out, size_t nbytes, size_t need, int64_t *detail)
+{
+    unsigned long long declared = ZSTD_getFrameContentSize(src, src_len);
+    if (declared != (unsigned long long)nbytes || ZSTD_findFrameCompressedSize(src, src_len)
+                                                      != src_len)
+        return 0;
+    if (!t->zstd && !(t->zstd = ZSTD_createDCtx())) {
+        *detail = 0;
+        return LSIO_DEC_E_NOMEM;
+    }
+    size_t r = ZSTD_decompressBegin(t->zstd);
+    size_t in = 0, pos = 0;
+    while (!ZSTD_isError(r)) {
+        size_t want = ZSTD_nextSrcSizeToDecompress(t->zstd);
+        if (want == 0 || want > src_len - in)
+            return 0; /* the frame ended before `need` (or lies): decode it whole */
+        r = ZSTD_decompressContinue(t->zstd, out + pos, nbytes - pos, src + in, want);
+        if (ZSTD_isError(r))
+            break;
+        in += want;
+        pos += r;
+        if (pos >= need)
+            return 1;
+    }
+    *detail = (int64_t)ZSTD_getErrorCode(r);
+    return LSIO_DEC_E_CODEC;
+}
+
+/* One past the last byte of the box (offset `off`, `shape`, `strides`, elements of
+ * `isz` bytes), for a box check_job accepted; `limit` if it has no element. */
+static uint64_t box_end(int64_t off, const int64_t *strides, const int64_t *shape, int ndim,
+                        uint64_t isz, uint64_t limit)
+{
+    int64_t hi = off;
+    for (int d = 0; d < ndim; d++) {
+        if (shape[d] <= 0)
+            return limit;
+        if (strides[d] > 0)
+            hi += (shape[d] - 1) * strides[d]; /* no overflow: check_job's box_fits */
+    }
+    return (uint64_t)hi + isz;
 }
 
 /* Copy the box `shape` from src (strides ss) to dst (strides ds), elements of size isz. */
@@ -314,9 +372,36 @@ int64_t lsio_decode_batch(lsio_engine *e, const lsio_decode_spec *spec, lsio_dec
                 chunk = (const char *)t->scratch;
             } else {
                 unsigned char *tmp = scratch(t, spec->nbytes ? spec->nbytes : 1);
-                st = tmp ? decode_into(t, spec->codec, src, j->src_len, tmp, spec->nbytes,
-                                       &j->detail)
-                         : LSIO_DEC_E_NOMEM;
+                int32_t part = 0;
+                if (tmp && spec->codec == LSIO_CODEC_ZSTD) {
+                    /* the prefix every job of this chunk (this and the following jobs
+                     * with the same stored bytes) needs */
+                    uint64_t need = 0;
+                    for (uint64_t k = i; k < n && need < spec->nbytes; k++) {
+                        const lsio_decode_job *q = &jobs[k];
+                        if (q->src != j->src || q->src_len != j->src_len)
+                            break;
+                        /* a box that does not fit fails its own check_job later */
+                        uint64_t end = box_fits(q->src_off, spec->chunk_strides, q->shape,
+                                                spec->ndim, spec->itemsize, spec->nbytes)
+                                           ? box_end(q->src_off, spec->chunk_strides,
+                                                     q->shape, spec->ndim, spec->itemsize,
+                                                     spec->nbytes)
+                                           : spec->nbytes;
+                        need = end > need ? end : need;
+                    }
+                    if (need + ZSTD_BLOCKSIZE_MAX <= spec->nbytes)
+                        part = zstd_prefix(t, src, j->src_len, tmp, spec->nbytes, need,
+                                           &j->detail);
+                }
+                if (part < 0)
+                    st = part;
+                else if (part == 1)
+                    st = LSIO_DEC_OK;
+                else
+                    st = tmp ? decode_into(t, spec->codec, src, j->src_len, tmp, spec->nbytes,
+                                           &j->detail)
+                             : LSIO_DEC_E_NOMEM;
                 chunk = (const char *)tmp;
                 held = st == LSIO_DEC_OK;
                 held_src = j->src;

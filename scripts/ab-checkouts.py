@@ -7,7 +7,8 @@
 Each checkout runs with its own ``.venv`` (made by its ``scripts/setup``).  Every round
 runs every job once in each checkout, the order of the two flipped each round, each job
 in a fresh process, so drift on a shared 2-core machine falls on both alike.  Printed:
-min / median / max per job and checkout, and the ratio of the medians (b / a).
+min / median / max per job and checkout, the ratio of the medians (b / a), and, for
+the crop jobs, the median CPU time per crop (getrusage of the job's process).
 
 Jobs (data: bench-zarr's array, ``LSIO_ZARR_BENCH_*``, and 20,000 files of 16 KiB and
 four 64 MiB files under ``$LSIO_AB_DIR``, default /tmp/lsio-ab, made once):
@@ -50,7 +51,10 @@ import bench_common as bc
 AB_DIR = os.environ.get("LSIO_AB_DIR", "/tmp/lsio-ab")
 
 _PRE = """
-import os, sys, time, numpy as np
+import os, resource, sys, time, numpy as np
+def cpu():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 def drop():
     os.sync()
     with open("/proc/sys/vm/drop_caches", "w") as f:
@@ -92,10 +96,10 @@ print(n / dt / 1000)
     "crops": """
 import lsio_ray.zarr as lz
 arr = lz.open(sys.argv[1])
-t = time.perf_counter(); s = 0.0
+t = time.perf_counter(); s = 0.0; c0 = cpu()
 for c in arr.random_crops((8, 256, 256), 400, seed=7, prefetch=16):
     s += float(c[0, 0, 0])
-print(400 / (time.perf_counter() - t))
+print(400 / (time.perf_counter() - t), (cpu() - c0) * 1000 / 400)
 """,
     "percall": """
 import lsio_ray.zarr as lz
@@ -107,10 +111,10 @@ for _ in range(210):
     keys.append((slice(z, z + 8), slice(y, y + 256), slice(x, x + 256)))
 for k in keys[:10]:
     arr[k]
-t = time.perf_counter()
+t = time.perf_counter(); c0 = cpu()
 for k in keys[10:]:
     arr[k]
-print(200 / (time.perf_counter() - t))
+print(200 / (time.perf_counter() - t), (cpu() - c0) * 1000 / 200)
 """,
     "whole": """
 import lsio_ray.zarr as lz
@@ -226,7 +230,10 @@ def _data() -> tuple[str, str, str]:
     return bc.zarr_dataset("v3-chunks"), small, big
 
 
-def _run(checkout: str, job: str, zarr_path: str, small: str, big: str) -> float:
+def _run(
+    checkout: str, job: str, zarr_path: str, small: str, big: str
+) -> tuple[float, float | None]:
+    """The job's rate in ``checkout``, and its CPU ms per item where the job reports it."""
     py = os.path.join(checkout, ".venv", "bin", "python")
     data = small if job == "engine-files" else big
     if job.startswith("w"):  # lsio_ray.bench's own files (f000000...)
@@ -250,7 +257,8 @@ def _run(checkout: str, job: str, zarr_path: str, small: str, big: str) -> float
     )
     if out.returncode != 0:
         raise RuntimeError(f"{job} in {checkout} failed:\n{out.stderr[-3000:]}")
-    return float(out.stdout.strip().splitlines()[-1])
+    last = out.stdout.strip().splitlines()[-1].split()
+    return float(last[0]), (float(last[1]) if len(last) > 1 else None)
 
 
 def main() -> int:
@@ -267,13 +275,18 @@ def main() -> int:
     zarr_path, small, big = _data()
     sides = {"a": os.path.abspath(args.a), "b": os.path.abspath(args.b)}
     got: dict[tuple[str, str], list[float]] = {}
+    cpus: dict[tuple[str, str], list[float]] = {}
     for rnd in range(args.rounds):
         order = ["a", "b"] if rnd % 2 == 0 else ["b", "a"]
         for job in jobs:
             for side in order:
-                v = _run(sides[side], job, zarr_path, small, big)
+                v, c = _run(sides[side], job, zarr_path, small, big)
                 got.setdefault((job, side), []).append(v)
-                print(f"round {rnd} {job:14s} {side}: {v:10.2f} {UNITS[job]}", flush=True)
+                more = ""
+                if c is not None:
+                    cpus.setdefault((job, side), []).append(c)
+                    more = f", CPU {c:.2f} ms per item"
+                print(f"round {rnd} {job:14s} {side}: {v:10.2f} {UNITS[job]}{more}", flush=True)
     rows = []
     for job in jobs:
         a, b = got[(job, "a")], got[(job, "b")]
@@ -285,11 +298,30 @@ def main() -> int:
                 "{:.1f} / {:.1f} / {:.1f}".format(*bc.summary(a)),
                 "{:.1f} / {:.1f} / {:.1f}".format(*bc.summary(b)),
                 f"{mb / ma:.3f}",
+                (
+                    "{:.2f} / {:.2f}".format(
+                        statistics.median(cpus[(job, "a")]), statistics.median(cpus[(job, "b")])
+                    )
+                    if (job, "a") in cpus and (job, "b") in cpus
+                    else ""
+                ),
             ]
         )
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     print(f"\na = {sides['a']}\nb = {sides['b']}\nrounds: {args.rounds}, ended {when}\n")
-    print(bc.md_table(["job", "unit", "a min / median / max", "b min / median / max", "b/a"], rows))
+    print(
+        bc.md_table(
+            [
+                "job",
+                "unit",
+                "a min / median / max",
+                "b min / median / max",
+                "b/a",
+                "CPU ms/item a / b (median)",
+            ],
+            rows,
+        )
+    )
     return 0
 
 

@@ -19,6 +19,13 @@
  *     a negative shape or strides whose products overflow fail with LSIO_DEC_E_BOUNDS
  *     before a byte is touched; boxes that exactly fill the guarded pages (forward and
  *     with negative destination strides) decode right.
+ *  6. prefix decoding: a (4, 256, 128) uint32 chunk (four 128 KiB zstd blocks) with a
+ *     checksum, and a box in its first rows: decoded right; with a byte of its last
+ *     block corrupted the box still decodes (only the first block was decoded -- the
+ *     path is taken) while a box reaching the last block fails; truncated by a byte, or
+ *     with a byte after the frame, it fails even for the first rows; two frames, or a
+ *     frame without its content size, are decoded whole and right; two jobs on the same
+ *     bytes, one in the first rows and one in the last, decode both right.
  */
 #include "helpers.h"
 
@@ -420,6 +427,153 @@ static int run_no_engine(void) {
     return T_EXIT_PASS;
 }
 
+/* 6 */
+enum { P0 = 4, P1 = 256, P2 = 128, PEL = P0 * P1 * P2, PNB = PEL * 4 };
+
+static int64_t prefix_box(const uint8_t *src, size_t len, int r0, int r1, uint32_t *out,
+                          int32_t *status) {
+    lsio_decode_spec s;
+    memset(&s, 0, sizeof s);
+    s.codec = LSIO_CODEC_ZSTD;
+    s.ndim = 3;
+    s.nbytes = PNB;
+    s.itemsize = 4;
+    s.chunk_strides[0] = P1 * P2 * 4;
+    s.chunk_strides[1] = P2 * 4;
+    s.chunk_strides[2] = 4;
+    s.dst_strides[0] = (r1 - r0) * P2 * 4;
+    s.dst_strides[1] = P2 * 4;
+    s.dst_strides[2] = 4;
+    lsio_decode_job j;
+    memset(&j, 0, sizeof j);
+    j.src = (uint64_t)(uintptr_t)src;
+    j.src_len = len;
+    j.dst = j.dst_lo = (uint64_t)(uintptr_t)out;
+    j.dst_len = (uint64_t)(r1 - r0) * P2 * 4;
+    j.src_off = (int64_t)r0 * P2 * 4; /* rows r0..r1 of plane 0 */
+    j.shape[0] = 1;
+    j.shape[1] = r1 - r0;
+    j.shape[2] = P2;
+    int64_t failed = lsio_decode_batch(NULL, &s, &j, 1);
+    *status = j.status;
+    return failed;
+}
+
+static int prefix_ok(const uint32_t *big, const uint8_t *src, size_t len, int r0, int r1,
+                     const char *what) {
+    static uint32_t out[P1 * P2];
+    memset(out, 0xee, sizeof out);
+    int32_t st;
+    T_CHECK(prefix_box(src, len, r0, r1, out, &st) == 0, "%s: status %d", what, st);
+    T_CHECK(memcmp(out, big + r0 * P2, (size_t)(r1 - r0) * P2 * 4) == 0, "%s: bytes", what);
+    return T_EXIT_PASS;
+}
+
+static int prefix_fails(const uint8_t *src, size_t len, int r0, int r1, const char *what) {
+    static uint32_t out[P1 * P2];
+    int32_t st;
+    T_CHECK(prefix_box(src, len, r0, r1, out, &st) == 1 && st == LSIO_DEC_E_CODEC,
+            "%s: status %d, expected a codec error", what, st);
+    return T_EXIT_PASS;
+}
+
+static int run_prefix(void) {
+    uint32_t *big = malloc(PNB);
+    for (int i = 0; i < PEL; i++) big[i] = (uint32_t)(i / 5) * 2654435761u % 100000u;
+    size_t cap = 2 * ZSTD_compressBound(PNB) + 16;
+    uint8_t *z = malloc(cap), *bad = malloc(cap);
+    ZSTD_CCtx *cc = ZSTD_createCCtx();
+    ZSTD_CCtx_setParameter(cc, ZSTD_c_compressionLevel, 3);
+    ZSTD_CCtx_setParameter(cc, ZSTD_c_checksumFlag, 1);
+    size_t n = ZSTD_compress2(cc, z, cap, big, PNB);
+    T_CHECK(!ZSTD_isError(n) && n > 1000, "compress");
+    if (prefix_ok(big, z, n, 3, 40, "first rows")) return T_EXIT_FAIL;
+    if (prefix_ok(big, z, n, 0, 256, "whole plane")) return T_EXIT_FAIL;
+    /* the last block (plane 3): a byte before the 4-byte checksum changed */
+    memcpy(bad, z, n);
+    bad[n - 40] ^= 0x5a;
+    if (prefix_ok(big, bad, n, 3, 40, "corrupt last block, first rows")) return T_EXIT_FAIL;
+    {
+        static uint32_t out[P1 * P2];
+        lsio_decode_spec s;
+        memset(&s, 0, sizeof s);
+        s.codec = LSIO_CODEC_ZSTD;
+        s.ndim = 1;
+        s.nbytes = PNB;
+        s.itemsize = 4;
+        s.chunk_strides[0] = 4;
+        s.dst_strides[0] = 4;
+        lsio_decode_job j;
+        memset(&j, 0, sizeof j);
+        j.src = (uint64_t)(uintptr_t)bad;
+        j.src_len = n;
+        j.dst = j.dst_lo = (uint64_t)(uintptr_t)out;
+        j.dst_len = sizeof out;
+        j.src_off = PNB - 64; /* the last 16 elements */
+        j.shape[0] = 16;
+        T_CHECK(lsio_decode_batch(NULL, &s, &j, 1) == 1 &&
+                    (j.status == LSIO_DEC_E_CODEC || j.status == LSIO_DEC_E_SIZE),
+                "corrupt last block, last elements: status %d", j.status);
+    }
+    if (prefix_fails(z, n - 1, 3, 40, "truncated, first rows")) return T_EXIT_FAIL;
+    memcpy(bad, z, n);
+    bad[n] = 0;
+    if (prefix_fails(bad, n + 1, 3, 40, "a byte after the frame, first rows")) return T_EXIT_FAIL;
+    /* two frames: halves of the chunk */
+    size_t h1 = ZSTD_compress(bad, cap, big, PNB / 2, 3);
+    size_t h2 = ZSTD_compress(bad + h1, cap - h1, (uint8_t *)big + PNB / 2, PNB / 2, 3);
+    T_CHECK(!ZSTD_isError(h1) && !ZSTD_isError(h2), "compress halves");
+    if (prefix_ok(big, bad, h1 + h2, 3, 40, "two frames")) return T_EXIT_FAIL;
+    /* no content size in the header */
+    ZSTD_CCtx_setParameter(cc, ZSTD_c_contentSizeFlag, 0);
+    ZSTD_CCtx_setParameter(cc, ZSTD_c_checksumFlag, 0);
+    ZSTD_inBuffer ib = {big, PNB, 0};
+    ZSTD_outBuffer ob = {bad, cap, 0};
+    ZSTD_CCtx_reset(cc, ZSTD_reset_session_only);
+    ZSTD_CCtx_setPledgedSrcSize(cc, ZSTD_CONTENTSIZE_UNKNOWN);
+    T_CHECK(ZSTD_compressStream2(cc, &ob, &ib, ZSTD_e_end) == 0, "stream compress");
+    T_CHECK(ZSTD_getFrameContentSize(bad, ob.pos) == ZSTD_CONTENTSIZE_UNKNOWN, "content size");
+    if (prefix_ok(big, bad, ob.pos, 3, 40, "no content size")) return T_EXIT_FAIL;
+    /* two jobs on the same bytes: one in the first rows, one in the last plane */
+    {
+        static uint32_t o1[40 * P2], o2[40 * P2];
+        lsio_decode_spec s;
+        memset(&s, 0, sizeof s);
+        s.codec = LSIO_CODEC_ZSTD;
+        s.ndim = 3;
+        s.nbytes = PNB;
+        s.itemsize = 4;
+        s.chunk_strides[0] = P1 * P2 * 4;
+        s.chunk_strides[1] = P2 * 4;
+        s.chunk_strides[2] = 4;
+        s.dst_strides[0] = 40 * P2 * 4;
+        s.dst_strides[1] = P2 * 4;
+        s.dst_strides[2] = 4;
+        lsio_decode_job j[2];
+        memset(j, 0, sizeof j);
+        for (int k = 0; k < 2; k++) {
+            uint32_t *o = k ? o2 : o1;
+            j[k].src = (uint64_t)(uintptr_t)z;
+            j[k].src_len = n;
+            j[k].dst = j[k].dst_lo = (uint64_t)(uintptr_t)o;
+            j[k].dst_len = sizeof o1;
+            j[k].shape[0] = 1;
+            j[k].shape[1] = 40;
+            j[k].shape[2] = P2;
+        }
+        j[1].src_off = (int64_t)3 * P1 * P2 * 4; /* plane 3, rows 0..40 */
+        T_CHECK(lsio_decode_batch(NULL, &s, j, 2) == 0, "two jobs: %d %d", j[0].status,
+                j[1].status);
+        T_CHECK(memcmp(o1, big, sizeof o1) == 0, "two jobs: first rows");
+        T_CHECK(memcmp(o2, big + 3 * P1 * P2, sizeof o2) == 0, "two jobs: last plane");
+    }
+    ZSTD_freeCCtx(cc);
+    free(z);
+    free(bad);
+    free(big);
+    return T_EXIT_PASS;
+}
+
 /* 5 */
 /* `pages` read-write pages between two PROT_NONE guard pages; *base is the first RW byte */
 static uint8_t *guarded(size_t pages, uint8_t **map) {
@@ -551,6 +705,8 @@ int main(void) {
     if (run_no_engine() != T_EXIT_PASS) return T_EXIT_FAIL;
     t_ctx = "bounds";
     if (run_bounds() != T_EXIT_PASS) return T_EXIT_FAIL;
+    t_ctx = "prefix";
+    if (run_prefix() != T_EXIT_PASS) return T_EXIT_FAIL;
     for (int v = 0; v < t_nvariants_basic; v++) {
         t_ctx = t_variants_basic[v].name;
         int skip;
