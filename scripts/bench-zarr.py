@@ -32,7 +32,9 @@ concurrent inside a read);
 and, in the same run, the decode limit: every chunk the workload touches (as often as it
 touches it) decoded on all cores from bytes already in memory into one reused buffer,
 nothing else, by the fastest decoder at hand -- lsio_ray's C one (libzstd / c-blosc with
-a reused context) where the codec chain allows, else numcodecs.  ``limit-numcodecs`` (not
+a reused context) where the codec chain allows, else numcodecs.  A chunk the workload
+uses only part of is decoded as a reader needs it (the C decoder stops a zstd chunk after
+the block holding the part's last byte) and the part copied out.  ``limit-numcodecs`` (not
 run by default) is the same through numcodecs, what zarr-python's pipeline calls.
 
 Environment: ``LSIO_ZARR_BENCH_SHAPE`` (default 512,1024,1024),
@@ -292,9 +294,19 @@ class Limit:
         lay = arr.layout
         self.codec = lay.codec
         keys: list[tuple[int, ...]] = []
+        # each touch: the chunk's key and the box of it the workload uses (lo, hi, whole)
+        self.touches: list[tuple[tuple[int, ...], list[int], list[int], bool]] = []
         for lo, hi in bxs:
             sel = select_chunks(lo, hi, lay.chunks)
-            keys.extend(map(tuple, sel.coords.tolist()))
+            for k, a, b, f in zip(
+                sel.coords.tolist(),
+                sel.src_lo.tolist(),
+                sel.src_hi.tolist(),
+                sel.full.tolist(),
+                strict=True,
+            ):
+                keys.append(tuple(k))
+                self.touches.append((tuple(k), a, b, bool(f)))
         self.keys = keys
         self.out_bytes = sum(
             int(np.prod(np.subtract(hi, lo))) * lay.dtype.itemsize for lo, hi in bxs
@@ -328,7 +340,10 @@ class Limit:
 
     def run(self) -> int:
         """The limit: the fastest decoder we have for these chunks (the C one, libzstd or
-        c-blosc with a reused context, when the codec chain allows it)."""
+        c-blosc with a reused context, when the codec chain allows it), each touch decoded
+        as a reader needs it: a whole chunk straight into place, a part of one as a box
+        (the C decoder stops a zstd chunk after the block holding the box's last byte)
+        copied out of the scratch chunk."""
         if self.codec.c_codec is None:
             return self.run_numcodecs()
         from lsio_ray.io._core import DECODE_JOB_DTYPE, DecodeSpec, RawEngine
@@ -344,22 +359,28 @@ class Limit:
             codec.chunk_strides,
         )
         srcs = {k: np.frombuffer(v, np.uint8) for k, v in self.blobs.items()}
-        keys = self.keys
-        per = -(-len(keys) // CORES)
+        touches = self.touches
+        per = -(-len(touches) // CORES)
+        cstr = np.asarray(codec.chunk_strides, np.int64)
 
-        def work(part: list[tuple[int, ...]]) -> None:
-            scratch = np.empty(codec.nbytes, np.uint8)
+        def work(part: list[tuple[tuple[int, ...], list[int], list[int], bool]]) -> None:
+            scratch = np.empty(codec.nbytes, np.uint8)  # the box lands here, chunk strides
             jobs = np.zeros(len(part), DECODE_JOB_DTYPE)
-            jobs["src"] = [srcs[k].ctypes.data for k in part]
-            jobs["src_len"] = [srcs[k].nbytes for k in part]
+            jobs["src"] = [srcs[k].ctypes.data for k, *_ in part]
+            jobs["src_len"] = [srcs[k].nbytes for k, *_ in part]
             jobs["dst"] = jobs["dst_lo"] = scratch.ctypes.data
             jobs["dst_len"] = scratch.nbytes
-            jobs["direct"] = 1
+            jobs["direct"] = [f for *_, f in part]
+            lo = np.asarray([a for _, a, _, _ in part], np.int64).reshape(len(part), -1)
+            hi = np.asarray([b for _, _, b, _ in part], np.int64).reshape(len(part), -1)
+            if lo.shape[1]:
+                jobs["src_off"] = (lo * cstr).sum(axis=1)
+                jobs["shape"][:, : lo.shape[1]] = hi - lo
             if eng.decode(spec, jobs):
                 raise RuntimeError("decode failed")
 
         with ThreadPoolExecutor(CORES) as ex:
-            list(ex.map(work, [keys[i : i + per] for i in range(0, len(keys), per)]))
+            list(ex.map(work, [touches[i : i + per] for i in range(0, len(touches), per)]))
         return self.out_bytes  # the workload's output, so MiB/s compare with the readers
 
     def run_numcodecs(self) -> int:

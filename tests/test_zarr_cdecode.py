@@ -132,3 +132,34 @@ def test_garbage_blosc_is_an_error(tmp_path, loader: Loader) -> None:
     with pytest.raises(lz.ChunkCorruptError, match=r"0\.1\.0.*blosc: invalid header"):
         a[...]
     assert loader.engine.stats()["buffers_out"] == 0
+
+
+def test_first_rows_of_a_zstd_chunk_decode_only_the_blocks_they_need(
+    tmp_path, loader: Loader
+) -> None:
+    """A box in the first rows of a (1, 512, 128) float32 chunk (256 KiB: two 128 KiB
+    zstd blocks) is decoded from the first block only: with a byte of the second block
+    corrupted (the frame's checksum no longer matches) the first rows still read, the
+    last rows and the whole chunk are an error naming it; a chunk truncated by a byte
+    is an error even for its first rows (its block headers no longer span the file)."""
+    data = _data((2, 512, 128))
+    p = str(tmp_path / "a.zarr")
+    zarr.create_array(
+        p, data=data, chunks=(1, 512, 128), compressors=ZstdCodec(level=3, checksum=True)
+    )
+    first, second = os.path.join(p, "c", "0", "0", "0"), os.path.join(p, "c", "1", "0", "0")
+    with open(first, "r+b") as fh:
+        fh.seek(-40, os.SEEK_END)  # inside the last block, before the 4-byte checksum
+        b = fh.read(1)
+        fh.seek(-40, os.SEEK_END)
+        fh.write(bytes([b[0] ^ 0x5A]))
+    with open(second, "r+b") as fh:
+        fh.truncate(os.path.getsize(second) - 1)
+    a = lz.open(p, loader=loader)
+    np.testing.assert_array_equal(a[0, 3:100], data[0, 3:100])
+    for key in [(0, slice(400, 512)), (0, slice(None))]:
+        with pytest.raises(lz.ChunkCorruptError, match="c/0/0/0"):
+            a[key]
+    with pytest.raises(lz.ChunkCorruptError, match="c/1/0/0"):
+        a[1, 3:100]
+    assert loader.engine.stats()["buffers_out"] == 0
