@@ -12,7 +12,9 @@ the clock -- tensorstore aborts in a forked child), default options everywhere:
 * ``lsio``: ``CropDataset(path, crop, n, seed)`` (a batch is read as one task,
   ``__getitems__``);
 * ``tensorstore``: ``__getitem__`` = ``arr[box].read().result()``;
-* ``zarr-python``: ``__getitem__`` = ``arr[box]``.
+* ``zarr-python``: ``__getitem__`` = ``arr[box]``;
+* ``zarrs`` (when ``zarrs`` is installed, not by default): the same with zarr-python's
+  codec pipeline set to ``zarrs.ZarrsCodecPipeline`` when the array is opened.
 
 Each Dataset opens its array in the process that reads.  A run is one epoch over the
 crops, timed after one batch was read (the workers are up); cold runs drop the page
@@ -101,6 +103,16 @@ class ZarrDataset(_PerProcess):
         return torch.from_numpy(self.array()[self._key(i)])
 
 
+class ZarrsDataset(ZarrDataset):
+    """zarr-python with the zarrs codec pipeline (chosen when the array is opened)."""
+
+    def open(self) -> Any:
+        import zarr
+
+        with zarr.config.set({"codec_pipeline.path": "zarrs.ZarrsCodecPipeline"}):
+            return zarr.open_array(self.path, mode="r")
+
+
 def make(reader: str, path: str, starts: np.ndarray, seed: int) -> Dataset:
     if reader == "lsio":
         ds = CropDataset(path, CROP, N, seed=seed)
@@ -110,6 +122,8 @@ def make(reader: str, path: str, starts: np.ndarray, seed: int) -> Dataset:
         return TensorstoreDataset(path, starts)
     if reader == "zarr-python":
         return ZarrDataset(path, starts)
+    if reader == "zarrs":
+        return ZarrsDataset(path, starts)
     raise ValueError(reader)
 
 

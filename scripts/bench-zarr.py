@@ -26,8 +26,9 @@ read by ``lsio`` (``Array.crops``, a fresh array per result), ``lsio-reuse`` (th
 with ``reuse=True``: a ring of output buffers), ``lsio-direct`` and
 ``lsio-reuse-direct`` (the same two with ``direct=True``: O_DIRECT reads, no page
 cache; "warm" then means only that the device's own cache may hold the data),
-tensorstore (reads kept ``prefetch`` deep) and zarr-python (one read at a time: it is
-concurrent inside a read);
+tensorstore (reads kept ``prefetch`` deep), zarr-python (one read at a time: it is
+concurrent inside a read) and ``zarrs`` (not run by default; the same with the zarrs codec
+pipeline, ``pip install zarrs``);
 
 and, in the same run, the decode limit: every chunk the workload touches (as often as it
 touches it) decoded on all cores from bytes already in memory into one reused buffer,
@@ -286,6 +287,15 @@ def run_zarr(path: str, bxs: list, prefetch: int) -> int:
     return n
 
 
+def run_zarrs(path: str, bxs: list, prefetch: int) -> int:
+    """zarr-python with the zarrs codec pipeline (Rust: the chunks of a read fetched and
+    decoded in parallel), one read at a time, as ``zarr-python``."""
+    import zarr
+
+    with zarr.config.set({"codec_pipeline.path": "zarrs.ZarrsCodecPipeline"}):
+        return run_zarr(path, bxs, prefetch)
+
+
 class Limit:
     """The decode limit: every touched chunk decoded on all cores, bytes in memory."""
 
@@ -435,6 +445,7 @@ def main() -> int:
         "tensorstore": run_tensorstore,
         "tensorstore-call": run_tensorstore_call,
         "zarr-python": run_zarr,
+        "zarrs": run_zarrs,
     }
     if "cold" in CACHES and not bc.drop_caches():
         raise SystemExit("cold runs need to drop the page cache: run as root")
