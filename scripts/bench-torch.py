@@ -107,10 +107,8 @@ class ZarrsDataset(ZarrDataset):
     """zarr-python with the zarrs codec pipeline (chosen when the array is opened)."""
 
     def open(self) -> Any:
-        import zarr
-
-        with zarr.config.set({"codec_pipeline.path": "zarrs.ZarrsCodecPipeline"}):
-            return zarr.open_array(self.path, mode="r")
+        with bc.zarrs_pipeline():
+            return super().open()
 
 
 def make(reader: str, path: str, starts: np.ndarray, seed: int) -> Dataset:

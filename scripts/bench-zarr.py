@@ -291,9 +291,7 @@ def run_zarr(path: str, bxs: list, prefetch: int) -> int:
 def run_zarrs(path: str, bxs: list, prefetch: int) -> int:
     """zarr-python with the zarrs codec pipeline (Rust: the chunks of a read fetched and
     decoded in parallel), one read at a time, as ``zarr-python``."""
-    import zarr
-
-    with zarr.config.set({"codec_pipeline.path": "zarrs.ZarrsCodecPipeline"}):
+    with bc.zarrs_pipeline():
         return run_zarr(path, bxs, prefetch)
 
 

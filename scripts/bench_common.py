@@ -4,7 +4,9 @@
 * :class:`TreeMemory`: peak memory of a process tree, sampled from /proc (sum of RSS and
   sum of PSS over the root process and all its descendants; PSS splits shared pages such
   as Ray's object store between the processes mapping them, so it is the honest sum);
-* :func:`drop_caches`, :func:`summary` (min/median/max) and :func:`md_table`.
+* :func:`drop_caches`, :func:`summary` (min/median/max) and :func:`md_table`;
+* :func:`zarrs_pipeline`: zarr-python with the zarrs codec pipeline, the peer the Zarr
+  benchmarks call ``zarrs``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import threading
 import time
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from lsio_ray.bench import drop_caches as drop_caches  # re-exported for the scripts
 
@@ -29,6 +32,15 @@ def bench_zarr() -> ModuleType:
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def zarrs_pipeline() -> Any:
+    """A context (``with``) in which zarr-python arrays opened use the zarrs codec
+    pipeline (``pip install zarrs``, in the ``bench`` extra); zarr picks its pipeline
+    when an array is opened."""
+    import zarr
+
+    return zarr.config.set({"codec_pipeline.path": "zarrs.ZarrsCodecPipeline"})
 
 
 def zarr_dataset(layout: str = "v3-chunks") -> str:
