@@ -115,7 +115,7 @@ def test_ranges_past_the_end_are_cut_like_local_store(remote: Store, tmp_path: P
         SuffixByteRequest(40),
     ]
     ours = sync(remote.get_partial_values(proto, [("k", r) for r in reqs] + [("nope", None)]))
-    theirs = [local.get_sync("k", prototype=proto, byte_range=r) for r in reqs]
+    theirs = [sync(local.get("k", prototype=proto, byte_range=r)) for r in reqs]
     assert [o.to_bytes() for o in ours[:-1]] == [t.to_bytes() for t in theirs]
     assert ours[-1] is None
 
