@@ -383,7 +383,7 @@ LSIO_INTERNAL void *lsio__worker_main(void *arg);
 
 /* engine_uring.c */
 LSIO_INTERNAL int lsio__uring_setup(lsio_engine *e);
-LSIO_INTERNAL unsigned lsio__uring_process(lsio_engine *e);
+LSIO_INTERNAL unsigned lsio__uring_process(lsio_engine *e, unsigned max);
 LSIO_INTERNAL void lsio__uring_drive(lsio_engine *e, uint32_t min_complete, int timeout_ms, int forever);
 LSIO_INTERNAL void *lsio__ring_thread_main(void *arg);
 LSIO_INTERNAL void lsio__uring_teardown(lsio_engine *e);
