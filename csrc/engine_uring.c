@@ -236,6 +236,7 @@ static void uring_enter(lsio_engine *e, int wait, struct __kernel_timespec *tsp)
 void lsio__uring_drive(lsio_engine *e, uint32_t min_complete, int timeout_ms, int forever) {
     int64_t deadline = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
     unsigned refill_every = e->cfg.depth / 8 ? e->cfg.depth / 8 : 1;
+    unsigned unseen = 0; /* completions processed since the last broadcast */
     for (;;) {
         uring_refill(e);
         uring_arm_wake(e);
@@ -270,7 +271,14 @@ void lsio__uring_drive(lsio_engine *e, uint32_t min_complete, int timeout_ms, in
          * that returns to the caller processes them all, so nothing waits unprocessed
          * while it is away. */
         unsigned n = lsio__uring_process(e, done ? 0 : refill_every);
-        if (n) pthread_cond_broadcast(&e->cq_cond);
+        /* ...but wake the reapers once a burst is processed (or a depth's worth), not
+         * every depth/8: each wake hands a Python reaper a batch, and batches of 4 cost
+         * the warm crop stream ~2% more CPU per crop */
+        unseen += n;
+        if (unseen && (done || unseen >= e->cfg.depth || !io_uring_cq_ready(&e->ring))) {
+            pthread_cond_broadcast(&e->cq_cond);
+            unseen = 0;
+        }
         if (done) {
             /* keep the ring full while the caller is away -- not for a reap that asked for
              * nothing (min_complete 0): that one only looks, as it always did */
