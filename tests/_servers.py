@@ -293,11 +293,17 @@ class FaultProxy:
 
 
 @contextlib.contextmanager
-def nginx_server(root: str, access_log: str | None = None, locations: str = "") -> Iterator[str]:
+def nginx_server(
+    root: str,
+    access_log: str | None = None,
+    locations: str = "",
+    log_format: str = "$status $body_bytes_sent",
+) -> Iterator[str]:
     """nginx (from Debian, ``scripts/setup`` installs it) serving the directory ``root``
     read-only on a free port of 127.0.0.1, with byte ranges; yields its base URL.
-    ``access_log``: a file getting one line per request, ``<status> <body bytes>``;
-    ``locations``: more ``location`` blocks (``location /secret/ { deny all; }``)."""
+    ``access_log``: a file getting one line per request, ``log_format`` (by default
+    ``<status> <body bytes>``); ``locations``: more ``location`` blocks (``location
+    /secret/ { deny all; }``)."""
     import shutil
     import tempfile
 
@@ -317,7 +323,7 @@ pid {work}/nginx.pid;
 error_log {work}/error.log;
 events {{ worker_connections 1024; }}
 http {{
-    log_format counts '$status $body_bytes_sent';
+    log_format counts '{log_format}';
     {f"access_log {access_log} counts;" if access_log else "access_log off;"}
     client_body_temp_path {work}/body;
     proxy_temp_path {work}/proxy;
@@ -361,3 +367,36 @@ http {{
             proc.kill()
             proc.wait()
         shutil.rmtree(work, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def static_http_server(root: str) -> Iterator[str]:
+    """Python's ``http.server`` in a process of its own serving ``root`` on a free port of
+    127.0.0.1: a real HTTP server that ignores ``Range`` (every GET answers 200 with the
+    whole file); yields its base URL."""
+    port = free_port()
+    argv = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"]
+    proc = subprocess.Popen(
+        [*argv, "--directory", root],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"http.server did not start on {base}") from None
+                time.sleep(0.05)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

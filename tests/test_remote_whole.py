@@ -1,0 +1,106 @@
+"""Whole-object reads over HTTP (lsio_ray.io.remote): one ``bytes=0-(2**62-1)`` GET per
+object, whose body's length is the object's size, against real servers on 127.0.0.1:
+nginx (honours ranges), Python's ``http.server`` (ignores them: answers 200) and moto
+(S3).  The empty object (no byte 0) and servers that ignore ranges fall back to the
+plain GET; a missing object fails with one request."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("obstore")
+
+from _servers import nginx_server, s3_bucket, static_http_server
+
+from lsio_ray import Engine, OpGroup, get_ranges
+
+WHOLE = "bytes=0-4611686018427387903"
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    rng = np.random.default_rng(3)
+    objs = {
+        "empty": b"",
+        "one": b"x",
+        "small": rng.integers(0, 256, 1000, dtype=np.uint8).tobytes(),
+        "big": rng.integers(0, 256, 3 << 20, dtype=np.uint8).tobytes(),
+    }
+    for name, data in objs.items():
+        (root / name).write_bytes(data)
+    return objs
+
+
+def _whole(urls: list[str]) -> tuple[list[tuple[bytes | None, int | None, str]], int]:
+    """Each URL read whole in one group: (bytes or None, file_size, error type name),
+    and the GETs it took."""
+    with Engine() as eng:
+        before = eng.stats().get("remote_requests", 0)
+        got = eng.submit(OpGroup([get_ranges(u) for u in urls]), errors="return").collect()
+        out = [
+            (
+                None if c.error else bytes(c.data),
+                c.file_size,
+                type(c.error).__name__ if c.error else "",
+            )
+            for c in got
+        ]
+        return out, eng.stats()["remote_requests"] - before
+
+
+def test_nginx_whole_objects_are_one_ranged_get_each(tmp_path: Path) -> None:
+    root = tmp_path / "www"
+    root.mkdir()
+    objs = _tree(root)
+    log = tmp_path / "access.log"
+    with nginx_server(str(root), str(log), log_format="$status $request_uri $http_range") as base:
+        names = ["one", "small", "big"]
+        got, requests = _whole([f"{base}/{n}" for n in names])
+        assert got == [(objs[n], len(objs[n]), "") for n in names]
+        assert requests == 3
+        lines = sorted(log.read_text().split("\n")[:-1])
+        assert lines == sorted(f"206 /{n} {WHOLE}" for n in names), lines
+
+        # the empty object has no byte 0: no partial answer, then the plain GET
+        log.write_text("")
+        got, requests = _whole([f"{base}/empty"])
+        assert got == [(b"", 0, "")] and requests == 2
+        # a missing object: one GET, and the error names the URL
+        got, requests = _whole([f"{base}/nope"])
+        assert got == [(None, None, "FileNotFoundError")] and requests == 1
+        # later whole objects still take the ranged GET (neither marked the store)
+        got, requests = _whole([f"{base}/small"])
+        assert got == [(objs["small"], 1000, "")] and requests == 1
+        lines = log.read_text().split("\n")[:-1]
+        # nginx answers the empty file's range with 200 (S3 with 416): no partial answer
+        want = [f"200 /empty {WHOLE}", "200 /empty -", f"404 /nope {WHOLE}", f"206 /small {WHOLE}"]
+        assert lines == want
+
+
+def test_a_server_that_ignores_ranges_gets_plain_gets(tmp_path: Path) -> None:
+    objs = _tree(tmp_path)
+    with static_http_server(str(tmp_path)) as base:
+        # the first: the ranged GET answered 200 (refused by object_store), then plain
+        got, requests = _whole([f"{base}/big"])
+        assert got == [(objs["big"], len(objs["big"]), "")]
+        assert requests == 2
+        # from then on one plain GET each, whatever the object
+        names = ["one", "small", "empty", "big"]
+        got, requests = _whole([f"{base}/{n}" for n in names])
+        assert got == [(objs[n], len(objs[n]), "") for n in names]
+        assert requests == len(names)
+
+
+def test_s3_whole_objects_and_the_empty_one(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    data = rng.integers(0, 256, 2 << 20, dtype=np.uint8).tobytes()
+    with s3_bucket("lsio-whole", configure=True) as srv:
+        cl = srv.client()
+        cl.put_object(Bucket="lsio-whole", Key="a/data", Body=data)
+        cl.put_object(Bucket="lsio-whole", Key="a/empty", Body=b"")
+        urls = [f"s3://lsio-whole/a/{k}" for k in ("data", "empty", "missing")]
+        got, requests = _whole(urls)
+    assert got == [(data, len(data), ""), (b"", 0, ""), (None, None, "FileNotFoundError")]
+    assert requests == 1 + 2 + 1
