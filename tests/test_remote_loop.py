@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -98,20 +99,24 @@ def test_the_inflight_cap_holds_and_requests_overlap(
     for i, o in enumerate(objs):
         s3.client().put_object(Bucket=BUCKET, Key=f"cap/{i}", Body=o)
     live = [0, 0]  # GETs in flight, the most at once
-    real = obstore.get_async
 
-    def counted(*args: object, **kwargs: object) -> object:
-        fut = real(*args, **kwargs)
-        live[0] += 1
-        live[1] = max(live[1], live[0])
+    def counting(real: Any) -> Any:
+        def counted(*args: object, **kwargs: object) -> object:
+            fut = real(*args, **kwargs)
+            live[0] += 1
+            live[1] = max(live[1], live[0])
 
-        def done(_f: object) -> None:
-            live[0] -= 1
+            def done(_f: object) -> None:
+                live[0] -= 1
 
-        fut.add_done_callback(done)
-        return fut
+            fut.add_done_callback(done)
+            return fut
 
-    monkeypatch.setattr(obstore, "get_async", counted)
+        return counted
+
+    # a byte range is one get_range_async; a GET the store refuses, a get_async
+    monkeypatch.setattr(obstore, "get_async", counting(obstore.get_async))
+    monkeypatch.setattr(obstore, "get_range_async", counting(obstore.get_range_async))
     ops = [get_ranges(f"s3://{BUCKET}/cap/{i}", [(i, i + 1000)]) for i in range(40)]
     missing = get_ranges(f"s3://{BUCKET}/cap/none", [(0, 10)])
     with config.set(remote_inflight=3), Engine() as eng:

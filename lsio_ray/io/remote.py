@@ -235,8 +235,38 @@ class RemoteBackend:
             fut = obstore.get_range_async(store, key, start=0, end=_WHOLE)
             fut.add_done_callback(partial(self._got_whole, req, store, key, store_url))
             return True
+        if 0 <= req.start < req.end and all(ln for _t, _o, ln in req.rows):
+            # a byte range: one future as well (an empty range among its rows needs the
+            # object's size to tell whether it starts past the end: two, below)
+            fut = obstore.get_range_async(store, key, start=req.start, end=req.end)
+            fut.add_done_callback(partial(self._got_range, req, store, key))
+            return True
         self._get_two(req, store, key)
         return True
+
+    def _got_range(self, req: _Request, store: Any, key: str, fut: asyncio.Future[Any]) -> None:
+        """A byte range's body.  Its object's size is not asked (as for a local file's
+        explicit range: unknown, -1) unless the store sent fewer bytes than asked, which
+        object_store does only when the range runs past the object's end (RFC 9110
+        14.1.2): then the object ends where the body does.  A range starting past the
+        end fails (416) and is reported by :meth:`_rescue`, as a plain GET's."""
+        try:
+            exc = fut.exception()
+            if exc is not None:
+                self._spawn(self._rescue(req, store, key, exc, True))
+                return
+            buf = fut.result()
+            n = len(buf)
+            self.counters["remote_bytes_transferred"] += n
+            size = -1 if n == req.end - req.start else req.start + n
+            self._land(req, buf, req.start, n, size)
+        except BaseException as exc:
+            try:
+                self._fail_safe(req, exc)
+            finally:
+                self._end(req)
+            return
+        self._end(req)
 
     def _get_two(self, req: _Request, store: Any, key: str, refused: str = "") -> None:
         """A GET as two obstore futures: the answer (its range and the object's size),
@@ -428,7 +458,8 @@ class RemoteBackend:
             else:
                 start = off
                 want = size - off if ln < 0 else ln
-                if (ln >= 0 and off + ln > size) or off > size:
+                # size -1: not known, and not needed (a byte range the store sent whole)
+                if size >= 0 and ((ln >= 0 and off + ln > size) or off > size):
                     out.append((tag, 0, 0, off, ln, size, E_PAST_EOF))
                     continue
             rel = start - got_start

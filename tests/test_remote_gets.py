@@ -1,8 +1,10 @@
-"""Whole-object reads over HTTP (lsio_ray.io.remote): one ``bytes=0-(2**62-1)`` GET per
-object, whose body's length is the object's size, against real servers on 127.0.0.1:
-nginx (honours ranges), Python's ``http.server`` (ignores them: answers 200) and moto
-(S3).  The empty object (no byte 0) and servers that ignore ranges fall back to the
-plain GET; a missing object fails with one request."""
+"""GETs as one obstore future each (lsio_ray.io.remote), against real servers on
+127.0.0.1: nginx (honours ranges), Python's ``http.server`` (ignores them: answers 200)
+and moto (S3).  A whole object is one ``bytes=0-(2**62-1)`` GET, whose body's length is
+the object's size; the empty object (no byte 0) and servers that ignore ranges fall back
+to the plain GET; a missing object fails with one request.  A byte range is one ranged
+GET whose object size stays unknown (as a local file's explicit range) unless the range
+runs past the end."""
 
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ pytest.importorskip("obstore")
 from _servers import nginx_server, s3_bucket, static_http_server
 
 from lsio_ray import Engine, OpGroup, get_ranges
+from lsio_ray.errors import RangePastEOFError
+from lsio_ray.io import config
 
 WHOLE = "bytes=0-4611686018427387903"
 
@@ -104,3 +108,35 @@ def test_s3_whole_objects_and_the_empty_one(tmp_path: Path) -> None:
         got, requests = _whole(urls)
     assert got == [(data, len(data), ""), (b"", 0, ""), (None, None, "FileNotFoundError")]
     assert requests == 1 + 2 + 1
+
+
+def test_nginx_byte_ranges_are_one_get_each_and_past_the_end_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "www"
+    root.mkdir()
+    objs = _tree(root)
+    big, n = objs["big"], len(objs["big"])
+    log = tmp_path / "access.log"
+    with nginx_server(str(root), str(log), log_format="$status $http_range") as base:
+        url = f"{base}/big"
+        with config.set(remote_coalesce_gap=0), Engine() as eng:
+            asked = [(0, 10), (1 << 20, (1 << 20) + 4096), (n - 3, n)]
+            res = eng.submit(OpGroup([get_ranges(url, asked)]), errors="return").collect()
+            assert [bytes(c.data) for c in res] == [big[a:b] for a, b in asked]
+            assert [c.file_size for c in res] == [None] * 3  # not asked, as for a file
+            assert eng.stats()["remote_requests"] == 3
+            # past the end: cut short by the server (the object's size then known), or
+            # starting past it (416); both name the URL and the range
+            past = [(n - 10, n + 10), (n + 5, n + 9)]
+            res = eng.submit(OpGroup([get_ranges(url, past)]), errors="return").collect()
+            for c in res:
+                assert isinstance(c.error, RangePastEOFError), c.error
+                assert url in str(c.error) and c.error.file_size == n
+            # an empty range among others: the GET that tells the object's size
+            both = [(100, 200), (150, 150)]
+            res = eng.submit(OpGroup([get_ranges(url, both)]), errors="return").collect()
+            assert [bytes(c.data) for c in res] == [big[100:200], b""]
+            assert [c.error for c in res] == [None, None]
+        lines = log.read_text().split("\n")[:-1]
+        mib = 1 << 20
+        want = ["206 bytes=0-9", f"206 bytes={mib}-{mib + 4095}", f"206 bytes={n - 3}-{n - 1}"]
+        assert sorted(lines[:3]) == sorted(want)
