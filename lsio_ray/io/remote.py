@@ -36,10 +36,12 @@ How the loop runs them (CPU per request is what bounds a fast link: issue 15):
   brings it), else asyncio's: obstore completes its futures from its own threads through
   ``call_soon_threadsafe``, which uvloop does in C;
 * a whole-object read is one obstore future (``get_range_async`` of ``bytes=0-(2**62-1)``,
-  whose body's length is the object's size), any other read two (the GET's answer, with
-  the object's size, then its body) chained by done callbacks, with no task, semaphore
-  or condition per request; only the rare paths (a suffix GET the store refuses, a range
-  past the end, writes) are coroutines;
+  whose body's length is the object's size), a byte range one (``get_range_async``; the
+  object's size unknown unless the range ran past its end), a suffix read or a read from
+  an offset to the end two (the GET's answer, with the object's size, then its body)
+  chained by done callbacks, with no task, semaphore or condition per request; only the
+  rare paths (a suffix GET the store refuses, a range past the end, writes) are
+  coroutines;
 * requests wait in two queues (reads, which wait for room in the pool, and the rest) and
   start as others end, at most ``remote_inflight`` at once;
 * the completions of one loop turn are published together: one array, one lock round
