@@ -342,11 +342,19 @@ http {{
 }}
 """
         )
-    proc = subprocess.Popen(
-        [exe, "-c", conf, "-p", work, "-e", os.path.join(work, "error.log")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    argv = [exe, "-c", conf, "-p", work, "-e", os.path.join(work, "error.log")]
+    try:
+        with _listening(argv, port, "nginx") as base:
+            yield base
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _listening(argv: list[str], port: int, name: str) -> Iterator[str]:
+    """Start ``argv``, wait until it accepts connections on 127.0.0.1:``port`` (30 s at
+    most, or until it exits), yield ``http://127.0.0.1:port``; stop it at the end."""
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -356,7 +364,7 @@ http {{
                     break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"nginx did not start on {base}") from None
+                    raise RuntimeError(f"{name} did not start on {base}") from None
                 time.sleep(0.05)
         yield base
     finally:
@@ -366,7 +374,6 @@ http {{
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -376,27 +383,5 @@ def static_http_server(root: str) -> Iterator[str]:
     whole file); yields its base URL."""
     port = free_port()
     argv = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"]
-    proc = subprocess.Popen(
-        [*argv, "--directory", root],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"http.server did not start on {base}") from None
-                time.sleep(0.05)
+    with _listening([*argv, "--directory", root], port, "http.server") as base:
         yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()

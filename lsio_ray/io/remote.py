@@ -252,16 +252,34 @@ class RemoteBackend:
         object_store does only when the range runs past the object's end (RFC 9110
         14.1.2): then the object ends where the body does.  A range starting past the
         end fails (416) and is reported by :meth:`_rescue`, as a plain GET's."""
+        asked = req.end - req.start
+        self._body(
+            req,
+            fut,
+            partial(self._rescue_soon, req, store, key, True),
+            lambda n: (req.start, -1 if n == asked else req.start + n),
+        )
+
+    def _body(
+        self,
+        req: _Request,
+        fut: asyncio.Future[Any],
+        failed: Callable[[BaseException], None],
+        where: Callable[[int], tuple[int, int]],
+    ) -> None:
+        """A GET's body arrived: land it (``where(n)``: the first byte's offset and the
+        object's size, -1 if not known, for a body of ``n`` bytes), or hand its error to
+        ``failed``, which takes the request over."""
         try:
             exc = fut.exception()
             if exc is not None:
-                self._spawn(self._rescue(req, store, key, exc, True))
+                failed(exc)
                 return
             buf = fut.result()
             n = len(buf)
             self.counters["remote_bytes_transferred"] += n
-            size = -1 if n == req.end - req.start else req.start + n
-            self._land(req, buf, req.start, n, size)
+            start, size = where(n)
+            self._land(req, buf, start, n, size)
         except BaseException as exc:
             try:
                 self._fail_safe(req, exc)
@@ -269,6 +287,11 @@ class RemoteBackend:
                 self._end(req)
             return
         self._end(req)
+
+    def _rescue_soon(
+        self, req: _Request, store: Any, key: str, at_head: bool, exc: BaseException
+    ) -> None:
+        self._spawn(self._rescue(req, store, key, exc, at_head))
 
     def _get_two(self, req: _Request, store: Any, key: str, refused: str = "") -> None:
         """A GET as two obstore futures: the answer (its range and the object's size),
@@ -297,28 +320,20 @@ class RemoteBackend:
         nginx 200), a server that ignores ranges answers 200, and object_store refuses a
         200 to a ranged GET -- takes the plain GET, and a store that refused a non-empty
         object gets plain GETs from then on."""
-        try:
-            exc = fut.exception()
-            if exc is not None:
-                from obstore.exceptions import NotFoundError
+        self._body(
+            req, fut, partial(self._whole_refused, req, store, key, store_url), lambda n: (0, n)
+        )
 
-                if isinstance(exc, (FileNotFoundError, NotFoundError)):
-                    self._spawn(self._rescue(req, store, key, exc, True))
-                    return
-                self.counters["remote_requests"] += 1
-                self._get_two(req, store, key, refused=store_url)
-                return
-            buf = fut.result()
-            n = len(buf)
-            self.counters["remote_bytes_transferred"] += n
-            self._land(req, buf, 0, n, n)
-        except BaseException as exc:
-            try:
-                self._fail_safe(req, exc)
-            finally:
-                self._end(req)
+    def _whole_refused(
+        self, req: _Request, store: Any, key: str, store_url: str, exc: BaseException
+    ) -> None:
+        from obstore.exceptions import NotFoundError
+
+        if isinstance(exc, (FileNotFoundError, NotFoundError)):
+            self._rescue_soon(req, store, key, True, exc)
             return
-        self._end(req)
+        self.counters["remote_requests"] += 1
+        self._get_two(req, store, key, refused=store_url)
 
     def _got_head(
         self, req: _Request, store: Any, key: str, refused: str, fut: asyncio.Future[Any]
@@ -326,7 +341,7 @@ class RemoteBackend:
         try:
             exc = fut.exception()
             if exc is not None:
-                self._spawn(self._rescue(req, store, key, exc, True))
+                self._rescue_soon(req, store, key, True, exc)
                 return
             res = fut.result()
             if refused and int(res.meta["size"]) > 0:  # not the empty object's refusal
@@ -341,22 +356,12 @@ class RemoteBackend:
     def _got_body(
         self, req: _Request, store: Any, key: str, res: Any, fut: asyncio.Future[Any]
     ) -> None:
-        try:
-            exc = fut.exception()
-            if exc is not None:
-                self._spawn(self._rescue(req, store, key, exc, False))
-                return
-            buf = fut.result()
-            n = len(buf)
-            self.counters["remote_bytes_transferred"] += n
-            self._land(req, buf, int(res.range[0]), n, int(res.meta["size"]))
-        except BaseException as exc:
-            try:
-                self._fail_safe(req, exc)
-            finally:
-                self._end(req)
-            return
-        self._end(req)
+        self._body(
+            req,
+            fut,
+            partial(self._rescue_soon, req, store, key, False),
+            lambda n: (int(res.range[0]), int(res.meta["size"])),
+        )
 
     async def _rescue(
         self, req: _Request, store: Any, key: str, exc: BaseException, at_head: bool
