@@ -136,6 +136,12 @@ def test_nginx_byte_ranges_are_one_get_each_and_past_the_end_is_refused(tmp_path
             res = eng.submit(OpGroup([get_ranges(url, both)]), errors="return").collect()
             assert [bytes(c.data) for c in res] == [big[100:200], b""]
             assert [c.error for c in res] == [None, None]
+            # empty ranges alone: a HEAD tells inside (empty data) from past the end
+            alone = [get_ranges(url, [(7, 7)]), get_ranges(url, [(n + 5, n + 5)])]
+            inside, past_end = eng.submit(OpGroup(alone), errors="return").collect()
+            assert inside.error is None and bytes(inside.data) == b""
+            assert isinstance(past_end.error, RangePastEOFError), past_end.error
+            assert url in str(past_end.error) and past_end.error.file_size == n
         lines = log.read_text().split("\n")[:-1]
         mib = 1 << 20
         want = ["206 bytes=0-9", f"206 bytes={mib}-{mib + 4095}", f"206 bytes={n - 3}-{n - 1}"]

@@ -200,10 +200,7 @@ class RemoteBackend(Requests):
                     "object stores take whole objects: use put_file, not put_ranges",
                 )
         except BaseException as exc:  # never lose a request's completions
-            try:
-                self._fail_safe(req, exc)
-            finally:
-                self._end(req)
+            self._abort(req, exc)
             return
         self._end(req)
 
@@ -211,6 +208,13 @@ class RemoteBackend(Requests):
         task = self._loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _abort(self, req: _Request, exc: BaseException) -> None:
+        """A request's own code raised: report the error on its ranges, then end it."""
+        try:
+            self._fail_safe(req, exc)
+        finally:
+            self._end(req)
 
     def _fail_safe(self, req: _Request, exc: BaseException) -> None:
         try:

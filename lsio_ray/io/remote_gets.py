@@ -36,6 +36,7 @@ class Requests:
         def _end(self, req: _Request) -> None: ...
         def _fail(self, req: _Request, err: int, detail: str) -> None: ...
         def _fail_safe(self, req: _Request, exc: BaseException) -> None: ...
+        def _abort(self, req: _Request, exc: BaseException) -> None: ...
         def _finish(self, req: _Request, rows: list[Any] | None) -> None: ...
         def _land(self, req: _Request, buf: Any, got_start: int, n: int, size: int) -> None: ...
         def _past_end(self, req: _Request, size: int) -> None: ...
@@ -47,18 +48,19 @@ class Requests:
 
         store_url, key = url.split(req.url)
         store = store_for(store_url, self.settings)
-        if req.end == req.start >= 0:  # only empty ranges: nothing to fetch
-            self._finish(req, [(t, 0, 0, o, 0, -1, 0) for t, o, _ln in req.rows])
-            return False
+        if req.end == req.start >= 0:  # only empty ranges (one offset): no bytes to fetch
+            if req.start == 0:  # never past the end
+                self._finish(req, [(t, 0, 0, o, 0, -1, 0) for t, o, _ln in req.rows])
+                return False
+            self._spawn(self._empty_at(req, store, key))  # past the end? a HEAD tells
+            return True
         self.counters["remote_requests"] += 1
         if req.start == 0 and req.end < 0 and store_url not in self._no_whole_range:
             # a whole object: one future, not two
             fut = obstore.get_range_async(store, key, start=0, end=_WHOLE)
             fut.add_done_callback(partial(self._got_whole, req, store, key, store_url))
             return True
-        if 0 <= req.start < req.end and all(ln for _t, _o, ln in req.rows):
-            # a byte range: one future as well (an empty range among its rows needs the
-            # object's size to tell whether it starts past the end: two, below)
+        if 0 <= req.start < req.end:  # a byte range: one future as well
             fut = obstore.get_range_async(store, key, start=req.start, end=req.end)
             fut.add_done_callback(partial(self._got_range, req, store, key))
             return True
@@ -70,7 +72,8 @@ class Requests:
         explicit range: unknown, -1) unless the store sent fewer bytes than asked, which
         object_store does only when the range runs past the object's end (RFC 9110
         14.1.2): then the object ends where the body does.  A range starting past the
-        end fails (416) and is reported by :meth:`_rescue`, as a plain GET's."""
+        end fails (416) and is reported by :meth:`_rescue`, as a plain GET's.  An empty
+        range among the rows lies inside the bytes sent, so inside the object."""
         asked = req.end - req.start
         self._body(
             req,
@@ -100,10 +103,7 @@ class Requests:
             start, size = where(n)
             self._land(req, buf, start, n, size)
         except BaseException as exc:
-            try:
-                self._fail_safe(req, exc)
-            finally:
-                self._end(req)
+            self._abort(req, exc)
             return
         self._end(req)
 
@@ -167,10 +167,7 @@ class Requests:
                 self._no_whole_range.add(refused)
             res.bytes_async().add_done_callback(partial(self._got_body, req, store, key, res))
         except BaseException as exc:
-            try:
-                self._fail_safe(req, exc)
-            finally:
-                self._end(req)
+            self._abort(req, exc)
 
     def _got_body(
         self, req: _Request, store: Any, key: str, res: Any, fut: asyncio.Future[Any]
@@ -220,6 +217,25 @@ class Requests:
         n = len(buf)
         self.counters["remote_bytes_transferred"] += n
         self._land(req, buf, int(res.range[0]), n, int(res.meta["size"]))
+
+    async def _empty_at(self, req: _Request, store: Any, key: str) -> None:
+        """Empty ranges at one offset past 0 and nothing else: a HEAD tells whether the
+        offset is past the object's end (it fails like any range starting there)."""
+        import obstore
+
+        self.counters["remote_requests"] += 1
+        try:
+            size = int((await obstore.head_async(store, key))["size"])
+            if req.start > size:
+                self._past_end(req, size)
+            else:
+                self._finish(req, [(t, 0, 0, o, 0, size, 0) for t, o, _ln in req.rows])
+        except Exception as exc:
+            self._fail(req, errno_of(exc), describe(exc))
+        except BaseException as exc:
+            self._fail_safe(req, exc)
+        finally:
+            self._end(req)
 
     async def _size_if_past_end(
         self, store: Any, key: str, req: _Request, exc: Exception
