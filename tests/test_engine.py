@@ -21,6 +21,7 @@ from lsio_ray import (
     put_file,
     put_ranges,
 )
+from lsio_ray.io._core import COMPLETION_DTYPE
 
 # ---------------------------------------------------------------------------- reads
 
@@ -164,6 +165,36 @@ def test_big_read_over_two_gib_is_split(make_engine, tmp_path):
     assert c.data[-5:].tobytes() == b"tail!"
     assert c.data[1 << 31 : (1 << 31) + 3].tobytes() == b"mid"
     assert not c.data[:4096].any()
+    c.release()
+
+
+def test_a_read_that_lands_after_many_empty_reaps_is_not_lost(make_engine, files, monkeypatch):
+    """The IO thread calls a group's completions lost after 50 empty reaps with nothing
+    pending in the engine.  A read that completes between an empty reap and that look at
+    the engine is ready, not lost: it must arrive.  (Under heavy load a 2 GiB pread once
+    took those 50 reaps and landed in that window: "lsio engine lost 1 completions".)
+    Here each of the first 60 reaps waits until the read has landed and then reports
+    nothing, as a reap that timed out just before it did."""
+    ((p, d),) = files(1, 100_000)
+    eng = make_engine()
+    engines = eng._service.engine
+    real_reap = engines.reap
+    empty = {"n": 0}
+
+    def late_reap(max_n: int = 4096, min_n: int = 1, timeout_ms: int = -1) -> np.ndarray:
+        if empty["n"] < 60:
+            empty["n"] += 1
+            for _ in range(1000):  # at most 10 s
+                if engines.raw.stats()["completions_ready"]:
+                    break
+                threading.Event().wait(0.01)
+            return np.empty(0, COMPLETION_DTYPE)
+        return real_reap(max_n, min_n, timeout_ms)
+
+    monkeypatch.setattr(engines, "reap", late_reap)
+    (c,) = eng.get(p)
+    assert empty["n"] == 60
+    assert c.tobytes() == d
     c.release()
 
 

@@ -378,7 +378,15 @@ class IOService:
                 empty_reaps += 1
                 st = eng.stats()
                 self._breaking = bool(self._ordered) and break_wait_cycle(self, st)
-                if empty_reaps >= 50 and st["ranges_pending"] == 0 and not self._breaking:
+                # lost: nothing pending in the engine and nothing ready to reap (a range
+                # that completed since the reap is ready, not lost: a long read under load
+                # once took 50 empty reaps and then landed between the reap and the stats)
+                if (
+                    empty_reaps >= 50
+                    and st["ranges_pending"] == 0
+                    and st["completions_ready"] == 0
+                    and not self._breaking
+                ):
                     self._lost_completions()
                 continue
             empty_reaps = 0
