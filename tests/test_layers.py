@@ -33,6 +33,7 @@ no longer needed fails :func:`test_allow_list_is_not_stale`, so the list only sh
 from __future__ import annotations
 
 import ast
+import functools
 import subprocess
 import sys
 import textwrap
@@ -113,6 +114,21 @@ def package_modules() -> dict[str, str]:
         for p in sorted(PKG.rglob("*.py"))
         if "__pycache__" not in p.parts
     }
+
+
+@functools.cache
+def parse(source: str, filename: str = "<unknown>") -> ast.Module:
+    """``ast.parse``, once per source.  The package's files are parsed when this module
+    is collected, before any test has started a thread: CPython 3.11's ``ast`` keeps its
+    recursion counter per interpreter, so a parse that runs while another thread builds
+    an AST (zarr's and Ray's threads left by earlier tests do) can fail with "SystemError:
+    AST constructor recursion depth mismatch" (python/cpython#106905, seen here once in
+    a long run)."""
+    return ast.parse(source, filename=filename)
+
+
+for _rel, _src in package_modules().items():  # now, at collection (see parse)
+    parse(_src, _rel)
 
 
 def _is_type_checking(test: ast.expr) -> bool:
@@ -206,7 +222,7 @@ def _is_bench_module(target: str) -> bool:
 def check_source(rel: str, source: str, modules: set[str]) -> list[Violation]:
     """Every rule but the package-wide circle check, for one file ``rel`` (a path
     relative to the repository, ``lsio_ray/...``) holding ``source``."""
-    tree = ast.parse(source, filename=rel)
+    tree = parse(source, rel)
     src_lines = source.splitlines()
     imps = imports_of(rel, tree, modules)
     bench = is_bench(rel)
@@ -275,7 +291,7 @@ def import_graph(sources: dict[str, str], modules: set[str]) -> dict[str, dict[s
     for rel, src in sources.items():
         me = module_name(rel)
         edges = graph.setdefault(me, {})
-        for imp in imports_of(rel, ast.parse(src), modules):
+        for imp in imports_of(rel, parse(src, rel), modules):
             if imp.type_only or imp.target not in modules or imp.target == me:
                 continue
             edges.setdefault(imp.target, imp.line)
@@ -374,7 +390,7 @@ def test_the_walk_sees_every_module() -> None:
     core_users = {
         rel
         for rel, src in sources.items()
-        for imp in imports_of(rel, ast.parse(src), modules)
+        for imp in imports_of(rel, parse(src, rel), modules)
         if imp.target == "lsio_ray._lsio"
     }
     assert core_users == {"lsio_ray/io/_core.py"}
