@@ -462,3 +462,67 @@ const char *lsio_decode_strerror(int32_t codec, int32_t status, int64_t detail)
         return "unknown decode status";
     }
 }
+
+/* ------------------------------------------------------------------ box planning */
+
+int64_t lsio_plan_box(int32_t ndim, const int64_t *lo, const int64_t *hi, const int64_t *chunks,
+                      uint64_t n, int64_t *sel, uint8_t *full, lsio_decode_job *jobs,
+                      const int64_t *dst_strides, const int64_t *chunk_strides,
+                      uint64_t dst_origin, int32_t direct)
+{
+    /* a box of 2**31 dimensions is nonsense; 64 is plenty for the odometer below */
+    enum { MAXD = 64 };
+    int64_t c0[MAXD], cnt[MAXD], idx[MAXD];
+    if (ndim < 1 || ndim > MAXD || !lo || !hi || !chunks || !sel || !full) return -1;
+    if (jobs && (ndim > LSIO_DEC_MAXDIM || !dst_strides || !chunk_strides)) return -1;
+    uint64_t total = 1;
+    for (int d = 0; d < ndim; d++) {
+        if (chunks[d] < 1 || lo[d] < 0 || hi[d] <= lo[d]) return -1;
+        c0[d] = lo[d] / chunks[d];
+        cnt[d] = (hi[d] - 1) / chunks[d] + 1 - c0[d];
+        int64_t last_stop; /* the end of the last chunk: must not wrap (a crafted size) */
+        if (__builtin_add_overflow((hi[d] - 1) / chunks[d] * chunks[d], chunks[d], &last_stop))
+            return -1;
+        if (__builtin_mul_overflow(total, (uint64_t)cnt[d], &total)) return -1;
+        idx[d] = 0;
+    }
+    if (total != n) return -1;
+    uint64_t nd = n * (uint64_t)ndim; /* fits: n * ndim int64 were allocated by the caller */
+    int64_t *coords = sel, *src_lo = sel + nd, *src_hi = sel + 2 * nd;
+    int64_t *dst_lo = sel + 3 * nd, *dst_hi = sel + 4 * nd;
+    for (uint64_t i = 0; i < n; i++) {
+        uint64_t row = i * (uint64_t)ndim;
+        int whole = 1;
+        int64_t dst_off = 0, src_off = 0;
+        for (int d = 0; d < ndim; d++) {
+            int64_t c = c0[d] + idx[d];
+            int64_t start = c * chunks[d], stop = start + chunks[d];
+            int64_t a = start > lo[d] ? start : lo[d];
+            int64_t b = stop < hi[d] ? stop : hi[d];
+            coords[row + d] = c;
+            src_lo[row + d] = a - start;
+            src_hi[row + d] = b - start;
+            dst_lo[row + d] = a - lo[d];
+            dst_hi[row + d] = b - lo[d];
+            whole &= start >= lo[d] && stop <= hi[d];
+            if (jobs) {
+                dst_off += (a - lo[d]) * dst_strides[d];
+                src_off += (a - start) * chunk_strides[d];
+                jobs[i].shape[d] = b - a;
+            }
+        }
+        full[i] = (uint8_t)whole;
+        if (jobs) {
+            jobs[i].dst = dst_origin + (uint64_t)dst_off;
+            jobs[i].src_off = src_off;
+            for (int d = ndim; d < LSIO_DEC_MAXDIM; d++) jobs[i].shape[d] = 0;
+            jobs[i].tag = (int64_t)i;
+            jobs[i].direct = whole && direct;
+        }
+        for (int d = ndim - 1; d >= 0; d--) { /* the next chunk, C order */
+            if (++idx[d] < cnt[d]) break;
+            idx[d] = 0;
+        }
+    }
+    return (int64_t)n;
+}

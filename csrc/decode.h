@@ -75,4 +75,22 @@ int lsio_blosc_supports(const char *cname);
 /* Free the calling thread's decoder context and scratch now (else at thread exit). */
 void lsio_decode_thread_free(void);
 
+/* ---- box planning (decode.c) ----------------------------------------------------------
+ * The chunks (of shape chunks[0..ndim)) that the box [lo, hi) touches, one row per chunk
+ * in C order of the chunk grid: n rows, n the product over the axes of the chunks the box
+ * spans (the caller computes it: it sizes the outputs).  sel holds five n x ndim int64
+ * arrays one after the other: the chunks' grid coordinates, src_lo and src_hi (the part
+ * of each chunk the box wants, chunk coordinates) and dst_lo and dst_hi (where that part
+ * goes, box coordinates); full[i] is 1 when chunk i lies wholly inside the box.
+ * jobs may be NULL; else (ndim <= LSIO_DEC_MAXDIM) each of its n jobs gets dst
+ * (dst_origin + dst_lo . dst_strides), src_off (src_lo . chunk_strides), shape (src_hi -
+ * src_lo; the unused entries 0), tag (i) and direct (full[i] && direct); its other
+ * fields are not touched.  Returns n, or -1 (nothing written) when an argument is invalid:
+ * ndim < 1, a chunk size < 1, lo < 0 or hi <= lo on an axis, n not the box's count of
+ * chunks, or jobs with ndim > LSIO_DEC_MAXDIM. */
+int64_t lsio_plan_box(int32_t ndim, const int64_t *lo, const int64_t *hi, const int64_t *chunks,
+                      uint64_t n, int64_t *sel, uint8_t *full, lsio_decode_job *jobs,
+                      const int64_t *dst_strides, const int64_t *chunk_strides,
+                      uint64_t dst_origin, int32_t direct);
+
 #endif

@@ -45,6 +45,7 @@ from lsio_ray.io._core import (
     decode_error,
     extent,
     make_error,
+    plan_box,
     view,
 )
 from lsio_ray.io.request import address
@@ -71,5 +72,6 @@ __all__ = [
     "decode_error",
     "extent",
     "make_error",
+    "plan_box",
     "view",
 ]

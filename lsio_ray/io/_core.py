@@ -40,6 +40,7 @@ __all__ = [
     "decode_error",
     "extent",
     "make_error",
+    "plan_box",
 ]
 
 BACKENDS = {
@@ -208,6 +209,55 @@ def decode_chunks(spec: DecodeSpec, jobs: np.ndarray) -> int:
         raise ValueError("decode_chunks takes no pool buffers: use RawEngine.decode")
     jp = ffi.cast("lsio_decode_job *", ffi.from_buffer(jobs))
     return int(lib.lsio_decode_batch(ffi.NULL, spec.c, jp, jobs.size))
+
+
+def plan_box(
+    lo: tuple[int, ...],
+    hi: tuple[int, ...],
+    chunks: tuple[int, ...],
+    n: int,
+    jobs: np.ndarray | None = None,
+    dst_strides: tuple[int, ...] = (),
+    chunk_strides: tuple[int, ...] = (),
+    dst_origin: int = 0,
+    direct: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n`` chunks (of shape ``chunks``) that the non-empty box ``[lo, hi)`` touches,
+    planned in C (``lsio_plan_box``, csrc/decode.h): returns ``(sel, full)``, ``sel`` a
+    ``(5, n, ndim)`` int64 array (grid coordinates, ``src_lo``, ``src_hi``, ``dst_lo``,
+    ``dst_hi``, one row per chunk in C order), ``full`` which chunks lie wholly inside the
+    box.  With ``jobs`` (``n`` rows of ``DECODE_JOB_DTYPE``, C-contiguous) it also fills
+    each job's ``dst`` (from ``dst_origin`` and ``dst_strides``), ``src_off`` (from
+    ``chunk_strides``), ``shape``, ``tag`` (the row) and ``direct`` (a full chunk, and
+    ``direct``).  ``ValueError`` when the box, the chunks or ``n`` do not agree."""
+    ndim = len(lo)
+    sel = np.empty((5, n, ndim), np.int64)
+    full = np.empty(n, np.bool_)
+    if jobs is None:
+        jp, ds, cs = ffi.NULL, ffi.NULL, ffi.NULL
+    else:
+        if jobs.size != n or not jobs.flags.c_contiguous or jobs.dtype != DECODE_JOB_DTYPE:
+            raise ValueError(f"jobs must be {n} C-contiguous DECODE_JOB_DTYPE rows")
+        jp = ffi.cast("lsio_decode_job *", ffi.from_buffer(jobs))
+        ds = ffi.new("int64_t[]", list(dst_strides))
+        cs = ffi.new("int64_t[]", list(chunk_strides))
+    got = lib.lsio_plan_box(
+        ndim,
+        ffi.new("int64_t[]", list(lo)),
+        ffi.new("int64_t[]", list(hi)),
+        ffi.new("int64_t[]", list(chunks)),
+        n,
+        ffi.cast("int64_t *", ffi.from_buffer(sel)),
+        ffi.cast("uint8_t *", ffi.from_buffer(full)),
+        jp,
+        ds,
+        cs,
+        dst_origin & 0xFFFFFFFFFFFFFFFF,
+        1 if direct else 0,
+    )
+    if got != n:
+        raise ValueError(f"cannot plan the box {lo}..{hi} in chunks {chunks} as {n} chunks")
+    return sel, full
 
 
 def check(rc: int, what: str, path: str | None = None) -> int:

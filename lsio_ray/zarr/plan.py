@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from lsio_ray.io import plan_box
+
 __all__ = ["Region", "Selection", "coalesce", "normalize", "region_of_box", "select_chunks"]
 
 
@@ -153,29 +155,55 @@ class Selection:
         return int(self.coords.shape[0])
 
 
-def select_chunks(lo: Any, hi: Any, chunks: tuple[int, ...]) -> Selection:
-    """The chunks of size ``chunks`` that the box ``[lo, hi)`` touches."""
+def select_chunks(
+    lo: Any,
+    hi: Any,
+    chunks: tuple[int, ...],
+    jobs_for: tuple[np.ndarray, np.ndarray, np.ndarray, int, bool] | None = None,
+) -> Selection:
+    """The chunks of size ``chunks`` that the box ``[lo, hi)`` touches (planned in C:
+    :func:`lsio_ray.io.plan_box`).
+
+    ``jobs_for`` -- ``(jobs, dst_strides, chunk_strides, dst_origin, direct)`` -- also
+    plans one decode job per chunk into ``jobs`` (``len(jobs)`` must be the number of
+    chunks: :func:`chunk_count`), in the same C call."""
     lo_t = tuple(int(x) for x in np.asarray(lo).reshape(-1))
     hi_t = tuple(int(x) for x in np.asarray(hi).reshape(-1))
     ndim = len(lo_t)
     if ndim == 0:
         z = np.zeros((1, 0), np.int64)
         return Selection(z, z, z, z, z, np.ones(1, bool))
-    if any(b <= a for a, b in zip(lo_t, hi_t, strict=True)):
+    n = chunk_count(lo_t, hi_t, chunks)
+    if n == 0:
         z = np.zeros((0, ndim), np.int64)
         return Selection(z, z, z, z, z, np.zeros(0, bool))
-    c0 = [a // c for a, c in zip(lo_t, chunks, strict=True)]
-    counts = [(b - 1) // c + 1 - a0 for b, c, a0 in zip(hi_t, chunks, c0, strict=True)]
-    coords = np.indices(counts, dtype=np.int64).reshape(ndim, -1).T + np.array(c0, np.int64)
-    ch = np.array(chunks, dtype=np.int64)
-    lo_a = np.array(lo_t, dtype=np.int64)
-    hi_a = np.array(hi_t, dtype=np.int64)
-    start = coords * ch
-    stop = start + ch
-    a = np.maximum(start, lo_a)
-    b = np.minimum(stop, hi_a)
-    full = ((start >= lo_a) & (stop <= hi_a)).all(axis=1)
-    return Selection(coords, a - start, b - start, a - lo_a, b - lo_a, full)
+    ch = tuple(int(c) for c in chunks)
+    if jobs_for is None:
+        sel, full = plan_box(lo_t, hi_t, ch, n)
+    else:
+        jobs, dst_strides, chunk_strides, origin, direct = jobs_for
+        sel, full = plan_box(
+            lo_t,
+            hi_t,
+            ch,
+            n,
+            jobs,
+            tuple(dst_strides.tolist()),
+            tuple(chunk_strides.tolist()),
+            origin,
+            direct,
+        )
+    return Selection(sel[0], sel[1], sel[2], sel[3], sel[4], full)
+
+
+def chunk_count(lo: tuple[int, ...], hi: tuple[int, ...], chunks: tuple[int, ...]) -> int:
+    """How many chunks of size ``chunks`` the box ``[lo, hi)`` touches (0 if empty)."""
+    n = 1
+    for a, b, c in zip(lo, hi, chunks, strict=True):
+        if b <= a:
+            return 0
+        n *= (b - 1) // c + 1 - a // c
+    return n
 
 
 def coalesce(

@@ -52,7 +52,7 @@ from lsio_ray.io import (
 from lsio_ray.zarr.batches import INDEX_TAG, FilePlan, file_plan
 from lsio_ray.zarr.errors import ChunkCorruptError, ShardIndexError
 from lsio_ray.zarr.loader import Loader, Task
-from lsio_ray.zarr.plan import Selection, coalesce, select_chunks
+from lsio_ray.zarr.plan import Selection, chunk_count, coalesce, select_chunks
 from lsio_ray.zarr.shards import EMPTY, decode_index
 
 if TYPE_CHECKING:
@@ -86,6 +86,7 @@ class BoxRead(Task):
         #: when each chunk has exactly one destination box, row i (see scatter.ScatterTask)
         self._pair_start: np.ndarray | None = None
         self._pair_count: np.ndarray | None = None
+        self._planned: np.ndarray | None = None  # decode jobs planned with the selection
         self.sel = self._select(lo, hi)
         self.remaining = self._units()
         self.plan: FilePlan | None = None
@@ -105,8 +106,38 @@ class BoxRead(Task):
 
     # -- planning ------------------------------------------------------------------------
     def _select(self, lo: Any, hi: Any) -> Selection:
-        """The chunks to read (one row each)."""
-        return select_chunks(lo, hi, self.layout.chunks)
+        """The chunks to read (one row each); where the C decoder takes them, their
+        decode jobs are planned in the same C call (kept for :meth:`_template`)."""
+        out, codec = self.out, self.codec
+        if not self._c_decodes(out) or out.ndim == 0:
+            return select_chunks(lo, hi, self.layout.chunks)
+        lo_t = tuple(int(x) for x in lo)
+        hi_t = tuple(int(x) for x in hi)
+        jobs = np.zeros(chunk_count(lo_t, hi_t, self.layout.chunks), DECODE_JOB_DTYPE)
+        strides = np.asarray(out.strides, dtype=np.int64)
+        cstr = np.asarray(codec.chunk_strides, dtype=np.int64)
+        sel = select_chunks(
+            lo_t,
+            hi_t,
+            self.layout.chunks,
+            (jobs, strides, cstr, origin_address(out), self._direct_into(strides, cstr)),
+        )
+        jobs["dst_lo"], jobs["dst_len"] = extent(out)
+        self._planned = jobs
+        return sel
+
+    def _c_decodes(self, out: np.ndarray) -> bool:
+        """Whether the C decoder decodes this task's chunks into ``out``."""
+        codec = self.codec
+        if codec.c_codec is None or out.ndim != len(codec.shape) or out.ndim > 8:
+            return False
+        return not (out.size and not out.flags.writeable)
+
+    def _direct_into(self, strides: np.ndarray, cstr: np.ndarray) -> bool:
+        """Whether a whole chunk may be decoded straight into the output: its strides
+        are the decoded chunk's own (dimensions of length 1 aside)."""
+        big = np.asarray(self.codec.shape, dtype=np.int64) > 1
+        return bool((strides[big] == cstr[big]).all())
 
     def _units(self) -> int:
         """Units of work to finish (one per chunk here; one per chunk and box in
@@ -120,9 +151,7 @@ class BoxRead(Task):
     def _c_path(self) -> None:
         """Set up the C decode path (a spec and a per-chunk job template) if it applies."""
         codec, out = self.codec, self._dst()
-        if codec.c_codec is None or out.ndim != len(codec.shape) or out.ndim > 8:
-            return
-        if out.size and not out.flags.writeable:
+        if not self._c_decodes(out):
             return
         self._spec = DecodeSpec(
             codec.c_codec, codec.nbytes, codec.dtype.itemsize, codec.chunk_strides, out.strides
@@ -133,12 +162,12 @@ class BoxRead(Task):
         )
 
     def _template(self, strides: np.ndarray, cstr: np.ndarray) -> np.ndarray:
-        """One job row per chunk: where its box goes, which part of the chunk it is."""
-        codec, out, sel = self.codec, self.out, self.sel
-        # a whole chunk may be decoded straight into the output when the output's strides
-        # are the decoded chunk's own (dimensions of length 1 aside)
-        big = np.asarray(codec.shape, dtype=np.int64) > 1
-        direct = bool((strides[big] == cstr[big]).all())
+        """One job row per chunk: where its box goes, which part of the chunk it is
+        (planned with the selection in C by :meth:`_select`, else here)."""
+        if self._planned is not None:
+            return self._planned
+        out, sel = self.out, self.sel
+        direct = self._direct_into(strides, cstr)
         jobs = np.zeros(len(sel), DECODE_JOB_DTYPE)
         # (element-wise products, not ``@``: a matmul may wake BLAS threads that then spin)
         jobs["dst"] = origin_address(out) + (sel.dst_lo * strides).sum(axis=1)
@@ -151,17 +180,16 @@ class BoxRead(Task):
         return jobs
 
     def _plan_chunks(self) -> None:
-        n = len(self.sel)
         blob, width = self.layout.paths_blob(self.sel.coords)
-        self.plan = self._file_plan(
-            blob, width, np.ones(n, np.int64), np.zeros(n, np.int64), np.full(n, -1, np.int64)
-        )
+        self.plan = self._file_plan(blob, width, None, 0, -1, nfiles=len(self.sel))
 
-    def _file_plan(self, blob: bytes, width: int, *args: Any) -> FilePlan:
+    def _file_plan(self, blob: bytes, width: int, *args: Any, nfiles: int = 0) -> FilePlan:
         """:func:`~lsio_ray.zarr.batches.file_plan` for this task's group, with the
         array's read flags (O_DIRECT for ``direct=True`` arrays): every read a task plans
         goes through here."""
-        return file_plan(self.group, blob, width, *args, flags=self.array._read_flags)
+        return file_plan(
+            self.group, blob, width, *args, flags=self.array._read_flags, nfiles=nfiles
+        )
 
     def _plan_index(self) -> None:
         lay = self.layout
@@ -189,10 +217,9 @@ class BoxRead(Task):
         assert idx is not None
         coords_s = self._shard_coords(self.shard_keys[missing])
         blob, width = lay.paths_blob(coords_s)
-        n = len(missing)
-        off = np.full(n, -idx.nbytes if idx.location == "end" else 0, np.int64)
+        off = -idx.nbytes if idx.location == "end" else 0
         self.plan = self._file_plan(
-            blob, width, np.ones(n, np.int64), off, np.full(n, idx.nbytes, np.int64), INDEX_TAG
+            blob, width, None, off, idx.nbytes, INDEX_TAG, nfiles=len(missing)
         )
 
     def _shard_coords(self, keys: np.ndarray) -> np.ndarray:
