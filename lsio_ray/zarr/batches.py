@@ -96,22 +96,35 @@ def file_plan(
     group: int,
     blob: bytes,
     width: int,
-    file_nr: np.ndarray,
-    offsets: np.ndarray,
-    lengths: np.ndarray,
+    file_nr: np.ndarray | None,
+    offsets: np.ndarray | int,
+    lengths: np.ndarray | int,
     tag_base: int = 0,
     *,
     kind: int = OP_READ,
     flags: int = 0,
     data: np.ndarray | None = None,
+    nfiles: int = 0,
 ) -> FilePlan:
     """Build a plan: ``file_nr[f]`` consecutive ranges per file, file ``f``'s path at
     ``blob[f * width:]``; range ``r`` gets tag ``tag_base | r`` (and, for writes, the
-    address ``data[r]``)."""
-    nf, nr = len(file_nr), len(offsets)
+    address ``data[r]``).  ``file_nr=None``: one range for each of ``nfiles`` files (the
+    common case of a call's chunks: no per-file arithmetic), whose offsets and lengths
+    may then be single numbers."""
+    if file_nr is None:
+        nf = nr = int(nfiles)
+        one = np.arange(nf, dtype=np.int64)
+        file_r0, range_file = one, one
+        file_nr = np.ones(nf, np.int64)
+    else:
+        nf, nr = len(file_nr), len(offsets)  # type: ignore[arg-type]
+        file_r0 = np.zeros(nf, dtype=np.int64)
+        if nf:
+            file_r0[1:] = np.cumsum(file_nr)[:-1]
+        range_file = np.repeat(np.arange(nf, dtype=np.int64), file_nr)
     files = np.zeros(nf, dtype=FILE_DTYPE)
     files["group"] = group
-    files["path_off"] = np.arange(nf, dtype=np.int64) * width
+    files["path_off"] = np.arange(0, nf * width, width, dtype=np.int64)
     files["kind"] = kind
     files["flags"] = flags
     files["nranges"] = file_nr
@@ -121,8 +134,4 @@ def file_plan(
     ranges["tag"] = np.arange(nr, dtype=np.uint64) | np.uint64(tag_base)
     if data is not None:
         ranges["data"] = data
-    file_r0 = np.zeros(nf, dtype=np.int64)
-    if nf:
-        file_r0[1:] = np.cumsum(file_nr)[:-1]
-    range_file = np.repeat(np.arange(nf, dtype=np.int64), file_nr)
     return FilePlan(files, ranges, blob, width, file_r0, np.asarray(file_nr, np.int64), range_file)
