@@ -96,7 +96,7 @@ def file_plan(
     group: int,
     blob: bytes,
     width: int,
-    file_nr: np.ndarray | None,
+    file_nr: np.ndarray | int,
     offsets: np.ndarray | int,
     lengths: np.ndarray | int,
     tag_base: int = 0,
@@ -104,15 +104,14 @@ def file_plan(
     kind: int = OP_READ,
     flags: int = 0,
     data: np.ndarray | None = None,
-    nfiles: int = 0,
 ) -> FilePlan:
     """Build a plan: ``file_nr[f]`` consecutive ranges per file, file ``f``'s path at
     ``blob[f * width:]``; range ``r`` gets tag ``tag_base | r`` (and, for writes, the
-    address ``data[r]``).  ``file_nr=None``: one range for each of ``nfiles`` files (the
+    address ``data[r]``).  ``file_nr`` a number: that many files of one range each (the
     common case of a call's chunks: no per-file arithmetic), whose offsets and lengths
     may then be single numbers."""
-    if file_nr is None:
-        nf = nr = int(nfiles)
+    if isinstance(file_nr, (int, np.integer)):
+        nf = nr = int(file_nr)
         one = np.arange(nf, dtype=np.int64)
         file_r0, range_file = one, one
         file_nr = np.ones(nf, np.int64)

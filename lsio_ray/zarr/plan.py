@@ -159,40 +159,28 @@ def select_chunks(
     lo: Any,
     hi: Any,
     chunks: tuple[int, ...],
-    jobs_for: tuple[np.ndarray, np.ndarray, np.ndarray, int, bool] | None = None,
+    jobs: np.ndarray | None = None,
+    dst_strides: tuple[int, ...] = (),
+    chunk_strides: tuple[int, ...] = (),
+    dst_origin: int = 0,
+    direct: bool = False,
 ) -> Selection:
     """The chunks of size ``chunks`` that the box ``[lo, hi)`` touches (planned in C:
-    :func:`lsio_ray.io.plan_box`).
-
-    ``jobs_for`` -- ``(jobs, dst_strides, chunk_strides, dst_origin, direct)`` -- also
-    plans one decode job per chunk into ``jobs`` (``len(jobs)`` must be the number of
-    chunks: :func:`chunk_count`), in the same C call."""
+    :func:`lsio_ray.io.plan_box`).  Given ``jobs`` (one ``DECODE_JOB_DTYPE`` row per
+    chunk: :func:`chunk_count` of them), each chunk's decode job is planned into it in
+    the same C call, from the other arguments (as :func:`~lsio_ray.io.plan_box` says)."""
     lo_t = tuple(int(x) for x in np.asarray(lo).reshape(-1))
     hi_t = tuple(int(x) for x in np.asarray(hi).reshape(-1))
     ndim = len(lo_t)
     if ndim == 0:
         z = np.zeros((1, 0), np.int64)
         return Selection(z, z, z, z, z, np.ones(1, bool))
-    n = chunk_count(lo_t, hi_t, chunks)
+    ch = tuple(int(c) for c in chunks)
+    n = chunk_count(lo_t, hi_t, ch)
     if n == 0:
         z = np.zeros((0, ndim), np.int64)
         return Selection(z, z, z, z, z, np.zeros(0, bool))
-    ch = tuple(int(c) for c in chunks)
-    if jobs_for is None:
-        sel, full = plan_box(lo_t, hi_t, ch, n)
-    else:
-        jobs, dst_strides, chunk_strides, origin, direct = jobs_for
-        sel, full = plan_box(
-            lo_t,
-            hi_t,
-            ch,
-            n,
-            jobs,
-            tuple(dst_strides.tolist()),
-            tuple(chunk_strides.tolist()),
-            origin,
-            direct,
-        )
+    sel, full = plan_box(lo_t, hi_t, ch, n, jobs, dst_strides, chunk_strides, dst_origin, direct)
     return Selection(sel[0], sel[1], sel[2], sel[3], sel[4], full)
 
 

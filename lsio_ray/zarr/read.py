@@ -107,20 +107,22 @@ class BoxRead(Task):
     # -- planning ------------------------------------------------------------------------
     def _select(self, lo: Any, hi: Any) -> Selection:
         """The chunks to read (one row each); where the C decoder takes them, their
-        decode jobs are planned in the same C call (kept for :meth:`_template`)."""
+        decode jobs are planned in the same C call (kept for :meth:`_c_path`)."""
         out, codec = self.out, self.codec
         if not self._c_decodes(out) or out.ndim == 0:
             return select_chunks(lo, hi, self.layout.chunks)
         lo_t = tuple(int(x) for x in lo)
         hi_t = tuple(int(x) for x in hi)
         jobs = np.zeros(chunk_count(lo_t, hi_t, self.layout.chunks), DECODE_JOB_DTYPE)
-        strides = np.asarray(out.strides, dtype=np.int64)
-        cstr = np.asarray(codec.chunk_strides, dtype=np.int64)
         sel = select_chunks(
             lo_t,
             hi_t,
             self.layout.chunks,
-            (jobs, strides, cstr, origin_address(out), self._direct_into(strides, cstr)),
+            jobs,
+            out.strides,
+            codec.chunk_strides,
+            origin_address(out),
+            self._direct_into(out.strides, codec.chunk_strides),
         )
         jobs["dst_lo"], jobs["dst_len"] = extent(out)
         self._planned = jobs
@@ -133,11 +135,14 @@ class BoxRead(Task):
             return False
         return not (out.size and not out.flags.writeable)
 
-    def _direct_into(self, strides: np.ndarray, cstr: np.ndarray) -> bool:
+    def _direct_into(self, strides: Any, cstr: Any) -> bool:
         """Whether a whole chunk may be decoded straight into the output: its strides
         are the decoded chunk's own (dimensions of length 1 aside)."""
-        big = np.asarray(self.codec.shape, dtype=np.int64) > 1
-        return bool((strides[big] == cstr[big]).all())
+        return all(
+            int(s) == int(c)
+            for s, c, k in zip(strides, cstr, self.codec.shape, strict=True)
+            if k > 1
+        )
 
     def _units(self) -> int:
         """Units of work to finish (one per chunk here; one per chunk and box in
@@ -156,6 +161,9 @@ class BoxRead(Task):
         self._spec = DecodeSpec(
             codec.c_codec, codec.nbytes, codec.dtype.itemsize, codec.chunk_strides, out.strides
         )
+        if self._planned is not None:  # planned with the selection
+            self._jobs = self._planned
+            return
         self._jobs = self._template(
             np.asarray(out.strides, dtype=np.int64),
             np.asarray(codec.chunk_strides, dtype=np.int64),
@@ -163,9 +171,7 @@ class BoxRead(Task):
 
     def _template(self, strides: np.ndarray, cstr: np.ndarray) -> np.ndarray:
         """One job row per chunk: where its box goes, which part of the chunk it is
-        (planned with the selection in C by :meth:`_select`, else here)."""
-        if self._planned is not None:
-            return self._planned
+        (when :meth:`_select` did not plan them with the selection)."""
         out, sel = self.out, self.sel
         direct = self._direct_into(strides, cstr)
         jobs = np.zeros(len(sel), DECODE_JOB_DTYPE)
@@ -181,15 +187,13 @@ class BoxRead(Task):
 
     def _plan_chunks(self) -> None:
         blob, width = self.layout.paths_blob(self.sel.coords)
-        self.plan = self._file_plan(blob, width, None, 0, -1, nfiles=len(self.sel))
+        self.plan = self._file_plan(blob, width, len(self.sel), 0, -1)
 
-    def _file_plan(self, blob: bytes, width: int, *args: Any, nfiles: int = 0) -> FilePlan:
+    def _file_plan(self, blob: bytes, width: int, *args: Any) -> FilePlan:
         """:func:`~lsio_ray.zarr.batches.file_plan` for this task's group, with the
         array's read flags (O_DIRECT for ``direct=True`` arrays): every read a task plans
         goes through here."""
-        return file_plan(
-            self.group, blob, width, *args, flags=self.array._read_flags, nfiles=nfiles
-        )
+        return file_plan(self.group, blob, width, *args, flags=self.array._read_flags)
 
     def _plan_index(self) -> None:
         lay = self.layout
@@ -218,9 +222,7 @@ class BoxRead(Task):
         coords_s = self._shard_coords(self.shard_keys[missing])
         blob, width = lay.paths_blob(coords_s)
         off = -idx.nbytes if idx.location == "end" else 0
-        self.plan = self._file_plan(
-            blob, width, None, off, idx.nbytes, INDEX_TAG, nfiles=len(missing)
-        )
+        self.plan = self._file_plan(blob, width, len(missing), off, idx.nbytes, INDEX_TAG)
 
     def _shard_coords(self, keys: np.ndarray) -> np.ndarray:
         lay = self.layout
