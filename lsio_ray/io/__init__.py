@@ -48,6 +48,7 @@ from lsio_ray.io._core import (
     plan_box,
     view,
 )
+from lsio_ray.io.cached import read_cached
 from lsio_ray.io.request import address
 
 __all__ = [
@@ -73,5 +74,6 @@ __all__ = [
     "extent",
     "make_error",
     "plan_box",
+    "read_cached",
     "view",
 ]

@@ -71,9 +71,12 @@ class IOService:
     from :mod:`lsio_ray.io.config`); or pass a ready ``engine``.  ``decode_threads`` is the
     number of decode threads (default: :func:`lsio_ray.io.config.decode_threads`, the
     cores); ``max_inflight`` bounds the ranges queued in the engine (default:
-    :func:`lsio_ray.io.config.max_inflight`, 4096).  The pool is entered in the node's
-    ledger (:mod:`lsio_ray.io.budget`); ``from_budget=True`` (the process's own service)
-    takes it from the node's budget unless ``pool_bytes`` is given.
+    :func:`lsio_ray.io.config.max_inflight`, 4096); ``call_files`` is the most chunk
+    files a Zarr read takes on its calling thread from the page cache (the
+    ``call_files`` setting, default 8; 0: never; :mod:`lsio_ray.zarr.quick`).  The pool
+    is entered in the node's ledger (:mod:`lsio_ray.io.budget`); ``from_budget=True``
+    (the process's own service) takes it from the node's budget unless ``pool_bytes`` is
+    given.
     """
 
     def __init__(
@@ -81,6 +84,7 @@ class IOService:
         *,
         decode_threads: int | None = None,
         max_inflight: int | None = None,
+        call_files: int | None = None,
         engine: RawEngine | None = None,
         from_budget: bool = False,
         **engine_settings: Any,
@@ -107,6 +111,12 @@ class IOService:
         self.pool_bytes = self.engine.pool_bytes
         self.decode_threads = decode_threads or config.decode_threads()
         self.max_inflight = max_inflight or config.max_inflight()
+        #: a Zarr read of at most this many chunk files reads them on the calling thread
+        #: when they are all in the page cache (lsio_ray.io.cached; 0: never)
+        self.call_files = config.validate(
+            "call_files", config.get("call_files") if call_files is None else call_files
+        )
+        self._calls = [0, 0, 0]  # reads on the calling thread: taken, bytes, given up
         self._work: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._workers: list[threading.Thread] = []
         self._workers_lock = threading.Lock()
@@ -295,7 +305,10 @@ class IOService:
         ``spilled_bytes`` (results and bytes copied out of the pool), ``spill_held`` /
         ``spill_peak`` (bytes of such copies held now / at most), ``spill_limit`` (their
         bound: one pool), ``evicted`` (results dropped from the pool to be read again
-        because the copies had reached the bound), ``tasks_live``."""
+        because the copies had reached the bound), ``tasks_live``; and the Zarr reads
+        done on the calling thread (:mod:`lsio_ray.io.cached`): ``call_reads``,
+        ``call_read_bytes`` (file bytes they took from the page cache) and
+        ``call_read_misses`` (tried, then sent through the engine)."""
         st = self.engine.stats()
         with self._spill_lock:
             st["spilled"] = self.spilled
@@ -304,8 +317,19 @@ class IOService:
             st["spill_peak"] = self.spill_peak
             st["spill_limit"] = self.spill_limit
             st["evicted"] = self.evicted
+            st["call_reads"], st["call_read_bytes"], st["call_read_misses"] = self._calls
         st["tasks_live"] = len(self._tasks)
         return st
+
+    def count_call_read(self, nbytes: int) -> None:
+        """A read on the calling thread (:mod:`lsio_ray.io.cached`) took ``nbytes`` of
+        files from the page cache; -1: it gave up, and the read went through the engine."""
+        with self._spill_lock:
+            if nbytes < 0:
+                self._calls[2] += 1
+            else:
+                self._calls[0] += 1
+                self._calls[1] += nbytes
 
     def spill_reserve(self, nbytes: int) -> bool:
         """Reserve ``nbytes`` of spill copies if the bound allows (the deadlock breaker)."""

@@ -19,6 +19,7 @@ from lsio_ray.zarr.layout import ArrayLayout, load_layout
 from lsio_ray.zarr.loader import Loader, Task, abandon, default_loader
 from lsio_ray.zarr.plan import Region, normalize
 from lsio_ray.zarr.prefetch import Prefetched
+from lsio_ray.zarr.quick import read_on_caller
 from lsio_ray.zarr.read import BoxRead
 from lsio_ray.zarr.scatter import ScatterTask, scatterable
 from lsio_ray.zarr.shards import ShardIndexCache
@@ -78,6 +79,7 @@ class Array:
         self.coalesce_gap = coalesce_gap if coalesce_gap >= 0 else -(1 << 62)
         self.max_coalesce = max_coalesce
         self._prefetched: Prefetched | None = None
+        self._call_skip = 0  # calls left to send to the IO service (zarr.quick)
 
     # -- metadata ------------------------------------------------------------------------
     @property
@@ -289,7 +291,12 @@ class Array:
         reg = normalize(region, self.shape)
         if out is None:
             pre = self._prefetched
-            task = (pre.take(reg) if pre else None) or self._start_region(reg)
+            task = pre.take(reg) if pre else None
+            if task is None:
+                box = np.empty(reg.box_shape, dtype=self.dtype)
+                if read_on_caller(self, box, reg.lo, reg.hi):  # small, cached: no hand-over
+                    return self._finish_region(reg, box)
+                task = self.start_read(reg.lo, reg.hi, box)
             task.wait()
             return self._finish_region(reg, task.out)
         if out.shape != reg.shape or out.dtype != self.dtype:
@@ -299,7 +306,8 @@ class Array:
             )
         if reg.post is None:
             box = np.expand_dims(out, reg.drop) if reg.drop else out
-            self.start_read(reg.lo, reg.hi, box).wait()
+            if not read_on_caller(self, box, reg.lo, reg.hi):
+                self.start_read(reg.lo, reg.hi, box).wait()
             return out
         task = self._start_region(reg)
         task.wait()

@@ -58,7 +58,7 @@ from lsio_ray.zarr.shards import EMPTY, decode_index
 if TYPE_CHECKING:
     from lsio_ray.zarr.array import Array
 
-__all__ = ["BoxRead", "origin_address"]
+__all__ = ["BoxRead", "direct_into", "origin_address"]
 
 _MISSING = object()  # a shard whose file does not exist
 _PAST_EOF = E_PAST_EOF
@@ -71,6 +71,16 @@ def origin_address(arr: np.ndarray) -> int:
     if arr.size == 0:
         return 0
     return address(arr[(slice(0, 1),) * arr.ndim] if arr.ndim else arr[...])
+
+
+def direct_into(codec: Any, strides: Any) -> bool:
+    """Whether a whole chunk of ``codec`` may be decoded straight into an output of
+    byte ``strides``: they are the decoded chunk's own (dimensions of length 1 aside)."""
+    return _direct(strides, codec.chunk_strides, codec.shape)
+
+
+def _direct(strides: Any, cstr: Any, shape: Any) -> bool:
+    return all(int(s) == int(c) for s, c, k in zip(strides, cstr, shape, strict=True) if k > 1)
 
 
 class BoxRead(Task):
@@ -136,13 +146,8 @@ class BoxRead(Task):
         return not (out.size and not out.flags.writeable)
 
     def _direct_into(self, strides: Any, cstr: Any) -> bool:
-        """Whether a whole chunk may be decoded straight into the output: its strides
-        are the decoded chunk's own (dimensions of length 1 aside)."""
-        return all(
-            int(s) == int(c)
-            for s, c, k in zip(strides, cstr, self.codec.shape, strict=True)
-            if k > 1
-        )
+        """Whether a whole chunk may be decoded straight into the output (:func:`direct_into`)."""
+        return _direct(strides, cstr, self.codec.shape)
 
     def _units(self) -> int:
         """Units of work to finish (one per chunk here; one per chunk and box in
