@@ -7,7 +7,10 @@ bench-zarr array (``/tmp/lsio-zarr-bench/v3-chunks-512x1024x1024.zarr``, made by
 ``scripts/bench-zarr.py``), ``$ROUNDS`` (5) rounds, the order flipped each round; prints
 crops/s min / median / max and the process CPU time per crop (median) of each reader and
 the median per-round ratio.  ``$ALIGNED=1``: crops on chunk boundaries (8 whole chunks a
-call instead of 32 parts of chunks).
+call instead of 32 parts of chunks).  ``$IO_THREAD=1`` adds ``lsio-io``: the same calls
+with the service's ``call_files`` at 0, so every call goes through the IO thread (the
+default reads calls of few cached chunk files on the calling thread: lsio_ray.zarr.quick),
+and ``$CALL_FILES`` sets ``call_files`` for ``lsio``.
 """
 
 import os
@@ -55,7 +58,18 @@ def run(name, f, ks):
     return N / dt, 1000 * dc / N
 
 
-readers = {"lsio": lambda k: a[k], "ts": lambda k: t[k].read().result()}
+svc = a.loader
+CALL_FILES = int(os.environ.get("CALL_FILES", svc.call_files))
+
+
+def lsio(k, files=CALL_FILES):
+    svc.call_files = files
+    return a[k]
+
+
+readers = {"lsio": lsio, "ts": lambda k: t[k].read().result()}
+if os.environ.get("IO_THREAD", "0") == "1":
+    readers["lsio-io"] = lambda k: lsio(k, 0)
 for f in readers.values():
     for k in keys()[:10]:
         f(k)
@@ -72,4 +86,10 @@ for n, v in res.items():
         f"{n}: {rates[0]:.1f} / {np.median(rates):.1f} / {rates[-1]:.1f} crops/s, "
         f"CPU {cp:.2f} ms/crop"
     )
-print("ratio med", np.median([a[0] / b[0] for a, b in zip(res["lsio"], res["ts"], strict=False)]))
+for n in res:
+    if n != "ts":
+        print(
+            f"{n}/ts ratio med",
+            np.median([x[0] / y[0] for x, y in zip(res[n], res["ts"], strict=True)]),
+        )
+print({k: v for k, v in svc.stats().items() if k.startswith("call")})

@@ -17,13 +17,16 @@ The engine's file checks, here too: each file is opened ``O_NONBLOCK`` (the open
 FIFO does not wait for a writer) and ``O_NOFOLLOW``, and only a regular file -- so
 ``fstat`` says of the descriptor, which nothing can swap -- of at most ``limit`` bytes
 is read.  One byte more than its size is asked for, so a file that grew since is not
-taken short.  Memory: the buffers returned, at most ``len(paths) * (limit + 1)`` bytes.
+taken short.  Memory: one buffer per calling thread, reused, as large as the largest call
+asked for (``len(paths) * (limit + 1)`` bytes, 1 MiB at least; the Zarr caller keeps it
+at most 64 MiB), of which only the pages the files filled are in memory.
 """
 
 from __future__ import annotations
 
 import os
 import stat
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -32,16 +35,23 @@ __all__ = ["read_cached"]
 
 _OPEN = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC
 _NOWAIT = getattr(os, "RWF_NOWAIT", 0)  # Linux >= 4.14; without it nothing is read here
+_local = threading.local()
 
 
 def read_cached(paths: Sequence[bytes], limit: int) -> list[np.ndarray] | None:
     """Each file of ``paths`` whole, as a ``uint8`` array, read on this thread from the
     page cache; None as soon as one is not a regular file of 1 to ``limit`` bytes
     held wholly in the page cache, or cannot be opened or read (see the module's
-    docstring): then nothing is returned and the caller reads them another way."""
+    docstring): then nothing is returned and the caller reads them another way.
+
+    The arrays are views of one buffer that this thread reuses (fresh pages for every
+    call cost page faults, 0.3-0.6 ms for 32 files): they are valid until the thread's
+    next call, which overwrites them.  The files are packed one after the other in it:
+    of its ``len(paths) * (limit + 1)`` bytes only those the files take are touched."""
     if not _NOWAIT:
         return None
-    out: list[np.ndarray] = []
+    buf = _buffer(len(paths) * (limit + 1))
+    out, at = [], 0
     for path in paths:
         try:
             fd = os.open(path, _OPEN)
@@ -52,12 +62,22 @@ def read_cached(paths: Sequence[bytes], limit: int) -> list[np.ndarray] | None:
             size = st.st_size
             if not stat.S_ISREG(st.st_mode) or not 0 < size <= limit:
                 return None
-            buf = np.empty(size + 1, np.uint8)
-            if os.preadv(fd, [buf], 0, _NOWAIT) != size:  # short: not all cached; or grew
+            part = buf[at : at + size + 1]  # one byte more: a file that grew is not taken short
+            if os.preadv(fd, [part], 0, _NOWAIT) != size:  # short: not all cached; or grew
                 return None
         except OSError:  # EAGAIN: not in the page cache; or a read error
             return None
         finally:
             os.close(fd)
-        out.append(buf[:size])
+        out.append(part[:size])
+        at += size + 1
     return out
+
+
+def _buffer(nbytes: int) -> np.ndarray:
+    """This thread's read buffer, grown to at least ``nbytes``."""
+    buf = getattr(_local, "buf", None)
+    if buf is None or buf.size < nbytes:
+        buf = np.empty(max(nbytes, 1 << 20), np.uint8)  # pages are faulted in as used
+        _local.buf = buf
+    return buf
