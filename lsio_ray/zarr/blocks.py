@@ -35,17 +35,14 @@ from typing import Any, Protocol
 import numpy as np
 
 from lsio_ray.io import (
-    DEC_OK,
-    DEC_SKIPPED,
     DECODE_JOB_DTYPE,
     DecodeSpec,
     address,
     decode_chunks,
-    decode_error,
     extent,
 )
 from lsio_ray.zarr.codecs import CorruptData
-from lsio_ray.zarr.errors import ChunkCorruptError
+from lsio_ray.zarr.errors import ChunkCorruptError, decode_failure
 from lsio_ray.zarr.layout import ArrayLayout
 from lsio_ray.zarr.plan import Selection, select_chunks
 from lsio_ray.zarr.shards import EMPTY, shard_index
@@ -436,11 +433,5 @@ class CBlock:
                 # dst into ``buf``, held here; the decoder keeps no pointer after it
                 # returns.
                 if decode_chunks(self.spec, jobs):
-                    status = jobs["status"]
-                    bad = jobs[(status != DEC_OK) & (status != DEC_SKIPPED)][0]
-                    raise ChunkCorruptError(
-                        src.path,
-                        src.chunk_key(self.sel.coords[int(bad["tag"])]),
-                        f"cannot decode: {decode_error(self.spec, bad)}",
-                    )
+                    raise decode_failure(src, self.spec, jobs, self.sel.coords)
             yield first, units

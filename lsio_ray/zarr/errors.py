@@ -9,8 +9,16 @@ reports; regions out of bounds raise plain ``IndexError``.
 from __future__ import annotations
 
 import errno
+from typing import TYPE_CHECKING, Any
 
 from lsio_ray.errors import LsioError
+from lsio_ray.io import DEC_OK, DEC_SKIPPED, decode_error
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from lsio_ray.io import DecodeSpec
+    from lsio_ray.zarr.layout import ArrayLayout
 
 __all__ = [
     "ArrayMetadataError",
@@ -19,6 +27,7 @@ __all__ = [
     "ShardIndexError",
     "UnsupportedError",
     "ZarrError",
+    "decode_failure",
 ]
 
 
@@ -75,6 +84,17 @@ class ChunkCorruptError(ZarrError, OSError):
 
     def __reduce__(self) -> tuple[type, tuple[str, str, str]]:
         return (type(self), (self.array, self.key, self.reason))
+
+
+def decode_failure(
+    layout: ArrayLayout, spec: DecodeSpec, jobs: np.ndarray, coords: Any
+) -> ChunkCorruptError:
+    """The error of the first failed row of a C decoder's job array: its chunk (the job's
+    ``tag`` is its row in ``coords``, the chunk-grid coordinates) and why."""
+    status = jobs["status"]
+    bad = jobs[(status != DEC_OK) & (status != DEC_SKIPPED)][0]
+    key = layout.chunk_key(coords[int(bad["tag"])])
+    return ChunkCorruptError(layout.path, key, f"cannot decode: {decode_error(spec, bad)}")
 
 
 class ShardIndexError(ChunkCorruptError):

@@ -24,18 +24,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lsio_ray.io import (
-    DEC_OK,
-    DEC_SKIPPED,
     DECODE_JOB_DTYPE,
     DecodeSpec,
     address,
     decode_chunks,
-    decode_error,
     extent,
     read_cached,
 )
 from lsio_ray.io.url import is_remote
-from lsio_ray.zarr.errors import ChunkCorruptError
+from lsio_ray.zarr.errors import decode_failure
 from lsio_ray.zarr.plan import chunk_count, select_chunks
 from lsio_ray.zarr.read import direct_into, origin_address
 
@@ -93,23 +90,20 @@ def read_on_caller(array: Array, out: np.ndarray, lo: tuple[int, ...], hi: tuple
     spec = DecodeSpec(
         codec.c_codec, codec.nbytes, codec.dtype.itemsize, codec.chunk_strides, out.strides
     )
-    _decode(loader, spec, jobs)
-    bad = np.flatnonzero((jobs["status"] != DEC_OK) & (jobs["status"] != DEC_SKIPPED))
-    if bad.size:
-        i = int(bad[0])
-        why = decode_error(spec, jobs[i])
-        raise ChunkCorruptError(lay.path, lay.chunk_key(sel.coords[i]), f"cannot decode: {why}")
+    if _decode(loader, spec, jobs):
+        raise decode_failure(lay, spec, jobs, sel.coords)
     return True
 
 
-def _decode(loader: Any, spec: DecodeSpec, jobs: np.ndarray) -> None:
+def _decode(loader: Any, spec: DecodeSpec, jobs: np.ndarray) -> int:
     """Decode ``jobs`` on this thread and on up to ``decode_threads - 1`` threads of the
     decode pool, each taking the next job in turn (chunks decode at different speeds: a
-    part of a chunk stops early); returns when every job is done (a job that fails is
-    marked in its row; it stops only the jobs decoded after it on the same thread)."""
+    part of a chunk stops early); returns, once every job is done, how many failed (each
+    marked in its row)."""
     n = len(jobs)
     helpers = min(n, max(1, int(loader.decode_threads))) - 1
     nxt = [0]
+    failed = [0]
     left = [helpers]
     lock = threading.Lock()
     done = threading.Event()
@@ -121,7 +115,9 @@ def _decode(loader: Any, spec: DecodeSpec, jobs: np.ndarray) -> None:
                 nxt[0] = i + 1
             if i >= n:
                 return
-            decode_chunks(spec, jobs[i : i + 1])
+            if decode_chunks(spec, jobs[i : i + 1]):
+                with lock:
+                    failed[0] += 1
 
     def helper() -> None:
         try:
@@ -139,3 +135,4 @@ def _decode(loader: Any, spec: DecodeSpec, jobs: np.ndarray) -> None:
     finally:  # the helpers read the caller's buffers and write into out: wait for them
         if helpers:
             done.wait()
+    return failed[0]

@@ -38,19 +38,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lsio_ray.io import (
-    DEC_OK,
-    DEC_SKIPPED,
     DECODE_JOB_DTYPE,
     E_PAST_EOF,
     DecodeSpec,
     address,
-    decode_error,
     extent,
     make_error,
     view,
 )
 from lsio_ray.zarr.batches import INDEX_TAG, FilePlan, file_plan
-from lsio_ray.zarr.errors import ChunkCorruptError, ShardIndexError
+from lsio_ray.zarr.errors import ChunkCorruptError, ShardIndexError, decode_failure
 from lsio_ray.zarr.loader import Loader, Task
 from lsio_ray.zarr.plan import Selection, chunk_count, coalesce, select_chunks
 from lsio_ray.zarr.shards import EMPTY, decode_index
@@ -460,14 +457,7 @@ class BoxRead(Task):
                 return
             assert self._spec is not None
             if engine.decode(self._spec, jobs):
-                status = jobs["status"]
-                bad = jobs[(status != DEC_OK) & (status != DEC_SKIPPED)][0]
-                why = decode_error(self._spec, bad)
-                self.fail(
-                    ChunkCorruptError(
-                        self.layout.path, self._chunk_key(int(bad["tag"])), f"cannot decode: {why}"
-                    )
-                )
+                self.fail(decode_failure(self.layout, self._spec, jobs, self.sel.coords))
         except Exception as exc:
             self.fail(exc)
         finally:
