@@ -59,6 +59,11 @@ from lsio_ray.io.task import Task, abandon
 
 __all__ = ["IOService", "Task", "abandon", "default_service", "set_default_service"]
 
+_CLOSED = "the IO service is closed"
+_FORKED = (
+    "this IO service belongs to the process that forked this one, with its threads: "
+    "use lsio_ray.io.service.default_service() (or open the array again) in this process"
+)
 _REAP_BATCH = 32  # completions the IO thread waits for when many reads are in flight
 
 
@@ -145,6 +150,7 @@ class IOService:
         self._resumed: list[Task] = []
         self._inflight = 0
         self._local = threading.local()
+        self._pid = os.getpid()  # a forked child cannot use it (see closed)
         self._thread = threading.Thread(target=self._run, name="lsio-io", daemon=True)
         self._thread.start()
 
@@ -156,8 +162,8 @@ class IOService:
     def start(self, task: Task) -> Task:
         """Hand a task to the IO thread (returns it)."""
         with self._cv:
-            if self._closing:
-                raise ValueError("the IO service is closed")
+            if self._closing or self._pid != os.getpid():
+                raise ValueError(_CLOSED if self._closing else _FORKED)
             self._new.append(task)
             self._cv.notify()
         self.engine.wake()
@@ -169,8 +175,8 @@ class IOService:
         arrays of one aligned sample are read together, not one after another)."""
         tasks = list(tasks)
         with self._cv:
-            if self._closing:
-                raise ValueError("the IO service is closed")
+            if self._closing or self._pid != os.getpid():
+                raise ValueError(_CLOSED if self._closing else _FORKED)
             self._new.extend(tasks)
             self._cv.notify()
         self.engine.wake()
@@ -271,11 +277,16 @@ class IOService:
 
     @property
     def closed(self) -> bool:
-        """True once :meth:`close` ran."""
-        return self._closed
+        """True once :meth:`close` ran, and in a process forked from the one that made
+        the service: the copy there has none of its threads (its users, such as a Zarr
+        array opened before the fork, then take the child's own service)."""
+        return self._closed or self._pid != os.getpid()
 
     def close(self) -> None:
-        """Cancel all tasks, stop the threads and free the engine (idempotent)."""
+        """Cancel all tasks, stop the threads and free the engine (idempotent).  In a
+        forked child it does nothing: the threads and the engine's ring are the parent's."""
+        if self._pid != os.getpid():
+            return
         with self._cv:
             if self._closed:
                 return
