@@ -20,13 +20,16 @@ from lsio_ray.io.ops import get_ranges
 
 
 def _wait(pid: int, seconds: float) -> int | None:
-    """The child's exit status, or None when it is still running after ``seconds``."""
+    """The child's exit status; None when it was still running after ``seconds`` (it is
+    then killed and reaped)."""
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
             return os.waitstatus_to_exitcode(status)
         time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
     return None
 
 
@@ -58,9 +61,6 @@ def test_fork_while_another_thread_holds_the_service_lock(tmp_path: Path) -> Non
             finally:
                 os._exit(code)
         status = _wait(pid, 60)
-        if status is None:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
         assert status == 0, "the forked child hung or failed on the copied service lock"
     finally:
         release.set()
@@ -96,9 +96,6 @@ def test_an_array_read_before_a_fork_reads_in_the_child(tmp_path: Path, call_fil
         finally:
             os._exit(code)
     status = _wait(pid, 60)
-    if status is None:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
     assert status == 0, f"the forked child hung or failed (status {status})"
     assert not parent.closed  # the parent's service is the parent's still
     np.testing.assert_array_equal(a[2:4], data[2:4])
