@@ -161,14 +161,17 @@ class ArrayLayout:
         row ``i`` starts at byte ``i * width``.  Formatted with one bytes ``%`` per file
         (faster than numpy's string arrays at every size measured: 8 paths 7 against 20
         us, 4,096 3.3 against 6.3 ms)."""
-        n = int(coords.shape[0])
-        if self.ndim == 0:
-            zero = self._root + self._zero.encode()
-            return (zero + b"\0") * n, len(zero) + 1
-        fmt = self._root + self._prefix.encode() + self._sep.encode().join([b"%d"] * self.ndim)
-        paths = [fmt % tuple(row) for row in coords.tolist()]
+        paths = self.paths(coords)
         width = max(map(len, paths)) + 1 if paths else 1
         return b"".join([p.ljust(width, b"\0") for p in paths]), width
+
+    def paths(self, coords: np.ndarray) -> list[bytes]:
+        """The absolute path of the file at each row of ``coords`` (an (n, ndim) integer
+        array), as bytes."""
+        if self.ndim == 0:
+            return [self._root + self._zero.encode()] * int(coords.shape[0])
+        fmt = self._root + self._prefix.encode() + self._sep.encode().join([b"%d"] * self.ndim)
+        return [fmt % tuple(row) for row in coords.tolist()]
 
     # sizes -----------------------------------------------------------------------------
     @property

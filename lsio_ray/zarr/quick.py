@@ -76,9 +76,7 @@ def read_on_caller(array: Array, out: np.ndarray, lo: tuple[int, ...], hi: tuple
     sel = select_chunks(
         lo, hi, lay.chunks, jobs, out.strides, codec.chunk_strides, origin_address(out), direct
     )
-    blob, width = lay.paths_blob(sel.coords)
-    paths = [blob[i * width : (i + 1) * width].rstrip(b"\0") for i in range(n)]
-    bufs = read_cached(paths, limit)
+    bufs = read_cached(lay.paths(sel.coords), limit)
     if bufs is None:
         array._call_skip = SKIP_AFTER_MISS
         loader.count_call_read(-1)

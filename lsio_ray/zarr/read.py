@@ -73,11 +73,11 @@ def origin_address(arr: np.ndarray) -> int:
 def direct_into(codec: Any, strides: Any) -> bool:
     """Whether a whole chunk of ``codec`` may be decoded straight into an output of
     byte ``strides``: they are the decoded chunk's own (dimensions of length 1 aside)."""
-    return _direct(strides, codec.chunk_strides, codec.shape)
-
-
-def _direct(strides: Any, cstr: Any, shape: Any) -> bool:
-    return all(int(s) == int(c) for s, c, k in zip(strides, cstr, shape, strict=True) if k > 1)
+    return all(
+        int(s) == int(c)
+        for s, c, k in zip(strides, codec.chunk_strides, codec.shape, strict=True)
+        if k > 1
+    )
 
 
 class BoxRead(Task):
@@ -129,7 +129,7 @@ class BoxRead(Task):
             out.strides,
             codec.chunk_strides,
             origin_address(out),
-            self._direct_into(out.strides, codec.chunk_strides),
+            direct_into(codec, out.strides),
         )
         jobs["dst_lo"], jobs["dst_len"] = extent(out)
         self._planned = jobs
@@ -141,10 +141,6 @@ class BoxRead(Task):
         if codec.c_codec is None or out.ndim != len(codec.shape) or out.ndim > 8:
             return False
         return not (out.size and not out.flags.writeable)
-
-    def _direct_into(self, strides: Any, cstr: Any) -> bool:
-        """Whether a whole chunk may be decoded straight into the output (:func:`direct_into`)."""
-        return _direct(strides, cstr, self.codec.shape)
 
     def _units(self) -> int:
         """Units of work to finish (one per chunk here; one per chunk and box in
@@ -175,7 +171,7 @@ class BoxRead(Task):
         """One job row per chunk: where its box goes, which part of the chunk it is
         (when :meth:`_select` did not plan them with the selection)."""
         out, sel = self.out, self.sel
-        direct = self._direct_into(strides, cstr)
+        direct = direct_into(self.codec, strides)
         jobs = np.zeros(len(sel), DECODE_JOB_DTYPE)
         # (element-wise products, not ``@``: a matmul may wake BLAS threads that then spin)
         jobs["dst"] = origin_address(out) + (sel.dst_lo * strides).sum(axis=1)
